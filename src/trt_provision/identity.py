@@ -1,0 +1,299 @@
+"""Engine identity: model content hash, build-option digest and the filename schema.
+
+Filename (fields joined by ``.``; versions written with ``_`` instead of ``.``)::
+
+    <model>.<hash16>.<precision>.<target>.<platform>.<runtime>-<version>.<digest12>.engine
+    resnet_router.3f9a1c2b4d5e6f70.int8.sm87.jp6_2.trt-10_3_0.a1b2c3d4e5f6.engine
+    demo_cnn.0123456789abcdef.fp32.cpu-avx2.host.ortcpu-1_31_1.0a1b2c3d4e5f.engine
+
+``target`` is ``smNN`` (engine tied to one compute capability), ``smNN+`` (TensorRT
+AMPERE_PLUS hardware compatibility: any sm >= NN), ``smNNcc`` (SAME_COMPUTE_CAPABILITY) or
+``cpu-<isa>`` for CPU strategies. ``platform`` is ``jp<version>``, ``dgpu`` or ``host``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trt_provision.errors import InvalidNameError, ModelError
+
+if TYPE_CHECKING:
+    from trt_provision.types import BuildConfig, EngineIdentity, RuntimeTarget
+
+__all__ = [
+    "ENGINE_SUFFIX",
+    "ParsedEngineName",
+    "build_option_digest",
+    "compute_identity",
+    "engine_filename",
+    "model_sha256",
+    "parse_engine_filename",
+    "validate_identity_fields",
+    "validate_model_name",
+]
+
+ENGINE_SUFFIX = ".engine"
+MAX_MODEL_NAME = 64
+HASH_CHARS = 16
+DIGEST_CHARS = 12
+
+_MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_VERSION_RE = re.compile(r"[0-9][0-9a-z]*(\.[0-9a-z]+)*")
+_TARGET_RE = re.compile(r"sm[0-9]{2,3}(\+|cc)?|cpu-[a-z0-9]+")
+_PLATFORM_RE = re.compile(r"jp[0-9]+(\.[0-9]+)*|dgpu|host")
+_RUNTIME_RE = re.compile(r"[a-z][a-z0-9]*")
+_HEX_RE = re.compile(r"[0-9a-f]+")
+_FILENAME_RE = re.compile(
+    r"(?P<model>[A-Za-z0-9][A-Za-z0-9_-]{0,63})"
+    r"\.(?P<hash>[0-9a-f]{16})"
+    r"\.(?P<precision>fp32|fp16|int8|mixed)"
+    r"\.(?P<target>sm[0-9]{2,3}(?:\+|cc)?|cpu-[a-z0-9]+)"
+    r"\.(?P<platform>jp[0-9]+(?:_[0-9]+)*|dgpu|host)"
+    r"\.(?P<runtime>[a-z][a-z0-9]*)-(?P<version>[0-9][0-9a-z]*(?:_[0-9a-z]+)*)"
+    r"\.(?P<digest>[0-9a-f]{12})"
+    r"\.engine"
+)
+
+
+def validate_model_name(name: str) -> str:
+    """Refuse names that could escape the cache directory or break the schema."""
+    if not isinstance(name, str) or not name:
+        raise InvalidNameError("model name must be a non-empty string", name=repr(name))
+    if len(name) > MAX_MODEL_NAME:
+        raise InvalidNameError(
+            f"model name is longer than {MAX_MODEL_NAME} characters", name=repr(name[:80])
+        )
+    if "\x00" in name or "/" in name or "\\" in name or ".." in name:
+        raise InvalidNameError(
+            "model name must not contain path separators, '..' or NUL", name=repr(name)
+        )
+    if not _MODEL_RE.fullmatch(name):
+        raise InvalidNameError(
+            "model name may use only letters, digits, '_' and '-' and must start with a "
+            "letter or digit",
+            name=repr(name),
+        )
+    return name
+
+
+def validate_identity_fields(identity: EngineIdentity) -> None:
+    validate_model_name(identity.model_name)
+    checks: list[tuple[str, str, re.Pattern[str]]] = [
+        ("model_sha256", identity.model_sha256, _HEX_RE),
+        ("runtime", identity.runtime, _RUNTIME_RE),
+        ("runtime_version", identity.runtime_version, _VERSION_RE),
+        ("target", identity.target, _TARGET_RE),
+        ("platform", identity.platform, _PLATFORM_RE),
+        ("options_digest", identity.options_digest, _HEX_RE),
+    ]
+    for field_name, value, pattern in checks:
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise ValueError(f"identity field {field_name} is malformed: {value!r}")
+    if len(identity.model_sha256) < HASH_CHARS:
+        raise ValueError("identity model_sha256 must have at least 16 hex characters")
+    if len(identity.options_digest) != DIGEST_CHARS:
+        raise ValueError(f"identity options_digest must have {DIGEST_CHARS} hex characters")
+
+
+def engine_filename(identity: EngineIdentity) -> str:
+    return ".".join(
+        [
+            identity.model_name,
+            identity.model_sha256[:HASH_CHARS],
+            identity.precision.value,
+            identity.target,
+            identity.platform.replace(".", "_"),
+            f"{identity.runtime}-{identity.runtime_version.replace('.', '_')}",
+            identity.options_digest,
+        ]
+    ) + ENGINE_SUFFIX
+
+
+@dataclass(frozen=True)
+class ParsedEngineName:
+    """The fields an engine filename carries (the model hash is its 16-char prefix)."""
+
+    model_name: str
+    model_hash: str
+    precision: str
+    target: str
+    platform: str
+    runtime: str
+    runtime_version: str
+    options_digest: str
+
+    @property
+    def jetpack(self) -> str | None:
+        return self.platform[2:] if self.platform.startswith("jp") else None
+
+    @classmethod
+    def of(cls, identity: EngineIdentity) -> ParsedEngineName:
+        return cls(
+            model_name=identity.model_name,
+            model_hash=identity.model_sha256[:HASH_CHARS],
+            precision=identity.precision.value,
+            target=identity.target,
+            platform=identity.platform,
+            runtime=identity.runtime,
+            runtime_version=identity.runtime_version,
+            options_digest=identity.options_digest,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def parse_engine_filename(filename: str) -> ParsedEngineName:
+    """Parse an engine filename back into its fields; raise InvalidNameError if malformed."""
+    match = _FILENAME_RE.fullmatch(filename)
+    if match is None or ".." in match.group("model"):
+        raise InvalidNameError("not a trt-provision engine filename", filename=repr(filename))
+    return ParsedEngineName(
+        model_name=match.group("model"),
+        model_hash=match.group("hash"),
+        precision=match.group("precision"),
+        target=match.group("target"),
+        platform=match.group("platform").replace("_", "."),
+        runtime=match.group("runtime"),
+        runtime_version=match.group("version").replace("_", "."),
+        options_digest=match.group("digest"),
+    )
+
+
+# ---------------------------------------------------------------- model content hash
+
+
+def _tensors_with_external_data(graph: Any) -> Iterator[Any]:
+    for tensor in graph.initializer:
+        yield tensor
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors_with_external_data(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors_with_external_data(sub)
+
+
+def model_sha256(model_path: Path, chunk_size: int = 1 << 20) -> str:
+    """sha256 over the ONNX bytes and, in a fixed order, every external-data file it uses."""
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise ModelError("ONNX model not found", path=str(model_path))
+    import onnx  # declared dependency; imported here to keep `import trt_provision` light
+
+    try:
+        proto = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, OSError, ValueError...
+        raise ModelError(
+            f"cannot parse ONNX model: {type(exc).__name__}: {exc}", path=str(model_path)
+        ) from exc
+    locations: set[str] = set()
+    for tensor in _tensors_with_external_data(proto.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for kv in tensor.external_data:
+                if kv.key == "location":
+                    locations.add(kv.value)
+    base = model_path.parent.resolve()
+    digest = hashlib.sha256()
+    _hash_file(digest, model_path, chunk_size)
+    for location in sorted(locations):
+        ext = (model_path.parent / location).resolve()
+        if base not in ext.parents:
+            raise ModelError(
+                "external data location escapes the model directory",
+                path=str(model_path),
+                location=location,
+            )
+        if not ext.is_file():
+            raise ModelError(
+                "external data file is missing", path=str(model_path), location=location
+            )
+        digest.update(b"\x00external:" + location.encode() + b"\x00")
+        _hash_file(digest, ext, chunk_size)
+    return digest.hexdigest()
+
+
+def _hash_file(digest: Any, path: Path, chunk_size: int) -> None:
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            while chunk := fh.read(chunk_size):
+                digest.update(chunk)
+    except OSError as exc:
+        raise ModelError(f"cannot read model file: {exc.strerror}", path=str(path)) from exc
+
+
+# ---------------------------------------------------------------- build options
+
+
+def build_option_payload(
+    config: BuildConfig,
+    *,
+    calibration_key: str | None = None,
+    runtime_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The canonical dict of every option that changes the engine bytes."""
+    return {
+        "precision": config.precision.value,
+        "workspace_mib": config.workspace_mib,
+        "profiles": [p.to_dict() for p in sorted(config.profiles, key=lambda p: p.input_name)],
+        "hardware_compatibility": config.hardware_compatibility.value,
+        "builder_optimization_level": config.builder_optimization_level,
+        "plugins": sorted(
+            [p.name, p.version, p.namespace, p.required] for p in config.plugins
+        ),
+        "fp16_pinned_keywords": sorted(set(config.fp16_pinned_keywords))
+        if config.precision.needs_calibration or config.precision.value == "fp16"
+        else [],
+        "strict_precision_constraints": config.strict_precision_constraints,
+        "strongly_typed": config.strongly_typed,
+        "excluded_op_types": sorted(set(config.excluded_op_types)),
+        "calibration_key": calibration_key,
+        "runtime_options": dict(sorted((runtime_options or {}).items())),
+    }
+
+
+def build_option_digest(
+    config: BuildConfig,
+    *,
+    calibration_key: str | None = None,
+    runtime_options: Mapping[str, Any] | None = None,
+) -> str:
+    payload = build_option_payload(
+        config, calibration_key=calibration_key, runtime_options=runtime_options
+    )
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:DIGEST_CHARS]
+
+
+def compute_identity(
+    *,
+    model_name: str,
+    model_hash: str,
+    config: BuildConfig,
+    target: RuntimeTarget,
+    calibration_key: str | None = None,
+    runtime_options: Mapping[str, Any] | None = None,
+) -> EngineIdentity:
+    from trt_provision.types import EngineIdentity
+
+    return EngineIdentity(
+        model_name=model_name,
+        model_sha256=model_hash,
+        precision=config.precision,
+        runtime=target.runtime,
+        runtime_version=target.runtime_version,
+        target=target.target,
+        platform=target.platform,
+        options_digest=build_option_digest(
+            config, calibration_key=calibration_key, runtime_options=runtime_options
+        ),
+    )

@@ -1,0 +1,147 @@
+"""The Protocols the compiler and the CLI depend on; concrete strategies live elsewhere.
+
+Only ``compose.py`` (and tests) construct concrete strategies. Each seam has an honest fake
+under ``tests/fakes/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from trt_provision.types import (
+    BackboneSpec,
+    BuildArtifact,
+    BuildConfig,
+    EngineCacheEntry,
+    EngineIdentity,
+    RuntimeTarget,
+    ThermalState,
+)
+
+__all__ = [
+    "CalibrationPlanner",
+    "EngineGate",
+    "EngineHandle",
+    "EngineStore",
+    "InferenceRuntime",
+    "MemoryBudget",
+    "RemoteEngineStore",
+    "ThermalStatePublisher",
+]
+
+
+@runtime_checkable
+class EngineHandle(Protocol):
+    """A deserialized engine ready for ``infer``; opaque outside its runtime."""
+
+    @property
+    def entry(self) -> EngineCacheEntry: ...
+
+    @property
+    def released(self) -> bool: ...
+
+
+@runtime_checkable
+class ThermalStatePublisher(Protocol):
+    def thermal_state(self) -> ThermalState: ...
+
+
+@runtime_checkable
+class EngineGate(Protocol):
+    """Decides, before any runtime import or call, whether an engine file may be loaded."""
+
+    def validate(self, engine_path: Path, expected: RuntimeTarget) -> EngineCacheEntry:
+        """Return the verified entry or raise EngineGateError (reason, path, expected/found)."""
+        ...
+
+
+@runtime_checkable
+class MemoryBudget(Protocol):
+    """Resident accounting of (GPU) memory; reserve before deserialize, release after."""
+
+    def predicted_bytes(self, entry: EngineCacheEntry) -> int: ...
+
+    def reserve(self, entry: EngineCacheEntry) -> int:
+        """Reserve the predicted bytes or raise OutOfMemoryError; returns a reservation id."""
+        ...
+
+    def release(self, reservation: int) -> None: ...
+
+
+@runtime_checkable
+class InferenceRuntime(Protocol):
+    """One engine-building and engine-running strategy (TensorRT, ONNX Runtime...)."""
+
+    def current_runtime_label(self) -> str:
+        """"tensorrt", "onnxruntime", ..."""
+        ...
+
+    def runtime_target(self, build_config: BuildConfig) -> RuntimeTarget:
+        """What an engine built here with this config is bound to (cheap, no build)."""
+        ...
+
+    def compile_engine(
+        self, model_path: Path, build_config: BuildConfig, staged_path: Path
+    ) -> BuildArtifact:
+        """Build the engine into ``staged_path``; the store publishes it afterwards."""
+        ...
+
+    def deserialize_engine(self, entry: EngineCacheEntry) -> EngineHandle:
+        """Gate first, then the memory budget, only then any runtime call."""
+        ...
+
+    def infer(self, handle: EngineHandle, inputs: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def release_engine(self, handle: EngineHandle) -> None:
+        """Idempotent: releasing twice is a no-op."""
+        ...
+
+    def thermal_state(self) -> ThermalState: ...
+
+
+@runtime_checkable
+class EngineStore(Protocol):
+    """A local engine cache directory: lookup, per-identity lock, atomic publish."""
+
+    @property
+    def root(self) -> Path: ...
+
+    def path_for(self, identity: EngineIdentity) -> Path: ...
+
+    def lock(self, identity: EngineIdentity) -> AbstractContextManager[None]: ...
+
+    def staging_path(self, identity: EngineIdentity) -> Path: ...
+
+    def publish(
+        self, identity: EngineIdentity, staged_path: Path, metadata: Mapping[str, Any]
+    ) -> EngineCacheEntry:
+        """Move a staged engine into place, then write its sidecars (each atomically)."""
+        ...
+
+    def iter_engines(self) -> Iterator[Path]: ...
+
+
+@runtime_checkable
+class RemoteEngineStore(Protocol):
+    """A store shared by a fleet (S3-compatible). Failures are reported, never fatal."""
+
+    def fetch(
+        self, identity: EngineIdentity, local: EngineStore, gate: EngineGate,
+        expected: RuntimeTarget,
+    ) -> EngineCacheEntry | None:
+        """Download, verify and publish locally; None when absent or untrusted."""
+        ...
+
+    def upload(self, entry: EngineCacheEntry) -> bool:
+        """Conditional put; False when another device won the race or upload is off."""
+        ...
+
+
+@runtime_checkable
+class CalibrationPlanner(Protocol):
+    """Resolves the calibration key of a backbone (enters the engine identity)."""
+
+    def calibration_key(self, backbone: BackboneSpec, model_hash: str) -> str | None: ...

@@ -1,0 +1,462 @@
+"""Frozen data-transfer objects. Validation lives in ``__post_init__``; defaults live here."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DEFAULT_PINNED_KEYWORDS",
+    "BackboneSpec",
+    "BuildArtifact",
+    "BuildConfig",
+    "CalibrationSpec",
+    "CompileOutcome",
+    "EngineCacheEntry",
+    "EngineCompileRequest",
+    "EngineCompileResult",
+    "EngineCompileSummary",
+    "EngineIdentity",
+    "HardwareCompatibility",
+    "HostCapabilities",
+    "OptimizationProfile",
+    "PluginSpec",
+    "PrecisionMode",
+    "RuntimeTarget",
+    "ThermalState",
+]
+
+DEFAULT_PINNED_KEYWORDS: tuple[str, ...] = ("router", "kan")
+
+
+class PrecisionMode(str, enum.Enum):
+    """Engine precision. ``MIXED`` is int8 with FP16-pinned sensitive layers."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+    MIXED = "mixed"
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self in (PrecisionMode.INT8, PrecisionMode.MIXED)
+
+
+class HardwareCompatibility(str, enum.Enum):
+    """TensorRT hardware-compatibility level; shown in the filename's target field."""
+
+    NONE = "none"
+    AMPERE_PLUS = "ampere_plus"
+    SAME_COMPUTE_CAPABILITY = "same_compute_capability"
+
+
+class CompileOutcome(str, enum.Enum):
+    BUILT = "built"
+    REUSED = "reused"
+    FETCHED = "fetched"
+    PLANNED = "planned"  # dry run: would be built
+
+
+def _check_shape(name: str, shape: tuple[int, ...]) -> None:
+    if not shape or any((not isinstance(d, int)) or d < 1 for d in shape):
+        raise ValueError(f"{name} must be a non-empty tuple of positive ints, got {shape!r}")
+
+
+@dataclass(frozen=True)
+class OptimizationProfile:
+    """Shape range of one dynamic input: min <= opt <= max in every dimension."""
+
+    input_name: str
+    min_shape: tuple[int, ...]
+    opt_shape: tuple[int, ...]
+    max_shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not self.input_name:
+            raise ValueError("profile input_name must not be empty")
+        for label in ("min_shape", "opt_shape", "max_shape"):
+            _check_shape(f"{self.input_name}.{label}", getattr(self, label))
+        if not len(self.min_shape) == len(self.opt_shape) == len(self.max_shape):
+            raise ValueError(f"profile {self.input_name}: min/opt/max ranks differ")
+        for i, (lo, mid, hi) in enumerate(
+            zip(self.min_shape, self.opt_shape, self.max_shape, strict=True)
+        ):
+            if not lo <= mid <= hi:
+                raise ValueError(
+                    f"profile {self.input_name}: dim {i} needs min <= opt <= max, "
+                    f"got {lo} / {mid} / {hi}"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input": self.input_name,
+            "min": list(self.min_shape),
+            "opt": list(self.opt_shape),
+            "max": list(self.max_shape),
+        }
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """A TensorRT plugin the engine depends on (its contract enters the identity)."""
+
+    name: str
+    version: str = "1"
+    namespace: str = ""
+    required: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("plugin name must not be empty")
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """Where INT8 calibration data comes from and how ranges are computed."""
+
+    source: str | None = None  # .npz, .npy dir, or "file.py:function"
+    dataset_version: str | None = None  # explicit version; else the dataset digest
+    algorithm: str = "entropy"  # entropy | minmax | percentile
+    num_bins: int = 2048
+    percentile: float = 99.999
+    governed: bool = True
+    max_batches: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ("entropy", "minmax", "percentile"):
+            raise ValueError(
+                f"calibration algorithm must be entropy, minmax or percentile, "
+                f"got {self.algorithm!r}"
+            )
+        if self.num_bins < 16:
+            raise ValueError(f"calibration num_bins must be >= 16, got {self.num_bins}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"calibration percentile must be in (50, 100], got {self.percentile}")
+        if self.max_batches is not None and self.max_batches < 1:
+            raise ValueError(f"calibration max_batches must be >= 1, got {self.max_batches}")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything that changes the engine a runtime builds."""
+
+    precision: PrecisionMode = PrecisionMode.FP32
+    workspace_mib: int = 1024
+    profiles: tuple[OptimizationProfile, ...] = ()
+    calibration: CalibrationSpec | None = None
+    timing_cache_path: Path | None = None
+    hardware_compatibility: HardwareCompatibility = HardwareCompatibility.NONE
+    builder_optimization_level: int = 3
+    plugins: tuple[PluginSpec, ...] = ()
+    fp16_pinned_keywords: tuple[str, ...] = DEFAULT_PINNED_KEYWORDS
+    strict_precision_constraints: bool = True
+    strongly_typed: bool | None = None  # None: choose by what the installed TRT offers
+    excluded_op_types: tuple[str, ...] = ()
+    min_cosine: float | None = None
+    max_rel_error: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.precision, PrecisionMode):
+            raise ValueError(f"precision must be a PrecisionMode, got {self.precision!r}")
+        if self.workspace_mib < 1:
+            raise ValueError(f"workspace_mib must be >= 1, got {self.workspace_mib}")
+        if not 0 <= self.builder_optimization_level <= 5:
+            raise ValueError(
+                f"builder_optimization_level must be 0..5, got {self.builder_optimization_level}"
+            )
+        names = [p.input_name for p in self.profiles]
+        if len(names) != len(set(names)):
+            raise ValueError(f"duplicate profile input names: {names}")
+        if any(not k or k != k.lower() for k in self.fp16_pinned_keywords):
+            raise ValueError(
+                f"fp16_pinned_keywords must be non-empty lowercase strings, "
+                f"got {self.fp16_pinned_keywords!r}"
+            )
+        if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
+            raise ValueError(f"min_cosine must be in [-1, 1], got {self.min_cosine}")
+        if self.max_rel_error is not None and self.max_rel_error < 0:
+            raise ValueError(f"max_rel_error must be >= 0, got {self.max_rel_error}")
+
+    def profile_for(self, input_name: str) -> OptimizationProfile | None:
+        for p in self.profiles:
+            if p.input_name == input_name:
+                return p
+        return None
+
+
+@dataclass(frozen=True)
+class HostCapabilities:
+    """What this host can run. ``sm`` is e.g. ``"sm90"``; None when no GPU is visible."""
+
+    sm: str | None = None
+    gpu_name: str | None = None
+    gpu_memory_bytes: int | None = None
+    gpu_integrated: bool = False
+    jetpack: str | None = None  # e.g. "6.2"
+    l4t: str | None = None  # e.g. "36.4.3"
+    trt_version: str | None = None
+    cuda_driver_version: str | None = None
+    nvidia_driver_version: str | None = None
+    ort_version: str | None = None
+    ort_providers: tuple[str, ...] = ()
+    cpu_arch: str = ""
+    cpu_isa: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def has_gpu(self) -> bool:
+        return self.sm is not None
+
+    @property
+    def sm_number(self) -> int | None:
+        if self.sm is None:
+            return None
+        return int(self.sm[2:].rstrip("+"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sm": self.sm,
+            "gpu_name": self.gpu_name,
+            "gpu_memory_bytes": self.gpu_memory_bytes,
+            "gpu_integrated": self.gpu_integrated,
+            "jetpack": self.jetpack,
+            "l4t": self.l4t,
+            "trt_version": self.trt_version,
+            "cuda_driver_version": self.cuda_driver_version,
+            "nvidia_driver_version": self.nvidia_driver_version,
+            "ort_version": self.ort_version,
+            "ort_providers": list(self.ort_providers),
+            "cpu_arch": self.cpu_arch,
+            "cpu_isa": list(self.cpu_isa),
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class RuntimeTarget:
+    """What a runtime strategy binds an engine to on this host (goes into the identity)."""
+
+    runtime: str  # filename token: "trt", "ortcpu", "ortcuda"
+    runtime_version: str  # e.g. "10.3.0"
+    target: str  # "sm87", "sm80+", "sm90cc", or "cpu-avx2"
+    platform: str  # "jp6.2", "dgpu" or "host"
+
+
+@dataclass(frozen=True)
+class EngineIdentity:
+    """Every build-relevant input of one engine; its filename is derived from it."""
+
+    model_name: str
+    model_sha256: str
+    precision: PrecisionMode
+    runtime: str
+    runtime_version: str
+    target: str
+    platform: str
+    options_digest: str
+
+    def __post_init__(self) -> None:
+        # Imported here: identity.py validates the fields against the filename schema.
+        from trt_provision.identity import validate_identity_fields
+
+        validate_identity_fields(self)
+
+    @property
+    def hardware_compatibility(self) -> HardwareCompatibility:
+        if self.target.endswith("+"):
+            return HardwareCompatibility.AMPERE_PLUS
+        if self.target.endswith("cc"):
+            return HardwareCompatibility.SAME_COMPUTE_CAPABILITY
+        return HardwareCompatibility.NONE
+
+    @property
+    def jetpack(self) -> str | None:
+        return self.platform[2:] if self.platform.startswith("jp") else None
+
+    @property
+    def filename(self) -> str:
+        from trt_provision.identity import engine_filename
+
+        return engine_filename(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "model_sha256": self.model_sha256,
+            "precision": self.precision.value,
+            "runtime": self.runtime,
+            "runtime_version": self.runtime_version,
+            "target": self.target,
+            "platform": self.platform,
+            "options_digest": self.options_digest,
+        }
+
+
+@dataclass(frozen=True)
+class EngineCacheEntry:
+    """A published engine: the file, its verified sha256 and its identity."""
+
+    engine_path: Path
+    sha256: str
+    identity: EngineIdentity
+    size_bytes: int = 0
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def sm(self) -> str:
+        return self.identity.target
+
+    @property
+    def jetpack(self) -> str | None:
+        return self.identity.jetpack
+
+    @property
+    def trt(self) -> str | None:
+        return self.identity.runtime_version if self.identity.runtime == "trt" else None
+
+    @property
+    def precision(self) -> PrecisionMode:
+        return self.identity.precision
+
+    @property
+    def sha256_path(self) -> Path:
+        return self.engine_path.with_name(self.engine_path.name + ".sha256")
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.engine_path.with_name(self.engine_path.name + ".json")
+
+
+@dataclass(frozen=True)
+class BuildArtifact:
+    """What a runtime's compile step produced in the staging file it was given."""
+
+    staged_path: Path
+    build_seconds: float
+    # Per-layer precision evidence, accuracy numbers, memory needs, calibration facts...
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One model of the corpus and how to build it."""
+
+    name: str
+    model_path: Path
+    build_config: BuildConfig = field(default_factory=BuildConfig)
+    version_label: str | None = None
+
+    def __post_init__(self) -> None:
+        from trt_provision.identity import validate_model_name
+
+        validate_model_name(self.name)
+
+
+@dataclass(frozen=True)
+class EngineCompileRequest:
+    backbones: tuple[BackboneSpec, ...]
+    force_rebuild: bool = False
+    dry_run: bool = False
+    use_remote: bool = True
+
+    def __post_init__(self) -> None:
+        names = [b.name for b in self.backbones]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate model names in request: {dupes}")
+
+
+@dataclass(frozen=True)
+class EngineCompileResult:
+    name: str
+    identity: EngineIdentity
+    outcome: CompileOutcome
+    entry: EngineCacheEntry | None  # None only for a dry run
+    compile_seconds: float = 0.0
+    total_seconds: float = 0.0
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "outcome": self.outcome.value,
+            "engine": str(self.entry.engine_path) if self.entry else None,
+            "filename": self.identity.filename,
+            "sha256": self.entry.sha256 if self.entry else None,
+            "compile_seconds": round(self.compile_seconds, 4),
+            "total_seconds": round(self.total_seconds, 4),
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class EngineCompileSummary:
+    results: tuple[EngineCompileResult, ...] = ()
+    wall_seconds: float = 0.0
+
+    def _count(self, outcome: CompileOutcome) -> int:
+        return sum(1 for r in self.results if r.outcome is outcome)
+
+    @property
+    def built(self) -> int:
+        return self._count(CompileOutcome.BUILT)
+
+    @property
+    def reused(self) -> int:
+        return self._count(CompileOutcome.REUSED)
+
+    @property
+    def fetched(self) -> int:
+        return self._count(CompileOutcome.FETCHED)
+
+    @property
+    def planned(self) -> int:
+        return self._count(CompileOutcome.PLANNED)
+
+    @property
+    def cache_hit_ratio(self) -> float:
+        """Share of engines that needed no build (reused locally or fetched)."""
+        if not self.results:
+            return 0.0
+        return (self.reused + self.fetched) / len(self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "built": self.built,
+            "reused": self.reused,
+            "fetched": self.fetched,
+            "planned": self.planned,
+            "cache_hit_ratio": round(self.cache_hit_ratio, 4),
+            "wall_seconds": round(self.wall_seconds, 4),
+            "results": [r.to_dict() for r in self.results],
+        }
+
+
+@dataclass(frozen=True)
+class ThermalState:
+    """Temperatures per zone (°C) and decoded throttling flags."""
+
+    temperatures_c: Mapping[str, float] = field(default_factory=dict)
+    throttle_reasons: tuple[str, ...] = ()
+    is_telemetry_available: bool = False
+    source: str = "none"
+
+    @property
+    def max_temperature_c(self) -> float | None:
+        return max(self.temperatures_c.values()) if self.temperatures_c else None
+
+    @property
+    def is_throttling(self) -> bool:
+        return bool(self.throttle_reasons)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "is_telemetry_available": self.is_telemetry_available,
+            "temperatures_c": dict(self.temperatures_c),
+            "max_temperature_c": self.max_temperature_c,
+            "throttle_reasons": list(self.throttle_reasons),
+        }
