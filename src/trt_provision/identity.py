@@ -170,8 +170,7 @@ def parse_engine_filename(filename: str) -> ParsedEngineName:
 
 
 def _tensors_with_external_data(graph: Any) -> Iterator[Any]:
-    for tensor in graph.initializer:
-        yield tensor
+    yield from graph.initializer
     for node in graph.node:
         for attr in node.attribute:
             if attr.HasField("t"):

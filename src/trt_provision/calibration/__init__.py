@@ -1,0 +1,1 @@
+"""Calibration data, governed calibration cache, tensor ranges, Q/DQ and FP16 graphs."""

@@ -1,0 +1,265 @@
+"""Probe what this host can run: GPU (NVML), Jetson/JetPack, TensorRT, ONNX Runtime, CPU ISA.
+
+Nothing here builds or loads an engine; every probe tolerates absent hardware and libraries
+(a laptop with no GPU gets ``sm=None``). ``root`` lets tests point the file-based probes at a
+fake filesystem tree.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import platform
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from trt_provision._lazy import is_available
+from trt_provision.types import HostCapabilities
+
+__all__ = [
+    "JetsonRelease",
+    "cpu_isa_flags",
+    "cpu_isa_level",
+    "jetpack_for_l4t",
+    "parse_nv_tegra_release",
+    "probe_host",
+    "tensorrt_version",
+]
+
+log = logging.getLogger(__name__)
+
+# L4T (R<major>.<minor>.<patch>) → JetPack release, from NVIDIA's public release notes.
+_L4T_TO_JETPACK: tuple[tuple[str, str], ...] = (
+    ("38.2", "7.0"),
+    ("38", "7.0"),
+    ("36.4.4", "6.2.1"),
+    ("36.4.3", "6.2"),
+    ("36.4", "6.1"),
+    ("36.3", "6.0"),
+    ("36.2", "6.0DP"),
+    ("35.6", "5.1.4"),
+    ("35.5", "5.1.3"),
+    ("35.4", "5.1.2"),
+    ("35.3", "5.1.1"),
+    ("35.2", "5.1"),
+    ("35.1", "5.0.2"),
+)
+
+# Jetson SoC → compute capability (NVML is not available on older Jetson images).
+_TEGRA_SM: tuple[tuple[str, str], ...] = (
+    ("thor", "sm110"),
+    ("orin", "sm87"),
+    ("xavier", "sm72"),
+    ("tx2", "sm62"),
+    ("nano", "sm53"),
+)
+
+
+@dataclass(frozen=True)
+class JetsonRelease:
+    l4t: str
+    jetpack: str | None
+
+
+def parse_nv_tegra_release(text: str) -> JetsonRelease | None:
+    """Parse ``/etc/nv_tegra_release`` (``# R36 (release), REVISION: 4.3, ...``)."""
+    match = re.search(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*([0-9.]+)", text)
+    if match is None:
+        return None
+    l4t = f"{match.group(1)}.{match.group(2).strip('.')}"
+    return JetsonRelease(l4t=l4t, jetpack=jetpack_for_l4t(l4t))
+
+
+def jetpack_for_l4t(l4t: str) -> str | None:
+    for prefix, jetpack in _L4T_TO_JETPACK:
+        if l4t == prefix or l4t.startswith(prefix + "."):
+            return jetpack
+    return None
+
+
+def cpu_isa_flags(root: Path = Path("/")) -> tuple[str, ...]:
+    try:
+        text = (root / "proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return tuple(sorted(set(value.split())))
+    return ()
+
+
+def cpu_isa_level(flags: tuple[str, ...], machine: str) -> str:
+    """The coarse ISA level that decides which kernels an optimized CPU graph may use."""
+    have = set(flags)
+    if machine in ("x86_64", "AMD64", "i686"):
+        if {"avx512f", "avx512bw", "avx512vl"} <= have:
+            return "avx512"
+        if {"avx2", "fma"} <= have:
+            return "avx2"
+        if "avx" in have:
+            return "avx"
+        return "sse"
+    if machine in ("aarch64", "arm64"):
+        if "sve" in have:
+            return "sve"
+        return "neon"
+    return re.sub(r"[^a-z0-9]", "", machine.lower()) or "generic"
+
+
+def tensorrt_version() -> str | None:
+    """TensorRT version from package metadata, without importing (and so loading) it."""
+    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-libs",
+                 "tensorrt-cu13-libs", "tensorrt-cu12-libs"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    if not is_available("tensorrt"):
+        return None
+    # JetPack installs TensorRT as a Debian package without Python metadata: ask the module.
+    try:
+        import tensorrt
+
+        return str(tensorrt.__version__)
+    except Exception as exc:  # a broken install must not break probing
+        log.warning("tensorrt is present but does not import: %s", exc,
+                    extra={"event": "host.trt.broken"})
+        return None
+
+
+def _ort_facts() -> tuple[str | None, tuple[str, ...]]:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None, ()
+    return str(onnxruntime.__version__), tuple(onnxruntime.get_available_providers())
+
+
+def _jetson_sm(root: Path) -> str | None:
+    for rel in ("proc/device-tree/model", "sys/firmware/devicetree/base/model"):
+        try:
+            model = (root / rel).read_text(errors="replace").lower()
+        except OSError:
+            continue
+        for key, sm in _TEGRA_SM:
+            if key in model:
+                return sm
+    return None
+
+
+def _jetson_model(root: Path) -> str | None:
+    try:
+        return (root / "proc/device-tree/model").read_text(errors="replace").strip("\x00 \n")
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class _GpuFacts:
+    sm: str
+    name: str
+    memory_bytes: int | None
+    driver: str | None
+    cuda_driver: str | None
+
+
+def _nvml_gpu(nvml_loader: Callable[[], ModuleType | None]) -> _GpuFacts | None:
+    nvml = nvml_loader()
+    if nvml is None:
+        return None
+    try:
+        nvml.nvmlInit()
+    except Exception as exc:  # NVMLError: no driver / no GPU
+        log.debug("NVML unavailable: %s", exc)
+        return None
+    try:
+        if nvml.nvmlDeviceGetCount() < 1:
+            return None
+        handle = nvml.nvmlDeviceGetHandleByIndex(0)
+        major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
+        name = nvml.nvmlDeviceGetName(handle)
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        try:
+            memory: int | None = int(nvml.nvmlDeviceGetMemoryInfo(handle).total)
+        except Exception:
+            memory = None
+        driver = nvml.nvmlSystemGetDriverVersion()
+        driver = driver.decode() if isinstance(driver, bytes) else str(driver)
+        cuda = int(nvml.nvmlSystemGetCudaDriverVersion())
+        return _GpuFacts(
+            sm=f"sm{major}{minor}",
+            name=name,
+            memory_bytes=memory,
+            driver=driver,
+            cuda_driver=f"{cuda // 1000}.{(cuda % 1000) // 10}",
+        )
+    except Exception as exc:
+        log.warning("NVML query failed: %s", exc, extra={"event": "host.nvml.failed"})
+        return None
+    finally:
+        try:
+            nvml.nvmlShutdown()
+        except Exception:
+            log.debug("nvmlShutdown failed", exc_info=True)
+
+
+def _default_nvml() -> ModuleType | None:
+    if not is_available("pynvml"):
+        return None
+    try:
+        import pynvml
+
+        module: ModuleType = pynvml
+        return module
+    except ImportError:
+        return None
+
+
+def probe_host(
+    *,
+    root: Path = Path("/"),
+    nvml_loader: Callable[[], ModuleType | None] = _default_nvml,
+    trt_version_probe: Callable[[], str | None] = tensorrt_version,
+) -> HostCapabilities:
+    """Collect HostCapabilities; never raises for missing hardware or libraries."""
+    machine = platform.machine()
+    flags = cpu_isa_flags(root)
+    notes: list[str] = []
+    jetson: JetsonRelease | None = None
+    try:
+        jetson = parse_nv_tegra_release((root / "etc/nv_tegra_release").read_text())
+    except OSError:
+        jetson = None
+    gpu = _nvml_gpu(nvml_loader)
+    sm = gpu.sm if gpu else None
+    name = gpu.name if gpu else None
+    integrated = False
+    if jetson is not None:
+        integrated = True
+        sm = sm or _jetson_sm(root)
+        name = name or _jetson_model(root)
+        if jetson.jetpack is None:
+            notes.append(f"unknown JetPack for L4T {jetson.l4t}")
+    if sm is None:
+        notes.append("no GPU visible")
+    ort_version, providers = _ort_facts()
+    return HostCapabilities(
+        sm=sm,
+        gpu_name=name,
+        gpu_memory_bytes=gpu.memory_bytes if gpu else None,
+        gpu_integrated=integrated,
+        jetpack=jetson.jetpack if jetson else None,
+        l4t=jetson.l4t if jetson else None,
+        trt_version=trt_version_probe(),
+        cuda_driver_version=gpu.cuda_driver if gpu else None,
+        nvidia_driver_version=gpu.driver if gpu else None,
+        ort_version=ort_version,
+        ort_providers=providers,
+        cpu_arch=machine,
+        cpu_isa=flags,
+        notes=tuple(notes),
+    )
