@@ -14,9 +14,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 from trt_provision._lazy import is_available
+from trt_provision._nvml import NvmlClient, NvmlLoader, NvmlUnavailable, default_nvml_loader
 from trt_provision.types import HostCapabilities
 
 __all__ = [
@@ -112,8 +112,14 @@ def cpu_isa_level(flags: tuple[str, ...], machine: str) -> str:
 
 def tensorrt_version() -> str | None:
     """TensorRT version from package metadata, without importing (and so loading) it."""
-    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-libs",
-                 "tensorrt-cu13-libs", "tensorrt-cu12-libs"):
+    for dist in (
+        "tensorrt",
+        "tensorrt-cu13",
+        "tensorrt-cu12",
+        "tensorrt-libs",
+        "tensorrt-cu13-libs",
+        "tensorrt-cu12-libs",
+    ):
         try:
             return importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -126,8 +132,9 @@ def tensorrt_version() -> str | None:
 
         return str(tensorrt.__version__)
     except Exception as exc:  # a broken install must not break probing
-        log.warning("tensorrt is present but does not import: %s", exc,
-                    extra={"event": "host.trt.broken"})
+        log.warning(
+            "tensorrt is present but does not import: %s", exc, extra={"event": "host.trt.broken"}
+        )
         return None
 
 
@@ -167,81 +174,113 @@ class _GpuFacts:
     cuda_driver: str | None
 
 
-def _nvml_gpu(nvml_loader: Callable[[], ModuleType | None]) -> _GpuFacts | None:
-    nvml = nvml_loader()
-    if nvml is None:
-        return None
+def _nvml_gpu(nvml_loader: NvmlLoader) -> _GpuFacts | None:
+    client = NvmlClient(nvml_loader)
     try:
-        nvml.nvmlInit()
-    except Exception as exc:  # NVMLError: no driver / no GPU
-        log.debug("NVML unavailable: %s", exc)
-        return None
-    try:
-        if nvml.nvmlDeviceGetCount() < 1:
+        if client.device_count() < 1:
             return None
-        handle = nvml.nvmlDeviceGetHandleByIndex(0)
-        major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
-        name = nvml.nvmlDeviceGetName(handle)
-        name = name.decode() if isinstance(name, bytes) else str(name)
-        try:
-            memory: int | None = int(nvml.nvmlDeviceGetMemoryInfo(handle).total)
-        except Exception:
-            memory = None
-        driver = nvml.nvmlSystemGetDriverVersion()
-        driver = driver.decode() if isinstance(driver, bytes) else str(driver)
-        cuda = int(nvml.nvmlSystemGetCudaDriverVersion())
-        return _GpuFacts(
-            sm=f"sm{major}{minor}",
-            name=name,
-            memory_bytes=memory,
-            driver=driver,
-            cuda_driver=f"{cuda // 1000}.{(cuda % 1000) // 10}",
-        )
-    except Exception as exc:
-        log.warning("NVML query failed: %s", exc, extra={"event": "host.nvml.failed"})
-        return None
-    finally:
-        try:
-            nvml.nvmlShutdown()
-        except Exception:
-            log.debug("nvmlShutdown failed", exc_info=True)
-
-
-def _default_nvml() -> ModuleType | None:
-    if not is_available("pynvml"):
+        major, minor = client.compute_capability(0)
+        name = client.name(0)
+    except NvmlUnavailable as exc:  # no pynvml, no driver or no GPU: not an error here
+        log.debug("NVML unavailable: %s", exc, extra={"event": "host.nvml.unavailable"})
+        client.close()
         return None
     try:
-        import pynvml
+        # Jetson's NVML does not report memory; the caller falls back to MemTotal.
+        memory: int | None = client.memory_info(0)[1]
+    except NvmlUnavailable:
+        memory = None
+    try:
+        driver: str | None = client.driver_version()
+        cuda: str | None = client.cuda_driver_version()
+    except NvmlUnavailable as exc:
+        log.warning("NVML query failed: %s", exc, extra={"event": "host.nvml.failed"})
+        driver = cuda = None
+    client.close()
+    return _GpuFacts(
+        sm=f"sm{major}{minor}", name=name, memory_bytes=memory, driver=driver, cuda_driver=cuda
+    )
 
-        module: ModuleType = pynvml
-        return module
-    except ImportError:
+
+_default_nvml = default_nvml_loader  # kept: older callers pass it explicitly
+
+
+def _dpkg_versions(root: Path, packages: frozenset[str]) -> dict[str, str]:
+    """Versions of the named installed Debian packages (JetPack images record theirs)."""
+    try:
+        text = (root / "var/lib/dpkg/status").read_text(errors="replace")
+    except OSError:
+        return {}
+    found: dict[str, str] = {}
+    for stanza in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            key, sep, value = line.partition(":")
+            if sep and not line.startswith((" ", "\t")):
+                fields[key.strip()] = value.strip()
+        name = fields.get("Package")
+        if name in packages and "Version" in fields:
+            found[name] = fields["Version"]
+    return found
+
+
+def _jetson_release(root: Path) -> JetsonRelease | None:
+    """L4T and JetPack from ``/etc/nv_tegra_release``, refined by the dpkg database.
+
+    The release file exists on JetPack 5, 6 and 7 images; containers built from
+    ``l4t-base`` sometimes lack it but keep ``nvidia-l4t-core`` in the dpkg database.
+    The ``nvidia-jetpack`` meta-package, when installed, names the JetPack release exactly.
+    """
+    release: JetsonRelease | None = None
+    try:
+        release = parse_nv_tegra_release(
+            (root / "etc/nv_tegra_release").read_text(errors="replace")
+        )
+    except OSError:
+        release = None
+    versions = _dpkg_versions(root, frozenset({"nvidia-jetpack", "nvidia-l4t-core"}))
+    if release is None and "nvidia-l4t-core" in versions:
+        match = re.match(r"(\d+(?:\.\d+)*)", versions["nvidia-l4t-core"])
+        if match:
+            release = JetsonRelease(l4t=match.group(1), jetpack=jetpack_for_l4t(match.group(1)))
+    if release is not None and "nvidia-jetpack" in versions:
+        match = re.match(r"(\d+(?:\.\d+)*)", versions["nvidia-jetpack"])
+        if match:
+            release = JetsonRelease(l4t=release.l4t, jetpack=match.group(1))
+    return release
+
+
+def _mem_total_bytes(root: Path) -> int | None:
+    try:
+        text = (root / "proc/meminfo").read_text(errors="replace")
+    except OSError:
         return None
+    match = re.search(r"^MemTotal:\s+(\d+)\s*kB", text, re.MULTILINE)
+    return int(match.group(1)) * 1024 if match else None
 
 
 def probe_host(
     *,
     root: Path = Path("/"),
-    nvml_loader: Callable[[], ModuleType | None] = _default_nvml,
+    nvml_loader: NvmlLoader = default_nvml_loader,
     trt_version_probe: Callable[[], str | None] = tensorrt_version,
 ) -> HostCapabilities:
     """Collect HostCapabilities; never raises for missing hardware or libraries."""
     machine = platform.machine()
     flags = cpu_isa_flags(root)
     notes: list[str] = []
-    jetson: JetsonRelease | None = None
-    try:
-        jetson = parse_nv_tegra_release((root / "etc/nv_tegra_release").read_text())
-    except OSError:
-        jetson = None
+    jetson = _jetson_release(root)
     gpu = _nvml_gpu(nvml_loader)
     sm = gpu.sm if gpu else None
     name = gpu.name if gpu else None
+    memory = gpu.memory_bytes if gpu else None
     integrated = False
     if jetson is not None:
         integrated = True
         sm = sm or _jetson_sm(root)
         name = name or _jetson_model(root)
+        # The integrated GPU shares system RAM; NVML on Jetson does not report it.
+        memory = memory or _mem_total_bytes(root)
         if jetson.jetpack is None:
             notes.append(f"unknown JetPack for L4T {jetson.l4t}")
     if sm is None:
@@ -250,7 +289,7 @@ def probe_host(
     return HostCapabilities(
         sm=sm,
         gpu_name=name,
-        gpu_memory_bytes=gpu.memory_bytes if gpu else None,
+        gpu_memory_bytes=memory if sm is not None else None,
         gpu_integrated=integrated,
         jetpack=jetson.jetpack if jetson else None,
         l4t=jetson.l4t if jetson else None,

@@ -102,17 +102,20 @@ def validate_identity_fields(identity: EngineIdentity) -> None:
 
 
 def engine_filename(identity: EngineIdentity) -> str:
-    return ".".join(
-        [
-            identity.model_name,
-            identity.model_sha256[:HASH_CHARS],
-            identity.precision.value,
-            identity.target,
-            identity.platform.replace(".", "_"),
-            f"{identity.runtime}-{identity.runtime_version.replace('.', '_')}",
-            identity.options_digest,
-        ]
-    ) + ENGINE_SUFFIX
+    return (
+        ".".join(
+            [
+                identity.model_name,
+                identity.model_sha256[:HASH_CHARS],
+                identity.precision.value,
+                identity.target,
+                identity.platform.replace(".", "_"),
+                f"{identity.runtime}-{identity.runtime_version.replace('.', '_')}",
+                identity.options_digest,
+            ]
+        )
+        + ENGINE_SUFFIX
+    )
 
 
 @dataclass(frozen=True)
@@ -246,9 +249,7 @@ def build_option_payload(
         "profiles": [p.to_dict() for p in sorted(config.profiles, key=lambda p: p.input_name)],
         "hardware_compatibility": config.hardware_compatibility.value,
         "builder_optimization_level": config.builder_optimization_level,
-        "plugins": sorted(
-            [p.name, p.version, p.namespace, p.required] for p in config.plugins
-        ),
+        "plugins": sorted([p.name, p.version, p.namespace, p.required] for p in config.plugins),
         "fp16_pinned_keywords": sorted(set(config.fp16_pinned_keywords))
         if config.precision.needs_calibration or config.precision.value == "fp16"
         else [],

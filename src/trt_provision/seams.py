@@ -76,7 +76,7 @@ class InferenceRuntime(Protocol):
     """One engine-building and engine-running strategy (TensorRT, ONNX Runtime...)."""
 
     def current_runtime_label(self) -> str:
-        """"tensorrt", "onnxruntime", ..."""
+        """ "tensorrt", "onnxruntime", ..."""
         ...
 
     def runtime_target(self, build_config: BuildConfig) -> RuntimeTarget:
@@ -129,7 +129,10 @@ class RemoteEngineStore(Protocol):
     """A store shared by a fleet (S3-compatible). Failures are reported, never fatal."""
 
     def fetch(
-        self, identity: EngineIdentity, local: EngineStore, gate: EngineGate,
+        self,
+        identity: EngineIdentity,
+        local: EngineStore,
+        gate: EngineGate,
         expected: RuntimeTarget,
     ) -> EngineCacheEntry | None:
         """Download, verify and publish locally; None when absent or untrusted."""

@@ -180,7 +180,7 @@ def _mtime(path: Path) -> float:
 def _writer_alive(temp_name: str) -> bool:
     """Temp names carry the writer's pid: ``.tmp-<pid>-<nonce>-<name>``."""
     try:
-        pid = int(temp_name[len(TEMP_PREFIX):].split("-", 1)[0])
+        pid = int(temp_name[len(TEMP_PREFIX) :].split("-", 1)[0])
     except ValueError:
         return False
     if pid == os.getpid():

@@ -1,0 +1,58 @@
+"""``trt-provision probe``: what this host can run (GPU, JetPack, TensorRT, ORT, CPU)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from trt_provision.cli._common import add_settings_args, print_json, settings_from_args
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "probe",
+        help="show the host's capabilities and thermal state",
+        description="Probe GPU, JetPack, TensorRT, ONNX Runtime and CPU ISA without building.",
+    )
+    add_settings_args(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON on stdout")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from trt_provision.compose import choose_runtime_label, wire
+
+    settings = settings_from_args(args)
+    wired = wire(settings, use_remote=False)
+    data: dict[str, Any] = {
+        "host": wired.host.to_dict(),
+        "runtime": choose_runtime_label(settings, wired.host),
+        "runtime_target": vars(wired.runtime.runtime_target(_default_config())),
+        "thermal": wired.runtime.thermal_state().to_dict(),
+        "cache_dir": str(settings.cache_dir),
+    }
+    if args.json:
+        print_json(data)
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="trt-provision probe", show_header=False)
+    for key, value in data["host"].items():
+        if key == "cpu_isa":
+            value = f"{len(value)} flags"
+        table.add_row(key, str(value))
+    table.add_row("runtime", data["runtime"])
+    table.add_row("engine target", str(data["runtime_target"]))
+    table.add_row("thermal", str(data["thermal"]))
+    table.add_row("cache_dir", data["cache_dir"])
+    Console().print(table)
+    return 0
+
+
+def _default_config() -> Any:
+    from trt_provision.types import BuildConfig
+
+    return BuildConfig()

@@ -1,0 +1,107 @@
+"""``trt-provision provision MANIFEST``: the main job."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from trt_provision.cli._common import add_settings_args, print_json, settings_from_args
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "provision",
+        help="compile or reuse one engine per model of a manifest",
+        description="Compile, fetch or reuse one engine per model listed in MANIFEST (TOML).",
+    )
+    parser.add_argument("manifest", type=Path, help="TOML manifest listing the models")
+    add_settings_args(parser)
+    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="show what would be built or reused; build nothing"
+    )
+    parser.add_argument("--force-rebuild", action="store_true", help="ignore cached engines")
+    parser.add_argument(
+        "--remote",
+        dest="remote",
+        action="store_true",
+        default=True,
+        help="use the remote store configured in the manifest (default)",
+    )
+    parser.add_argument("--no-remote", dest="remote", action="store_false", help="local only")
+    parser.add_argument(
+        "--max-temp",
+        type=float,
+        metavar="CELSIUS",
+        help="refuse to start a build while the device is hotter than this",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from trt_provision.compose import wire
+    from trt_provision.config import load_manifest
+    from trt_provision.types import EngineCompileRequest
+
+    manifest = load_manifest(args.manifest)
+    settings = settings_from_args(args, manifest.settings)
+    wired = wire(settings, use_remote=args.remote)
+    if not args.dry_run:
+        wired.store.ensure_writable()
+    request = EngineCompileRequest(
+        backbones=manifest.backbones,
+        force_rebuild=args.force_rebuild,
+        dry_run=args.dry_run,
+        use_remote=args.remote,
+    )
+    if args.json or not sys.stderr.isatty():
+        summary = wired.compiler.compile_engines_for_corpus(request)
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        with Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            transient=True,
+        ) as progress:
+            task = progress.add_task("provisioning", total=len(request.backbones))
+
+            def advance(result: Any) -> None:
+                progress.update(
+                    task, advance=1, description=f"{result.name}: {result.outcome.value}"
+                )
+
+            summary = wired.compiler.compile_engines_for_corpus(request, progress=advance)
+    if args.json:
+        data = summary.to_dict()
+        data["runtime"] = wired.runtime.current_runtime_label()
+        data["cache_dir"] = str(settings.cache_dir)
+        print_json(data)
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"trt-provision: {args.manifest.name} ({wired.runtime.current_runtime_label()})"
+    )
+    for column in ("model", "outcome", "engine", "seconds"):
+        table.add_column(column)
+    for r in summary.results:
+        table.add_row(
+            r.name, r.outcome.value.upper(), r.identity.filename, f"{r.total_seconds:.2f}"
+        )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"built {summary.built}, reused {summary.reused}, fetched {summary.fetched}"
+        + (f", planned {summary.planned}" if summary.planned else "")
+        + f"; cache hit ratio {summary.cache_hit_ratio:.0%}; {summary.wall_seconds:.2f} s; "
+        f"cache {settings.cache_dir}",
+        highlight=False,
+    )
+    return 0

@@ -1,0 +1,308 @@
+"""EngineCompiler: stateless orchestration of identity → reuse → fetch → build → publish.
+
+The compiler knows only the Protocols in ``seams.py``; ``compose.py`` wires the concrete
+strategies. It never deletes anything: stale engines are left for ``cache gc``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import logging
+import platform
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from trt_provision._version import __version__
+from trt_provision.config_json import build_config_to_json
+from trt_provision.errors import EngineGateError, ThermalLimitError, TrtProvisionError
+from trt_provision.identity import compute_identity, model_sha256
+from trt_provision.seams import (
+    CalibrationPlanner,
+    EngineGate,
+    EngineStore,
+    InferenceRuntime,
+    RemoteEngineStore,
+)
+from trt_provision.types import (
+    BackboneSpec,
+    CompileOutcome,
+    EngineCacheEntry,
+    EngineCompileRequest,
+    EngineCompileResult,
+    EngineCompileSummary,
+    EngineIdentity,
+    HostCapabilities,
+    RuntimeTarget,
+)
+
+__all__ = ["EngineCompiler", "ProgressCallback"]
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[EngineCompileResult], None]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    backbone: BackboneSpec
+    identity: EngineIdentity
+    target: RuntimeTarget
+    model_hash: str
+    reusable: EngineCacheEntry | None
+    started: float
+
+
+class EngineCompiler:
+    """Compiles, or reuses from cache, one engine per backbone for this host."""
+
+    def __init__(
+        self,
+        *,
+        runtime: InferenceRuntime,
+        store: EngineStore,
+        gate: EngineGate,
+        host: HostCapabilities,
+        remote: RemoteEngineStore | None = None,
+        calibration: CalibrationPlanner | None = None,
+        max_temperature_c: float | None = None,
+        verify_workers: int = 0,
+    ) -> None:
+        self._runtime = runtime
+        self._store = store
+        self._gate = gate
+        self._host = host
+        self._remote = remote
+        self._calibration = calibration
+        self._max_temp = max_temperature_c
+        self._workers = verify_workers
+
+    # ------------------------------------------------------------------ public
+
+    def identity_for(self, backbone: BackboneSpec) -> tuple[EngineIdentity, RuntimeTarget, str]:
+        model_hash = model_sha256(backbone.model_path)
+        calibration_key = (
+            self._calibration.calibration_key(backbone, model_hash)
+            if self._calibration is not None and backbone.build_config.precision.needs_calibration
+            else None
+        )
+        target = self._runtime.runtime_target(backbone.build_config)
+        identity = compute_identity(
+            model_name=backbone.name,
+            model_hash=model_hash,
+            config=backbone.build_config,
+            target=target,
+            calibration_key=calibration_key,
+        )
+        return identity, target, model_hash
+
+    def compile_engines_for_corpus(
+        self, request: EngineCompileRequest, progress: ProgressCallback | None = None
+    ) -> EngineCompileSummary:
+        started = time.perf_counter()
+        if not request.backbones:
+            return EngineCompileSummary(results=(), wall_seconds=0.0)
+        log.info(
+            "provisioning %d model(s) with %s",
+            len(request.backbones),
+            self._runtime.current_runtime_label(),
+            extra={"event": "provision.start", "models": len(request.backbones)},
+        )
+        # Phase 1 (parallel): identity and local verification. Hashing releases the GIL,
+        # so an all-hit run verifies its engines concurrently, each read once.
+        workers = self._workers or min(8, len(request.backbones))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
+            plans = list(
+                pool.map(lambda b: self._plan(b, request.force_rebuild), request.backbones)
+            )
+        # Phase 2 (sequential): fetch or build what is missing, in manifest order.
+        results: list[EngineCompileResult] = []
+        for plan in plans:
+            result = self._resolve(plan, request)
+            results.append(result)
+            if progress is not None:
+                progress(result)
+        summary = EngineCompileSummary(
+            results=tuple(results), wall_seconds=time.perf_counter() - started
+        )
+        log.info(
+            "finished provisioning in %.2f s: %d built, %d reused, %d fetched",
+            summary.wall_seconds,
+            summary.built,
+            summary.reused,
+            summary.fetched,
+            extra={
+                "event": "provision.finish",
+                "built": summary.built,
+                "reused": summary.reused,
+                "fetched": summary.fetched,
+                "seconds": summary.wall_seconds,
+            },
+        )
+        return summary
+
+    # ------------------------------------------------------------------ steps
+
+    def _plan(self, backbone: BackboneSpec, force: bool) -> _Plan:
+        started = time.perf_counter()
+        identity, target, model_hash = self.identity_for(backbone)
+        reusable = None if force else self._try_reuse(identity, target)
+        return _Plan(backbone, identity, target, model_hash, reusable, started)
+
+    def _try_reuse(
+        self, identity: EngineIdentity, target: RuntimeTarget, *, quiet: bool = False
+    ) -> EngineCacheEntry | None:
+        path = self._store.path_for(identity)
+        if not path.exists() and not path.is_symlink():
+            return None
+        try:
+            entry = self._gate.validate(path, target)
+        except EngineGateError as exc:
+            if quiet:  # already reported by the first look
+                return None
+            log.warning(
+                "cached engine %s is not reusable and will be rebuilt: %s",
+                path.name,
+                exc,
+                extra={"event": "engine.cache.invalid", "engine": str(path), "reason": exc.message},
+            )
+            return None
+        log.debug("cache hit %s", path.name, extra={"event": "engine.cache.hit"})
+        return entry
+
+    def _resolve(self, plan: _Plan, request: EngineCompileRequest) -> EngineCompileResult:
+        name = plan.backbone.name
+        if plan.reusable is not None:
+            return self._result(plan, CompileOutcome.REUSED, plan.reusable, 0.0)
+        if request.dry_run:
+            return EngineCompileResult(
+                name=name,
+                identity=plan.identity,
+                outcome=CompileOutcome.PLANNED,
+                entry=None,
+                total_seconds=time.perf_counter() - plan.started,
+            )
+        with self._store.lock(plan.identity):
+            # Another process may have published it while we waited for the lock.
+            if not request.force_rebuild:
+                entry = self._try_reuse(plan.identity, plan.target, quiet=True)
+                if entry is not None:
+                    return self._result(plan, CompileOutcome.REUSED, entry, 0.0)
+                if self._remote is not None and request.use_remote:
+                    fetched = self._remote.fetch(
+                        plan.identity, self._store, self._gate, plan.target
+                    )
+                    if fetched is not None:
+                        return self._result(plan, CompileOutcome.FETCHED, fetched, 0.0)
+            entry, seconds = self._build(plan)
+        if self._remote is not None and request.use_remote:
+            uploaded = self._remote.upload(entry)
+            log.info(
+                "%s %s to the remote store",
+                "uploaded" if uploaded else "did not upload",
+                entry.engine_path.name,
+                extra={"event": "engine.remote.upload", "uploaded": uploaded},
+            )
+        return self._result(plan, CompileOutcome.BUILT, entry, seconds)
+
+    def _check_thermal(self, name: str) -> None:
+        if self._max_temp is None:
+            return
+        state = self._runtime.thermal_state()
+        hottest = state.max_temperature_c
+        if hottest is not None and hottest > self._max_temp:
+            raise ThermalLimitError(
+                "device is too hot to start a build",
+                model=name,
+                temperature_c=hottest,
+                limit_c=self._max_temp,
+            )
+
+    def _build(self, plan: _Plan) -> tuple[EngineCacheEntry, float]:
+        backbone = plan.backbone
+        self._check_thermal(backbone.name)
+        staged = self._store.staging_path(plan.identity)
+        log.info(
+            "building %s (%s, %s)",
+            plan.identity.filename,
+            backbone.build_config.precision.value,
+            self._runtime.current_runtime_label(),
+            extra={"event": "engine.build.start", "model": backbone.name},
+        )
+        started = time.perf_counter()
+        try:
+            artifact = self._runtime.compile_engine(
+                backbone.model_path, backbone.build_config, staged
+            )
+            seconds = time.perf_counter() - started
+            entry = self._store.publish(
+                plan.identity, staged, self._metadata(plan, artifact.metadata, seconds)
+            )
+        except TrtProvisionError as exc:
+            log.error(
+                "build of %s failed: %s",
+                backbone.name,
+                exc,
+                extra={
+                    "event": "engine.build.failed",
+                    "model": backbone.name,
+                    "error": type(exc).__name__,
+                },
+            )
+            raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                staged.unlink()
+        log.info(
+            "finished building %s in %.2f s",
+            entry.engine_path.name,
+            seconds,
+            extra={"event": "engine.build.finish", "model": backbone.name, "seconds": seconds},
+        )
+        return entry, seconds
+
+    def _metadata(
+        self, plan: _Plan, artifact_meta: dict[str, Any] | Any, seconds: float
+    ) -> dict[str, Any]:
+        backbone = plan.backbone
+        meta: dict[str, Any] = {
+            "model": {
+                "name": backbone.name,
+                "path": str(backbone.model_path),
+                "version_label": backbone.version_label,
+                "sha256": plan.model_hash,
+            },
+            "build_config": build_config_to_json(backbone.build_config),
+            "host": self._host.to_dict(),
+            "runtime_target": {
+                "runtime": plan.target.runtime,
+                "runtime_version": plan.target.runtime_version,
+                "target": plan.target.target,
+                "platform": plan.target.platform,
+            },
+            "tool_versions": {
+                "trt_provision": __version__,
+                "python": platform.python_version(),
+            },
+            "timings": {
+                "build_seconds": round(seconds, 4),
+                "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            },
+        }
+        meta.update(dict(artifact_meta))
+        return meta
+
+    def _result(
+        self, plan: _Plan, outcome: CompileOutcome, entry: EngineCacheEntry, seconds: float
+    ) -> EngineCompileResult:
+        return EngineCompileResult(
+            name=plan.backbone.name,
+            identity=plan.identity,
+            outcome=outcome,
+            entry=entry,
+            compile_seconds=seconds,
+            total_seconds=time.perf_counter() - plan.started,
+        )

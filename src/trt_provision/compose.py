@@ -1,0 +1,109 @@
+"""The composition root: validated settings → wired strategies. Nothing else constructs them."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from trt_provision._lazy import is_available
+from trt_provision.compiler import EngineCompiler
+from trt_provision.config import Settings
+from trt_provision.gates.engine_gate import DefaultEngineGate
+from trt_provision.host import probe_host
+from trt_provision.runtimes.onnxruntime import OnnxRuntimeRuntime
+from trt_provision.seams import (
+    CalibrationPlanner,
+    EngineGate,
+    InferenceRuntime,
+    MemoryBudget,
+    RemoteEngineStore,
+    ThermalStatePublisher,
+)
+from trt_provision.stores.local import LocalEngineStore
+from trt_provision.types import HostCapabilities
+
+__all__ = ["Wired", "build_gate", "choose_runtime_label", "wire"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Wired:
+    settings: Settings
+    host: HostCapabilities
+    store: LocalEngineStore
+    gate: EngineGate
+    runtime: InferenceRuntime
+    compiler: EngineCompiler
+    budget: MemoryBudget | None = None
+    thermal: ThermalStatePublisher | None = None
+    remote: RemoteEngineStore | None = None
+
+
+def choose_runtime_label(settings: Settings, host: HostCapabilities) -> str:
+    """TensorRT when it is importable and a GPU is present, else ONNX Runtime."""
+    if settings.runtime != "auto":
+        return settings.runtime
+    if host.trt_version is not None and host.sm is not None and is_available("tensorrt"):
+        return "tensorrt"
+    return "onnxruntime"
+
+
+def build_gate(settings: Settings) -> EngineGate:
+    return DefaultEngineGate(
+        cache_root=settings.cache_dir, max_engine_bytes=settings.max_engine_bytes
+    )
+
+
+def wire(
+    settings: Settings,
+    *,
+    host: HostCapabilities | None = None,
+    use_remote: bool = True,
+) -> Wired:
+    host = host or probe_host()
+    store = LocalEngineStore(settings.cache_dir)
+    gate = build_gate(settings)
+    budget: MemoryBudget | None = None
+    thermal: ThermalStatePublisher | None = None
+    label = choose_runtime_label(settings, host)
+    calibration_dir = Path(settings.cache_dir) / ".calibration"
+    runtime: InferenceRuntime
+    if label == "tensorrt":
+        from trt_provision.runtimes.tensorrt import TensorrtRuntime
+
+        runtime = TensorrtRuntime(host=host, gate=gate, budget=budget, thermal=thermal)
+    else:
+        runtime = OnnxRuntimeRuntime(
+            host=host,
+            gate=gate,
+            budget=budget,
+            thermal=thermal,
+            provider="CUDAExecutionProvider"
+            if settings.ort_provider == "cuda"
+            else "CPUExecutionProvider",
+            calibration_cache_dir=calibration_dir,
+        )
+    remote: RemoteEngineStore | None = None
+    calibration: CalibrationPlanner | None = None
+    compiler = EngineCompiler(
+        runtime=runtime,
+        store=store,
+        gate=gate,
+        host=host,
+        remote=remote if use_remote else None,
+        calibration=calibration,
+        max_temperature_c=settings.max_temperature_c,
+    )
+    return Wired(
+        settings=settings,
+        host=host,
+        store=store,
+        gate=gate,
+        runtime=runtime,
+        compiler=compiler,
+        budget=budget,
+        thermal=thermal,
+        remote=remote,
+    )

@@ -1,0 +1,282 @@
+"""Validated configuration: the TOML manifest, environment overrides and defaults.
+
+Every bad value raises ManifestError naming the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trt_provision.config_json import build_config_from_json
+from trt_provision.errors import InvalidNameError, ManifestError
+from trt_provision.types import BackboneSpec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 (JetPack 6)
+    import tomli as tomllib
+
+__all__ = [
+    "CACHE_DIR_ENV",
+    "CACHE_DIR_ENV_ALIAS",
+    "Manifest",
+    "Settings",
+    "default_cache_dir",
+    "load_manifest",
+    "resolve_cache_dir",
+]
+
+CACHE_DIR_ENV = "TRT_PROVISION_CACHE_DIR"
+CACHE_DIR_ENV_ALIAS = "TENSORRT_CACHE_DIR"  # accepted for scripts written before the tool
+
+RUNTIMES = ("auto", "tensorrt", "onnxruntime")
+PROVIDERS = ("cpu", "cuda")
+TRUST_LEVELS = ("off", "verify-if-signed", "require")
+
+_TOP_KEYS = {"settings", "defaults", "models", "remote"}
+_SETTINGS_KEYS = {
+    "cache_dir",
+    "runtime",
+    "ort_provider",
+    "max_temperature_c",
+    "memory_budget_mib",
+    "max_engine_mib",
+    "trust",
+    "public_key",
+}
+_BUILD_KEYS = {
+    "precision",
+    "workspace_mib",
+    "profiles",
+    "calibration",
+    "timing_cache_path",
+    "hardware_compatibility",
+    "builder_optimization_level",
+    "plugins",
+    "fp16_pinned_keywords",
+    "strict_precision_constraints",
+    "strongly_typed",
+    "excluded_op_types",
+    "min_cosine",
+    "max_rel_error",
+}
+_MODEL_KEYS = {"name", "path", "version"} | _BUILD_KEYS
+_CALIBRATION_KEYS = {
+    "data",
+    "dataset_version",
+    "algorithm",
+    "num_bins",
+    "percentile",
+    "governed",
+    "max_batches",
+}
+
+
+def default_cache_dir() -> Path:
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "trt-provision" / "engines"
+
+
+def resolve_cache_dir(configured: Path | None = None) -> Path:
+    """Environment first (operators override files), then config, then the XDG default."""
+    for var in (CACHE_DIR_ENV, CACHE_DIR_ENV_ALIAS):
+        value = os.environ.get(var)
+        if value:
+            return Path(value).expanduser()
+    if configured is not None:
+        return configured
+    return default_cache_dir()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Host-level settings (not build options: none of these enter an engine identity)."""
+
+    cache_dir: Path = field(default_factory=resolve_cache_dir)
+    runtime: str = "auto"
+    ort_provider: str = "cpu"
+    max_temperature_c: float | None = None
+    memory_budget_bytes: int = 4 << 30
+    max_engine_bytes: int = 64 << 30
+    trust: str = "off"
+    public_key: Path | None = None
+    remote: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
+        if self.ort_provider not in PROVIDERS:
+            raise ValueError(f"ort_provider must be one of {PROVIDERS}, got {self.ort_provider!r}")
+        if self.trust not in TRUST_LEVELS:
+            raise ValueError(f"trust must be one of {TRUST_LEVELS}, got {self.trust!r}")
+        if self.memory_budget_bytes <= 0:
+            raise ValueError(f"memory budget must be > 0, got {self.memory_budget_bytes}")
+        if self.max_engine_bytes <= 0:
+            raise ValueError(f"max engine size must be > 0, got {self.max_engine_bytes}")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    settings: Settings
+    backbones: tuple[BackboneSpec, ...]
+
+
+def _fail(path: Path, key: str, expected: str, found: Any = None) -> ManifestError:
+    context: dict[str, Any] = {"file": str(path), "key": key, "expected": expected}
+    if found is not None:
+        context["found"] = repr(found)[:120]
+    return ManifestError("invalid manifest value", **context)
+
+
+def _check_keys(path: Path, where: str, table: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ManifestError(
+            "unknown manifest key",
+            file=str(path),
+            key=f"{where}.{unknown[0]}" if where else unknown[0],
+            expected=f"one of {sorted(allowed)}",
+        )
+
+
+def _table(path: Path, key: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _fail(path, key, "a table", value)
+    return value
+
+
+def _number(path: Path, key: str, value: Any, *, positive: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(path, key, "a number", value)
+    if positive and value <= 0:
+        raise _fail(path, key, "a number > 0", value)
+    return float(value)
+
+
+def _settings(path: Path, raw: Mapping[str, Any], remote: Any) -> Settings:
+    _check_keys(path, "settings", raw, _SETTINGS_KEYS)
+    base = path.parent
+    kwargs: dict[str, Any] = {}
+    configured = None
+    if "cache_dir" in raw:
+        if not isinstance(raw["cache_dir"], str) or not raw["cache_dir"]:
+            raise _fail(path, "settings.cache_dir", "a non-empty path string", raw["cache_dir"])
+        configured = (base / Path(raw["cache_dir"]).expanduser()).resolve()
+    kwargs["cache_dir"] = resolve_cache_dir(configured)
+    for key, allowed in (
+        ("runtime", RUNTIMES),
+        ("ort_provider", PROVIDERS),
+        ("trust", TRUST_LEVELS),
+    ):
+        if key in raw:
+            if raw[key] not in allowed:
+                raise _fail(path, f"settings.{key}", f"one of {list(allowed)}", raw[key])
+            kwargs[key] = raw[key]
+    if "max_temperature_c" in raw:
+        kwargs["max_temperature_c"] = _number(
+            path, "settings.max_temperature_c", raw["max_temperature_c"]
+        )
+    if "memory_budget_mib" in raw:
+        mib = _number(path, "settings.memory_budget_mib", raw["memory_budget_mib"])
+        kwargs["memory_budget_bytes"] = int(mib * (1 << 20))
+    if "max_engine_mib" in raw:
+        mib = _number(path, "settings.max_engine_mib", raw["max_engine_mib"])
+        kwargs["max_engine_bytes"] = int(mib * (1 << 20))
+    if "public_key" in raw:
+        if not isinstance(raw["public_key"], str):
+            raise _fail(path, "settings.public_key", "a path string", raw["public_key"])
+        kwargs["public_key"] = (base / raw["public_key"]).resolve()
+    if remote is not None:
+        kwargs["remote"] = dict(_table(path, "remote", remote))
+    return Settings(**kwargs)
+
+
+def _build_dict(path: Path, where: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Translate manifest build keys into the BuildConfig JSON form."""
+    out: dict[str, Any] = {k: v for k, v in raw.items() if k in _BUILD_KEYS}
+    if "calibration" in out:
+        cal = dict(_table(path, f"{where}.calibration", out["calibration"]))
+        _check_keys(path, f"{where}.calibration", cal, _CALIBRATION_KEYS)
+        if "data" in cal:
+            data = cal.pop("data")
+            if not isinstance(data, str) or not data:
+                raise _fail(path, f"{where}.calibration.data", "a path string", data)
+            # A "file.py:function" loader keeps its function suffix.
+            file_part, sep, func = data.partition(".py:")
+            resolved = str((path.parent / (file_part + (".py" if sep else ""))).resolve())
+            cal["source"] = resolved + (":" + func if sep else "")
+        out["calibration"] = cal
+    if "timing_cache_path" in out and isinstance(out["timing_cache_path"], str):
+        out["timing_cache_path"] = str((path.parent / out["timing_cache_path"]).resolve())
+    return out
+
+
+def load_manifest(path: Path) -> Manifest:
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ManifestError("manifest not found", file=str(path)) from exc
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest: {exc.strerror}", file=str(path)) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(f"manifest is not valid TOML: {exc}", file=str(path)) from exc
+    _check_keys(path, "", data, _TOP_KEYS)
+    try:
+        settings = _settings(
+            path, _table(path, "settings", data.get("settings", {})), data.get("remote")
+        )
+    except ValueError as exc:
+        raise ManifestError(str(exc), file=str(path), key="settings") from exc
+    defaults = dict(_table(path, "defaults", data.get("defaults", {})))
+    _check_keys(path, "defaults", defaults, _BUILD_KEYS)
+    models = data.get("models", [])
+    if not isinstance(models, list):
+        raise _fail(path, "models", "an array of tables ([[models]])", models)
+    backbones: list[BackboneSpec] = []
+    seen: set[str] = set()
+    for i, raw_model in enumerate(models):
+        where = f"models[{i}]"
+        model = _table(path, where, raw_model)
+        _check_keys(path, where, model, _MODEL_KEYS)
+        name = model.get("name")
+        if not isinstance(name, str):
+            raise _fail(path, f"{where}.name", "a string", name)
+        if name in seen:
+            raise ManifestError(
+                "duplicate model name", file=str(path), key=f"{where}.name", found=name
+            )
+        seen.add(name)
+        model_path = model.get("path")
+        if not isinstance(model_path, str) or not model_path:
+            raise _fail(path, f"{where}.path", "a path string to an .onnx file", model_path)
+        version = model.get("version")
+        if version is not None and not isinstance(version, str | int):
+            raise _fail(path, f"{where}.version", "a string", version)
+        merged = {**_build_dict(path, "defaults", defaults), **_build_dict(path, where, model)}
+        try:
+            config = build_config_from_json(merged)
+        except (ValueError, TypeError) as exc:
+            raise ManifestError(str(exc), file=str(path), key=where) from exc
+        try:
+            backbones.append(
+                BackboneSpec(
+                    name=name,
+                    model_path=(path.parent / model_path).resolve(),
+                    build_config=config,
+                    version_label=None if version is None else str(version),
+                )
+            )
+        except InvalidNameError as exc:
+            raise ManifestError(
+                exc.message, file=str(path), key=f"{where}.name", found=repr(name)
+            ) from exc
+    return Manifest(path=path, settings=settings, backbones=tuple(backbones))

@@ -1,0 +1,1 @@
+"""Runtime strategies. Each implements the ``InferenceRuntime`` Protocol (seams.py)."""

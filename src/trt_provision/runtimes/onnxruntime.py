@@ -1,0 +1,290 @@
+"""The ONNX Runtime strategy: the embedded default wherever TensorRT is absent.
+
+Its "engine" is the ORT-optimized ONNX model of the (precision-converted) input model.
+Optimized graphs can hold layout transforms and fused kernels specific to the execution
+provider and CPU ISA, so the identity names the EP (``ortcpu``/``ortcuda``), the ISA level
+(or sm) and the ORT version.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trt_provision.errors import EngineBuildError, InferenceError
+from trt_provision.host import cpu_isa_level
+from trt_provision.seams import EngineGate, EngineHandle, MemoryBudget, ThermalStatePublisher
+from trt_provision.types import (
+    BuildArtifact,
+    BuildConfig,
+    EngineCacheEntry,
+    HostCapabilities,
+    RuntimeTarget,
+    ThermalState,
+)
+
+__all__ = ["OnnxRuntimeEngineHandle", "OnnxRuntimeRuntime"]
+
+log = logging.getLogger(__name__)
+
+_ORT_TYPES: dict[str, np.dtype[Any]] = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(double)": np.dtype(np.float64),
+    "tensor(int8)": np.dtype(np.int8),
+    "tensor(uint8)": np.dtype(np.uint8),
+    "tensor(int16)": np.dtype(np.int16),
+    "tensor(int32)": np.dtype(np.int32),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(bool)": np.dtype(np.bool_),
+}
+
+
+@dataclass(frozen=True)
+class _InputSpec:
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int | None, ...]  # None for a dynamic dimension
+
+
+@dataclass(eq=False)
+class OnnxRuntimeEngineHandle:
+    """A loaded ORT session plus its budget reservation."""
+
+    entry: EngineCacheEntry
+    session: Any
+    inputs: tuple[_InputSpec, ...]
+    output_names: tuple[str, ...]
+    owner: int
+    reservation: int | None = None
+    released: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _ort() -> Any:
+    import onnxruntime  # declared dependency, imported lazily to keep the CLI start fast
+
+    return onnxruntime
+
+
+class OnnxRuntimeRuntime:
+    """Builds and runs ORT-optimized models on one execution provider."""
+
+    def __init__(
+        self,
+        *,
+        host: HostCapabilities,
+        gate: EngineGate,
+        budget: MemoryBudget | None = None,
+        thermal: ThermalStatePublisher | None = None,
+        provider: str = "CPUExecutionProvider",
+        intra_op_threads: int | None = None,
+        calibration_cache_dir: Path | None = None,
+    ) -> None:
+        if provider not in ("CPUExecutionProvider", "CUDAExecutionProvider"):
+            raise ValueError(f"unsupported ONNX Runtime execution provider {provider!r}")
+        if provider == "CUDAExecutionProvider" and host.sm is None:
+            raise ValueError("CUDAExecutionProvider needs a visible GPU")
+        self._host = host
+        self._gate = gate
+        self._budget = budget
+        self._thermal = thermal
+        self._provider = provider
+        self._threads = intra_op_threads
+        self._calibration_cache_dir = calibration_cache_dir
+
+    # ------------------------------------------------------------------ identity
+
+    def current_runtime_label(self) -> str:
+        return "onnxruntime"
+
+    def runtime_target(self, build_config: BuildConfig) -> RuntimeTarget:
+        version = self._host.ort_version or str(_ort().__version__)
+        if self._provider == "CUDAExecutionProvider":
+            platform = f"jp{self._host.jetpack}" if self._host.jetpack else "dgpu"
+            return RuntimeTarget("ortcuda", version, str(self._host.sm), platform)
+        isa = cpu_isa_level(self._host.cpu_isa, self._host.cpu_arch)
+        return RuntimeTarget("ortcpu", version, f"cpu-{isa}", "host")
+
+    def _session_options(self, level: str) -> Any:
+        ort = _ort()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+        options.log_severity_level = 3  # errors only: ORT's warnings would flood the CLI
+        if self._threads:
+            options.intra_op_num_threads = self._threads
+        return options
+
+    # ------------------------------------------------------------------ build
+
+    def compile_engine(
+        self, model_path: Path, build_config: BuildConfig, staged_path: Path
+    ) -> BuildArtifact:
+        from trt_provision.calibration.precision import prepare_model_for_precision
+
+        started = time.perf_counter()
+        workdir = Path(tempfile.mkdtemp(prefix=".tmp-ort-", dir=staged_path.parent))
+        try:
+            prepared = prepare_model_for_precision(
+                Path(model_path),
+                build_config,
+                workdir,
+                calibration_cache_dir=self._calibration_cache_dir,
+            )
+            options = self._session_options("ORT_ENABLE_ALL")
+            options.optimized_model_filepath = str(staged_path)
+            try:
+                session = _ort().InferenceSession(
+                    str(prepared.model_path), sess_options=options, providers=[self._provider]
+                )
+            except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+                raise EngineBuildError(
+                    f"ONNX Runtime could not build the model: {type(exc).__name__}: {exc}",
+                    model=str(model_path),
+                ) from exc
+            io = _describe_io(session, build_config)
+            del session
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if not staged_path.is_file() or staged_path.stat().st_size == 0:
+            raise EngineBuildError("ONNX Runtime wrote no optimized model", model=str(model_path))
+        metadata: dict[str, Any] = dict(prepared.metadata)
+        metadata.update(io)
+        metadata["runtime"] = {
+            "label": self.current_runtime_label(),
+            "provider": self._provider,
+            "graph_optimization_level": "ORT_ENABLE_ALL",
+        }
+        return BuildArtifact(
+            staged_path=staged_path,
+            build_seconds=time.perf_counter() - started,
+            metadata=metadata,
+        )
+
+    # ------------------------------------------------------------------ load / run
+
+    def deserialize_engine(self, entry: EngineCacheEntry) -> EngineHandle:
+        # Gate and budget before any ORT call: a refused engine never reaches the runtime.
+        verified = self._gate.validate(entry.engine_path, self.runtime_target(BuildConfig()))
+        reservation = self._budget.reserve(verified) if self._budget is not None else None
+        try:
+            options = self._session_options("ORT_DISABLE_ALL")  # already optimized at build
+            session = _ort().InferenceSession(
+                str(verified.engine_path), sess_options=options, providers=[self._provider]
+            )
+            inputs = tuple(
+                _InputSpec(
+                    name=i.name,
+                    dtype=_ORT_TYPES.get(i.type, np.dtype(object)),
+                    shape=tuple(d if isinstance(d, int) else None for d in i.shape),
+                )
+                for i in session.get_inputs()
+            )
+            outputs = tuple(o.name for o in session.get_outputs())
+        except Exception as exc:
+            if reservation is not None and self._budget is not None:
+                self._budget.release(reservation)
+            raise InferenceError(
+                f"ONNX Runtime could not load the engine: {type(exc).__name__}: {exc}",
+                path=str(verified.engine_path),
+            ) from exc
+        return OnnxRuntimeEngineHandle(
+            entry=verified,
+            session=session,
+            inputs=inputs,
+            output_names=outputs,
+            owner=id(self),
+            reservation=reservation,
+        )
+
+    def _own(self, handle: EngineHandle) -> OnnxRuntimeEngineHandle:
+        if not isinstance(handle, OnnxRuntimeEngineHandle) or handle.owner != id(self):
+            raise InferenceError("engine handle does not belong to this runtime")
+        if handle.released:
+            raise InferenceError("engine handle was released", path=str(handle.entry.engine_path))
+        return handle
+
+    def infer(self, handle: EngineHandle, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        h = self._own(handle)
+        feeds: dict[str, Any] = {}
+        for spec in h.inputs:
+            if spec.name not in inputs:
+                raise InferenceError("missing input", input=spec.name)
+            value = inputs[spec.name]
+            if not isinstance(value, np.ndarray):
+                raise InferenceError(
+                    "input must be a numpy array", input=spec.name, found=type(value).__name__
+                )
+            if value.dtype != spec.dtype:
+                raise InferenceError(
+                    "input dtype mismatch",
+                    input=spec.name,
+                    expected=str(spec.dtype),
+                    found=str(value.dtype),
+                )
+            if value.ndim != len(spec.shape) or any(
+                d is not None and d != v for d, v in zip(spec.shape, value.shape, strict=True)
+            ):
+                raise InferenceError(
+                    "input shape mismatch",
+                    input=spec.name,
+                    expected=str(spec.shape),
+                    found=str(value.shape),
+                )
+            feeds[spec.name] = value
+        if len(inputs) != len(feeds):
+            unknown = sorted(set(inputs) - set(feeds))
+            raise InferenceError("unknown input names", found=unknown)
+        try:
+            results = h.session.run(None, feeds)
+        except Exception as exc:
+            raise InferenceError(
+                f"inference failed: {type(exc).__name__}: {exc}",
+                path=str(h.entry.engine_path),
+            ) from exc
+        return dict(zip(h.output_names, results, strict=True))
+
+    def release_engine(self, handle: EngineHandle) -> None:
+        if not isinstance(handle, OnnxRuntimeEngineHandle):
+            raise InferenceError("engine handle does not belong to this runtime")
+        with handle.lock:
+            if handle.released:
+                return
+            handle.released = True
+            handle.session = None
+            if handle.reservation is not None and self._budget is not None:
+                self._budget.release(handle.reservation)
+
+    def thermal_state(self) -> ThermalState:
+        if self._thermal is None:
+            return ThermalState()
+        return self._thermal.thermal_state()
+
+
+def _describe_io(session: Any, config: BuildConfig) -> dict[str, Any]:
+    """IO names/types/shapes and the IO bytes at max shapes (for the memory budget)."""
+    io_bytes = 0
+    described: dict[str, list[dict[str, Any]]] = {"inputs": [], "outputs": []}
+    for kind, tensors in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
+        for t in tensors:
+            shape = [d if isinstance(d, int) else str(d) for d in t.shape]
+            described[kind].append({"name": t.name, "type": t.type, "shape": shape})
+            dtype = _ORT_TYPES.get(t.type)
+            profile = config.profile_for(t.name)
+            dims = (
+                list(profile.max_shape)
+                if profile
+                else [d if isinstance(d, int) else 1 for d in t.shape]
+            )
+            if dtype is not None:
+                io_bytes += int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    return {"io": described, "io_bytes_at_max_shapes": io_bytes, "device_memory_bytes": 0}
