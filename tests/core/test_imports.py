@@ -1,0 +1,108 @@
+"""Every submodule imports, and every --help runs, without the optional dependencies."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import trt_provision
+
+pytestmark = pytest.mark.tier1
+
+BLOCKER = """
+import importlib.abc, sys
+BLOCKED = {"tensorrt", "tensorrt_bindings", "cuda", "pynvml", "polygraphy", "boto3", "cupy"}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} blocked for this test")
+        return None
+sys.meta_path.insert(0, Block())
+"""
+
+SCRIPT = (
+    BLOCKER
+    + """
+import io, contextlib, json, pkgutil, importlib
+import trt_provision
+from trt_provision.cli.main import COMMAND_MODULES, main
+failures = {}
+for info in pkgutil.walk_packages(trt_provision.__path__, "trt_provision."):
+    if info.name == "trt_provision.__main__":
+        continue
+    try:
+        importlib.import_module(info.name)
+    except Exception as exc:
+        failures[info.name] = repr(exc)
+helps = {}
+for argv in [["--help"]] + [[c, "--help"] for c in COMMAND_MODULES]:
+    with contextlib.redirect_stdout(io.StringIO()):
+        helps[" ".join(argv)] = main(argv)
+print(json.dumps({"failures": failures, "helps": helps}))
+"""
+)
+
+
+def test_submodules_import_and_help_runs_without_optional_deps() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120, check=True
+    )
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert data["failures"] == {}
+    assert data["helps"] and set(data["helps"].values()) == {0}
+
+
+def test_import_is_light() -> None:
+    code = (
+        "import sys, trt_provision; "
+        "print(sorted(m for m in ('numpy', 'onnx', 'onnxruntime', 'tensorrt', 'rich', 'boto3')"
+        " if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+
+
+def test_public_api_is_explicit() -> None:
+    assert trt_provision.__all__ == sorted(trt_provision.__all__)
+    for name in trt_provision.__all__:
+        assert hasattr(trt_provision, name), name
+    public = {n for n in dir(trt_provision) if not n.startswith("_")}
+    submodules = {
+        "types",
+        "errors",
+        "identity",
+        "seams",
+        "_version",
+        "_lazy",
+        "calibration",
+        "runtimes",
+        "gates",
+        "stores",
+        "cli",
+        "config_json",
+    }
+    assert public - set(trt_provision.__all__) - submodules == set()
+
+
+def test_missing_dependency_error_names_the_extra() -> None:
+    code = BLOCKER + (
+        "from trt_provision._lazy import import_optional\n"
+        "from trt_provision.errors import MissingDependencyError\n"
+        "try:\n    import_optional('pynvml')\n"
+        "except MissingDependencyError as e:\n    print(e)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'trt-provision[nvml]'" in proc.stdout
+
+
+def test_python_dash_m_entry() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "trt_provision", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert proc.stdout.startswith("trt-provision ")
