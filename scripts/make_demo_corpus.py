@@ -61,9 +61,19 @@ def demo_cnn(rng: np.random.Generator) -> onnx.ModelProto:
             helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10]),
             helper.make_tensor_value_info("routing", TensorProto.FLOAT, ["batch", 4]),
         ],
-        [_init(n, a) for n, a in
-         (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2), ("wr", wr), ("br", br), ("wh", wh),
-          ("bh", bh))],
+        [
+            _init(n, a)
+            for n, a in (
+                ("w1", w1),
+                ("b1", b1),
+                ("w2", w2),
+                ("b2", b2),
+                ("wr", wr),
+                ("br", br),
+                ("wh", wh),
+                ("bh", bh),
+            )
+        ],
     )
     return _model(graph)
 
@@ -143,8 +153,11 @@ def main(out: Path) -> None:
     rng = np.random.default_rng(20261122)
     (out / "models").mkdir(parents=True, exist_ok=True)
     (out / "calibration").mkdir(parents=True, exist_ok=True)
-    for name, build in (("demo_cnn", demo_cnn), ("two_inputs", two_inputs),
-                        ("dynamic_mlp", dynamic_mlp)):
+    for name, build in (
+        ("demo_cnn", demo_cnn),
+        ("two_inputs", two_inputs),
+        ("dynamic_mlp", dynamic_mlp),
+    ):
         onnx.save(build(rng), str(out / "models" / f"{name}.onnx"))
     for name, arrays in calibration_batches(rng).items():
         np.savez(out / "calibration" / f"{name}.npz", **arrays)
@@ -152,4 +165,6 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "examples")
+    main(
+        Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "examples"
+    )

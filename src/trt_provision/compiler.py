@@ -18,7 +18,7 @@ from typing import Any
 
 from trt_provision._version import __version__
 from trt_provision.config_json import build_config_to_json
-from trt_provision.errors import EngineGateError, ThermalLimitError, TrtProvisionError
+from trt_provision.errors import EngineGateError, TrtProvisionError
 from trt_provision.identity import compute_identity, model_sha256
 from trt_provision.seams import (
     CalibrationPlanner,
@@ -27,6 +27,7 @@ from trt_provision.seams import (
     InferenceRuntime,
     RemoteEngineStore,
 )
+from trt_provision.thermal import check_temperature_limit
 from trt_provision.types import (
     BackboneSpec,
     CompileOutcome,
@@ -208,22 +209,13 @@ class EngineCompiler:
             )
         return self._result(plan, CompileOutcome.BUILT, entry, seconds)
 
-    def _check_thermal(self, name: str) -> None:
-        if self._max_temp is None:
-            return
-        state = self._runtime.thermal_state()
-        hottest = state.max_temperature_c
-        if hottest is not None and hottest > self._max_temp:
-            raise ThermalLimitError(
-                "device is too hot to start a build",
-                model=name,
-                temperature_c=hottest,
-                limit_c=self._max_temp,
-            )
+    def _check_thermal(self) -> None:
+        if self._max_temp is not None:
+            check_temperature_limit(self._runtime.thermal_state(), self._max_temp)
 
     def _build(self, plan: _Plan) -> tuple[EngineCacheEntry, float]:
         backbone = plan.backbone
-        self._check_thermal(backbone.name)
+        self._check_thermal()
         staged = self._store.staging_path(plan.identity)
         log.info(
             "building %s (%s, %s)",

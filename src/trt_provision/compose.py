@@ -9,6 +9,7 @@ from pathlib import Path
 from trt_provision._lazy import is_available
 from trt_provision.compiler import EngineCompiler
 from trt_provision.config import Settings
+from trt_provision.gates.budget import GpuMemoryBudget, choose_free_memory_probe
 from trt_provision.gates.engine_gate import DefaultEngineGate
 from trt_provision.host import probe_host
 from trt_provision.runtimes.onnxruntime import OnnxRuntimeRuntime
@@ -21,6 +22,7 @@ from trt_provision.seams import (
     ThermalStatePublisher,
 )
 from trt_provision.stores.local import LocalEngineStore
+from trt_provision.thermal import choose_thermal_publisher
 from trt_provision.types import HostCapabilities
 
 __all__ = ["Wired", "build_gate", "choose_runtime_label", "wire"]
@@ -65,8 +67,11 @@ def wire(
     host = host or probe_host()
     store = LocalEngineStore(settings.cache_dir)
     gate = build_gate(settings)
-    budget: MemoryBudget | None = None
-    thermal: ThermalStatePublisher | None = None
+    budget: MemoryBudget = GpuMemoryBudget(
+        settings.memory_budget_bytes,
+        probe=choose_free_memory_probe(host, os_reserve_bytes=settings.os_memory_reserve_bytes),
+    )
+    thermal: ThermalStatePublisher = choose_thermal_publisher(host)
     label = choose_runtime_label(settings, host)
     calibration_dir = Path(settings.cache_dir) / ".calibration"
     runtime: InferenceRuntime

@@ -46,6 +46,7 @@ _SETTINGS_KEYS = {
     "max_temperature_c",
     "memory_budget_mib",
     "max_engine_mib",
+    "os_memory_reserve_mib",
     "trust",
     "public_key",
 }
@@ -104,6 +105,7 @@ class Settings:
     max_temperature_c: float | None = None
     memory_budget_bytes: int = 4 << 30
     max_engine_bytes: int = 64 << 30
+    os_memory_reserve_bytes: int = 1 << 30  # Jetson: RAM kept for the OS outside the budget
     trust: str = "off"
     public_key: Path | None = None
     remote: Mapping[str, Any] | None = None
@@ -189,6 +191,9 @@ def _settings(path: Path, raw: Mapping[str, Any], remote: Any) -> Settings:
     if "max_engine_mib" in raw:
         mib = _number(path, "settings.max_engine_mib", raw["max_engine_mib"])
         kwargs["max_engine_bytes"] = int(mib * (1 << 20))
+    if "os_memory_reserve_mib" in raw:
+        mib = _number(path, "settings.os_memory_reserve_mib", raw["os_memory_reserve_mib"])
+        kwargs["os_memory_reserve_bytes"] = int(mib * (1 << 20))
     if "public_key" in raw:
         if not isinstance(raw["public_key"], str):
             raise _fail(path, "settings.public_key", "a path string", raw["public_key"])
@@ -263,7 +268,17 @@ def load_manifest(path: Path) -> Manifest:
             raise _fail(path, f"{where}.version", "a string", version)
         merged = {**_build_dict(path, "defaults", defaults), **_build_dict(path, where, model)}
         try:
-            config = build_config_from_json(merged)
+            config = build_config_from_json(merged, source=str(path))
+        except ManifestError as exc:
+            detail = {k: v for k, v in exc.context.items() if k not in ("file", "key")}
+            inner = exc.context.get("key")
+            raise ManifestError(
+                exc.message,
+                file=str(path),
+                key=where,
+                **({"field": inner} if inner else {}),
+                **detail,
+            ) from exc
         except (ValueError, TypeError) as exc:
             raise ManifestError(str(exc), file=str(path), key=where) from exc
         try:

@@ -1,1 +1,44 @@
-"""Calibration data, governed calibration cache, tensor ranges, Q/DQ and FP16 graphs."""
+"""Calibration data, governed calibration cache, tensor ranges, Q/DQ and FP16 graphs.
+
+Modules, one concern each:
+
+* ``data``      - calibration sources, per-batch validation, ``dataset_digest``
+* ``cache``     - the governed calibration cache and ``calibration_key``
+* ``ranges``    - activation ranges with ONNX Runtime's calibrators; TensorRT cache text
+* ``graph``     - constant/BatchNorm folding and pinned-layer matching
+* ``qdq``       - Q/DQ ONNX from ranges
+* ``fp16``      - FP16 graph conversion
+* ``accuracy``  - converted graph vs FP32, and the accuracy gate
+* ``planner``   - ``GovernedCalibrationPlanner`` (the ``CalibrationPlanner`` seam)
+* ``precision`` - ``prepare_model_for_precision``, the entry point of the build strategies
+
+Nothing heavy is imported here; ONNX Runtime is imported inside the functions that use it.
+"""
+
+from trt_provision.calibration.cache import GovernedCalibrationCache, calibration_key
+from trt_provision.calibration.data import CalibrationDataset, dataset_digest
+from trt_provision.calibration.planner import GovernedCalibrationPlanner
+from trt_provision.calibration.precision import (
+    PreparedModel,
+    governed_ranges,
+    prepare_model_for_precision,
+)
+from trt_provision.calibration.ranges import (
+    TensorRanges,
+    parse_trt_calibration_cache,
+    write_trt_calibration_cache,
+)
+
+__all__ = [
+    "CalibrationDataset",
+    "GovernedCalibrationCache",
+    "GovernedCalibrationPlanner",
+    "PreparedModel",
+    "TensorRanges",
+    "calibration_key",
+    "dataset_digest",
+    "governed_ranges",
+    "parse_trt_calibration_cache",
+    "prepare_model_for_precision",
+    "write_trt_calibration_cache",
+]

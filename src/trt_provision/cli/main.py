@@ -22,7 +22,9 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 
 # Each module exposes register(subparsers) and sets func=callable(args) -> int.
-COMMAND_MODULES: tuple[str, ...] = ("provision", "compile", "verify", "inspect", "probe")
+COMMAND_MODULES: tuple[str, ...] = (
+    "provision", "compile", "verify", "inspect", "probe", "cache", "remote", "keys"
+)
 
 log = logging.getLogger("trt_provision.cli")
 

@@ -1,0 +1,139 @@
+"""Calibration key resolution, shared by the planner (identity) and the build (cache).
+
+The key enters the engine identity, so a changed dataset, algorithm, pinned keyword or tool
+version gives a different engine filename; the build then finds its governed cache stale and
+recalibrates.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trt_provision.calibration.cache import calibration_key
+from trt_provision.calibration.data import CalibrationDataset, dataset_digest, model_input_specs
+from trt_provision.calibration.ranges import range_params
+from trt_provision.errors import CalibrationCacheError
+from trt_provision.types import BackboneSpec, BuildConfig, CalibrationSpec
+
+__all__ = [
+    "GovernedCalibrationPlanner",
+    "ResolvedKey",
+    "calibration_spec_of",
+    "open_dataset",
+    "resolve_calibration_key",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def calibration_spec_of(config: BuildConfig, model: str = "") -> CalibrationSpec:
+    """The calibration spec of a precision that needs one, or a clear error."""
+    spec = config.calibration
+    if spec is None or spec.source is None:
+        raise CalibrationCacheError(
+            f"precision {config.precision.value} needs calibration data; set a calibration "
+            "source (an .npz, a directory of .npy/.npz, or file.py:function)",
+            model=model,
+        )
+    return spec
+
+
+def open_dataset(
+    model_path: Path, config: BuildConfig, *, source: Any = None, base_dir: Path | None = None
+) -> CalibrationDataset:
+    spec = config.calibration or CalibrationSpec()
+    return CalibrationDataset(
+        source if source is not None else spec.source,
+        model_input_specs(model_path),
+        config,
+        max_batches=spec.max_batches,
+        # Not every CalibrationSpec carries the opt-in; absent means lossless casts only.
+        allow_lossy_cast=bool(getattr(spec, "allow_lossy_cast", False)),
+        base_dir=base_dir,
+    )
+
+
+@dataclass(frozen=True)
+class ResolvedKey:
+    key: str
+    dataset_version: str
+    dataset_digest: str | None  # None when an explicit version was given
+    batches: int | None  # known when the dataset was read for its digest
+
+
+def resolve_calibration_key(
+    config: BuildConfig,
+    model_hash: str,
+    *,
+    dataset: CalibrationDataset | None = None,
+    model_path: Path | None = None,
+    base_dir: Path | None = None,
+) -> ResolvedKey:
+    """Key of the calibration of ``config`` for a model; reads the data only if needed."""
+    spec = calibration_spec_of(config, str(model_path or ""))
+    digest: str | None = None
+    batches: int | None = None
+    if spec.dataset_version is not None:
+        version = spec.dataset_version
+    else:
+        if dataset is None:
+            if model_path is None:
+                raise CalibrationCacheError("a dataset or a model path is needed for the digest")
+            dataset = open_dataset(model_path, config, base_dir=base_dir)
+        digest = dataset_digest(dataset)
+        batches = len(dataset)
+        version = f"sha256:{digest}"
+    key = calibration_key(
+        model_hash=model_hash,
+        precision=config.precision.value,
+        dataset_version=version,
+        algorithm=spec.algorithm,
+        algorithm_params=range_params(spec),
+        plugins=[(p.name, p.version, p.namespace) for p in config.plugins],
+        pinned_keywords=config.fp16_pinned_keywords,
+        excluded_op_types=config.excluded_op_types,
+    )
+    return ResolvedKey(key=key, dataset_version=version, dataset_digest=digest, batches=batches)
+
+
+class GovernedCalibrationPlanner:
+    """:class:`~trt_provision.seams.CalibrationPlanner` over the governed calibration cache.
+
+    ``cache_dir`` is where builds keep their calibration caches (the build reads and writes
+    them; the planner only derives keys). Dataset digests are remembered per source and
+    model, so planning a corpus reads each dataset once.
+    """
+
+    def __init__(self, cache_dir: Path, *, base_dir: Path | None = None) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.base_dir = base_dir
+        self._memo: dict[tuple[Any, ...], str] = {}
+
+    def calibration_key(self, backbone: BackboneSpec, model_hash: str) -> str | None:
+        config = backbone.build_config
+        if not config.precision.needs_calibration:
+            return None
+        spec = calibration_spec_of(config, backbone.name)
+        memo_key = (
+            model_hash, config.precision.value, str(spec.source), spec.dataset_version,
+            spec.algorithm, spec.num_bins, spec.percentile, spec.max_batches,
+            tuple(p.to_dict()["min"] + p.to_dict()["max"] for p in config.profiles),
+            tuple(config.fp16_pinned_keywords), tuple(config.excluded_op_types),
+            tuple((p.name, p.version, p.namespace) for p in config.plugins),
+        )
+        cached = self._memo.get(memo_key)
+        if cached is not None:
+            return cached
+        resolved = resolve_calibration_key(
+            config, model_hash, model_path=backbone.model_path, base_dir=self.base_dir
+        )
+        logger.debug(
+            "calibration key resolved",
+            extra={"event": "calibration.key", "model": backbone.name, "key": resolved.key,
+                   "dataset_version": resolved.dataset_version},
+        )
+        self._memo[memo_key] = resolved.key
+        return resolved.key

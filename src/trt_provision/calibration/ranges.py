@@ -1,0 +1,261 @@
+"""Per-tensor activation ranges, computed once on the CPU with ONNX Runtime's calibrators.
+
+Why not ``quantize_static(calibrate_method=Entropy)`` directly: it forwards only a few
+calibrator options (symmetric, moving average, percentile...) and never ``num_bins`` /
+``num_quantized_bins``, so the entropy calibrator runs with 128 histogram bins and 128
+quantized bins. With as many quantized bins as histogram bins the KL search has exactly one
+candidate threshold, the full range: entropy silently becomes min-max. Here the calibrator is
+created directly with a real histogram (``CalibrationSpec.num_bins``, 2048 by default) and
+255 quantized bins (the int8 levels of a symmetric range), fed one batch at a time so
+intermediate activations of the whole dataset are never held together.
+
+From the ranges come the ONNX Runtime Q/DQ model (``qdq.py``) and a TensorRT calibration
+cache (``write_trt_calibration_cache``) for TensorRT builds that skip on-device calibration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import re
+import struct
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trt_provision.calibration.data import Batch
+from trt_provision.errors import CalibrationCacheError, EngineBuildError
+from trt_provision.types import CalibrationSpec
+
+__all__ = [
+    "NUM_QUANTIZED_BINS",
+    "TensorRanges",
+    "compute_activation_ranges",
+    "parse_trt_calibration_cache",
+    "range_params",
+    "trt_version_tag",
+    "write_trt_calibration_cache",
+]
+
+logger = logging.getLogger(__name__)
+
+NUM_QUANTIZED_BINS = 255  # symmetric int8: levels -127..127 over the two-sided histogram
+INT8_MAX = 127.0
+_TRT_LINE_RE = re.compile(r"(?P<name>.+): (?P<hex>[0-9a-fA-F]{1,8})")
+_TRT_HEADER_RE = re.compile(r"TRT-(?P<ver>[0-9]+)-(?P<algo>[A-Za-z0-9]+)")
+
+
+def _ort_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("onnxruntime")
+    except metadata.PackageNotFoundError:  # e.g. onnxruntime-gpu installed under another name
+        import onnxruntime
+
+        return str(onnxruntime.__version__)
+
+
+def range_params(spec: CalibrationSpec) -> dict[str, Any]:
+    """The parameters that change the computed ranges (they enter the calibration key)."""
+    params: dict[str, Any] = {"calibrator": f"onnxruntime-{_ort_version()}"}
+    if spec.algorithm == "entropy":
+        params.update(num_bins=spec.num_bins, num_quantized_bins=NUM_QUANTIZED_BINS)
+    elif spec.algorithm == "percentile":
+        params.update(num_bins=spec.num_bins, percentile=spec.percentile, symmetric=True)
+    params["max_batches"] = spec.max_batches
+    return params
+
+
+@dataclass(frozen=True)
+class TensorRanges:
+    """Activation range ``(low, high)`` per tensor name, with how they were computed."""
+
+    algorithm: str
+    ranges: Mapping[str, tuple[float, float]]
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, (lo, hi) in self.ranges.items():
+            if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+                raise ValueError(f"invalid range for tensor {name!r}: ({lo}, {hi})")
+
+    def amax(self, name: str) -> float:
+        lo, hi = self.ranges[name]
+        return max(abs(lo), abs(hi))
+
+    def to_json(self) -> bytes:
+        body = {
+            "algorithm": self.algorithm,
+            "params": dict(self.params),
+            "ranges": {k: [v[0], v[1]] for k, v in sorted(self.ranges.items())},
+        }
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> TensorRanges:
+        try:
+            raw = json.loads(data.decode("utf-8"))
+            ranges = {str(k): (float(v[0]), float(v[1])) for k, v in raw["ranges"].items()}
+            return cls(algorithm=str(raw["algorithm"]), ranges=ranges,
+                       params=dict(raw.get("params", {})))
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError,
+                AttributeError) as exc:
+            raise CalibrationCacheError(f"calibration ranges payload is malformed: {exc}") from exc
+
+
+class _OneBatchReader:
+    """ONNX Runtime's CalibrationDataReader protocol over a single batch."""
+
+    def __init__(self, batch: Batch) -> None:
+        self._batch: dict[str, Any] | None = dict(batch)
+
+    def get_next(self) -> dict[str, Any] | None:
+        batch, self._batch = self._batch, None
+        return batch
+
+    def __len__(self) -> int:
+        return 1
+
+    def set_range(self, start_index: int, end_index: int) -> None:  # protocol completeness
+        return None
+
+
+def compute_activation_ranges(
+    model_path: Path, batches: Iterable[Batch], spec: CalibrationSpec, workdir: Path
+) -> TensorRanges:
+    """Run ``model_path`` over ``batches`` on the CPU and return per-tensor ranges."""
+    import numpy as np
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    method = {
+        "entropy": CalibrationMethod.Entropy,
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+    }[spec.algorithm]
+    options: dict[str, Any] = {}
+    if spec.algorithm == "entropy":
+        options = {"num_bins": spec.num_bins, "num_quantized_bins": NUM_QUANTIZED_BINS}
+    elif spec.algorithm == "percentile":
+        options = {"num_bins": spec.num_bins, "percentile": spec.percentile, "symmetric": True}
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    logger.info(
+        "computing activation ranges",
+        extra={"event": "calibration.ranges.start", "algorithm": spec.algorithm,
+               "model": str(model_path)},
+    )
+    count = 0
+    # The calibrators print progress to stdout; a library must not.
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            calibrator = create_calibrator(
+                model_path,
+                None,
+                augmented_model_path=str(workdir / "augmented_for_calibration.onnx"),
+                calibrate_method=method,
+                providers=["CPUExecutionProvider"],
+                extra_options=options,
+            )
+        except Exception as exc:  # ORT raises ValueError / Fail / InvalidGraph...
+            raise EngineBuildError(
+                f"cannot prepare the model for calibration: {type(exc).__name__}: {exc}",
+                model=str(model_path),
+            ) from exc
+        for batch in batches:
+            try:
+                calibrator.collect_data(_OneBatchReader(batch))
+            except Exception as exc:
+                raise CalibrationCacheError(
+                    f"calibration inference failed: {type(exc).__name__}: {exc}",
+                    batch=count, model=str(model_path),
+                ) from exc
+            count += 1
+        if count == 0:
+            raise CalibrationCacheError("calibration dataset is empty", model=str(model_path))
+        tensors = calibrator.compute_data()
+    ranges: dict[str, tuple[float, float]] = {}
+    for name in tensors:
+        lo, hi = tensors[name].range_value
+        # min-max returns shape-(1,) arrays, histogram methods 0-d ones
+        lo_f, hi_f = float(np.min(lo)), float(np.max(hi))
+        if math.isfinite(lo_f) and math.isfinite(hi_f):
+            ranges[name] = (min(lo_f, hi_f), max(lo_f, hi_f))
+    elapsed = time.perf_counter() - started
+    logger.info(
+        "computed activation ranges in %.2f s",
+        elapsed,
+        extra={"event": "calibration.ranges.finish", "tensors": len(ranges), "batches": count,
+               "seconds": round(elapsed, 3)},
+    )
+    params = range_params(spec)
+    params["batches"] = count
+    return TensorRanges(algorithm=spec.algorithm, ranges=ranges, params=params)
+
+
+# ---------------------------------------------------------------- TensorRT calibration cache
+
+
+def trt_version_tag(trt_version: str) -> str:
+    """TensorRT's version number in cache headers: 8.6.1 -> 8601, 10.3.0 -> 100300."""
+    parts = [int(p) for p in re.findall(r"[0-9]+", trt_version)[:3]]
+    while len(parts) < 3:
+        parts.append(0)
+    major, minor, patch = parts
+    if major >= 10:
+        return str(major * 10000 + minor * 100 + patch)
+    return str(major * 1000 + minor * 100 + patch)
+
+
+def write_trt_calibration_cache(
+    ranges: TensorRanges, trt_version: str, algorithm: str = "EntropyCalibration2"
+) -> bytes:
+    """TensorRT calibration-cache text: a header, then ``name: <scale as f32 bits, hex>``.
+
+    The scale is ``amax / 127`` (symmetric int8), written as the big-endian hex of its IEEE
+    float32 bits. The header's version must match the TensorRT that reads the cache.
+    """
+    lines = [f"TRT-{trt_version_tag(trt_version)}-{algorithm}"]
+    for name in sorted(ranges.ranges):
+        if "\n" in name or ": " in name:
+            continue  # cannot be represented in the line format
+        scale = ranges.amax(name) / INT8_MAX
+        lines.append(f"{name}: {struct.pack('>f', scale).hex()}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def parse_trt_calibration_cache(data: bytes) -> TensorRanges:
+    """Read a TensorRT calibration cache back into symmetric ranges (legacy caches)."""
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise CalibrationCacheError("TensorRT calibration cache is not ASCII text") from exc
+    lines = [line for line in text.splitlines() if line.strip()]
+    header = _TRT_HEADER_RE.fullmatch(lines[0].strip()) if lines else None
+    if header is None:
+        raise CalibrationCacheError(
+            "not a TensorRT calibration cache (expected a 'TRT-<version>-<algorithm>' header)"
+        )
+    ranges: dict[str, tuple[float, float]] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        match = _TRT_LINE_RE.fullmatch(line.rstrip())
+        if match is None:
+            raise CalibrationCacheError(
+                "malformed TensorRT calibration cache line", line=number
+            )
+        (scale,) = struct.unpack(">f", bytes.fromhex(match.group("hex").zfill(8)))
+        if not math.isfinite(scale) or scale < 0:
+            raise CalibrationCacheError(
+                "TensorRT calibration cache holds an invalid scale", line=number
+            )
+        amax = scale * INT8_MAX
+        ranges[match.group("name")] = (-amax, amax)
+    return TensorRanges(
+        algorithm=f"trt:{header.group('algo')}", ranges=ranges,
+        params={"trt_version_tag": header.group("ver")},
+    )

@@ -1,0 +1,84 @@
+"""``trt-provision keys generate|sign|verify``: Ed25519 keys and engine signatures."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from trt_provision.cli._common import print_json
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "keys",
+        help="generate signing keys, sign and verify engines",
+        description=(
+            "Ed25519 signatures over an engine's metadata sidecar (which carries the "
+            "engine's sha256), stored beside it as <engine>.sig."
+        ),
+    )
+    actions = parser.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+
+    gen = actions.add_parser("generate", help="write a new key pair (private key mode 0600)")
+    gen.add_argument("private_key", type=Path, help="private key file to create")
+    gen.add_argument(
+        "--public-key", type=Path, help="public key file (default: PRIVATE_KEY.pub)"
+    )
+    gen.add_argument("--force", action="store_true", help="overwrite existing key files")
+    gen.set_defaults(func=run_generate)
+
+    sign = actions.add_parser("sign", help="sign engines (writes <engine>.sig)")
+    sign.add_argument("engines", type=Path, nargs="+", help="engine files")
+    sign.add_argument("--key", type=Path, required=True, help="Ed25519 private key (PEM)")
+    sign.set_defaults(func=run_sign)
+
+    verify = actions.add_parser("verify", help="verify engine signatures (exit 1 if any fails)")
+    verify.add_argument("engines", type=Path, nargs="+", help="engine files")
+    verify.add_argument(
+        "--public-key", type=Path, action="append", required=True,
+        help="Ed25519 public key (PEM); repeat to accept several",
+    )
+    verify.add_argument("--json", action="store_true", help="print JSON on stdout")
+    verify.set_defaults(func=run_verify)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from trt_provision.trust import generate_keypair
+
+    public_path, public = generate_keypair(
+        args.private_key, args.public_key, overwrite=args.force
+    )
+    print(f"private key: {args.private_key} (keep it secret)")
+    print(f"public key:  {public_path} (key id {public.key_id})")
+    return 0
+
+
+def run_sign(args: argparse.Namespace) -> int:
+    from trt_provision.trust import sign_engine
+
+    for engine in args.engines:
+        print(f"signed {sign_engine(engine, args.key)}")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from trt_provision.errors import EngineGateError
+    from trt_provision.trust import load_public_key, verify_engine
+
+    keys = [load_public_key(p) for p in args.public_key]
+    rows: list[dict[str, Any]] = []
+    for engine in args.engines:
+        try:
+            rows.append({"engine": str(engine), "ok": True, "key_id": verify_engine(engine, keys)})
+        except EngineGateError as exc:
+            rows.append({"engine": str(engine), "ok": False, "reason": str(exc)})
+    if args.json:
+        print_json({"results": rows})
+    else:
+        for row in rows:
+            detail = f"key {row['key_id']}" if row["ok"] else row["reason"]
+            print(f"{'OK ' if row['ok'] else 'BAD'}  {row['engine']}  ({detail})")
+    return 0 if all(r["ok"] for r in rows) else 1

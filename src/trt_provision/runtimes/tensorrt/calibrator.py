@@ -1,0 +1,161 @@
+"""INT8 entropy calibrator for the weakly typed path (TensorRT 10; TRT 11 has no calibrators).
+
+TensorRT drives the calibrator: it asks for the cache first (a hit skips calibration), else
+pulls batches until ``get_batch`` returns None, then hands back the cache to persist. The
+batches come from an iterable of ``{input name: np.ndarray}``; one device buffer per input is
+allocated from the first batch (grown if a later batch is larger) and freed at the end.
+The calibration cache itself is owned by the calibration package and reached through a
+``(read_cache, write_cache)`` pair of callables.
+
+An exception raised inside a callback cannot cross TensorRT's C++ frames intact, so it is
+kept on the feeder and the build re-raises it afterwards
+(:meth:`CalibrationFeeder.raise_if_failed`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from trt_provision.errors import CalibrationCacheError
+from trt_provision.runtimes.tensorrt.cuda_buffers import CudaBuffers
+
+__all__ = ["CalibrationFeeder", "make_entropy_calibrator"]
+
+# The whole module is the weakly typed INT8 path (checked by the API conformance scanner).
+TRT_PATH = "int8_calibrator"
+
+log = logging.getLogger(__name__)
+
+ReadCache = Callable[[], "bytes | None"]
+WriteCache = Callable[[bytes], None]
+
+
+class CalibrationFeeder:
+    """The TensorRT-independent half: batches → device pointers, cache I/O, cleanup."""
+
+    def __init__(
+        self,
+        batches: Iterable[Mapping[str, np.ndarray[Any, Any]]],
+        read_cache: ReadCache,
+        write_cache: WriteCache,
+        buffers: CudaBuffers,
+    ) -> None:
+        self._iter: Iterator[Mapping[str, np.ndarray[Any, Any]]] = iter(batches)
+        self._read_cache = read_cache
+        self._write_cache = write_cache
+        self._buffers = buffers
+        self._peeked: Mapping[str, np.ndarray[Any, Any]] | None = None
+        self._capacity: dict[str, int] = {}
+        self.batches_fed = 0
+        self.error: BaseException | None = None
+        self._done = False
+
+    def _peek(self) -> Mapping[str, np.ndarray[Any, Any]] | None:
+        if self._peeked is None and not self._done:
+            self._peeked = next(self._iter, None)
+        return self._peeked
+
+    def batch_size(self) -> int:
+        try:
+            first = self._peek()
+            if not first:
+                return 1
+            arr = next(iter(first.values()))
+            return int(arr.shape[0]) if arr.ndim else 1
+        except Exception as exc:
+            self.error = exc
+            return 1
+
+    def next_pointers(self, names: list[str]) -> list[int] | None:
+        """Copy the next batch to the device; None when the data (or an error) ends it."""
+        try:
+            batch = self._peek()
+            self._peeked = None
+            if batch is None:
+                self.finish()
+                return None
+            missing = [n for n in names if n not in batch]
+            if missing:
+                raise CalibrationCacheError(
+                    "calibration batch lacks network inputs", missing=missing
+                )
+            arrays = {n: np.ascontiguousarray(batch[n]) for n in names}
+            if any(self._capacity.get(n, -1) < a.nbytes for n, a in arrays.items()):
+                self._reallocate(arrays)
+            for name, arr in arrays.items():
+                self._buffers.copy_in(name, arr)
+            self._buffers.synchronize()
+            self.batches_fed += 1
+            return [self._buffers.buffers[n].device_ptr for n in names]
+        except Exception as exc:
+            self.error = exc
+            self.finish()
+            return None
+
+    def _reallocate(self, arrays: Mapping[str, np.ndarray[Any, Any]]) -> None:
+        if self._capacity:
+            # A batch larger than the first: start over with bigger buffers for every input.
+            self._buffers.release()
+            self._buffers = CudaBuffers(self._buffers._rt)
+            self._capacity.clear()
+        for name, arr in arrays.items():
+            self._buffers.allocate(name, arr.nbytes)
+            self._capacity[name] = arr.nbytes
+
+    def read(self) -> bytes | None:
+        try:
+            data = self._read_cache()
+        except Exception as exc:
+            self.error = exc
+            return None
+        if data:
+            log.info("calibration cache hit", extra={"event": "calibration.cache.hit"})
+        return data or None
+
+    def write(self, cache: Any) -> None:
+        try:
+            self._write_cache(bytes(cache))
+        except Exception as exc:
+            self.error = exc
+
+    def finish(self) -> None:
+        """Free the device buffers (idempotent)."""
+        self._done = True
+        self._buffers.release()
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            err = self.error
+            if isinstance(err, CalibrationCacheError):
+                raise err
+            raise CalibrationCacheError(
+                f"calibration failed: {type(err).__name__}: {err}"
+            ) from err
+
+
+def make_entropy_calibrator(trt: Any, feeder: CalibrationFeeder) -> Any:
+    """An ``IInt8EntropyCalibrator2`` subclass instance that delegates to ``feeder``."""
+
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc]
+        def __init__(self) -> None:
+            # pybind11 trampolines need the base initialiser called explicitly.
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self.feeder = feeder
+
+        def get_batch_size(self) -> int:
+            return feeder.batch_size()
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            return feeder.next_pointers(list(names))
+
+        def read_calibration_cache(self) -> bytes | None:
+            return feeder.read()
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            feeder.write(cache)
+
+    return EntropyCalibrator()

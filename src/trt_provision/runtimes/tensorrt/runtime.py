@@ -1,0 +1,618 @@
+"""TensorrtRuntime: the TensorRT strategy behind the ``InferenceRuntime`` seam.
+
+Only this package imports ``tensorrt`` and cuda-python, lazily, on first use; tests inject
+a recording fake through ``trt_module`` / ``cuda_module``. Which precision path a build takes
+is decided by feature detection on the loaded module (``_paths.path_available``), never by
+comparing version strings.
+
+Loading follows the seam's order strictly: ``EngineGate.validate`` first, then
+``MemoryBudget.reserve``, and only then any TensorRT or CUDA call; any failure after the
+reservation releases everything allocated so far and gives the reservation back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trt_provision._lazy import import_optional
+from trt_provision.errors import (
+    EngineBuildError,
+    InferenceError,
+    InternalError,
+    TrtProvisionError,
+)
+from trt_provision.runtimes.tensorrt._paths import trt_path
+from trt_provision.runtimes.tensorrt.calibrator import CalibrationFeeder, make_entropy_calibrator
+from trt_provision.runtimes.tensorrt.cuda_buffers import (
+    CudaBuffers,
+    device_compute_capability,
+    load_cudart,
+)
+from trt_provision.runtimes.tensorrt.network import (
+    LayerEvidence,
+    NetworkSource,
+    apply_weak_precision,
+    choose_precision_path,
+    network_signature,
+    parse_onnx,
+    strong_precision_evidence,
+)
+from trt_provision.runtimes.tensorrt.timing_cache import TimingCacheFile, timing_cache_path
+from trt_provision.seams import EngineGate, EngineHandle, MemoryBudget, ThermalStatePublisher
+from trt_provision.types import (
+    BuildArtifact,
+    BuildConfig,
+    EngineCacheEntry,
+    HardwareCompatibility,
+    HostCapabilities,
+    PluginSpec,
+    RuntimeTarget,
+    ThermalState,
+)
+
+__all__ = ["CalibrationInput", "TensorrtEngineHandle", "TensorrtOptions", "TensorrtRuntime"]
+
+log = logging.getLogger(__name__)
+
+_AMPERE_SM = 80
+
+
+@dataclass(frozen=True)
+class CalibrationInput:
+    """INT8 calibration data for the weakly typed path, provided by the calibration package."""
+
+    batches: Iterable[Mapping[str, np.ndarray[Any, Any]]]
+    read_cache: Callable[[], bytes | None]
+    write_cache: Callable[[bytes], None]
+
+
+@dataclass(frozen=True)
+class TensorrtOptions:
+    """Runtime-level settings (build-relevant ones live in BuildConfig)."""
+
+    timing_cache_dir: Path | None = None
+    allow_engine_host_code: bool = False  # only when the trust policy allows it
+    optional_plugins: tuple[str, ...] = ("DecodeNMS",)
+    strict_plugins: bool = True
+    plugin_namespace: str = ""
+    calibration: Callable[[Path, BuildConfig], CalibrationInput | None] | None = None
+
+
+@dataclass
+class TensorrtEngineHandle:
+    """A deserialized engine with its context, stream and IO buffers."""
+
+    entry: EngineCacheEntry
+    _owner: int = 0
+    _engine: Any = None
+    _context: Any = None
+    _buffers: CudaBuffers | None = None
+    _reservation: int | None = None
+    _inputs: dict[str, tuple[Any, tuple[tuple[int, ...], tuple[int, ...]]]] = field(
+        default_factory=dict
+    )
+    _outputs: dict[str, Any] = field(default_factory=dict)
+    _released: bool = False
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(self._inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(self._outputs)
+
+
+def _sm_label(major: int, minor: int) -> str:
+    return f"sm{major}{minor}"
+
+
+class TensorrtRuntime:
+    """Builds, loads and runs TensorRT engines."""
+
+    def __init__(
+        self,
+        *,
+        gate: EngineGate,
+        budget: MemoryBudget | None = None,
+        thermal: ThermalStatePublisher | None = None,
+        host: HostCapabilities | None = None,
+        options: TensorrtOptions | None = None,
+        trt_module: Any | None = None,
+        cuda_module: Any | None = None,
+    ) -> None:
+        self._gate = gate
+        self._budget = budget
+        self._thermal = thermal
+        self._host = host
+        self._options = options or TensorrtOptions()
+        self._trt_module = trt_module
+        self._cuda_module = cuda_module
+        self._sm: str | None = host.sm.rstrip("+") if host and host.sm else None
+        self._handles: dict[int, TensorrtEngineHandle] = {}
+
+    # ----------------------------------------------------------------- modules
+    def _trt(self) -> Any:
+        if self._trt_module is None:
+            self._trt_module = import_optional("tensorrt", "tensorrt")
+        return self._trt_module
+
+    def _cuda(self) -> Any:
+        if self._cuda_module is None:
+            self._cuda_module = load_cudart()
+        return self._cuda_module
+
+    def trt_version(self) -> str:
+        if self._trt_module is None and self._host is not None and self._host.trt_version:
+            return self._host.trt_version
+        return str(self._trt().__version__)
+
+    def _device_sm(self) -> str:
+        if self._sm is None:
+            major, minor = device_compute_capability(self._cuda())
+            self._sm = _sm_label(major, minor)
+        return self._sm
+
+    # ----------------------------------------------------------------- identity
+    def current_runtime_label(self) -> str:
+        return "tensorrt"
+
+    def _target_for(self, level: HardwareCompatibility) -> RuntimeTarget:
+        sm = self._device_sm()
+        if level is HardwareCompatibility.AMPERE_PLUS:
+            target = f"sm{_AMPERE_SM}+"
+        elif level is HardwareCompatibility.SAME_COMPUTE_CAPABILITY:
+            target = f"{sm}cc"
+        else:
+            target = sm
+        jetpack = self._host.jetpack if self._host else None
+        return RuntimeTarget(
+            runtime="trt",
+            runtime_version=self.trt_version(),
+            target=target,
+            platform=f"jp{jetpack}" if jetpack else "dgpu",
+        )
+
+    def runtime_target(self, build_config: BuildConfig) -> RuntimeTarget:
+        return self._target_for(build_config.hardware_compatibility)
+
+    def thermal_state(self) -> ThermalState:
+        if self._thermal is None:
+            return ThermalState()
+        return self._thermal.thermal_state()
+
+    # ----------------------------------------------------------------- build
+    def compile_engine(
+        self, model_path: Path, build_config: BuildConfig, staged_path: Path
+    ) -> BuildArtifact:
+        """Parse ``model_path`` with the ONNX parser and build into ``staged_path``."""
+        model_path = Path(model_path)
+
+        def populate(trt: Any, network: Any, logger: Any) -> dict[str, Any]:
+            parse_onnx(trt, network, logger, model_path)
+            return {"model": str(model_path)}
+
+        return self._build(populate, build_config, Path(staged_path), model_path)
+
+    def compile_network(
+        self, source: NetworkSource, build_config: BuildConfig, staged_path: Path
+    ) -> BuildArtifact:
+        """Build a network defined by code; its signature stands in for the model hash."""
+
+        def populate(trt: Any, network: Any, logger: Any) -> dict[str, Any]:
+            try:
+                source.build(network, trt)
+            except TrtProvisionError:
+                raise
+            except Exception as exc:
+                raise EngineBuildError(
+                    f"network callback failed: {type(exc).__name__}: {exc}", network=source.name
+                ) from exc
+            return {
+                "network": source.name,
+                "network_signature": network_signature(network, source.weights_sha256),
+            }
+
+        return self._build(populate, build_config, Path(staged_path), None)
+
+    def _build(
+        self,
+        populate: Callable[[Any, Any, Any], dict[str, Any]],
+        build_config: BuildConfig,
+        staged_path: Path,
+        model_path: Path | None,
+    ) -> BuildArtifact:
+        trt = self._trt()
+        started = time.monotonic()
+        log.info("building TensorRT engine", extra={"event": "trt.build.start",
+                                                      "model": str(model_path)})
+        logger = trt.Logger(trt.Logger.WARNING)
+        plugins = self._check_plugins(trt, logger, build_config.plugins)
+        path = choose_precision_path(trt, build_config)
+        builder = trt.Builder(logger)
+        network = builder.create_network(_network_flags(trt, path))
+        source_facts = populate(trt, network, logger)
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, build_config.workspace_mib << 20)
+        config.builder_optimization_level = build_config.builder_optimization_level
+        _set_hardware_compatibility(trt, config, build_config.hardware_compatibility)
+        _add_profiles(builder, network, config, build_config)
+
+        flags: list[str] = []
+        evidence: list[LayerEvidence]
+        feeder: CalibrationFeeder | None = None
+        if path == "weak":
+            flags, evidence = apply_weak_precision(trt, network, config, build_config)
+            if build_config.precision.needs_calibration:
+                feeder = self._attach_calibrator(trt, config, model_path, build_config)
+        else:
+            evidence = strong_precision_evidence(network, build_config)
+
+        cache_file: TimingCacheFile | None = None
+        timing_cache: Any = None
+        cache_dir = build_config.timing_cache_path or self._options.timing_cache_dir
+        if cache_dir is not None:
+            cache_file = TimingCacheFile(
+                timing_cache_path(cache_dir, self.trt_version(), self._device_sm())
+            )
+            timing_cache = cache_file.attach(config)
+
+        try:
+            serialized = builder.build_serialized_network(network, config)
+        except Exception as exc:
+            raise EngineBuildError(
+                f"TensorRT build raised {type(exc).__name__}: {exc}", model=str(model_path)
+            ) from exc
+        finally:
+            if feeder is not None:
+                feeder.finish()
+        if feeder is not None:
+            feeder.raise_if_failed()
+        if serialized is None:
+            raise EngineBuildError(
+                "TensorRT returned no engine (see the TensorRT log above)",
+                model=str(model_path),
+                precision_path=path,
+                pinned_layers=[e.layer for e in evidence],
+            )
+        data = bytes(serialized)
+        _write_synced(staged_path, data)
+        if cache_file is not None:
+            cache_file.merge_back(config, timing_cache)
+        stamp = _memory_stamp(trt, logger, data)
+        seconds = time.monotonic() - started
+        log.info(
+            "finished TensorRT engine in %.1f s", seconds,
+            extra={"event": "trt.build.finish", "seconds": seconds, "bytes": len(data)},
+        )
+        metadata: dict[str, Any] = {
+            "trt_version": self.trt_version(),
+            "trt_path": path,
+            "builder_flags": sorted(set(flags)),
+            "layer_precision": [e.to_dict() for e in evidence],
+            "plugins": plugins,
+            "hardware_compatibility": build_config.hardware_compatibility.value,
+            "builder_optimization_level": build_config.builder_optimization_level,
+            "workspace_bytes": build_config.workspace_mib << 20,
+            "timing_cache": str(cache_file.path) if cache_file else None,
+            "engine_bytes": len(data),
+            **stamp,
+            **source_facts,
+        }
+        if feeder is not None:
+            metadata["calibration"] = {"batches": feeder.batches_fed}
+        return BuildArtifact(staged_path=staged_path, build_seconds=seconds, metadata=metadata)
+
+    def _attach_calibrator(
+        self, trt: Any, config: Any, model_path: Path | None, build_config: BuildConfig
+    ) -> CalibrationFeeder:
+        provider = self._options.calibration
+        data = provider(model_path or Path(), build_config) if provider else None
+        if data is None:
+            raise EngineBuildError(
+                "INT8 on the weakly typed path needs calibration data or a calibration cache",
+                model=str(model_path),
+            )
+        feeder = CalibrationFeeder(
+            data.batches, data.read_cache, data.write_cache, CudaBuffers(self._cuda())
+        )
+        _set_calibrator(config, make_entropy_calibrator(trt, feeder))
+        return feeder
+
+    def _check_plugins(
+        self, trt: Any, logger: Any, wanted: tuple[PluginSpec, ...]
+    ) -> list[dict[str, Any]]:
+        """Look every configured plugin up in the registry; strict mode fails on a miss."""
+        if not wanted and not self._options.optional_plugins:
+            return []
+        trt.init_libnvinfer_plugins(logger, self._options.plugin_namespace)
+        registry = trt.get_plugin_registry()
+        available = {
+            (creator.name, str(creator.plugin_version), creator.plugin_namespace)
+            for creator in registry.all_creators
+        }
+        specs = list(wanted) + [
+            PluginSpec(name=n, required=False)
+            for n in self._options.optional_plugins
+            if n not in {p.name for p in wanted}
+        ]
+        report: list[dict[str, Any]] = []
+        missing: list[str] = []
+        for spec in specs:
+            found = (spec.name, spec.version, spec.namespace) in available
+            report.append({"name": spec.name, "version": spec.version,
+                           "namespace": spec.namespace, "required": spec.required,
+                           "found": found})
+            if not found and spec.required:
+                missing.append(f"{spec.name} v{spec.version} ns={spec.namespace!r}")
+            elif not found:
+                log.info("optional plugin absent", extra={"event": "trt.plugin.absent",
+                                                          "plugin": spec.name})
+        if missing:
+            if self._options.strict_plugins:
+                raise EngineBuildError("required TensorRT plugins are not registered",
+                                       missing=missing)
+            log.warning("required plugins missing", extra={"event": "trt.plugin.missing",
+                                                           "missing": missing})
+        return report
+
+    # ----------------------------------------------------------------- load
+    def deserialize_engine(self, entry: EngineCacheEntry) -> TensorrtEngineHandle:
+        expected = self._target_for(entry.identity.hardware_compatibility)
+        verified = self._gate.validate(entry.engine_path, expected)
+        reservation = self._budget.reserve(verified) if self._budget is not None else None
+        handle = TensorrtEngineHandle(entry=verified, _owner=id(self), _reservation=reservation)
+        try:
+            self._load_into(handle)
+        except BaseException as exc:
+            self._free(handle)
+            if isinstance(exc, TrtProvisionError) or not isinstance(exc, Exception):
+                raise
+            raise InferenceError(
+                f"cannot load engine: {type(exc).__name__}: {exc}", path=str(entry.engine_path)
+            ) from exc
+        self._handles[id(handle)] = handle
+        log.info("engine loaded", extra={"event": "trt.engine.loaded",
+                                         "path": str(verified.engine_path)})
+        return handle
+
+    def _load_into(self, handle: TensorrtEngineHandle) -> None:
+        trt = self._trt()
+        logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(logger)
+        runtime.engine_host_code_allowed = bool(self._options.allow_engine_host_code)
+        data = Path(handle.entry.engine_path).read_bytes()
+        engine = runtime.deserialize_cuda_engine(data)
+        if engine is None:
+            raise InferenceError("TensorRT could not deserialize the engine",
+                                 path=str(handle.entry.engine_path))
+        handle._engine = engine
+        context = engine.create_execution_context()
+        if context is None:
+            raise InferenceError("TensorRT could not create an execution context",
+                                 path=str(handle.entry.engine_path))
+        handle._context = context
+        handle._buffers = CudaBuffers(self._cuda())
+        _ = handle._buffers.stream  # the handle's own stream, created with it
+        input_mode = trt.TensorIOMode.INPUT
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        for name in names:
+            if engine.get_tensor_mode(name) == input_mode:
+                lo, _opt, hi = engine.get_tensor_profile_shape(name, 0)
+                dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+                handle._inputs[name] = (dtype, (tuple(lo), tuple(hi)))
+                context.set_input_shape(name, tuple(hi))
+        for name in names:
+            if name in handle._inputs:
+                dtype, (_lo, hi) = handle._inputs[name]
+                nbytes = int(np.prod(hi)) * dtype.itemsize
+            else:
+                dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+                handle._outputs[name] = dtype
+                nbytes = int(np.prod(tuple(context.get_tensor_shape(name)))) * dtype.itemsize
+            buf = handle._buffers.allocate(name, nbytes)
+            context.set_tensor_address(name, buf.device_ptr)
+
+    # ----------------------------------------------------------------- run
+    def _own(self, handle: EngineHandle) -> TensorrtEngineHandle:
+        if not isinstance(handle, TensorrtEngineHandle) or handle._owner != id(self):
+            raise InferenceError("engine handle does not belong to this runtime")
+        if handle.released or self._handles.get(id(handle)) is not handle:
+            raise InferenceError("engine handle was released", path=str(handle.entry.engine_path))
+        return handle
+
+    def infer(self, handle: EngineHandle, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        own = self._own(handle)
+        arrays = self._check_inputs(own, inputs)
+        context, buffers = own._context, own._buffers
+        if buffers is None:
+            raise InternalError("loaded handle without buffers")
+        try:
+            for name, arr in arrays.items():
+                context.set_input_shape(name, arr.shape)
+            for name, arr in arrays.items():
+                buffers.copy_in(name, arr)
+            if not context.execute_async_v3(buffers.stream_handle):
+                raise InferenceError("TensorRT execute_async_v3 reported failure",
+                                     path=str(own.entry.engine_path))
+            shapes: dict[str, tuple[int, ...]] = {}
+            for name, dtype in own._outputs.items():
+                shapes[name] = tuple(int(d) for d in context.get_tensor_shape(name))
+                buffers.copy_out(name, int(np.prod(shapes[name])) * dtype.itemsize)
+            buffers.synchronize()
+            return {
+                name: buffers.host_view(name, dtype, shapes[name]).copy()
+                for name, dtype in own._outputs.items()
+            }
+        except TrtProvisionError:
+            raise
+        except Exception as exc:
+            raise InferenceError(
+                f"inference failed: {type(exc).__name__}: {exc}", path=str(own.entry.engine_path)
+            ) from exc
+
+    def _check_inputs(
+        self, handle: TensorrtEngineHandle, inputs: Mapping[str, Any]
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        expected, given = set(handle._inputs), set(inputs)
+        if expected != given:
+            raise InferenceError("input names do not match the engine",
+                                 missing=sorted(expected - given),
+                                 unexpected=sorted(given - expected))
+        arrays: dict[str, np.ndarray[Any, Any]] = {}
+        for name, (dtype, (lo, hi)) in handle._inputs.items():
+            arr = np.ascontiguousarray(inputs[name])
+            if arr.dtype != dtype:
+                raise InferenceError("input dtype does not match the engine", name=name,
+                                     expected=str(dtype), found=str(arr.dtype))
+            if arr.ndim != len(lo) or any(
+                not a <= d <= b for d, a, b in zip(arr.shape, lo, hi, strict=True)
+            ):
+                raise InferenceError("input shape outside the engine's profile", name=name,
+                                     shape=tuple(arr.shape), min=lo, max=hi)
+            arrays[name] = arr
+        return arrays
+
+    # ----------------------------------------------------------------- release
+    def release_engine(self, handle: EngineHandle) -> None:
+        if not isinstance(handle, TensorrtEngineHandle) or handle._owner != id(self):
+            raise InferenceError("engine handle does not belong to this runtime")
+        if handle.released:
+            return
+        self._handles.pop(id(handle), None)
+        self._free(handle)
+
+    def _free(self, handle: TensorrtEngineHandle) -> None:
+        """Free buffers, drop TensorRT objects, give the reservation back (each at most once)."""
+        handle._released = True
+        try:
+            if handle._buffers is not None:
+                handle._buffers.release()
+        finally:
+            handle._buffers = None
+            handle._context = None
+            handle._engine = None
+            if handle._reservation is not None and self._budget is not None:
+                reservation, handle._reservation = handle._reservation, None
+                self._budget.release(reservation)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _network_flags(trt: Any, path: str) -> int:
+    return _strong_flag(trt) if path == "strong" else 0
+
+
+@trt_path("strong")
+def _strong_flag(trt: Any) -> int:
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+@trt_path("weak_int8")
+def _set_calibrator(config: Any, calibrator: Any) -> None:
+    config.int8_calibrator = calibrator
+
+
+def _set_hardware_compatibility(trt: Any, config: Any, level: HardwareCompatibility) -> None:
+    if level is HardwareCompatibility.AMPERE_PLUS:
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    elif level is HardwareCompatibility.SAME_COMPUTE_CAPABILITY:
+        if not hasattr(trt.HardwareCompatibilityLevel, "SAME_COMPUTE_CAPABILITY"):
+            raise EngineBuildError(
+                "this TensorRT has no SAME_COMPUTE_CAPABILITY hardware compatibility level"
+            )
+        _set_same_compute_capability(trt, config)
+
+
+@trt_path("same_compute_capability")
+def _set_same_compute_capability(trt: Any, config: Any) -> None:
+    config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY
+
+
+def _add_profiles(builder: Any, network: Any, config: Any, build_config: BuildConfig) -> None:
+    """One optimization profile from BuildConfig.profiles; dynamic inputs need an entry."""
+    inputs = {}
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        inputs[tensor.name] = tuple(int(d) for d in tensor.shape)
+    unknown = [p.input_name for p in build_config.profiles if p.input_name not in inputs]
+    if unknown:
+        raise EngineBuildError("profiles name inputs the network does not have",
+                               unknown=unknown, inputs=sorted(inputs))
+    dynamic = [n for n, s in inputs.items() if any(d < 0 for d in s)]
+    uncovered = [n for n in dynamic if build_config.profile_for(n) is None]
+    if uncovered:
+        raise EngineBuildError("dynamic inputs need an optimization profile", inputs=uncovered)
+    if not build_config.profiles:
+        return
+    profile = builder.create_optimization_profile()
+    for spec in build_config.profiles:
+        rank = len(inputs[spec.input_name])
+        if len(spec.min_shape) != rank:
+            raise EngineBuildError("profile rank differs from the input's", input=spec.input_name,
+                                   rank=rank, profile_rank=len(spec.min_shape))
+        profile.set_shape(spec.input_name, spec.min_shape, spec.opt_shape, spec.max_shape)
+    config.add_optimization_profile(profile)
+
+
+def _memory_stamp(trt: Any, logger: Any, data: bytes) -> dict[str, Any]:
+    """Device memory and IO bytes at max shapes, read back from the built engine."""
+    try:
+        runtime = trt.Runtime(logger)
+        engine = runtime.deserialize_cuda_engine(data)
+        if engine is None:
+            raise EngineBuildError("the freshly built engine does not deserialize")
+        per_profile = [
+            int(engine.get_device_memory_size_for_profile_v2(i))
+            for i in range(engine.num_optimization_profiles)
+        ]
+        context = engine.create_execution_context()
+        input_mode = trt.TensorIOMode.INPUT
+        io_bytes = 0
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        for name in names:
+            if engine.get_tensor_mode(name) == input_mode:
+                hi = tuple(engine.get_tensor_profile_shape(name, 0)[2])
+                if context is not None:
+                    context.set_input_shape(name, hi)
+        for name in names:
+            itemsize = np.dtype(trt.nptype(engine.get_tensor_dtype(name))).itemsize
+            if engine.get_tensor_mode(name) == input_mode:
+                shape = tuple(engine.get_tensor_profile_shape(name, 0)[2])
+            elif context is not None:
+                shape = tuple(context.get_tensor_shape(name))
+            else:
+                shape = tuple(engine.get_tensor_shape(name))
+            io_bytes += int(np.prod([max(int(d), 1) for d in shape])) * itemsize
+        return {
+            "device_memory_bytes": int(engine.device_memory_size_v2),
+            "device_memory_bytes_per_profile": per_profile,
+            "io_bytes_at_max_shapes": io_bytes,
+        }
+    except TrtProvisionError:
+        raise
+    except Exception as exc:
+        raise EngineBuildError(
+            f"cannot read memory needs from the built engine: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -1,0 +1,1014 @@
+"""A recording fake ``tensorrt`` module, one per TensorRT version, cut to the real API.
+
+``make_fake_tensorrt(version)`` builds a module whose public names are taken from the
+recorded API surface of that version (``tests/data/trt_api/<version>.json``, generated from
+the real bindings by ``scripts/trt_api_surface.py``):
+
+* every enum of the surface, with exactly its members;
+* every class of the surface; the classes the runtime uses carry a behaviour, and each
+  keeps only the members the real class of that version has (a member the fake implements
+  but the version lacks is dropped, so code calling it fails here as it would there);
+* the module functions and constants the runtime needs.
+
+Every call is appended to a shared :class:`Recorder` (``fake_state(trt).recorder``) and any
+call can be made to fail on demand (``recorder.fail("Builder.build_serialized_network")``).
+What the ONNX parser "finds" is described by a :class:`FakeModelSpec`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import types
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "SUPPORTED_VERSIONS",
+    "ApiSurface",
+    "FakeLayerSpec",
+    "FakeModelSpec",
+    "FakeTensorSpec",
+    "FakeTrtState",
+    "Recorder",
+    "fake_state",
+    "load_surface",
+    "make_fake_tensorrt",
+]
+
+SURFACE_DIR = Path(__file__).resolve().parent.parent / "data" / "trt_api"
+SUPPORTED_VERSIONS: tuple[str, ...] = ("10.3.0", "10.16.1.11", "11.4.0.106")
+ENGINE_MAGIC = b"FAKETRT\x00"
+
+
+# --------------------------------------------------------------------------- API surface
+
+
+@dataclass(frozen=True)
+class ApiSurface:
+    """The recorded public API of one TensorRT version."""
+
+    version: str
+    classes: Mapping[str, Mapping[str, Any]]
+    enums: Mapping[str, Mapping[str, int]]
+    functions: Mapping[str, Sequence[str]]
+    constants: Mapping[str, str]
+
+    @property
+    def top_level(self) -> frozenset[str]:
+        names = set(self.functions) | set(self.constants)
+        names |= {n for n in (*self.classes, *self.enums) if "." not in n}
+        return frozenset(names)
+
+    def class_members(self, name: str) -> frozenset[str]:
+        """Own and inherited members of a class (bases resolved through the surface)."""
+        cls = self.classes.get(name)
+        if cls is None:
+            return frozenset()
+        members = set(cls["members"])
+        for base in cls["bases"]:
+            members |= self.class_members(base)
+        return frozenset(members)
+
+    def has(self, *path: str) -> bool:
+        """Whether ``trt.<path[0]>.<path[1]>...`` exists in this version."""
+        if not path or path[0] not in self.top_level:
+            return False
+        qual = path[0]
+        for member in path[1:]:
+            if qual in self.enums:
+                return member in self.enums[qual] and member == path[-1]
+            if qual not in self.classes or member not in self.class_members(qual):
+                return False
+            nested = f"{qual}.{member}"
+            if nested in self.classes or nested in self.enums:
+                qual = nested
+            elif member != path[-1]:
+                return False  # a method or property: nothing further is statically known
+        return True
+
+
+@functools.cache
+def load_surface(version: str) -> ApiSurface:
+    data = json.loads((SURFACE_DIR / f"{version}.json").read_text())
+    return ApiSurface(
+        version=data["version"],
+        classes=data["classes"],
+        enums=data["enums"],
+        functions=data["functions"],
+        constants=data["constants"],
+    )
+
+
+# --------------------------------------------------------------------------- recorder
+
+
+@dataclass(frozen=True)
+class Call:
+    name: str
+    args: tuple[Any, ...]
+
+
+@dataclass
+class Recorder:
+    """Ordered log of calls into the fakes; raises on the calls told to fail."""
+
+    calls: list[Call] = field(default_factory=list)
+    failures: dict[str, BaseException] = field(default_factory=dict)
+
+    def record(self, name: str, *args: Any) -> None:
+        self.calls.append(Call(name, args))
+        exc = self.failures.get(name)
+        if exc is not None:
+            raise exc
+
+    def fail(self, name: str, exc: BaseException | None = None) -> None:
+        self.failures[name] = exc or RuntimeError(f"injected failure in {name}")
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.calls]
+
+    def calls_to(self, name: str) -> list[Call]:
+        return [c for c in self.calls if c.name == name]
+
+    def clear(self) -> None:
+        self.calls.clear()
+
+
+# --------------------------------------------------------------------------- model spec
+
+
+@dataclass(frozen=True)
+class FakeTensorSpec:
+    name: str
+    shape: tuple[int, ...]  # -1 for a dynamic dimension
+    dtype: str = "FLOAT"
+
+
+@dataclass(frozen=True)
+class FakeLayerSpec:
+    name: str
+    type: str = "CONVOLUTION"
+    output_dtypes: tuple[str, ...] = ("FLOAT",)
+    # False: TensorRT ignores precision set on this layer (the setter does not take).
+    constrainable: bool = True
+
+
+@dataclass(frozen=True)
+class FakeModelSpec:
+    inputs: tuple[FakeTensorSpec, ...] = (FakeTensorSpec("input", (-1, 3, 8, 8)),)
+    outputs: tuple[FakeTensorSpec, ...] = (FakeTensorSpec("output", (-1, 10)),)
+    layers: tuple[FakeLayerSpec, ...] = (
+        FakeLayerSpec("conv1"),
+        FakeLayerSpec("router_gate", "MATRIX_MULTIPLY"),
+        FakeLayerSpec("kan_mix", "ELEMENTWISE"),
+        FakeLayerSpec("router_shape", "SHAPE", ("INT64",)),
+        FakeLayerSpec("fc", "MATRIX_MULTIPLY"),
+    )
+    parser_errors: tuple[str, ...] = ()
+
+
+@dataclass
+class FakeTrtState:
+    """Test-facing controls of one fake module (not part of the module's API)."""
+
+    version: str
+    surface: ApiSurface
+    recorder: Recorder
+    model: FakeModelSpec = field(default_factory=FakeModelSpec)
+    plugins: list[tuple[str, str, str]] = field(default_factory=list)
+    device_memory_bytes: int = 1 << 20
+    build_returns_none: bool = False
+    context_returns_none: bool = False
+    execute_returns: bool = True
+    cuda: Any = None  # a FakeCudaRuntime: execute writes outputs into its memory
+    module: Any = None
+
+    def new(self, cls_name: str, **kwargs: Any) -> Any:
+        cls = getattr(self.module, cls_name)
+        obj = cls.__new__(cls)
+        obj._setup(**kwargs)
+        return obj
+
+    def enum(self, enum_name: str, member: str) -> Any:
+        return getattr(getattr(self.module, enum_name), member)
+
+    def rec(self, name: str, *args: Any) -> None:
+        self.recorder.record(name, *args)
+
+
+def fake_state(trt: Any) -> FakeTrtState:
+    state: FakeTrtState = trt._fake_state
+    return state
+
+
+# --------------------------------------------------------------------------- enums
+
+
+class _EnumValue:
+    __slots__ = ("_enum", "_name", "_value")
+
+    def __init__(self, enum: str, name: str, value: int) -> None:
+        self._enum, self._name, self._value = enum, name, value
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def value(self) -> int:
+        return self._value
+
+    def __int__(self) -> int:
+        return self._value
+
+    def __index__(self) -> int:
+        return self._value
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, _EnumValue)
+            and other._enum == self._enum
+            and other._value == self._value
+        )
+
+    def __hash__(self) -> int:
+        return hash((self._enum, self._value))
+
+    def __repr__(self) -> str:
+        return f"<{self._enum}.{self._name}: {self._value}>"
+
+    def __str__(self) -> str:
+        return f"{self._enum}.{self._name}"
+
+
+def _make_enum(qualname: str, members: Mapping[str, int]) -> type:
+    short = qualname.rsplit(".", 1)[-1]
+    values = {name: _EnumValue(short, name, value) for name, value in members.items()}
+    ns: dict[str, Any] = dict(values)
+    ns["__members__"] = dict(values)
+    return type(short, (), ns)
+
+
+# --------------------------------------------------------------------------- behaviours
+# Implementations never call super(): their members are copied into generated classes.
+
+
+class _Obj:
+    _st: FakeTrtState
+
+    def _setup(self, **kwargs: Any) -> None:
+        for key, value in kwargs.items():
+            setattr(self, f"_{key}", value)
+
+
+class _Logger(_Obj):
+    def __init__(self, min_severity: Any = None) -> None:
+        self._st.rec("Logger", min_severity)
+        self._min_severity = min_severity
+
+    @property
+    def min_severity(self) -> Any:
+        return self._min_severity
+
+    @min_severity.setter
+    def min_severity(self, value: Any) -> None:
+        self._min_severity = value
+
+    def log(self, severity: Any, msg: str) -> None:
+        self._st.rec("Logger.log", severity, msg)
+
+
+class _Tensor(_Obj):
+    _name: str
+    _shape: tuple[int, ...]
+    _dtype: Any
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._shape)
+
+    @property
+    def dtype(self) -> Any:
+        return self._dtype
+
+    @property
+    def is_shape_tensor(self) -> bool:
+        return False
+
+
+class _Layer(_Obj):
+    _name: str
+    _type: Any
+    _outputs: list[Any]
+    _constrainable: bool
+    _precision: Any = None
+    _output_types: dict[int, Any]
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
+
+    @property
+    def type(self) -> Any:
+        return self._type
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self._outputs)
+
+    def get_output(self, index: int) -> Any:
+        return self._outputs[index]
+
+    @property
+    def precision(self) -> Any:
+        return self._precision if self._precision is not None else self._st.enum(
+            "DataType", "FLOAT"
+        )
+
+    @precision.setter
+    def precision(self, value: Any) -> None:
+        self._st.rec("ILayer.precision", self._name, value)
+        if self._constrainable:
+            self._precision = value
+
+    @property
+    def precision_is_set(self) -> bool:
+        return self._precision is not None
+
+    def reset_precision(self) -> None:
+        self._precision = None
+
+    def set_output_type(self, index: int, dtype: Any) -> None:
+        self._st.rec("ILayer.set_output_type", self._name, index, dtype)
+        if self._constrainable:
+            self._output_types[index] = dtype
+
+    def get_output_type(self, index: int) -> Any:
+        return self._output_types.get(index, self._outputs[index].dtype)
+
+    def output_type_is_set(self, index: int) -> bool:
+        return index in self._output_types
+
+
+class _Network(_Obj):
+    _flags: int
+    _layers: list[Any]
+    _inputs: list[Any]
+    _outputs: list[Any]
+    _name: str
+
+    def _setup(self, **kwargs: Any) -> None:
+        self._flags = kwargs.get("flags", 0)
+        self._layers, self._inputs, self._outputs, self._name = [], [], [], "network"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._layers)
+
+    def get_layer(self, index: int) -> Any:
+        return self._layers[index]
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self._inputs)
+
+    def get_input(self, index: int) -> Any:
+        return self._inputs[index]
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self._outputs)
+
+    def get_output(self, index: int) -> Any:
+        return self._outputs[index]
+
+    def add_input(self, name: str, dtype: Any, shape: Sequence[int]) -> Any:
+        self._st.rec("INetworkDefinition.add_input", name, dtype, tuple(shape))
+        tensor = self._st.new("ITensor", name=name, shape=tuple(shape), dtype=dtype)
+        self._inputs.append(tensor)
+        return tensor
+
+    def add_identity(self, input: Any) -> Any:
+        self._st.rec("INetworkDefinition.add_identity", input.name)
+        index = len(self._layers)
+        out = self._st.new(
+            "ITensor", name=f"(Unnamed Layer* {index}) [Identity]_output",
+            shape=input.shape, dtype=input.dtype,
+        )
+        layer = self._st.new(
+            "ILayer", name=f"(Unnamed Layer* {index}) [Identity]",
+            type=self._st.enum("LayerType", "IDENTITY"), outputs=[out],
+            constrainable=True, output_types={},
+        )
+        self._layers.append(layer)
+        return layer
+
+    def mark_output(self, tensor: Any) -> None:
+        self._st.rec("INetworkDefinition.mark_output", tensor.name)
+        self._outputs.append(tensor)
+
+    def _populate(self, spec: FakeModelSpec) -> None:
+        st = self._st
+        for t in spec.inputs:
+            self._inputs.append(
+                st.new("ITensor", name=t.name, shape=t.shape, dtype=st.enum("DataType", t.dtype))
+            )
+        for layer in spec.layers:
+            outs = [
+                st.new("ITensor", name=f"{layer.name}_out{i}", shape=(-1,),
+                       dtype=st.enum("DataType", dt))
+                for i, dt in enumerate(layer.output_dtypes)
+            ]
+            self._layers.append(
+                st.new("ILayer", name=layer.name, type=st.enum("LayerType", layer.type),
+                       outputs=outs, constrainable=layer.constrainable, output_types={})
+            )
+        for t in spec.outputs:
+            self._outputs.append(
+                st.new("ITensor", name=t.name, shape=t.shape, dtype=st.enum("DataType", t.dtype))
+            )
+
+
+class _ParserError(_Obj):
+    _text: str
+    _index: int
+
+    def desc(self) -> str:
+        return self._text
+
+    def code(self) -> Any:
+        return self._st.enum("ErrorCode", "UNSUPPORTED_NODE")
+
+    def node(self) -> int:
+        return self._index
+
+    def node_name(self) -> str:
+        return f"node_{self._index}"
+
+    def node_operator(self) -> str:
+        return "FakeOp"
+
+
+class _OnnxParser(_Obj):
+    def __init__(self, network: Any, logger: Any) -> None:
+        self._st.rec("OnnxParser", network, logger)
+        self._network = network
+        self._errors: list[Any] = []
+
+    def _parse(self) -> bool:
+        spec = self._st.model
+        self._errors = [
+            self._st.new("ParserError", text=text, index=i)
+            for i, text in enumerate(spec.parser_errors)
+        ]
+        if self._errors:
+            return False
+        self._network._populate(spec)
+        return True
+
+    def parse_from_file(self, model: str) -> bool:
+        self._st.rec("OnnxParser.parse_from_file", model)
+        return self._parse()
+
+    def parse(self, model: bytes, path: str | None = None) -> bool:
+        self._st.rec("OnnxParser.parse", len(model))
+        return self._parse()
+
+    @property
+    def num_errors(self) -> int:
+        return len(self._errors)
+
+    def get_error(self, index: int) -> Any:
+        return self._errors[index]
+
+    def clear_errors(self) -> None:
+        self._errors = []
+
+
+class _Profile(_Obj):
+    def _setup(self, **kwargs: Any) -> None:
+        self._shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
+
+    def set_shape(self, input: str, min: Any, opt: Any, max: Any) -> None:
+        shapes = (tuple(min), tuple(opt), tuple(max))
+        self._st.rec("IOptimizationProfile.set_shape", input, *shapes)
+        self._shapes[input] = shapes
+
+    def get_shape(self, input: str) -> list[tuple[int, ...]]:
+        return list(self._shapes.get(input, ()))
+
+
+class _HostMemory(_Obj):
+    _data: bytes
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._data)
+
+    @property
+    def dtype(self) -> Any:
+        return self._st.enum("DataType", "UINT8") if hasattr(
+            self._st.module.DataType, "UINT8"
+        ) else self._st.enum("DataType", "INT8")
+
+    def __bytes__(self) -> bytes:
+        return bytes(self._data)
+
+
+class _TimingCache(_Obj):
+    _entries: set[str]
+
+    def serialize(self) -> Any:
+        self._st.rec("ITimingCache.serialize")
+        data = "\n".join(sorted(self._entries)).encode()
+        return self._st.new("IHostMemory", data=data)
+
+    def combine(self, input_cache: Any, ignore_mismatch: bool) -> bool:
+        self._st.rec("ITimingCache.combine", ignore_mismatch)
+        self._entries |= input_cache._entries
+        return True
+
+    def reset(self) -> bool:
+        self._entries = set()
+        return True
+
+
+class _BuilderConfig(_Obj):
+    def _setup(self, **kwargs: Any) -> None:
+        self._flags: set[str] = set()
+        self._pools: dict[str, int] = {}
+        self._profiles: list[Any] = []
+        self._level = 3
+        self._hwc = self._st.enum("HardwareCompatibilityLevel", "NONE")
+        self._calibrator: Any = None
+        self._timing_cache: Any = None
+        self._verbosity: Any = None
+
+    def set_flag(self, flag: Any) -> None:
+        self._st.rec("IBuilderConfig.set_flag", flag.name)
+        self._flags.add(flag.name)
+
+    def clear_flag(self, flag: Any) -> None:
+        self._st.rec("IBuilderConfig.clear_flag", flag.name)
+        self._flags.discard(flag.name)
+
+    def get_flag(self, flag: Any) -> bool:
+        return flag.name in self._flags
+
+    def set_memory_pool_limit(self, pool: Any, pool_size: int) -> None:
+        self._st.rec("IBuilderConfig.set_memory_pool_limit", pool.name, pool_size)
+        self._pools[pool.name] = pool_size
+
+    def get_memory_pool_limit(self, pool: Any) -> int:
+        return self._pools.get(pool.name, 0)
+
+    def add_optimization_profile(self, profile: Any) -> int:
+        self._st.rec("IBuilderConfig.add_optimization_profile", dict(profile._shapes))
+        self._profiles.append(profile)
+        return len(self._profiles) - 1
+
+    @property
+    def num_optimization_profiles(self) -> int:
+        return len(self._profiles)
+
+    @property
+    def builder_optimization_level(self) -> int:
+        return self._level
+
+    @builder_optimization_level.setter
+    def builder_optimization_level(self, value: int) -> None:
+        self._st.rec("IBuilderConfig.builder_optimization_level", value)
+        self._level = value
+
+    @property
+    def hardware_compatibility_level(self) -> Any:
+        return self._hwc
+
+    @hardware_compatibility_level.setter
+    def hardware_compatibility_level(self, value: Any) -> None:
+        self._st.rec("IBuilderConfig.hardware_compatibility_level", value.name)
+        self._hwc = value
+
+    @property
+    def int8_calibrator(self) -> Any:
+        return self._calibrator
+
+    @int8_calibrator.setter
+    def int8_calibrator(self, value: Any) -> None:
+        self._st.rec("IBuilderConfig.int8_calibrator", value)
+        self._calibrator = value
+
+    @property
+    def profiling_verbosity(self) -> Any:
+        return self._verbosity
+
+    @profiling_verbosity.setter
+    def profiling_verbosity(self, value: Any) -> None:
+        self._verbosity = value
+
+    def create_timing_cache(self, serialized_timing_cache: Any) -> Any:
+        data = bytes(serialized_timing_cache)
+        self._st.rec("IBuilderConfig.create_timing_cache", len(data))
+        entries = {line for line in data.decode().split("\n") if line}
+        return self._st.new("ITimingCache", entries=entries)
+
+    def set_timing_cache(self, cache: Any, ignore_mismatch: bool) -> bool:
+        self._st.rec("IBuilderConfig.set_timing_cache", ignore_mismatch)
+        self._timing_cache = cache
+        return True
+
+    def get_timing_cache(self) -> Any:
+        return self._timing_cache
+
+
+class _Builder(_Obj):
+    def __init__(self, logger: Any) -> None:
+        self._st.rec("Builder", logger)
+
+    def create_network(self, flags: int = 0) -> Any:
+        self._st.rec("Builder.create_network", flags)
+        return self._st.new("INetworkDefinition", flags=flags)
+
+    def create_builder_config(self) -> Any:
+        self._st.rec("Builder.create_builder_config")
+        return self._st.new("IBuilderConfig")
+
+    def create_optimization_profile(self) -> Any:
+        self._st.rec("Builder.create_optimization_profile")
+        return self._st.new("IOptimizationProfile")
+
+    @property
+    def platform_has_fast_fp16(self) -> bool:
+        return True
+
+    @property
+    def platform_has_fast_int8(self) -> bool:
+        return True
+
+    def get_plugin_registry(self) -> Any:
+        return _registry(self._st)
+
+    def build_serialized_network(self, network: Any, config: Any) -> Any:
+        st = self._st
+        st.rec("Builder.build_serialized_network", network, config)
+        if st.build_returns_none:
+            return None
+        calibration = None
+        if "INT8" in config._flags and config._calibrator is not None:
+            calibration = _drive_calibrator(config._calibrator, network)
+        if config._timing_cache is not None:
+            config._timing_cache._entries.add(f"{network.name}:{network.num_layers}")
+        profile = config._profiles[0]._shapes if config._profiles else {}
+        blob = {
+            "version": st.version,
+            "flags": sorted(config._flags),
+            "network_flags": network._flags,
+            "hwc": config._hwc.name,
+            "calibration": calibration,
+            "inputs": [
+                [t.name, list(t.shape), t.dtype.name,
+                 [list(s) for s in profile.get(t.name, (t.shape, t.shape, t.shape))]]
+                for t in network._inputs
+            ],
+            "outputs": [[t.name, list(t.shape), t.dtype.name] for t in network._outputs],
+            "layers": [
+                [layer.name, layer._precision.name if layer._precision is not None else None]
+                for layer in network._layers
+            ],
+        }
+        return st.new("IHostMemory", data=ENGINE_MAGIC + json.dumps(blob).encode())
+
+
+def _drive_calibrator(calibrator: Any, network: Any) -> dict[str, Any]:
+    """Call the calibrator the way TensorRT does: cache first, else batches, then write."""
+    cached = calibrator.read_calibration_cache()
+    if cached:
+        return {"from_cache": True, "batches": 0}
+    names = [t.name for t in network._inputs]
+    calibrator.get_batch_size()
+    batches = 0
+    while calibrator.get_batch(names) is not None:
+        batches += 1
+    calibrator.write_calibration_cache(b"fake-calibration-table")
+    return {"from_cache": False, "batches": batches}
+
+
+class _Engine(_Obj):
+    _blob: dict[str, Any]
+
+    def _io(self) -> list[tuple[str, str, list[int], str]]:
+        ins = [(t[0], "INPUT", t[1], t[2]) for t in self._blob["inputs"]]
+        outs = [(t[0], "OUTPUT", t[1], t[2]) for t in self._blob["outputs"]]
+        return ins + outs
+
+    def _find(self, name: str) -> tuple[str, str, list[int], str]:
+        for io in self._io():
+            if io[0] == name:
+                return io
+        raise KeyError(name)
+
+    @property
+    def num_io_tensors(self) -> int:
+        return len(self._io())
+
+    def get_tensor_name(self, index: int) -> str:
+        return self._io()[index][0]
+
+    def get_tensor_mode(self, name: str) -> Any:
+        return self._st.enum("TensorIOMode", self._find(name)[1])
+
+    def get_tensor_dtype(self, name: str) -> Any:
+        return self._st.enum("DataType", self._find(name)[3])
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._find(name)[2])
+
+    def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[tuple[int, ...]]:
+        for t in self._blob["inputs"]:
+            if t[0] == name:
+                return [tuple(s) for s in t[3]]
+        raise KeyError(name)
+
+    @property
+    def num_optimization_profiles(self) -> int:
+        return 1
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._blob["layers"])
+
+    @property
+    def device_memory_size_v2(self) -> int:
+        return self._st.device_memory_bytes
+
+    def get_device_memory_size_for_profile_v2(self, profile_index: int) -> int:
+        return self._st.device_memory_bytes
+
+    @property
+    def hardware_compatibility_level(self) -> Any:
+        return self._st.enum("HardwareCompatibilityLevel", self._blob["hwc"])
+
+    def create_execution_context(self, strategy: Any = None) -> Any:
+        self._st.rec("ICudaEngine.create_execution_context")
+        if self._st.context_returns_none:
+            return None
+        return self._st.new("IExecutionContext", engine=self, shapes={}, addresses={})
+
+
+class _Context(_Obj):
+    _engine: Any
+    _shapes: dict[str, tuple[int, ...]]
+    _addresses: dict[str, int]
+
+    @property
+    def engine(self) -> Any:
+        return self._engine
+
+    def set_input_shape(self, name: str, shape: Any) -> bool:
+        self._st.rec("IExecutionContext.set_input_shape", name, tuple(shape))
+        self._shapes[name] = tuple(shape)
+        return True
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        if name in self._shapes:
+            return self._shapes[name]
+        shape = list(self._engine.get_tensor_shape(name))
+        batch = next(iter(self._shapes.values()), (1,))[0]
+        return tuple(batch if d == -1 else d for d in shape)
+
+    def set_tensor_address(self, name: str, memory: int) -> bool:
+        self._st.rec("IExecutionContext.set_tensor_address", name, int(memory))
+        self._addresses[name] = int(memory)
+        return True
+
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        self._st.rec("IExecutionContext.execute_async_v3", int(stream_handle))
+        cuda = self._st.cuda
+        if cuda is not None and self._st.execute_returns:
+            for _name, mode, _shape, dtype in self._engine._io():
+                if mode != "OUTPUT":
+                    continue
+                shape = self.get_tensor_shape(_name)
+                np_dtype = _NP_TYPES[dtype]
+                data = np.ones(shape, dtype=np_dtype).tobytes()
+                cuda.write_device(self._addresses[_name], data)
+        return self._st.execute_returns
+
+
+class _Runtime(_Obj):
+    def __init__(self, logger: Any) -> None:
+        self._st.rec("Runtime", logger)
+        self._host_code = False
+
+    @property
+    def engine_host_code_allowed(self) -> bool:
+        return self._host_code
+
+    @engine_host_code_allowed.setter
+    def engine_host_code_allowed(self, value: bool) -> None:
+        self._st.rec("Runtime.engine_host_code_allowed", value)
+        self._host_code = value
+
+    def deserialize_cuda_engine(self, serialized_engine: Any) -> Any:
+        data = bytes(serialized_engine)
+        self._st.rec("Runtime.deserialize_cuda_engine", len(data))
+        if not data.startswith(ENGINE_MAGIC):
+            return None
+        return self._st.new("ICudaEngine", blob=json.loads(data[len(ENGINE_MAGIC):]))
+
+
+class _Creator(_Obj):
+    _name: str
+    _version: str
+    _namespace: str
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def plugin_version(self) -> str:
+        return self._version
+
+    @property
+    def plugin_namespace(self) -> str:
+        return self._namespace
+
+
+class _Registry(_Obj):
+    @property
+    def all_creators(self) -> list[Any]:
+        self._st.rec("IPluginRegistry.all_creators")
+        return [
+            self._st.new("IPluginCreator", name=n, version=v, namespace=ns)
+            for n, v, ns in self._st.plugins
+        ]
+
+    def get_creator(self, name: str, version: str, namespace: str = "") -> Any:
+        self._st.rec("IPluginRegistry.get_creator", name, version, namespace)
+        for n, v, ns in self._st.plugins:
+            if (n, v, ns) == (name, version, namespace):
+                return self._st.new("IPluginCreator", name=n, version=v, namespace=ns)
+        return None
+
+
+class _Calibrator(_Obj):
+    def __init__(self) -> None:
+        self._st.rec("IInt8EntropyCalibrator2.__init__")
+
+
+def _registry(st: FakeTrtState) -> Any:
+    return st.new("IPluginRegistry")
+
+
+_NP_TYPES: dict[str, Any] = {
+    "FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32,
+    "INT64": np.int64, "BOOL": np.bool_, "UINT8": np.uint8,
+}
+
+_IMPLS: dict[str, type] = {
+    "ILogger": _Logger,
+    "Logger": _Logger,
+    "Builder": _Builder,
+    "IBuilderConfig": _BuilderConfig,
+    "INetworkDefinition": _Network,
+    "ILayer": _Layer,
+    "ITensor": _Tensor,
+    "OnnxParser": _OnnxParser,
+    "ParserError": _ParserError,
+    "IOptimizationProfile": _Profile,
+    "IHostMemory": _HostMemory,
+    "ITimingCache": _TimingCache,
+    "Runtime": _Runtime,
+    "ICudaEngine": _Engine,
+    "IExecutionContext": _Context,
+    "IPluginRegistry": _Registry,
+    "IPluginCreator": _Creator,
+    "IInt8EntropyCalibrator2": _Calibrator,
+}
+
+
+def _impl_namespace(impl: type) -> dict[str, Any]:
+    ns: dict[str, Any] = {}
+    for klass in reversed(impl.__mro__[:-1]):  # base first, object excluded
+        ns.update({k: v for k, v in vars(klass).items() if k not in ("__dict__", "__weakref__")})
+    return ns
+
+
+def _no_constructor(self: Any, *args: Any, **kwargs: Any) -> None:
+    raise TypeError(f"{type(self).__name__}: No constructor defined!")
+
+
+def _make_class(name: str, surface: ApiSurface, state: FakeTrtState, module: Any) -> type:
+    allowed = surface.class_members(name)
+    impl = _IMPLS.get(name)
+    ns: dict[str, Any] = {"_st": state, "__init__": _no_constructor}
+    if impl is not None:
+        for key, value in _impl_namespace(impl).items():
+            if key.startswith("_") or key in allowed:
+                ns[key] = value
+        ns["_st"] = state
+    for member in allowed:
+        nested = f"{name}.{member}"
+        if nested in surface.enums:
+            ns[member] = getattr(module, f"_enum_{nested}")
+    # Enum values exported onto the class (ILogger.WARNING...).
+    for member in allowed:
+        info = _member_info(surface, name, member)
+        if info.get("kind") == "attribute" and member not in ns:
+            for nested in (f"{name}.{info.get('type')}", f"ILogger.{info.get('type')}"):
+                enum_cls = getattr(module, f"_enum_{nested}", None)
+                if enum_cls is not None and hasattr(enum_cls, member):
+                    ns[member] = getattr(enum_cls, member)
+                    break
+    return type(name, (), ns)
+
+
+def _member_info(surface: ApiSurface, cls: str, member: str) -> Mapping[str, Any]:
+    entry = surface.classes.get(cls)
+    if entry is None:
+        return {}
+    if member in entry["members"]:
+        info: Mapping[str, Any] = entry["members"][member]
+        return info
+    for base in entry["bases"]:
+        found = _member_info(surface, base, member)
+        if found:
+            return found
+    return {}
+
+
+def make_fake_tensorrt(version: str, *, cuda: Any = None, recorder: Recorder | None = None) -> Any:
+    """A fresh fake ``tensorrt`` module impersonating ``version``."""
+    surface = load_surface(version)
+    module = types.ModuleType("tensorrt", f"recording fake of TensorRT {version}")
+    state = FakeTrtState(version=version, surface=surface, recorder=recorder or Recorder())
+    state.cuda = cuda
+    state.module = module
+    module.__version__ = version
+    module._fake_state = state  # type: ignore[attr-defined]
+    for qual, members in surface.enums.items():
+        enum_cls = _make_enum(qual, members)
+        setattr(module, f"_enum_{qual}", enum_cls)
+        if "." not in qual:
+            setattr(module, qual, enum_cls)
+    for name in surface.classes:
+        if "." not in name:
+            setattr(module, name, _make_class(name, surface, state, module))
+    for const, type_name in surface.constants.items():
+        if type_name == "DataType":
+            member = _CONSTANT_ENUMS.get(const)
+            if member and hasattr(module.DataType, member):
+                setattr(module, const, getattr(module.DataType, member))
+    functions: dict[str, Callable[..., Any]] = {
+        "get_plugin_registry": lambda: _registry(state),
+        "init_libnvinfer_plugins": lambda logger, namespace: _init_plugins(state, namespace),
+        "nptype": lambda trt_type: _NP_TYPES[trt_type.name],
+        "volume": lambda iterable: int(np.prod(list(iterable))),
+    }
+    for fname, fn in functions.items():
+        if fname in surface.functions:
+            setattr(module, fname, fn)
+    return module
+
+
+def _init_plugins(state: FakeTrtState, namespace: str) -> bool:
+    state.rec("init_libnvinfer_plugins", namespace)
+    return True
+
+
+_CONSTANT_ENUMS = {
+    "float32": "FLOAT", "float16": "HALF", "int8": "INT8", "int32": "INT32", "int64": "INT64",
+    "bool": "BOOL", "uint8": "UINT8", "bfloat16": "BF16", "fp8": "FP8", "int4": "INT4",
+    "fp4": "FP4", "e8m0": "E8M0",
+}
+
+
+def public_names(module: Any) -> Iterable[str]:
+    return [n for n in vars(module) if not n.startswith("_")]

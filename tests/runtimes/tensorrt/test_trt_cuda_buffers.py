@@ -1,0 +1,65 @@
+"""CudaBuffers against the fake CUDA runtime: error checks, partial failure, release."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fakes.fake_cuda import FakeCudaRuntime, cudaError_t
+from trt_provision.errors import InferenceError
+from trt_provision.runtimes.tensorrt.cuda_buffers import CudaBuffers, device_compute_capability
+
+pytestmark = pytest.mark.tier1
+
+
+def test_round_trip_and_release() -> None:
+    cuda = FakeCudaRuntime()
+    buffers = CudaBuffers(cuda)
+    buffers.allocate("x", 64)
+    data = np.arange(16, dtype=np.float32)
+    buffers.copy_in("x", data)
+    buffers.host_view("x", np.float32, (16,))[:] = 0
+    buffers.copy_out("x", data.nbytes)
+    buffers.synchronize()
+    np.testing.assert_array_equal(buffers.host_view("x", np.float32, (16,)), data)
+    buffers.release()
+    buffers.release()
+    assert cuda.live == {} and cuda.live_streams == set()
+
+
+def test_device_failure_frees_the_host_half() -> None:
+    cuda = FakeCudaRuntime()
+    cuda.fail("cudaMalloc")
+    buffers = CudaBuffers(cuda)
+    with pytest.raises(InferenceError, match="cudaMalloc") as info:
+        buffers.allocate("x", 64)
+    assert info.value.context["error"] == int(cudaError_t.cudaErrorMemoryAllocation)
+    assert "fake" in info.value.context["reason"]
+    assert cuda.live == {}
+
+
+def test_oversized_and_duplicate_and_released_use() -> None:
+    buffers = CudaBuffers(FakeCudaRuntime())
+    buffers.allocate("x", 8)
+    with pytest.raises(InferenceError, match="does not fit"):
+        buffers.copy_in("x", np.zeros(4, np.float32))
+    with pytest.raises(InferenceError, match="already allocated"):
+        buffers.allocate("x", 8)
+    buffers.release()
+    with pytest.raises(InferenceError, match="released"):
+        buffers.allocate("y", 8)
+
+
+def test_release_keeps_going_after_an_error() -> None:
+    cuda = FakeCudaRuntime()
+    buffers = CudaBuffers(cuda)
+    buffers.allocate("a", 8)
+    buffers.allocate("b", 8)
+    cuda.fail("cudaFree", cudaError_t.cudaErrorInvalidValue)
+    buffers.release()
+    assert set(cuda.live.values()) == {"device"}  # host halves still freed
+    assert len(cuda.recorder.calls_to("cudaFreeHost")) == 2
+
+
+def test_compute_capability_from_attributes() -> None:
+    assert device_compute_capability(FakeCudaRuntime(compute_capability=(9, 0))) == (9, 0)

@@ -1,0 +1,666 @@
+"""TensorrtRuntime against the recording fake tensorrt and fake CUDA runtime."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fakes.fake_cuda import FakeCudaRuntime, cudaError_t
+from fakes.fake_tensorrt import (
+    SUPPORTED_VERSIONS,
+    FakeLayerSpec,
+    FakeModelSpec,
+    FakeTensorSpec,
+    fake_state,
+    make_fake_tensorrt,
+)
+from trt_provision.errors import (
+    CalibrationCacheError,
+    EngineBuildError,
+    EngineGateError,
+    InferenceError,
+    OutOfMemoryError,
+)
+from trt_provision.identity import compute_identity
+from trt_provision.runtimes.tensorrt import (
+    CalibrationInput,
+    NetworkSource,
+    TensorrtOptions,
+    TensorrtRuntime,
+)
+from trt_provision.types import (
+    BuildConfig,
+    EngineCacheEntry,
+    HardwareCompatibility,
+    HostCapabilities,
+    OptimizationProfile,
+    PluginSpec,
+    PrecisionMode,
+    RuntimeTarget,
+    ThermalState,
+)
+
+pytestmark = pytest.mark.tier1
+
+TRT10 = ("10.3.0", "10.16.1.11")
+PROFILE = OptimizationProfile("input", (1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8))
+HALF_SPEC = FakeModelSpec(
+    layers=(
+        FakeLayerSpec("conv1"),
+        FakeLayerSpec("router_gate", "MATRIX_MULTIPLY", ("HALF",)),
+        FakeLayerSpec("router_shape", "SHAPE", ("INT64",)),
+    )
+)
+
+
+@dataclass
+class RecordingGate:
+    refuse: bool = False
+    calls: list[tuple[Path, RuntimeTarget]] = field(default_factory=list)
+
+    def validate(self, engine_path: Path, expected: RuntimeTarget) -> EngineCacheEntry:
+        self.calls.append((engine_path, expected))
+        if self.refuse:
+            raise EngineGateError("refused by test gate", path=str(engine_path))
+        return _entry(engine_path, expected)
+
+
+@dataclass
+class CountingBudget:
+    capacity: int = 1 << 30
+    predicted: int = 1 << 20
+    reserved: dict[int, int] = field(default_factory=dict)
+    next_id: int = 1
+
+    def predicted_bytes(self, entry: EngineCacheEntry) -> int:
+        return self.predicted
+
+    def reserve(self, entry: EngineCacheEntry) -> int:
+        if sum(self.reserved.values()) + self.predicted > self.capacity:
+            raise OutOfMemoryError("budget exhausted", needed=self.predicted)
+        rid, self.next_id = self.next_id, self.next_id + 1
+        self.reserved[rid] = self.predicted
+        return rid
+
+    def release(self, reservation: int) -> None:
+        del self.reserved[reservation]
+
+
+def _entry(path: Path, target: RuntimeTarget, config: BuildConfig | None = None) -> EngineCacheEntry:
+    ident = compute_identity(
+        model_name="demo", model_hash="ab" * 32, config=config or BuildConfig(), target=target
+    )
+    return EngineCacheEntry(engine_path=path, sha256="cd" * 32, identity=ident)
+
+
+@dataclass
+class Rig:
+    trt: Any
+    cuda: FakeCudaRuntime
+    runtime: TensorrtRuntime
+    gate: RecordingGate
+    budget: CountingBudget
+    tmp: Path
+
+    @property
+    def state(self) -> Any:
+        return fake_state(self.trt)
+
+    @property
+    def calls(self) -> list[str]:
+        return self.cuda.recorder.names
+
+    def build(self, config: BuildConfig | None = None, name: str = "e.engine") -> Any:
+        cfg = config or BuildConfig(profiles=(PROFILE,))
+        return self.runtime.compile_engine(self.tmp / "m.onnx", cfg, self.tmp / name)
+
+    def load(self, config: BuildConfig | None = None) -> Any:
+        cfg = config or BuildConfig(profiles=(PROFILE,))
+        self.build(cfg)
+        self.cuda.recorder.clear()
+        return self.runtime.deserialize_engine(
+            _entry(self.tmp / "e.engine", self.runtime.runtime_target(cfg), cfg)
+        )
+
+
+@pytest.fixture
+def make_rig(tmp_path: Path) -> Callable[..., Rig]:
+    def make(version: str = "10.16.1.11", *, host: HostCapabilities | None = None,
+             options: TensorrtOptions | None = None, thermal: Any = None) -> Rig:
+        cuda = FakeCudaRuntime()
+        trt = make_fake_tensorrt(version, cuda=cuda, recorder=cuda.recorder)
+        if version.startswith("11."):
+            fake_state(trt).model = HALF_SPEC
+        gate, budget = RecordingGate(), CountingBudget()
+        runtime = TensorrtRuntime(
+            gate=gate, budget=budget, thermal=thermal,
+            host=host or HostCapabilities(sm="sm87"),
+            options=options or TensorrtOptions(optional_plugins=()),
+            trt_module=trt, cuda_module=cuda,
+        )
+        return Rig(trt, cuda, runtime, gate, budget, tmp_path)
+
+    return make
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def test_label_and_targets(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig("10.3.0")
+    assert rig.runtime.current_runtime_label() == "tensorrt"
+    t = rig.runtime.runtime_target(BuildConfig())
+    assert (t.runtime, t.runtime_version, t.target, t.platform) == ("trt", "10.3.0", "sm87", "dgpu")
+    amp = BuildConfig(hardware_compatibility=HardwareCompatibility.AMPERE_PLUS)
+    assert rig.runtime.runtime_target(amp).target == "sm80+"
+    scc = BuildConfig(hardware_compatibility=HardwareCompatibility.SAME_COMPUTE_CAPABILITY)
+    assert rig.runtime.runtime_target(scc).target == "sm87cc"
+    jetson = make_rig("10.3.0", host=HostCapabilities(sm="sm87", jetpack="6.2"))
+    assert jetson.runtime.runtime_target(BuildConfig()).platform == "jp6.2"
+
+
+def test_sm_is_probed_through_cuda_when_the_host_does_not_say(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(host=HostCapabilities())
+    rig.cuda.compute_capability = (9, 0)
+    assert rig.runtime.runtime_target(BuildConfig()).target == "sm90"
+
+
+def test_thermal_state_default_and_delegation(make_rig: Callable[..., Rig]) -> None:
+    assert make_rig().runtime.thermal_state() == ThermalState()
+    hot = ThermalState(temperatures_c={"gpu": 91.0}, is_telemetry_available=True, source="t")
+
+    class Publisher:
+        def thermal_state(self) -> ThermalState:
+            return hot
+
+    assert make_rig(thermal=Publisher()).runtime.thermal_state() is hot
+
+
+# --------------------------------------------------------------------------- build paths
+
+
+@pytest.mark.parametrize("version", TRT10)
+def test_trt10_fp16_takes_the_weak_path(make_rig: Callable[..., Rig], version: str) -> None:
+    rig = make_rig(version)
+    art = rig.build(BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,)))
+    flags = [c.args[0] for c in rig.cuda.recorder.calls_to("IBuilderConfig.set_flag")]
+    assert "FP16" in flags and "OBEY_PRECISION_CONSTRAINTS" in flags
+    assert rig.cuda.recorder.calls_to("Builder.create_network")[0].args == (0,)
+    assert art.metadata["trt_path"] == "weak"
+    assert (rig.tmp / "e.engine").read_bytes().startswith(b"FAKETRT")
+
+
+def test_trt11_takes_the_strong_path(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig("11.4.0.106")
+    art = rig.build(BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,)))
+    strongly = 1 << int(rig.trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    assert rig.cuda.recorder.calls_to("Builder.create_network")[0].args == (strongly,)
+    assert not rig.cuda.recorder.calls_to("IBuilderConfig.set_flag")
+    assert art.metadata["trt_path"] == "strong"
+    evidence = {e["layer"]: e for e in art.metadata["layer_precision"]}
+    assert evidence["router_gate"]["applied"] and evidence["router_gate"]["precision"] == "HALF"
+    assert not evidence["router_shape"]["applicable"]
+
+
+def test_trt11_strict_fails_when_the_graph_lacks_fp16_on_pinned_layers(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig("11.4.0.106")
+    rig.state.model = FakeModelSpec()  # router/kan layers carry FLOAT
+    with pytest.raises(EngineBuildError, match="does not carry FP16"):
+        rig.build(BuildConfig(precision=PrecisionMode.MIXED, profiles=(PROFILE,)))
+
+
+def test_strongly_typed_can_be_forced_on_trt10(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig("10.16.1.11")
+    rig.state.model = HALF_SPEC
+    art = rig.build(BuildConfig(precision=PrecisionMode.FP16, strongly_typed=True,
+                                profiles=(PROFILE,)))
+    assert art.metadata["trt_path"] == "strong"
+
+
+def test_weak_path_refused_on_trt11(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig("11.4.0.106")
+    with pytest.raises(EngineBuildError, match="weakly typed"):
+        rig.build(BuildConfig(precision=PrecisionMode.FP16, strongly_typed=False,
+                              profiles=(PROFILE,)))
+    assert not rig.cuda.recorder.calls_to("Builder")
+
+
+def test_int8_on_trt11_goes_strong_without_a_calibrator(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig("11.4.0.106")
+    art = rig.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,)))
+    assert art.metadata["trt_path"] == "strong"
+    assert "calibration" not in art.metadata
+
+
+def test_pool_level_profile_and_hardware_calls(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig("10.16.1.11")
+    rig.build(BuildConfig(workspace_mib=256, builder_optimization_level=5, profiles=(PROFILE,),
+                          hardware_compatibility=HardwareCompatibility.AMPERE_PLUS))
+    rec = rig.cuda.recorder
+    assert rec.calls_to("IBuilderConfig.set_memory_pool_limit")[0].args == ("WORKSPACE", 256 << 20)
+    assert rec.calls_to("IBuilderConfig.builder_optimization_level")[0].args == (5,)
+    assert rec.calls_to("IOptimizationProfile.set_shape")[0].args == (
+        "input", (1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8))
+    assert len(rec.calls_to("IBuilderConfig.add_optimization_profile")) == 1
+    assert rec.calls_to("IBuilderConfig.hardware_compatibility_level")[0].args == ("AMPERE_PLUS",)
+
+
+def test_same_compute_capability_only_where_it_exists(make_rig: Callable[..., Rig]) -> None:
+    scc = BuildConfig(profiles=(PROFILE,),
+                      hardware_compatibility=HardwareCompatibility.SAME_COMPUTE_CAPABILITY)
+    with pytest.raises(EngineBuildError, match="SAME_COMPUTE_CAPABILITY"):
+        make_rig("10.3.0").build(scc)
+    rig = make_rig("11.4.0.106")
+    rig.build(scc)
+    assert rig.cuda.recorder.calls_to("IBuilderConfig.hardware_compatibility_level")[0].args == (
+        "SAME_COMPUTE_CAPABILITY",)
+
+
+def test_dynamic_input_without_profile_and_unknown_profile_input(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig()
+    with pytest.raises(EngineBuildError, match="dynamic inputs"):
+        rig.build(BuildConfig())
+    bad = OptimizationProfile("nope", (1,), (1,), (1,))
+    with pytest.raises(EngineBuildError, match="does not have"):
+        rig.build(BuildConfig(profiles=(PROFILE, bad)))
+
+
+def test_parser_errors_are_all_surfaced(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    rig.state.model = FakeModelSpec(parser_errors=("bad op A", "bad op B"))
+    with pytest.raises(EngineBuildError) as info:
+        rig.build()
+    assert len(info.value.context["errors"]) == 2
+    assert "bad op B" in info.value.context["errors"][1]
+
+
+def test_build_returning_none_is_an_error(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    rig.state.build_returns_none = True
+    with pytest.raises(EngineBuildError, match="no engine"):
+        rig.build()
+    assert not (rig.tmp / "e.engine").exists()
+
+
+def test_build_exception_is_rewrapped(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    rig.cuda.recorder.fail("Builder.build_serialized_network", RuntimeError("boom"))
+    with pytest.raises(EngineBuildError) as info:
+        rig.build()
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_memory_stamp_in_metadata(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    rig.state.device_memory_bytes = 12345
+    meta = rig.build().metadata
+    assert meta["device_memory_bytes"] == 12345
+    assert meta["device_memory_bytes_per_profile"] == [12345]
+    # input 4x3x8x8 fp32 + output 4x10 fp32 at the max shapes
+    assert meta["io_bytes_at_max_shapes"] == (4 * 3 * 8 * 8 + 4 * 10) * 4
+
+
+# --------------------------------------------------------------------------- pinned layers
+
+
+@pytest.mark.parametrize("version", TRT10)
+def test_pinned_layers_get_half_with_evidence(make_rig: Callable[..., Rig], version: str) -> None:
+    rig = make_rig(version)
+    meta = rig.build(BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,))).metadata
+    evidence = {e["layer"]: e for e in meta["layer_precision"]}
+    assert set(evidence) == {"router_gate", "kan_mix", "router_shape"}
+    assert evidence["router_gate"] == {
+        "layer": "router_gate", "keyword": "router", "precision": "HALF",
+        "output_constraint": True, "applied": True, "applicable": True, "reason": "",
+    }
+    assert not evidence["router_shape"]["applicable"]
+    pinned = {c.args[0] for c in rig.cuda.recorder.calls_to("ILayer.precision")}
+    assert pinned == {"router_gate", "kan_mix"}
+    assert {c.args[0] for c in rig.cuda.recorder.calls_to("ILayer.set_output_type")} == pinned
+
+
+def test_fp32_pins_nothing(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig("10.3.0")
+    meta = rig.build().metadata
+    assert meta["layer_precision"] == [] and meta["builder_flags"] == []
+
+
+def _unconstrainable() -> FakeModelSpec:
+    return FakeModelSpec(layers=(FakeLayerSpec("conv"), FakeLayerSpec("kan_block",
+                                                                        constrainable=False)))
+
+
+def test_strict_failure_when_a_pinned_layer_cannot_be_constrained(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig("10.3.0")
+    rig.state.model = _unconstrainable()
+    with pytest.raises(EngineBuildError, match="cannot be constrained") as info:
+        rig.build(BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,)))
+    assert "kan_block" in info.value.context["layers"][0]
+    assert not rig.cuda.recorder.calls_to("Builder.build_serialized_network")
+
+
+def test_non_strict_builds_and_records_the_failure(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig("10.3.0")
+    rig.state.model = _unconstrainable()
+    meta = rig.build(BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,),
+                                 strict_precision_constraints=False)).metadata
+    (ev,) = meta["layer_precision"]
+    assert ev["layer"] == "kan_block" and not ev["applied"] and ev["reason"]
+
+
+# --------------------------------------------------------------------------- INT8 calibrator
+
+
+def _calibration(batches: list[dict[str, np.ndarray[Any, Any]]], cache: dict[str, bytes]
+                 ) -> Callable[[Path, BuildConfig], CalibrationInput]:
+    def provide(model: Path, config: BuildConfig) -> CalibrationInput:
+        return CalibrationInput(
+            batches=batches, read_cache=lambda: cache.get("data"),
+            write_cache=lambda data: cache.__setitem__("data", data),
+        )
+    return provide
+
+
+@pytest.mark.parametrize("version", TRT10)
+def test_int8_weak_path_feeds_batches_and_writes_the_cache(
+    make_rig: Callable[..., Rig], version: str,
+) -> None:
+    cache: dict[str, bytes] = {}
+    batches = [{"input": np.full((2, 3, 8, 8), i, np.float32)} for i in range(3)]
+    rig = make_rig(version, options=TensorrtOptions(optional_plugins=(),
+                                                    calibration=_calibration(batches, cache)))
+    meta = rig.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,))).metadata
+    assert meta["calibration"] == {"batches": 3}
+    assert cache["data"] == b"fake-calibration-table"
+    assert {"INT8", "FP16"} <= set(meta["builder_flags"])
+    assert len(rig.cuda.recorder.calls_to("cudaMemcpyAsync.cudaMemcpyHostToDevice")) == 3
+    assert rig.cuda.live == {} and rig.cuda.live_streams == set()
+
+
+def test_int8_cache_hit_feeds_no_batches(make_rig: Callable[..., Rig]) -> None:
+    cache = {"data": b"table"}
+    rig = make_rig("10.3.0", options=TensorrtOptions(
+        optional_plugins=(), calibration=_calibration([{"input": np.zeros((1, 3, 8, 8), np.float32)}],
+                                                      cache)))
+    meta = rig.build(BuildConfig(precision=PrecisionMode.MIXED, profiles=(PROFILE,))).metadata
+    assert meta["calibration"] == {"batches": 0}
+    assert not rig.cuda.recorder.calls_to("cudaMalloc")
+
+
+def test_int8_without_calibration_data_fails(make_rig: Callable[..., Rig]) -> None:
+    with pytest.raises(EngineBuildError, match="calibration"):
+        make_rig("10.3.0").build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,)))
+
+
+def test_calibration_batch_error_surfaces_after_the_build(make_rig: Callable[..., Rig]) -> None:
+    batches = [{"wrong_name": np.zeros((1, 3, 8, 8), np.float32)}]
+    rig = make_rig("10.3.0", options=TensorrtOptions(optional_plugins=(),
+                                                     calibration=_calibration(batches, {})))
+    with pytest.raises(CalibrationCacheError, match="lacks network inputs"):
+        rig.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,)))
+    assert rig.cuda.live == {}
+
+
+# --------------------------------------------------------------------------- plugins
+
+
+def test_required_plugin_missing_fails_before_building(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    cfg = BuildConfig(profiles=(PROFILE,), plugins=(PluginSpec("TilePack"),))
+    with pytest.raises(EngineBuildError, match="plugins") as info:
+        rig.build(cfg)
+    assert info.value.context["missing"] == ["TilePack v1 ns=''"]
+    assert not rig.cuda.recorder.calls_to("Builder")
+
+
+def test_plugins_found_and_optional_absent_are_reported(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(options=TensorrtOptions())  # DecodeNMS optional by default
+    rig.state.plugins = [("TilePack", "1", ""), ("TileSSMScan", "2", "tile")]
+    cfg = BuildConfig(profiles=(PROFILE,), plugins=(
+        PluginSpec("TilePack"), PluginSpec("TileSSMScan", "2", "tile")))
+    report = {p["name"]: p for p in rig.build(cfg).metadata["plugins"]}
+    assert report["TilePack"]["found"] and report["TileSSMScan"]["found"]
+    assert report["DecodeNMS"] == {"name": "DecodeNMS", "version": "1", "namespace": "",
+                                   "required": False, "found": False}
+
+
+def test_non_strict_plugins_build_anyway(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(options=TensorrtOptions(optional_plugins=(), strict_plugins=False))
+    art = rig.build(BuildConfig(profiles=(PROFILE,), plugins=(PluginSpec("TilePack"),)))
+    assert art.metadata["plugins"][0]["found"] is False
+
+
+# --------------------------------------------------------------------------- network callback
+
+
+def _identity_net(weights: str = "w1") -> NetworkSource:
+    def build(network: Any, trt: Any) -> None:
+        x = network.add_input("x", trt.float32, (1, 4))
+        layer = network.add_identity(x)
+        network.mark_output(layer.get_output(0))
+
+    return NetworkSource(name="ident", build=build, weights_sha256=weights)
+
+
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+def test_network_callback_builds_and_signs(make_rig: Callable[..., Rig], version: str) -> None:
+    rig = make_rig(version)
+    meta = rig.runtime.compile_network(_identity_net(), BuildConfig(), rig.tmp / "n.engine").metadata
+    sig = meta["network_signature"]
+    assert len(sig) == 64 and meta["network"] == "ident"
+    again = rig.runtime.compile_network(_identity_net(), BuildConfig(), rig.tmp / "n2.engine")
+    assert again.metadata["network_signature"] == sig
+    other = rig.runtime.compile_network(_identity_net("w2"), BuildConfig(), rig.tmp / "n3.engine")
+    assert other.metadata["network_signature"] != sig
+
+
+def test_network_callback_error_is_a_build_error(make_rig: Callable[..., Rig]) -> None:
+    def broken(network: Any, trt: Any) -> None:
+        raise ValueError("bad graph")
+
+    with pytest.raises(EngineBuildError, match="bad graph") as info:
+        make_rig().runtime.compile_network(NetworkSource("x", broken), BuildConfig(),
+                                           Path("unused"))
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+# --------------------------------------------------------------------------- timing cache
+
+
+def test_timing_cache_is_per_version_and_sm_and_merged(make_rig: Callable[..., Rig],
+                                                       tmp_path: Path) -> None:
+    cache_dir = tmp_path / "tc"
+    rig = make_rig("10.3.0")
+    cfg = BuildConfig(profiles=(PROFILE,), timing_cache_path=cache_dir)
+    meta = rig.build(cfg).metadata
+    path = Path(meta["timing_cache"])
+    assert path.name == "trt-10.3.0.sm87.timing-cache" and path.exists()
+    first = path.read_bytes()
+    rig.state.model = FakeModelSpec(layers=(FakeLayerSpec("only"),))
+    rig.build(cfg, name="e2.engine")
+    merged = path.read_bytes().split(b"\n")
+    assert set(first.split(b"\n")) < set(merged)
+    assert rig.cuda.recorder.calls_to("ITimingCache.combine")
+
+
+# --------------------------------------------------------------------------- deserialize
+
+
+def test_gate_refusal_touches_no_trt_or_cuda(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    rig.build()
+    rig.cuda.recorder.clear()
+    rig.gate.refuse = True
+    with pytest.raises(EngineGateError):
+        rig.runtime.deserialize_engine(
+            _entry(rig.tmp / "e.engine", rig.runtime.runtime_target(BuildConfig())))
+    assert rig.calls == []
+    assert rig.budget.reserved == {}
+
+
+def test_gate_gets_the_expected_target_of_the_entry(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    cfg = BuildConfig(profiles=(PROFILE,), hardware_compatibility=HardwareCompatibility.AMPERE_PLUS)
+    rig.load(cfg)
+    assert rig.gate.calls[-1][1].target == "sm80+"
+
+
+def test_budget_refusal_before_any_trt_call(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    rig.build()
+    rig.cuda.recorder.clear()
+    rig.budget.capacity = 10
+    with pytest.raises(OutOfMemoryError):
+        rig.runtime.deserialize_engine(
+            _entry(rig.tmp / "e.engine", rig.runtime.runtime_target(BuildConfig())))
+    assert rig.calls == [] and rig.budget.reserved == {}
+
+
+@pytest.mark.parametrize(
+    "step",
+    ["Runtime.deserialize_cuda_engine", "ICudaEngine.create_execution_context",
+     "cudaStreamCreate", "cudaMallocHost", "cudaMalloc", "IExecutionContext.set_tensor_address"],
+)
+def test_rollback_on_failure_in_each_deserialize_step(make_rig: Callable[..., Rig],
+                                                      step: str) -> None:
+    rig = make_rig()
+    rig.build()
+    rig.cuda.recorder.fail(step, RuntimeError(f"fail {step}"))
+    with pytest.raises(InferenceError) as info:
+        rig.runtime.deserialize_engine(
+            _entry(rig.tmp / "e.engine", rig.runtime.runtime_target(BuildConfig())))
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert rig.budget.reserved == {}
+    assert rig.cuda.live == {} and rig.cuda.live_streams == set()
+
+
+@pytest.mark.parametrize("what", ["engine", "context", "cuda_error"])
+def test_rollback_when_a_step_returns_failure(make_rig: Callable[..., Rig], what: str) -> None:
+    rig = make_rig()
+    rig.build()
+    target = rig.runtime.runtime_target(BuildConfig())
+    if what == "engine":
+        (rig.tmp / "e.engine").write_bytes(b"garbage")
+    elif what == "context":
+        rig.state.context_returns_none = True
+    else:
+        rig.cuda.fail("cudaMalloc", cudaError_t.cudaErrorMemoryAllocation)
+    with pytest.raises(InferenceError):
+        rig.runtime.deserialize_engine(_entry(rig.tmp / "e.engine", target))
+    assert rig.budget.reserved == {}
+    assert rig.cuda.live == {}
+
+
+def test_host_code_stays_off_unless_allowed(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    rig.load()
+    assert rig.cuda.recorder.calls_to("Runtime.engine_host_code_allowed")[0].args == (False,)
+    trusted = make_rig(options=TensorrtOptions(optional_plugins=(), allow_engine_host_code=True))
+    trusted.load()
+    assert trusted.cuda.recorder.calls_to("Runtime.engine_host_code_allowed")[0].args == (True,)
+
+
+# --------------------------------------------------------------------------- infer / release
+
+
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+def test_infer_orders_h2d_execute_d2h_sync(make_rig: Callable[..., Rig], version: str) -> None:
+    rig = make_rig(version)
+    handle = rig.load()
+    rig.cuda.recorder.clear()
+    out = rig.runtime.infer(handle, {"input": np.zeros((3, 3, 8, 8), np.float32)})
+    assert out["output"].shape == (3, 10) and np.all(out["output"] == 1.0)
+    order = [n for n in rig.calls if n in (
+        "cudaMemcpyAsync.cudaMemcpyHostToDevice", "IExecutionContext.execute_async_v3",
+        "cudaMemcpyAsync.cudaMemcpyDeviceToHost", "cudaStreamSynchronize")]
+    assert order == ["cudaMemcpyAsync.cudaMemcpyHostToDevice",
+                     "IExecutionContext.execute_async_v3",
+                     "cudaMemcpyAsync.cudaMemcpyDeviceToHost", "cudaStreamSynchronize"]
+    assert rig.cuda.recorder.calls_to("IExecutionContext.set_input_shape")[0].args == (
+        "input", (3, 3, 8, 8))
+    assert rig.budget.reserved  # still resident
+    rig.runtime.release_engine(handle)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "match"),
+    [
+        ({"other": np.zeros((1, 3, 8, 8), np.float32)}, "names"),
+        ({"input": np.zeros((1, 3, 8, 8), np.float64)}, "dtype"),
+        ({"input": np.zeros((5, 3, 8, 8), np.float32)}, "profile"),
+        ({"input": np.zeros((3, 8, 8), np.float32)}, "profile"),
+    ],
+)
+def test_infer_checks_inputs(make_rig: Callable[..., Rig], inputs: dict[str, Any],
+                             match: str) -> None:
+    rig = make_rig()
+    handle = rig.load()
+    rig.cuda.recorder.clear()
+    with pytest.raises(InferenceError, match=match):
+        rig.runtime.infer(handle, inputs)
+    assert not rig.cuda.recorder.calls_to("IExecutionContext.execute_async_v3")
+
+
+def test_infer_rewraps_third_party_errors(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    handle = rig.load()
+    rig.cuda.recorder.fail("IExecutionContext.execute_async_v3", RuntimeError("xid 79"))
+    with pytest.raises(InferenceError, match="xid 79") as info:
+        rig.runtime.infer(handle, {"input": np.zeros((1, 3, 8, 8), np.float32)})
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_execute_returning_false_is_an_inference_error(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    handle = rig.load()
+    rig.state.execute_returns = False
+    with pytest.raises(InferenceError, match="execute_async_v3"):
+        rig.runtime.infer(handle, {"input": np.zeros((1, 3, 8, 8), np.float32)})
+
+
+def test_release_is_idempotent_and_refuses_later_use(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    handle = rig.load()
+    assert rig.budget.reserved and rig.cuda.live
+    rig.runtime.release_engine(handle)
+    rig.runtime.release_engine(handle)
+    assert handle.released and rig.budget.reserved == {} and rig.cuda.live == {}
+    assert rig.cuda.live_streams == set()
+    with pytest.raises(InferenceError, match="released"):
+        rig.runtime.infer(handle, {"input": np.zeros((1, 3, 8, 8), np.float32)})
+
+
+def test_foreign_handles_are_refused(make_rig: Callable[..., Rig]) -> None:
+    a, b = make_rig(), make_rig()
+    handle = a.load()
+    with pytest.raises(InferenceError, match="does not belong"):
+        b.runtime.infer(handle, {"input": np.zeros((1, 3, 8, 8), np.float32)})
+    with pytest.raises(InferenceError, match="does not belong"):
+        b.runtime.release_engine(handle)
+    a.runtime.release_engine(handle)
+
+
+def test_multiple_inputs_and_outputs(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    rig.state.model = FakeModelSpec(
+        inputs=(FakeTensorSpec("a", (-1, 4)), FakeTensorSpec("b", (-1, 2), "INT32")),
+        outputs=(FakeTensorSpec("y", (-1, 4)), FakeTensorSpec("z", (-1,), "HALF")),
+    )
+    cfg = BuildConfig(profiles=(OptimizationProfile("a", (1, 4), (2, 4), (8, 4)),
+                                OptimizationProfile("b", (1, 2), (2, 2), (8, 2))))
+    handle = rig.load(cfg)
+    out = rig.runtime.infer(handle, {"a": np.ones((2, 4), np.float32),
+                                     "b": np.ones((2, 2), np.int32)})
+    assert out["y"].shape == (2, 4) and out["z"].dtype == np.float16
+    rig.runtime.release_engine(handle)

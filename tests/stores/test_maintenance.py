@@ -1,0 +1,143 @@
+"""Cache listing, gc planning/applying and clear (no server needed)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from trt_provision._fs import TEMP_PREFIX
+from trt_provision.stores.local import LocalEngineStore
+from trt_provision.stores.maintenance import apply_gc, clear_cache, list_engines, plan_gc
+from trt_provision.types import EngineCacheEntry, EngineIdentity, PrecisionMode, RuntimeTarget
+
+pytestmark = pytest.mark.tier0
+
+HOST = RuntimeTarget(runtime="trt", runtime_version="10.3.0", target="sm87", platform="jp6.2")
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _publish(
+    store: LocalEngineStore,
+    model: str = "det",
+    model_hash: str = _sha("det-v2"),
+    target: RuntimeTarget = HOST,
+    size: int = 1000,
+) -> EngineCacheEntry:
+    identity = EngineIdentity(
+        model_name=model,
+        model_sha256=model_hash,
+        precision=PrecisionMode.FP16,
+        runtime=target.runtime,
+        runtime_version=target.runtime_version,
+        target=target.target,
+        platform=target.platform,
+        options_digest="0123456789ab",
+    )
+    staged = store.staging_path(identity)
+    staged.write_bytes(b"x" * size)
+    return store.publish(identity, staged, {})
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalEngineStore:
+    s = LocalEngineStore(tmp_path / "cache")
+    s.ensure_writable()
+    return s
+
+
+def test_ls_parses_identity_fields(store: LocalEngineStore) -> None:
+    entry = _publish(store, size=5000)
+    (store.root / "det" / "notes.txt").write_text("not ours")
+    (entry.engine_path.with_name("random.engine")).write_bytes(b"?")
+    listed = list_engines(store.root)
+    assert [e.path for e in listed] == [entry.engine_path]
+    item = listed[0]
+    assert (item.parsed.model_name, item.parsed.target, item.parsed.platform) == (
+        "det", "sm87", "jp6.2"
+    )
+    assert item.parsed.runtime_version == "10.3.0"
+    assert item.size_bytes > 5000 and item.complete and not item.signed
+    assert item.last_used > 0
+    assert item.to_dict()["precision"] == "fp16"
+
+
+def test_gc_plan_keeps_current_and_removes_superseded(store: LocalEngineStore) -> None:
+    keep = _publish(store)
+    compatible = _publish(store, target=RuntimeTarget("trt", "10.3.0", "sm80+", "jp6.2"))
+    old_hash = _publish(store, model_hash=_sha("det-v1"))
+    other_trt = _publish(store, target=RuntimeTarget("trt", "10.1.0", "sm87", "jp6.0"))
+    other_sm = _publish(store, target=RuntimeTarget("trt", "10.3.0", "sm86", "jp6.2"))
+    unlisted = _publish(store, model="legacy", model_hash=_sha("legacy"))
+    orphan = keep.engine_path.with_name(
+        "gone." + "0" * 16 + ".fp16.sm87.jp6_2.trt-10_3_0.0123456789ab.engine.json"
+    )
+    orphan.write_text("{}")
+    dead_temp = store.root / "det" / f"{TEMP_PREFIX}999999999-1-x.engine"
+    dead_temp.write_bytes(b"partial")
+    live_temp = store.root / "det" / f"{TEMP_PREFIX}{os.getpid()}-1-y.engine"
+    live_temp.write_bytes(b"in progress")
+
+    plan = plan_gc(store.root, host_targets=[HOST], current_models={"det": _sha("det-v2")})
+    paths = {i.path: i.reason for i in plan.items}
+    assert old_hash.engine_path in paths and "older hash" in paths[old_hash.engine_path]
+    assert other_trt.engine_path in paths and "10.1.0" in paths[other_trt.engine_path]
+    assert other_sm.engine_path in paths
+    assert orphan in paths and dead_temp in paths
+    for kept in (keep, compatible, unlisted):
+        assert kept.engine_path not in paths
+    assert live_temp not in paths
+    assert plan.total_bytes == sum(i.size_bytes for i in plan.items) > 4000
+
+    # Dry run removed nothing; apply removes exactly the plan.
+    assert other_trt.engine_path.exists()
+    freed = apply_gc(plan)
+    assert freed == plan.total_bytes
+    assert not other_trt.engine_path.exists() and not other_trt.metadata_path.exists()
+    assert not orphan.exists() and not dead_temp.exists() and live_temp.exists()
+    assert {e.path for e in list_engines(store.root)} == {
+        keep.engine_path, compatible.engine_path, unlisted.engine_path
+    }
+    again = plan_gc(store.root, host_targets=[HOST], current_models={"det": _sha("det-v2")})
+    assert again.items == ()
+
+
+def test_gc_without_host_targets_only_uses_model_hashes(store: LocalEngineStore) -> None:
+    _publish(store, target=RuntimeTarget("trt", "9.0.0", "sm75", "dgpu"))
+    assert plan_gc(store.root).items == ()
+
+
+def test_old_temp_of_a_live_writer_is_stale(store: LocalEngineStore) -> None:
+    temp = store.root / "det"
+    temp.mkdir(exist_ok=True)
+    path = temp / f"{TEMP_PREFIX}{os.getpid()}-1-z.engine"
+    path.write_bytes(b"old")
+    assert plan_gc(store.root, now=time.time() + 7200).items[0].path == path
+
+
+def test_clear_removes_engines_but_not_calibration_or_running_temps(
+    store: LocalEngineStore,
+) -> None:
+    entry = _publish(store)
+    calibration = store.root / ".calibration" / "c.cache"
+    calibration.parent.mkdir()
+    calibration.write_bytes(b"cal")
+    live_temp = store.root / "det" / f"{TEMP_PREFIX}{os.getpid()}-1-y.engine"
+    live_temp.write_bytes(b"in progress")
+    plan = clear_cache(store.root)
+    assert plan.total_bytes > 1000
+    assert not entry.engine_path.exists()
+    assert list_engines(store.root) == []
+    assert calibration.exists() and live_temp.exists()
+
+
+def test_missing_root_is_empty(tmp_path: Path) -> None:
+    assert list_engines(tmp_path / "nope") == []
+    assert plan_gc(tmp_path / "nope").items == ()
+    assert clear_cache(tmp_path / "nope").items == ()

@@ -1,0 +1,101 @@
+"""S3Settings: environment, validation and secret hygiene (no server needed)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from trt_provision.errors import ManifestError
+from trt_provision.stores.s3 import S3EngineStore, S3Settings
+from trt_provision.types import EngineIdentity, PrecisionMode
+
+pytestmark = pytest.mark.tier0
+
+SECRET = "very-secret-value-42"
+
+
+def test_from_env_prefers_artifacts_variables() -> None:
+    env = {
+        "ARTIFACTS_ENDPOINT": "http://127.0.0.1:9000",
+        "ARTIFACTS_ACCESS_KEY": "ak",
+        "ARTIFACTS_SECRET_KEY": SECRET,
+        "ARTIFACTS_BUCKET": "fleet-engines",
+        "AWS_ACCESS_KEY_ID": "aws-ak",
+        "AWS_SECRET_ACCESS_KEY": "aws-sk",
+        "AWS_REGION": "eu-west-1",
+    }
+    s = S3Settings.from_env(env)
+    assert (s.endpoint, s.bucket, s.region) == ("http://127.0.0.1:9000", "fleet-engines", "eu-west-1")
+    assert (s.access_key, s.secret_key, s.session_token) == ("ak", SECRET, None)
+
+
+def test_from_env_falls_back_to_aws_variables_and_overrides_win() -> None:
+    env = {
+        "AWS_ACCESS_KEY_ID": "aws-ak",
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_SESSION_TOKEN": "tok",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:8333",
+    }
+    s = S3Settings.from_env(env, bucket="b-from-config", prefix="/site-a/", region=None)
+    assert (s.access_key, s.session_token, s.bucket, s.prefix) == (
+        "aws-ak", "tok", "b-from-config", "site-a"
+    )
+    assert s.region == "us-east-1"
+
+
+def test_no_bucket_is_a_manifest_error() -> None:
+    with pytest.raises(ManifestError, match="bucket"):
+        S3Settings.from_env({})
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"endpoint": "ftp://x"},
+        {"endpoint": f"http://ak:{SECRET}@127.0.0.1:9000"},
+        {"access_key": "ak"},
+        {"read_timeout_s": 0},
+        {"max_attempts": 0},
+    ],
+)
+def test_invalid_settings(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ManifestError) as info:
+        S3Settings(bucket="b", **kwargs)  # type: ignore[arg-type]
+    assert SECRET not in str(info.value)
+
+
+def test_secrets_never_in_repr_or_description() -> None:
+    s = S3Settings(bucket="b", access_key="ak", secret_key=SECRET, session_token="tok-secret")
+    store = S3EngineStore(s, client=object())
+    for text in (repr(s), str(s), repr(store), repr(s.describe())):
+        assert SECRET not in text and "tok-secret" not in text
+
+
+def test_key_layout() -> None:
+    identity = EngineIdentity(
+        model_name="yolo_n",
+        model_sha256="ab" * 32,
+        precision=PrecisionMode.INT8,
+        runtime="trt",
+        runtime_version="10.3.0",
+        target="sm87",
+        platform="jp6.2",
+        options_digest="0123456789ab",
+    )
+    with_prefix = S3EngineStore(S3Settings(bucket="b", prefix="fleet/a"), client=object())
+    bare = S3EngineStore(S3Settings(bucket="b"), client=object())
+    assert with_prefix.key_for(identity) == f"fleet/a/engines/yolo_n/{identity.filename}"
+    assert bare.key_for(identity) == f"engines/yolo_n/{identity.filename}"
+
+
+def test_importing_the_store_does_not_import_boto3() -> None:
+    # The module is already imported by this test file; boto3 may be loaded by other
+    # tests, so check in a fresh interpreter.
+    import subprocess
+
+    code = (
+        "import sys, trt_provision.stores.s3, trt_provision.trust; "
+        "sys.exit(1 if {'boto3', 'botocore', 'cryptography'} & set(sys.modules) else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
