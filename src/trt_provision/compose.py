@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trt_provision._lazy import is_available
+from trt_provision.calibration.planner import GovernedCalibrationPlanner
 from trt_provision.compiler import EngineCompiler
 from trt_provision.config import Settings
 from trt_provision.gates.budget import GpuMemoryBudget, choose_free_memory_probe
@@ -54,7 +55,9 @@ def choose_runtime_label(settings: Settings, host: HostCapabilities) -> str:
 
 def build_gate(settings: Settings) -> EngineGate:
     return DefaultEngineGate(
-        cache_root=settings.cache_dir, max_engine_bytes=settings.max_engine_bytes
+        cache_root=settings.cache_dir,
+        max_engine_bytes=settings.max_engine_bytes,
+        allow_host_code=settings.allow_engine_host_code,
     )
 
 
@@ -76,9 +79,18 @@ def wire(
     calibration_dir = Path(settings.cache_dir) / ".calibration"
     runtime: InferenceRuntime
     if label == "tensorrt":
-        from trt_provision.runtimes.tensorrt import TensorrtRuntime
+        from trt_provision.runtimes.tensorrt import TensorrtOptions, TensorrtRuntime
 
-        runtime = TensorrtRuntime(host=host, gate=gate, budget=budget, thermal=thermal)
+        runtime = TensorrtRuntime(
+            host=host,
+            gate=gate,
+            budget=budget,
+            thermal=thermal,
+            options=TensorrtOptions(
+                timing_cache_dir=Path(settings.cache_dir) / ".timing",
+                allow_engine_host_code=settings.allow_engine_host_code,
+            ),
+        )
     else:
         runtime = OnnxRuntimeRuntime(
             host=host,
@@ -91,7 +103,7 @@ def wire(
             calibration_cache_dir=calibration_dir,
         )
     remote: RemoteEngineStore | None = None
-    calibration: CalibrationPlanner | None = None
+    calibration: CalibrationPlanner = GovernedCalibrationPlanner(calibration_dir)
     compiler = EngineCompiler(
         runtime=runtime,
         store=store,

@@ -49,6 +49,7 @@ _SETTINGS_KEYS = {
     "os_memory_reserve_mib",
     "trust",
     "public_key",
+    "allow_engine_host_code",
 }
 _BUILD_KEYS = {
     "precision",
@@ -108,6 +109,8 @@ class Settings:
     os_memory_reserve_bytes: int = 1 << 30  # Jetson: RAM kept for the OS outside the budget
     trust: str = "off"
     public_key: Path | None = None
+    # Version-compatible TensorRT engines embed host code: only with an explicit opt-in.
+    allow_engine_host_code: bool = False
     remote: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -194,6 +197,15 @@ def _settings(path: Path, raw: Mapping[str, Any], remote: Any) -> Settings:
     if "os_memory_reserve_mib" in raw:
         mib = _number(path, "settings.os_memory_reserve_mib", raw["os_memory_reserve_mib"])
         kwargs["os_memory_reserve_bytes"] = int(mib * (1 << 20))
+    if "allow_engine_host_code" in raw:
+        if not isinstance(raw["allow_engine_host_code"], bool):
+            raise _fail(
+                path,
+                "settings.allow_engine_host_code",
+                "true or false",
+                raw["allow_engine_host_code"],
+            )
+        kwargs["allow_engine_host_code"] = raw["allow_engine_host_code"]
     if "public_key" in raw:
         if not isinstance(raw["public_key"], str):
             raise _fail(path, "settings.public_key", "a path string", raw["public_key"])

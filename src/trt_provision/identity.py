@@ -13,8 +13,6 @@ AMPERE_PLUS hardware compatibility: any sm >= NN), ``smNNcc`` (SAME_COMPUTE_CAPA
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -187,6 +185,8 @@ def _tensors_with_external_data(graph: Any) -> Iterator[Any]:
 
 def model_sha256(model_path: Path, chunk_size: int = 1 << 20) -> str:
     """sha256 over the ONNX bytes and, in a fixed order, every external-data file it uses."""
+    import hashlib
+
     model_path = Path(model_path)
     if not model_path.is_file():
         raise ModelError("ONNX model not found", path=str(model_path))
@@ -267,6 +267,9 @@ def build_option_digest(
     calibration_key: str | None = None,
     runtime_options: Mapping[str, Any] | None = None,
 ) -> str:
+    import hashlib
+    import json
+
     payload = build_option_payload(
         config, calibration_key=calibration_key, runtime_options=runtime_options
     )

@@ -30,6 +30,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+MIN_OPSET = 13
+
 
 @dataclass(frozen=True)
 class PinnedNode:
@@ -223,6 +225,18 @@ def preprocess_model(src: Path, dst: Path) -> dict[str, int]:
     import onnx
 
     model = load_model(src)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if 0 < opset < MIN_OPSET:
+        # Per-channel Q/DQ (the axis attribute) and FP16 BatchNorm need opset 13.
+        from onnx import version_converter
+
+        try:
+            model = version_converter.convert_version(model, MIN_OPSET)
+        except Exception as exc:  # the converter raises plain RuntimeError / ConvertError
+            raise ModelError(
+                f"cannot convert the model from opset {opset} to {MIN_OPSET}: {exc}",
+                path=str(src),
+            ) from exc
     moved = constants_to_initializers(model)
     folded = fold_batchnorm(model)
     ensure_node_names(model)

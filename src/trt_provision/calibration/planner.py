@@ -120,7 +120,7 @@ class GovernedCalibrationPlanner:
         memo_key = (
             model_hash, config.precision.value, str(spec.source), spec.dataset_version,
             spec.algorithm, spec.num_bins, spec.percentile, spec.max_batches,
-            tuple(p.to_dict()["min"] + p.to_dict()["max"] for p in config.profiles),
+            tuple((p.input_name, p.min_shape, p.max_shape) for p in config.profiles),
             tuple(config.fp16_pinned_keywords), tuple(config.excluded_op_types),
             tuple((p.name, p.version, p.namespace) for p in config.plugins),
         )

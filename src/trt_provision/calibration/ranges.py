@@ -178,12 +178,21 @@ def compute_activation_ranges(
             count += 1
         if count == 0:
             raise CalibrationCacheError("calibration dataset is empty", model=str(model_path))
-        tensors = calibrator.compute_data()
+        if spec.algorithm == "entropy":
+            bounds = {
+                name: entropy_threshold(hist[0], hist[1], float(hist[2]), float(hist[3]))
+                for name, hist in calibrator.collector.histogram_dict.items()
+            }
+        else:
+            tensors = calibrator.compute_data()
+            # min-max returns shape-(1,) arrays, histogram methods 0-d ones
+            bounds = {
+                name: (float(np.min(tensors[name].range_value[0])),
+                       float(np.max(tensors[name].range_value[1])))
+                for name in tensors
+            }
     ranges: dict[str, tuple[float, float]] = {}
-    for name in tensors:
-        lo, hi = tensors[name].range_value
-        # min-max returns shape-(1,) arrays, histogram methods 0-d ones
-        lo_f, hi_f = float(np.min(lo)), float(np.max(hi))
+    for name, (lo_f, hi_f) in bounds.items():
         if math.isfinite(lo_f) and math.isfinite(hi_f):
             ranges[name] = (min(lo_f, hi_f), max(lo_f, hi_f))
     elapsed = time.perf_counter() - started
@@ -196,6 +205,83 @@ def compute_activation_ranges(
     params = range_params(spec)
     params["batches"] = count
     return TensorRanges(algorithm=spec.algorithm, ranges=ranges, params=params)
+
+
+def entropy_threshold(
+    hist: Any, edges: Any, observed_min: float, observed_max: float,
+    num_quantized_bins: int = NUM_QUANTIZED_BINS,
+) -> tuple[float, float]:
+    """KL-divergence threshold search over ONNX Runtime's symmetric histogram.
+
+    The same search as ONNX Runtime's ``get_entropy_threshold`` (candidate windows centred
+    on zero, outliers folded into the edge bins, window merged into ``num_quantized_bins``
+    and expanded back over its non-empty bins, smoothed KL), with each candidate computed
+    by array operations instead of Python loops over bins: seconds per tensor become
+    milliseconds at 2048 bins.
+    """
+    import numpy as np
+
+    hist = np.asarray(hist, dtype=np.float64)
+    edges = np.asarray(edges, dtype=np.float64)
+    nbins = hist.size
+    zero = nbins // 2
+    half = num_quantized_bins // 2
+    if zero <= half or hist.sum() == 0:
+        return observed_min, observed_max
+    cumsum = np.concatenate(([0.0], np.cumsum(hist)))
+    best, best_i = np.inf, zero
+    eps = 1e-4
+    for i in range(half, zero + 1):
+        start, end = zero - i, min(zero + i + 1, nbins)
+        window = hist[start:end]
+        p = window.copy()
+        p[0] += cumsum[start]
+        p[-1] += cumsum[nbins] - cumsum[end]
+        size = window.size
+        step = size // num_quantized_bins
+        # merge into quantized bins; the last one takes the remainder
+        cut = step * num_quantized_bins
+        merged = window[:cut].reshape(num_quantized_bins, step).sum(axis=1)
+        merged[-1] += window[cut:].sum()
+        nonzero = (p != 0).astype(np.float64)
+        counts = nonzero[:cut].reshape(num_quantized_bins, step).sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_bin = np.where(counts > 0, merged / counts, 0.0)
+        q = np.zeros(size)
+        q[:cut] = np.repeat(per_bin, step) * nonzero[:cut]
+        # integer truncation as the reference implementation stores q in an int array
+        q = np.floor(q)
+        div = _smoothed_kl(p, q, eps)
+        if div < best:
+            best, best_i = div, i
+    start, end = zero - best_i, min(zero + best_i + 1, nbins)
+    lo, hi = float(edges[start]), float(edges[end])
+    return max(lo, observed_min), min(hi, observed_max)
+
+
+def _smoothed_kl(p: Any, q: Any, eps: float) -> float:
+    """KL(p || q) after moving ``eps`` mass onto empty bins (inf when impossible)."""
+    import numpy as np
+
+    def smooth(d: Any) -> Any:
+        zeros = d == 0
+        n_zero = int(zeros.sum())
+        n_nonzero = d.size - n_zero
+        if n_nonzero == 0:
+            return None
+        take = eps * n_zero / n_nonzero
+        if take >= 1.0:
+            return None
+        return d + eps * zeros - take * (~zeros)
+
+    ps, qs = smooth(p), smooth(q)
+    if ps is None or qs is None:
+        return float("inf")
+    ps = ps / ps.sum()
+    qs = qs / qs.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(ps > 0, ps * np.log(ps / qs), 0.0)
+    return float(terms.sum())
 
 
 # ---------------------------------------------------------------- TensorRT calibration cache

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from trt_provision.cli._common import add_settings_args, print_json, settings_from_args
-from trt_provision.errors import ManifestError
+from trt_provision.errors import ManifestError, TrtProvisionError
 
 __all__ = ["parse_shapes", "register"]
 
@@ -115,14 +115,22 @@ def _config_dict(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except TrtProvisionError as exc:
+        if args.json:  # the subprocess parent reads the reason from stdout
+            print_json({"error": str(exc), "error_type": type(exc).__name__})
+        raise
+
+
+def _run(args: argparse.Namespace) -> int:
     from trt_provision.compose import wire
     from trt_provision.config_json import build_config_from_json
     from trt_provision.types import BackboneSpec, EngineCompileRequest
 
-    try:
-        config = build_config_from_json(_config_dict(args))
-    except (ValueError, TypeError) as exc:
-        raise ManifestError(str(exc), key="build config") from exc
+    config = build_config_from_json(
+        _config_dict(args), source=str(args.config) if args.config else "command line"
+    )
     backbone = BackboneSpec(
         name=args.name or _default_name(args.model),
         model_path=Path(args.model).resolve(),
