@@ -71,6 +71,7 @@ class EngineCompiler:
         calibration: CalibrationPlanner | None = None,
         max_temperature_c: float | None = None,
         verify_workers: int = 0,
+        sign: Callable[[EngineCacheEntry], None] | None = None,
     ) -> None:
         self._runtime = runtime
         self._store = store
@@ -80,6 +81,7 @@ class EngineCompiler:
         self._calibration = calibration
         self._max_temp = max_temperature_c
         self._workers = verify_workers
+        self._sign = sign
 
     # ------------------------------------------------------------------ public
 
@@ -199,6 +201,8 @@ class EngineCompiler:
                     if fetched is not None:
                         return self._result(plan, CompileOutcome.FETCHED, fetched, 0.0)
             entry, seconds = self._build(plan)
+            if self._sign is not None:
+                self._sign(entry)
         if self._remote is not None and request.use_remote:
             uploaded = self._remote.upload(entry)
             log.info(

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from trt_provision._lazy import is_available
 from trt_provision.calibration.planner import GovernedCalibrationPlanner
 from trt_provision.compiler import EngineCompiler
 from trt_provision.config import Settings
 from trt_provision.gates.budget import GpuMemoryBudget, choose_free_memory_probe
-from trt_provision.gates.engine_gate import DefaultEngineGate
+from trt_provision.gates.engine_gate import DefaultEngineGate, TrustCheck
 from trt_provision.host import probe_host
 from trt_provision.runtimes.onnxruntime import OnnxRuntimeRuntime
 from trt_provision.seams import (
@@ -24,9 +27,20 @@ from trt_provision.seams import (
 )
 from trt_provision.stores.local import LocalEngineStore
 from trt_provision.thermal import choose_thermal_publisher
-from trt_provision.types import HostCapabilities
+from trt_provision.types import EngineCacheEntry, HostCapabilities
 
-__all__ = ["Wired", "build_gate", "choose_runtime_label", "wire"]
+if TYPE_CHECKING:
+    from trt_provision.stores.s3 import SignatureVerifier
+
+__all__ = [
+    "Wired",
+    "build_gate",
+    "build_signer",
+    "build_trust",
+    "choose_runtime_label",
+    "trust_policies",
+    "wire",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +67,47 @@ def choose_runtime_label(settings: Settings, host: HostCapabilities) -> str:
     return "onnxruntime"
 
 
+def trust_policies(settings: Settings) -> tuple[str, str]:
+    """(local policy, remote policy). ``auto``: require signed remote engines once a public
+    key is configured; locally, check signatures where present."""
+    if settings.trust != "auto":
+        return settings.trust, settings.trust
+    if settings.public_key is None:
+        return "off", "off"
+    return "verify-if-signed", "require"
+
+
+def build_trust(settings: Settings, *, remote: bool = False) -> TrustCheck | None:
+    local_policy, remote_policy = trust_policies(settings)
+    policy = remote_policy if remote else local_policy
+    if policy == "off":
+        return None
+    from trt_provision.trust import trust_from_settings
+
+    keys = [settings.public_key] if settings.public_key is not None else []
+    return trust_from_settings(policy, keys)
+
+
 def build_gate(settings: Settings) -> EngineGate:
     return DefaultEngineGate(
         cache_root=settings.cache_dir,
         max_engine_bytes=settings.max_engine_bytes,
+        trust=build_trust(settings),
         allow_host_code=settings.allow_engine_host_code,
     )
+
+
+def build_signer(settings: Settings) -> Callable[[EngineCacheEntry], None] | None:
+    key = settings.signing_key
+    if key is None:
+        return None
+
+    def sign(entry: EngineCacheEntry) -> None:
+        from trt_provision.trust import sign_engine
+
+        sign_engine(entry.engine_path, key)
+
+    return sign
 
 
 def wire(
@@ -103,6 +152,13 @@ def wire(
             calibration_cache_dir=calibration_dir,
         )
     remote: RemoteEngineStore | None = None
+    if use_remote and (settings.remote is not None or os.environ.get("ARTIFACTS_BUCKET")):
+        from trt_provision.stores.s3 import remote_store_from_settings
+
+        remote = remote_store_from_settings(
+            settings.remote,
+            trust=cast("SignatureVerifier | None", build_trust(settings, remote=True)),
+        )
     calibration: CalibrationPlanner = GovernedCalibrationPlanner(calibration_dir)
     compiler = EngineCompiler(
         runtime=runtime,
@@ -112,6 +168,7 @@ def wire(
         remote=remote if use_remote else None,
         calibration=calibration,
         max_temperature_c=settings.max_temperature_c,
+        sign=build_signer(settings),
     )
     return Wired(
         settings=settings,

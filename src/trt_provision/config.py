@@ -36,7 +36,7 @@ CACHE_DIR_ENV_ALIAS = "TENSORRT_CACHE_DIR"  # accepted for scripts written befor
 
 RUNTIMES = ("auto", "tensorrt", "onnxruntime")
 PROVIDERS = ("cpu", "cuda")
-TRUST_LEVELS = ("off", "verify-if-signed", "require")
+TRUST_LEVELS = ("auto", "off", "verify-if-signed", "require")
 
 _TOP_KEYS = {"settings", "defaults", "models", "remote"}
 _SETTINGS_KEYS = {
@@ -49,6 +49,7 @@ _SETTINGS_KEYS = {
     "os_memory_reserve_mib",
     "trust",
     "public_key",
+    "signing_key",
     "allow_engine_host_code",
 }
 _BUILD_KEYS = {
@@ -107,8 +108,11 @@ class Settings:
     memory_budget_bytes: int = 4 << 30
     max_engine_bytes: int = 64 << 30
     os_memory_reserve_bytes: int = 1 << 30  # Jetson: RAM kept for the OS outside the budget
-    trust: str = "off"
+    # auto: remote pulls require a valid signature once a public key is configured, and
+    # local engines are checked when signed.
+    trust: str = "auto"
     public_key: Path | None = None
+    signing_key: Path | None = None  # private key: sign engines this host builds
     # Version-compatible TensorRT engines embed host code: only with an explicit opt-in.
     allow_engine_host_code: bool = False
     remote: Mapping[str, Any] | None = None
@@ -206,10 +210,11 @@ def _settings(path: Path, raw: Mapping[str, Any], remote: Any) -> Settings:
                 raw["allow_engine_host_code"],
             )
         kwargs["allow_engine_host_code"] = raw["allow_engine_host_code"]
-    if "public_key" in raw:
-        if not isinstance(raw["public_key"], str):
-            raise _fail(path, "settings.public_key", "a path string", raw["public_key"])
-        kwargs["public_key"] = (base / raw["public_key"]).resolve()
+    for key in ("public_key", "signing_key"):
+        if key in raw:
+            if not isinstance(raw[key], str) or not raw[key]:
+                raise _fail(path, f"settings.{key}", "a path string", raw[key])
+            kwargs[key] = (base / Path(raw[key]).expanduser()).resolve()
     if remote is not None:
         kwargs["remote"] = dict(_table(path, "remote", remote))
     return Settings(**kwargs)

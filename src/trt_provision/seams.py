@@ -53,8 +53,12 @@ class ThermalStatePublisher(Protocol):
 class EngineGate(Protocol):
     """Decides, before any runtime import or call, whether an engine file may be loaded."""
 
-    def validate(self, engine_path: Path, expected: RuntimeTarget) -> EngineCacheEntry:
-        """Return the verified entry or raise EngineGateError (reason, path, expected/found)."""
+    def validate(
+        self, engine_path: Path, expected: RuntimeTarget, *, known_sha256: str | None = None
+    ) -> EngineCacheEntry:
+        """Return the verified entry or raise EngineGateError (reason, path, expected/found).
+
+        ``known_sha256``: a digest computed while the caller wrote this file (no re-read)."""
         ...
 
 

@@ -144,3 +144,31 @@ def test_cache_clear_needs_yes(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["cache", "clear", "--cache-dir", cache]) == 1
     assert "--yes" in capsys.readouterr().err
     assert main(["cache", "clear", "--cache-dir", cache, "--yes"]) == 0
+
+
+def test_fleet_provision_through_the_composition_root(
+    tmp_path: Path, weed: WeedServer, bucket: str, creds: None,
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Builder signs and uploads; a device with only the public key fetches, no build."""
+    from trt_provision.trust import generate_keypair, signature_path
+
+    generate_keypair(tmp_path / "fleet.key")
+    builder = _manifest(tmp_path, weed, bucket, f'signing_key = "{tmp_path / "fleet.key"}"\n'
+                        f'public_key = "{tmp_path / "fleet.key.pub"}"')
+    device = _manifest(tmp_path, weed, bucket, f'public_key = "{tmp_path / "fleet.key.pub"}"')
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    rc, out = _run(["provision", str(builder), "--cache-dir", a, "--json"], capsys)
+    assert rc == 0 and (out["built"], out["fetched"]) == (2, 0)
+    rc, out = _run(["provision", str(device), "--cache-dir", b, "--json"], capsys)
+    assert rc == 0 and (out["built"], out["fetched"]) == (0, 2), out
+    for result in out["results"]:
+        assert signature_path(Path(result["engine"])).is_file()
+    rc, out = _run(["provision", str(device), "--cache-dir", b, "--json"], capsys)
+    assert rc == 0 and out["reused"] == 2
+    # A device trusting another key refuses the fleet's engines and builds its own.
+    generate_keypair(tmp_path / "other.key")
+    stranger = _manifest(tmp_path, weed, bucket, f'public_key = "{tmp_path / "other.key.pub"}"')
+    rc, out = _run(["provision", str(stranger), "--cache-dir", str(tmp_path / "c"), "--json"], capsys)
+    assert rc == 0 and (out["built"], out["fetched"]) == (2, 0)
+    assert SECRET_KEY not in caplog.text

@@ -6,8 +6,8 @@ calibrator options (symmetric, moving average, percentile...) and never ``num_bi
 quantized bins. With as many quantized bins as histogram bins the KL search has exactly one
 candidate threshold, the full range: entropy silently becomes min-max. Here the calibrator is
 created directly with a real histogram (``CalibrationSpec.num_bins``, 2048 by default) and
-255 quantized bins (the int8 levels of a symmetric range), fed one batch at a time so
-intermediate activations of the whole dataset are never held together.
+255 quantized bins (the int8 levels of a symmetric range), min-max is fed one batch at a
+time; histogram methods get all batches in one pass (see ``compute_activation_ranges``).
 
 From the ranges come the ONNX Runtime Q/DQ model (``qdq.py``) and a TensorRT calibration
 cache (``write_trt_calibration_cache``) for TensorRT builds that skip on-device calibration.
@@ -36,6 +36,7 @@ __all__ = [
     "NUM_QUANTIZED_BINS",
     "TensorRanges",
     "compute_activation_ranges",
+    "entropy_threshold",
     "parse_trt_calibration_cache",
     "range_params",
     "trt_version_tag",
@@ -109,18 +110,21 @@ class TensorRanges:
             raise CalibrationCacheError(f"calibration ranges payload is malformed: {exc}") from exc
 
 
-class _OneBatchReader:
-    """ONNX Runtime's CalibrationDataReader protocol over a single batch."""
+class _BatchReader:
+    """ONNX Runtime's CalibrationDataReader protocol over a list of batches."""
 
-    def __init__(self, batch: Batch) -> None:
-        self._batch: dict[str, Any] | None = dict(batch)
+    def __init__(self, batches: list[Batch]) -> None:
+        self._batches = batches
+        self._next = 0
 
     def get_next(self) -> dict[str, Any] | None:
-        batch, self._batch = self._batch, None
-        return batch
+        if self._next >= len(self._batches):
+            return None
+        self._next += 1
+        return dict(self._batches[self._next - 1])
 
     def __len__(self) -> int:
-        return 1
+        return len(self._batches)
 
     def set_range(self, start_index: int, end_index: int) -> None:  # protocol completeness
         return None
@@ -167,15 +171,32 @@ def compute_activation_ranges(
                 f"cannot prepare the model for calibration: {type(exc).__name__}: {exc}",
                 model=str(model_path),
             ) from exc
-        for batch in batches:
-            try:
-                calibrator.collect_data(_OneBatchReader(batch))
-            except Exception as exc:
-                raise CalibrationCacheError(
-                    f"calibration inference failed: {type(exc).__name__}: {exc}",
-                    batch=count, model=str(model_path),
-                ) from exc
-            count += 1
+        if spec.algorithm == "minmax":
+            # min-max merges per call: one batch at a time, bounded memory.
+            for batch in batches:
+                try:
+                    calibrator.collect_data(_BatchReader([batch]))
+                except Exception as exc:
+                    raise CalibrationCacheError(
+                        f"calibration inference failed: {type(exc).__name__}: {exc}",
+                        batch=count, model=str(model_path),
+                    ) from exc
+                count += 1
+        else:
+            # Histograms are built in one call over all batches: ONNX Runtime's histogram
+            # merge re-bins by the first batch's bin width and explodes when a tensor is
+            # near zero on the first batch and not later. Memory grows with the dataset
+            # (bound it with max_batches).
+            reader = _BatchReader(list(batches))
+            count = len(reader)
+            if count:
+                try:
+                    calibrator.collect_data(reader)
+                except Exception as exc:
+                    raise CalibrationCacheError(
+                        f"calibration inference failed: {type(exc).__name__}: {exc}",
+                        batches=count, model=str(model_path),
+                    ) from exc
         if count == 0:
             raise CalibrationCacheError("calibration dataset is empty", model=str(model_path))
         if spec.algorithm == "entropy":
@@ -247,10 +268,10 @@ def entropy_threshold(
         counts = nonzero[:cut].reshape(num_quantized_bins, step).sum(axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
             per_bin = np.where(counts > 0, merged / counts, 0.0)
+        # Expanded over the whole block, remainder bins left empty, and truncated to
+        # integers: as ONNX Runtime's search does (it stores q in an int64 array).
         q = np.zeros(size)
-        q[:cut] = np.repeat(per_bin, step) * nonzero[:cut]
-        # integer truncation as the reference implementation stores q in an int array
-        q = np.floor(q)
+        q[:cut] = np.floor(np.repeat(per_bin, step))
         div = _smoothed_kl(p, q, eps)
         if div < best:
             best, best_i = div, i

@@ -24,7 +24,9 @@ def register(sub: Any) -> None:
     push.add_argument("manifest", type=Path, help="TOML manifest listing the models")
     add_settings_args(push)
     push.add_argument(
-        "--sign-key", type=Path, metavar="PRIVATE_KEY",
+        "--sign-key",
+        type=Path,
+        metavar="PRIVATE_KEY",
         help="sign unsigned engines with this Ed25519 key before uploading",
     )
     push.add_argument("--json", action="store_true", help="print JSON on stdout")
@@ -45,15 +47,10 @@ def register(sub: Any) -> None:
 
 
 def trust_for(settings: Any) -> Any:
-    """The configured trust hook: ``require`` by default once a public key is configured."""
-    from trt_provision.trust import trust_from_settings
+    """The trust hook for remote pulls (``auto``: require once a public key is configured)."""
+    from trt_provision.compose import build_trust
 
-    keys = [settings.public_key] if settings.public_key is not None else []
-    # An unset policy (None or "auto") means require when a key is configured.
-    policy = settings.trust
-    if policy in (None, "auto"):
-        policy = "require" if keys else "off"
-    return trust_from_settings(policy, keys)
+    return build_trust(settings, remote=True)
 
 
 def remote_for(settings: Any, wired: Any) -> Any:

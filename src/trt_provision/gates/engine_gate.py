@@ -149,28 +149,40 @@ class DefaultEngineGate:
     def allow_host_code(self) -> bool:
         return self._allow_host_code
 
-    def validate(self, engine_path: Path, expected: RuntimeTarget) -> EngineCacheEntry:
+    def validate(
+        self, engine_path: Path, expected: RuntimeTarget, *, known_sha256: str | None = None
+    ) -> EngineCacheEntry:
+        """Validate; ``known_sha256`` is a digest the caller computed while writing this very
+        file (a verified download), which spares reading the bytes a second time."""
         engine_path = Path(engine_path)
         try:
-            entry = self._validate(engine_path, expected)
+            entry = self._validate(engine_path, expected, known_sha256)
         except EngineGateError as exc:
             # DEBUG: callers decide how loud a refusal is (a stale cache entry is routine).
             log.debug(
                 "engine refused: %s",
                 exc,
-                extra={"event": "engine.gate.refused", "path": str(engine_path),
-                       "reason": exc.message},
+                extra={
+                    "event": "engine.gate.refused",
+                    "path": str(engine_path),
+                    "reason": exc.message,
+                },
             )
             raise
         log.debug(
             "engine passed the gate: %s",
             engine_path.name,
-            extra={"event": "engine.gate.passed", "path": str(engine_path),
-                   "size_bytes": entry.size_bytes},
+            extra={
+                "event": "engine.gate.passed",
+                "path": str(engine_path),
+                "size_bytes": entry.size_bytes,
+            },
         )
         return entry
 
-    def _validate(self, engine_path: Path, expected: RuntimeTarget) -> EngineCacheEntry:
+    def _validate(
+        self, engine_path: Path, expected: RuntimeTarget, known_sha256: str | None
+    ) -> EngineCacheEntry:
         where = str(engine_path)
         facts = self._check_file(engine_path)
         try:
@@ -180,8 +192,9 @@ class DefaultEngineGate:
         version_differs = self._check_host(parsed, expected, where)
         sha_path = engine_path.with_name(engine_path.name + ".sha256")
         self._check_sidecar_file(sha_path, "sha256 sidecar")
-        self._check_sidecar_file(engine_path.with_name(engine_path.name + ".json"),
-                                 "metadata sidecar")
+        self._check_sidecar_file(
+            engine_path.with_name(engine_path.name + ".json"), "metadata sidecar"
+        )
         metadata = read_metadata(engine_path)
         identity = self._identity_from_metadata(metadata, parsed, where)
         self._check_version_compatibility(metadata, parsed, expected, version_differs, where)
@@ -196,7 +209,7 @@ class DefaultEngineGate:
             )
         if self._trust is not None:
             self._trust.check(engine_path, metadata)
-        actual = self._hash_once(facts, where)
+        actual = known_sha256 if known_sha256 is not None else self._hash_once(facts, where)
         if actual != claimed:
             raise EngineGateError(
                 "engine sha256 does not match its sidecar",
@@ -380,9 +393,7 @@ class DefaultEngineGate:
                 while n := fh.readinto(buf):
                     total += n
                     if total > facts.size:
-                        raise EngineGateError(
-                            "engine grew while it was being checked", path=where
-                        )
+                        raise EngineGateError("engine grew while it was being checked", path=where)
                     digest.update(view[:n])
         except OSError as exc:
             raise EngineGateError(f"engine unreadable: {exc.strerror}", path=where) from exc
@@ -414,9 +425,7 @@ class DefaultEngineGate:
                 options_digest=str(raw["options_digest"]),
             )
         except (KeyError, ValueError, TypeError) as exc:
-            raise EngineGateError(
-                f"metadata identity is malformed: {exc}", path=where
-            ) from exc
+            raise EngineGateError(f"metadata identity is malformed: {exc}", path=where) from exc
         if ParsedEngineName.of(identity) != parsed:
             raise EngineGateError(
                 "metadata identity does not match the engine filename",

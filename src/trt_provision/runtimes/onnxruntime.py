@@ -9,6 +9,7 @@ provider and CPU ISA, so the identity names the EP (``ortcpu``/``ortcuda``), the
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -137,7 +138,8 @@ class OnnxRuntimeRuntime:
         from trt_provision.calibration.precision import prepare_model_for_precision
 
         started = time.perf_counter()
-        workdir = Path(tempfile.mkdtemp(prefix=".tmp-ort-", dir=staged_path.parent))
+        # The writer's pid in the name lets cache gc tell live work dirs from dead ones.
+        workdir = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-ort-", dir=staged_path.parent))
         try:
             prepared = prepare_model_for_precision(
                 Path(model_path),

@@ -13,6 +13,7 @@ import errno
 import fcntl
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -165,7 +166,10 @@ class LocalEngineStore:
                 if _writer_alive(tmp.name) and now - _mtime(tmp) < max(older_than_s, 3600):
                     continue
                 with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
+                    if tmp.is_dir() and not tmp.is_symlink():
+                        shutil.rmtree(tmp)
+                    else:
+                        tmp.unlink()
                     removed.append(tmp)
         return removed
 

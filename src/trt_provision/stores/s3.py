@@ -425,7 +425,8 @@ class S3EngineStore:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
         try:
-            entry = gate.validate(final, expected)
+            # The bytes were hashed while streaming and matched the sidecar: no second pass.
+            entry = gate.validate(final, expected, known_sha256=claimed)
         except EngineGateError:
             # Published but refused by the gate (host, trust): take it back so that the
             # local cache never holds an engine that only looks reusable.

@@ -7,7 +7,12 @@ result and raises :class:`~trt_provision.errors.InferenceError` naming the call.
 Host memory is page-locked (``cudaMallocHost``) so ``cudaMemcpyAsync`` can run truly
 asynchronously on the buffer's stream; numpy views are built over the pinned pointer, so
 copying an input in is one ``np.copyto`` and reading an output back needs no extra copy
-until the caller asks for one.
+until the caller asks for one. A caller that writes its data straight into
+:meth:`CudaBuffers.host_view` and calls :meth:`CudaBuffers.upload` skips the staging copy
+entirely (:meth:`CudaBuffers.is_staged` tells whether an array already is such a view).
+
+Host-side copies made here (staging an input, copying an output out of pinned memory) are
+counted in :attr:`CudaBuffers.host_copies` / :attr:`CudaBuffers.host_copy_bytes`.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ class CudaBuffers:
         self._buffers: dict[str, DeviceBuffer] = {}
         self._stream: Any = None
         self._released = False
+        self.host_copies = 0
+        self.host_copy_bytes = 0
 
     # ----------------------------------------------------------------- helpers
     def _check(self, call: str, result: Any) -> Any:
@@ -125,11 +132,37 @@ class CudaBuffers:
         )
         return flat.reshape(shape)
 
+    def is_staged(self, name: str, array: np.ndarray[Any, Any]) -> bool:
+        """Whether ``array`` is a C-contiguous view starting at the pinned memory of ``name``."""
+        buf = self._buffers.get(name)
+        if buf is None or not array.flags.c_contiguous:
+            return False
+        address = int(array.__array_interface__["data"][0])
+        return address == buf.host_ptr and array.nbytes <= buf.nbytes
+
     def copy_in(self, name: str, array: np.ndarray[Any, Any]) -> None:
-        """Stage ``array`` in pinned memory and queue its host-to-device copy."""
-        view = self.host_view(name, array.dtype, tuple(array.shape))
-        np.copyto(view, array, casting="no")
+        """Stage ``array`` in pinned memory (unless it is already there) and queue its H2D copy."""
+        if not self.is_staged(name, array):
+            view = self.host_view(name, array.dtype, tuple(array.shape))
+            np.copyto(view, array, casting="no")
+            self.host_copies += 1
+            self.host_copy_bytes += array.nbytes
         self.upload(name, array.nbytes)
+
+    def read_out(
+        self, name: str, dtype: Any, shape: tuple[int, ...], *, copy: bool = True
+    ) -> np.ndarray[Any, Any]:
+        """The first ``shape`` elements of ``name``'s pinned memory: a copy, or the view itself.
+
+        A view stays valid until the next copy into this buffer or :meth:`release`.
+        """
+        view = self.host_view(name, dtype, shape)
+        if not copy:
+            return view
+        self.host_copies += 1
+        self.host_copy_bytes += view.nbytes
+        copied: np.ndarray[Any, Any] = view.copy()
+        return copied
 
     def upload(self, name: str, nbytes: int) -> None:
         """Queue the host-to-device copy of the first ``nbytes`` already staged in ``name``."""

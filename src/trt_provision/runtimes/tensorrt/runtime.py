@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,7 @@ class TensorrtEngineHandle:
         default_factory=dict
     )
     _outputs: dict[str, Any] = field(default_factory=dict)
+    _staged: dict[str, tuple[int, ...]] = field(default_factory=dict)
     _released: bool = False
 
     @property
@@ -433,17 +434,66 @@ class TensorrtRuntime:
             raise InferenceError("engine handle was released", path=str(handle.entry.engine_path))
         return handle
 
-    def infer(self, handle: EngineHandle, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    def input_views(
+        self, handle: EngineHandle, shapes: Mapping[str, Sequence[int]]
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        """Writable numpy views over the pinned staging memory of every input, at ``shapes``.
+
+        Write the inputs into these arrays, then call :meth:`infer_staged` (or :meth:`infer`
+        with the views themselves): the host-side staging copy is skipped and only the DMA
+        transfer to the device remains. The views stay valid until the handle is released;
+        a later :meth:`input_views` call reuses the same memory.
+        """
         own = self._own(handle)
-        arrays = self._check_inputs(own, inputs)
-        context, buffers = own._context, own._buffers
-        if buffers is None:
-            raise InternalError("loaded handle without buffers")
+        buffers = _buffers_of(own)
+        _check_names(own, shapes)
+        views: dict[str, np.ndarray[Any, Any]] = {}
+        for name, (dtype, (lo, hi)) in own._inputs.items():
+            shape = tuple(int(d) for d in shapes[name])
+            _check_shape(name, shape, lo, hi)
+            views[name] = buffers.host_view(name, dtype, shape)
+        own._staged = {name: tuple(view.shape) for name, view in views.items()}
+        return views
+
+    def infer_staged(
+        self, handle: EngineHandle, *, copy_outputs: bool = True
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        """Run on what the caller wrote into the views of the last :meth:`input_views` call."""
+        own = self._own(handle)
+        if not own._staged:
+            raise InferenceError("no staged inputs: call input_views first",
+                                 path=str(own.entry.engine_path))
+        buffers = _buffers_of(own)
+        views = {
+            name: buffers.host_view(name, own._inputs[name][0], shape)
+            for name, shape in own._staged.items()
+        }
+        return self._run(own, views, copy_outputs)
+
+    def infer(
+        self, handle: EngineHandle, inputs: Mapping[str, Any], *, copy_outputs: bool = True
+    ) -> dict[str, Any]:
+        """H2D, ``execute_async_v3``, D2H and a sync on the handle's own stream.
+
+        An input that is one of this handle's :meth:`input_views` is uploaded as it is; any
+        other array is first copied into pinned memory. With ``copy_outputs=False`` the
+        outputs are views over pinned memory, overwritten by the next inference on this handle
+        and invalid once it is released.
+        """
+        own = self._own(handle)
+        _check_names(own, inputs)
+        return self._run(own, inputs, copy_outputs)
+
+    def _run(
+        self, own: TensorrtEngineHandle, inputs: Mapping[str, Any], copy_outputs: bool
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        arrays = _check_inputs(own, inputs)
+        context, buffers = own._context, _buffers_of(own)
         try:
             for name, arr in arrays.items():
                 context.set_input_shape(name, arr.shape)
             for name, arr in arrays.items():
-                buffers.copy_in(name, arr)
+                buffers.copy_in(name, arr)  # no host copy when arr already is the pinned view
             if not context.execute_async_v3(buffers.stream_handle):
                 raise InferenceError("TensorRT execute_async_v3 reported failure",
                                      path=str(own.entry.engine_path))
@@ -453,7 +503,7 @@ class TensorrtRuntime:
                 buffers.copy_out(name, int(np.prod(shapes[name])) * dtype.itemsize)
             buffers.synchronize()
             return {
-                name: buffers.host_view(name, dtype, shapes[name]).copy()
+                name: buffers.read_out(name, dtype, shapes[name], copy=copy_outputs)
                 for name, dtype in own._outputs.items()
             }
         except TrtProvisionError:
@@ -462,28 +512,6 @@ class TensorrtRuntime:
             raise InferenceError(
                 f"inference failed: {type(exc).__name__}: {exc}", path=str(own.entry.engine_path)
             ) from exc
-
-    def _check_inputs(
-        self, handle: TensorrtEngineHandle, inputs: Mapping[str, Any]
-    ) -> dict[str, np.ndarray[Any, Any]]:
-        expected, given = set(handle._inputs), set(inputs)
-        if expected != given:
-            raise InferenceError("input names do not match the engine",
-                                 missing=sorted(expected - given),
-                                 unexpected=sorted(given - expected))
-        arrays: dict[str, np.ndarray[Any, Any]] = {}
-        for name, (dtype, (lo, hi)) in handle._inputs.items():
-            arr = np.ascontiguousarray(inputs[name])
-            if arr.dtype != dtype:
-                raise InferenceError("input dtype does not match the engine", name=name,
-                                     expected=str(dtype), found=str(arr.dtype))
-            if arr.ndim != len(lo) or any(
-                not a <= d <= b for d, a, b in zip(arr.shape, lo, hi, strict=True)
-            ):
-                raise InferenceError("input shape outside the engine's profile", name=name,
-                                     shape=tuple(arr.shape), min=lo, max=hi)
-            arrays[name] = arr
-        return arrays
 
     # ----------------------------------------------------------------- release
     def release_engine(self, handle: EngineHandle) -> None:
@@ -510,6 +538,45 @@ class TensorrtRuntime:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _buffers_of(handle: TensorrtEngineHandle) -> CudaBuffers:
+    if handle._buffers is None:
+        raise InternalError("loaded handle without buffers")
+    return handle._buffers
+
+
+def _check_names(handle: TensorrtEngineHandle, given_names: Iterable[str]) -> None:
+    expected, given = set(handle._inputs), set(given_names)
+    if expected != given:
+        raise InferenceError("input names do not match the engine",
+                             missing=sorted(expected - given),
+                             unexpected=sorted(given - expected))
+
+
+def _check_shape(
+    name: str, shape: tuple[int, ...], lo: tuple[int, ...], hi: tuple[int, ...]
+) -> None:
+    if len(shape) != len(lo) or any(
+        not a <= d <= b for d, a, b in zip(shape, lo, hi, strict=True)
+    ):
+        raise InferenceError("input shape outside the engine's profile", name=name,
+                             shape=shape, min=lo, max=hi)
+
+
+def _check_inputs(
+    handle: TensorrtEngineHandle, inputs: Mapping[str, Any]
+) -> dict[str, np.ndarray[Any, Any]]:
+    """Contiguous arrays of the engine's dtypes within its profile (names already checked)."""
+    arrays: dict[str, np.ndarray[Any, Any]] = {}
+    for name, (dtype, (lo, hi)) in handle._inputs.items():
+        arr = np.ascontiguousarray(inputs[name])  # a contiguous array (or view) stays itself
+        if arr.dtype != dtype:
+            raise InferenceError("input dtype does not match the engine", name=name,
+                                 expected=str(dtype), found=str(arr.dtype))
+        _check_shape(name, tuple(arr.shape), lo, hi)
+        arrays[name] = arr
+    return arrays
 
 
 def _network_flags(trt: Any, path: str) -> int:
