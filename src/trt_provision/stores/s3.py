@@ -59,6 +59,9 @@ JSON_SUFFIX = ".json"
 SIG_SUFFIX = ".sig"
 
 
+_SYNC_EVERY = 32 << 20
+
+
 class SignatureVerifier(Protocol):
     """Trust decision over raw sidecar bytes, before anything is published locally."""
 
@@ -508,6 +511,7 @@ class S3EngineStore:
 
         def sink() -> None:
             # Always consume up to the None marker, so the reader never blocks on put().
+            unsynced = 0
             while (chunk := chunks.get()) is not None:
                 if failure:
                     continue
@@ -516,6 +520,12 @@ class S3EngineStore:
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view):]
+                    unsynced += len(chunk)
+                    if unsynced >= _SYNC_EVERY:
+                        # Flush while the socket is still being read, so the final fsync
+                        # has little left to do instead of the whole engine.
+                        os.fdatasync(fd)
+                        unsynced = 0
                 except BaseException as exc:
                     failure.append(exc)
             if not failure:
