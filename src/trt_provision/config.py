@@ -77,6 +77,7 @@ _CALIBRATION_KEYS = {
     "percentile",
     "governed",
     "max_batches",
+    "allow_lossy_cast",
 }
 
 

@@ -26,6 +26,7 @@ _FIELDS = frozenset({
 })
 _CALIBRATION_FIELDS = frozenset({
     "source", "dataset_version", "algorithm", "num_bins", "percentile", "governed", "max_batches",
+    "allow_lossy_cast",
 })
 
 
@@ -36,7 +37,7 @@ def build_config_to_json(config: BuildConfig) -> dict[str, Any]:
         calibration = {
             "source": c.source, "dataset_version": c.dataset_version, "algorithm": c.algorithm,
             "num_bins": c.num_bins, "percentile": c.percentile, "governed": c.governed,
-            "max_batches": c.max_batches,
+            "max_batches": c.max_batches, "allow_lossy_cast": c.allow_lossy_cast,
         }
     return {
         "precision": config.precision.value,

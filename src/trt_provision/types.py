@@ -124,6 +124,7 @@ class CalibrationSpec:
     percentile: float = 99.999
     governed: bool = True
     max_batches: int | None = None
+    allow_lossy_cast: bool = False  # e.g. float64 batches for a float32 input
 
     def __post_init__(self) -> None:
         if self.algorithm not in ("entropy", "minmax", "percentile"):

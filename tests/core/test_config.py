@@ -127,3 +127,21 @@ def test_cache_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert resolve_cache_dir(tmp_path / "configured") == tmp_path / "primary"
     manifest = load_manifest(_write(tmp_path, "[settings]\ncache_dir='x'\n"))
     assert manifest.settings.cache_dir == tmp_path / "primary"
+
+
+def test_build_config_json_round_trip(demo_dir: Path) -> None:
+    from trt_provision.config_json import build_config_from_json, build_config_to_json
+
+    for manifest in ("demo.toml", "precision.toml"):
+        for backbone in load_manifest(demo_dir / manifest).backbones:
+            config = backbone.build_config
+            assert build_config_from_json(build_config_to_json(config)) == config
+
+
+def test_build_config_json_refuses_unknown_keys() -> None:
+    from trt_provision.config_json import build_config_from_json
+
+    with pytest.raises(ManifestError, match="unknown build config keys"):
+        build_config_from_json({"precision": "fp16", "turbo": True}, source="build.json")
+    with pytest.raises(ManifestError):
+        build_config_from_json({"precision": "fp8"}, source="build.json")
