@@ -157,3 +157,15 @@ def _command_names() -> set[str]:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return set(sub.choices)
+
+
+def test_max_temp_without_telemetry_warns_and_builds(cache_dir: Path, demo_dir: Path) -> None:
+    proc = _cli("provision", str(demo_dir / "demo.toml"), "--json", "--max-temp", "1",
+                cache=cache_dir)
+    assert json.loads(proc.stdout)["built"] == 3
+    assert "no thermal telemetry" in proc.stderr
+
+
+def test_probe_shows_memory_budget(cache_dir: Path) -> None:
+    data = json.loads(_cli("probe", "--json", cache=cache_dir).stdout)
+    assert data["memory_budget"]["budget_bytes"] == 4 << 30

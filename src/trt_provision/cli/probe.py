@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
         "runtime": choose_runtime_label(settings, wired.host),
         "runtime_target": vars(wired.runtime.runtime_target(_default_config())),
         "thermal": wired.runtime.thermal_state().to_dict(),
+        "memory_budget": _budget(wired.budget),
         "cache_dir": str(settings.cache_dir),
     }
     if args.json:
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     table.add_row("runtime", data["runtime"])
     table.add_row("engine target", str(data["runtime_target"]))
     table.add_row("thermal", str(data["thermal"]))
+    table.add_row("memory budget", str(data["memory_budget"]))
     table.add_row("cache_dir", data["cache_dir"])
     Console().print(table)
     return 0
@@ -56,3 +58,8 @@ def _default_config() -> Any:
     from trt_provision.types import BuildConfig
 
     return BuildConfig()
+
+
+def _budget(budget: Any) -> Any:
+    snapshot = getattr(budget, "snapshot", None)
+    return snapshot().to_dict() if callable(snapshot) else None
