@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,14 @@ def run(args: argparse.Namespace) -> int:
     wired = wire(settings, use_remote=args.remote)
     if not args.dry_run:
         wired.store.ensure_writable()
+        # Temp files of killed runs are never trusted; the next run tidies them away.
+        removed = wired.store.clean_temp_files()
+        if removed:
+            logging.getLogger(__name__).info(
+                "removed %d temp file(s) left by interrupted runs",
+                len(removed),
+                extra={"event": "cache.temp.cleaned", "count": len(removed)},
+            )
     request = EngineCompileRequest(
         backbones=manifest.backbones,
         force_rebuild=args.force_rebuild,
