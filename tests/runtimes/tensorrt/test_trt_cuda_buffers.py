@@ -63,3 +63,28 @@ def test_release_keeps_going_after_an_error() -> None:
 
 def test_compute_capability_from_attributes() -> None:
     assert device_compute_capability(FakeCudaRuntime(compute_capability=(9, 0))) == (9, 0)
+
+
+def test_staged_views_skip_the_host_copy_and_others_are_counted() -> None:
+    cuda = FakeCudaRuntime()
+    buffers = CudaBuffers(cuda)
+    buf = buffers.allocate("x", 64)
+    view = buffers.host_view("x", np.float32, (16,))
+    view[:] = np.arange(16)
+    assert buffers.is_staged("x", view) and not buffers.is_staged("y", view)
+    assert not buffers.is_staged("x", view[1:]) and not buffers.is_staged("x", view[::2])
+    assert not buffers.is_staged("x", np.arange(16, dtype=np.float32))
+    buffers.copy_in("x", view)
+    assert buffers.host_copies == 0
+    (h2d,) = cuda.recorder.calls_to("cudaMemcpyAsync.cudaMemcpyHostToDevice")
+    assert h2d.args[1:] == (buf.host_ptr, 64)
+    buffers.copy_in("x", np.zeros(4, np.float32))
+    assert (buffers.host_copies, buffers.host_copy_bytes) == (1, 16)
+    buffers.copy_out("x", 64)
+    buffers.synchronize()
+    same = buffers.read_out("x", np.float32, (4,), copy=False)
+    assert int(same.__array_interface__["data"][0]) == buf.host_ptr
+    assert buffers.host_copies == 1
+    copied = buffers.read_out("x", np.float32, (4,))
+    assert buffers.host_copies == 2 and not np.shares_memory(copied, same)
+    buffers.release()

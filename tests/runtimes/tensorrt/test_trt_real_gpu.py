@@ -89,3 +89,101 @@ def test_build_and_infer_demo_models_match_onnxruntime(
                 np.testing.assert_allclose(out.astype(np.float32), expected, rtol=tol, atol=tol)
         finally:
             runtime.release_engine(handle)
+
+
+def _calibration_batches(npz: Path, batch: int) -> list[dict[str, np.ndarray[Any, Any]]]:
+    data = np.load(npz)
+    total = min(int(arr.shape[0]) for arr in data.values())
+    return [{name: np.ascontiguousarray(arr[i:i + batch]) for name, arr in data.items()}
+            for i in range(0, total - batch + 1, batch)]
+
+
+def test_int8_from_calibration_batches_then_from_the_cache(
+    demo_models: dict[str, Path], demo_dir: Path, tmp_path: Path
+) -> None:
+    """INT8 of demo_cnn from examples/calibration; the rebuild reads the cache and is faster."""
+    _require_trt_gpu()
+    import time
+
+    import onnxruntime as ort
+
+    from trt_provision.runtimes.tensorrt import (
+        CalibrationInput,
+        TensorrtOptions,
+        TensorrtRuntime,
+    )
+    from trt_provision.types import BuildConfig, OptimizationProfile, PrecisionMode
+
+    model = demo_models.get("demo_cnn")
+    npz = demo_dir / "calibration" / "demo_cnn.npz"
+    if model is None or not npz.exists():
+        pytest.skip("demo_cnn model or calibration data missing")
+    batch = 4
+    batches = _calibration_batches(npz, batch)
+    cache: dict[str, bytes] = {}
+    fed: list[int] = []
+
+    def provide(model_path: Path, config: BuildConfig) -> CalibrationInput:
+        def counted() -> Any:
+            for b in batches:
+                fed.append(1)
+                yield b
+
+        return CalibrationInput(batches=counted(), read_cache=lambda: cache.get("table"),
+                                write_cache=lambda data: cache.__setitem__("table", data))
+
+    probe = TensorrtRuntime(gate=_TrustingGate())
+    from trt_provision.runtimes.tensorrt._paths import path_available
+
+    trt = probe._trt()
+    if not (path_available(trt, "weak_int8") and path_available(trt, "int8_calibrator")):
+        pytest.skip("this TensorRT has no INT8 calibrator (TensorRT 11: Q/DQ models only)")
+    runtime = TensorrtRuntime(gate=_TrustingGate(), options=TensorrtOptions(
+        optional_plugins=(), calibration=provide))
+    profiles = tuple(
+        OptimizationProfile(p.input_name, (1, *p.min_shape[1:]), (batch, *p.min_shape[1:]),
+                            (batch, *p.min_shape[1:]))
+        for p in _profiles(model)
+    )
+    config = BuildConfig(precision=PrecisionMode.INT8, profiles=profiles,
+                         strict_precision_constraints=False, strongly_typed=False)
+
+    first = runtime.compile_engine(model, config, tmp_path / "int8.engine")
+    assert first.metadata["trt_path"] == "weak"
+    assert "INT8" in first.metadata["builder_flags"]
+    assert first.metadata["calibration"]["batches"] == len(batches) > 0
+    assert cache.get("table"), "the calibrator wrote no cache"
+    fed_first = len(fed)
+
+    second = runtime.compile_engine(model, config, tmp_path / "int8-again.engine")
+    assert second.metadata["calibration"]["batches"] == 0
+    assert len(fed) == fed_first  # the cache hit fed no batch
+    assert second.build_seconds < first.build_seconds
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    feeds = {name: arr[:batch] for name, arr in np.load(npz).items()}
+    reference = session.run(None, feeds)
+    entry = _TrustingGate().validate(second.staged_path, runtime.runtime_target(config))
+    timings: list[float] = []
+    for _ in range(10):
+        started = time.perf_counter()
+        handle = runtime.deserialize_engine(entry)
+        timings.append(time.perf_counter() - started)
+        if len(timings) < 10:
+            runtime.release_engine(handle)
+    try:
+        got = runtime.infer(handle, feeds)
+        for expected, out in zip(reference, got.values(), strict=True):
+            out32, ref32 = out.astype(np.float32), np.asarray(expected, np.float32)
+            scale = float(np.abs(ref32).max()) or 1.0
+            # INT8 error is relative to the tensor's range, not to each element
+            assert float(np.abs(out32 - ref32).max()) <= 0.1 * scale
+            cosine = float(np.dot(out32.ravel(), ref32.ravel()) / (
+                np.linalg.norm(out32) * np.linalg.norm(ref32) + 1e-12))
+            assert cosine >= 0.98
+    finally:
+        runtime.release_engine(handle)
+    p95 = float(np.percentile(timings, 95))
+    print(f"\ndeserialize p95 over {len(timings)} loads: {p95 * 1e3:.1f} ms "
+          f"(first build {first.build_seconds:.2f} s, from cache {second.build_seconds:.2f} s)")
+    assert p95 < 30.0

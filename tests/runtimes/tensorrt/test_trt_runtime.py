@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
+from ctypes import c_char as ctypes_char
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -664,3 +667,320 @@ def test_multiple_inputs_and_outputs(make_rig: Callable[..., Rig]) -> None:
                                      "b": np.ones((2, 2), np.int32)})
     assert out["y"].shape == (2, 4) and out["z"].dtype == np.float16
     rig.runtime.release_engine(handle)
+
+
+# --------------------------------------------------------------------------- zero-copy inputs
+
+_ORDER = ["cudaMemcpyAsync.cudaMemcpyHostToDevice", "IExecutionContext.execute_async_v3",
+          "cudaMemcpyAsync.cudaMemcpyDeviceToHost", "cudaStreamSynchronize"]
+
+
+def _address(arr: np.ndarray[Any, Any]) -> int:
+    return int(arr.__array_interface__["data"][0])
+
+
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+def test_staged_inputs_are_uploaded_without_a_host_copy(make_rig: Callable[..., Rig],
+                                                        version: str) -> None:
+    rig = make_rig(version)
+    handle = rig.load()
+    views = rig.runtime.input_views(handle, {"input": (2, 3, 8, 8)})
+    view = views["input"]
+    assert view.shape == (2, 3, 8, 8) and view.dtype == np.float32 and view.flags.writeable
+    view[:] = 7.0
+    buffers = handle._buffers
+    rig.cuda.recorder.clear()
+    out = rig.runtime.infer_staged(handle, copy_outputs=False)
+    assert buffers.host_copies == 0 and buffers.host_copy_bytes == 0
+    assert [n for n in rig.calls if n in _ORDER] == _ORDER
+    (h2d,) = rig.cuda.recorder.calls_to("cudaMemcpyAsync.cudaMemcpyHostToDevice")
+    assert h2d.args[1] == _address(view) and h2d.args[2] == view.nbytes
+    device = np.frombuffer(bytes((ctypes_char * view.nbytes).from_address(h2d.args[0])),
+                           np.float32)
+    assert np.all(device == 7.0)  # what the caller wrote reached the "device" unchanged
+    assert rig.cuda.recorder.calls_to("IExecutionContext.set_input_shape")[0].args == (
+        "input", (2, 3, 8, 8))
+    output = out["output"]
+    assert output.shape == (2, 10) and np.all(output == 1.0)
+    assert _address(output) == buffers.buffers["output"].host_ptr  # a view, not a copy
+    rig.runtime.release_engine(handle)
+
+
+def test_infer_recognises_the_views_and_copies_anything_else(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig()
+    handle = rig.load()
+    buffers = handle._buffers
+    views = rig.runtime.input_views(handle, {"input": (1, 3, 8, 8)})
+    views["input"][:] = 2.0
+    out = rig.runtime.infer(handle, views)  # copy_outputs defaults to True
+    assert buffers.host_copies == 1  # the output copy only
+    assert _address(out["output"]) != buffers.buffers["output"].host_ptr
+    pageable = np.full((1, 3, 8, 8), 3.0, np.float32)
+    rig.runtime.infer(handle, {"input": pageable}, copy_outputs=False)
+    assert buffers.host_copies == 2 and buffers.host_copy_bytes == pageable.nbytes + 1 * 10 * 4
+    # the staging copy landed in the same pinned memory the views expose
+    assert np.all(views["input"] == 3.0)
+    # a view that starts elsewhere in the buffer is staged like any foreign array
+    big = rig.runtime.input_views(handle, {"input": (4, 3, 8, 8)})["input"]
+    big[:] = np.arange(4, dtype=np.float32)[:, None, None, None]
+    rig.runtime.infer(handle, {"input": big[2:]}, copy_outputs=False)
+    assert buffers.host_copies == 3
+    assert np.all(big[0] == 2.0) and np.all(big[1] == 3.0)
+    rig.runtime.release_engine(handle)
+
+
+def test_output_views_are_overwritten_by_the_next_inference(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    handle = rig.load()
+    rig.runtime.input_views(handle, {"input": (1, 3, 8, 8)})
+    first = rig.runtime.infer_staged(handle, copy_outputs=False)["output"]
+    kept = rig.runtime.infer_staged(handle)["output"]
+    first[:] = 5.0  # the caller may scribble on the view; the next run overwrites it
+    rig.runtime.infer_staged(handle, copy_outputs=False)
+    assert np.all(first == 1.0) and np.all(kept == 1.0)
+    rig.runtime.release_engine(handle)
+
+
+@pytest.mark.parametrize(
+    ("shapes", "match"),
+    [({"other": (1, 3, 8, 8)}, "names"), ({"input": (5, 3, 8, 8)}, "profile"),
+     ({"input": (3, 8, 8)}, "profile")],
+)
+def test_input_views_check_names_and_profile(make_rig: Callable[..., Rig],
+                                             shapes: dict[str, tuple[int, ...]],
+                                             match: str) -> None:
+    rig = make_rig()
+    handle = rig.load()
+    with pytest.raises(InferenceError, match=match):
+        rig.runtime.input_views(handle, shapes)
+    rig.runtime.release_engine(handle)
+
+
+def test_staged_path_refusals_and_rewrap(make_rig: Callable[..., Rig]) -> None:
+    rig, other = make_rig(), make_rig()
+    handle = rig.load()
+    with pytest.raises(InferenceError, match="input_views first"):
+        rig.runtime.infer_staged(handle)
+    with pytest.raises(InferenceError, match="does not belong"):
+        other.runtime.input_views(handle, {"input": (1, 3, 8, 8)})
+    with pytest.raises(InferenceError, match="does not belong"):
+        other.runtime.infer_staged(handle)
+    rig.runtime.input_views(handle, {"input": (1, 3, 8, 8)})
+    rig.cuda.recorder.fail("IExecutionContext.execute_async_v3", RuntimeError("xid 13"))
+    with pytest.raises(InferenceError, match="xid 13") as info:
+        rig.runtime.infer_staged(handle)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    rig.runtime.release_engine(handle)
+    with pytest.raises(InferenceError, match="released"):
+        rig.runtime.infer_staged(handle)
+    with pytest.raises(InferenceError, match="released"):
+        rig.runtime.input_views(handle, {"input": (1, 3, 8, 8)})
+
+
+def test_staged_views_with_several_inputs(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    rig.state.model = FakeModelSpec(
+        inputs=(FakeTensorSpec("a", (-1, 4)), FakeTensorSpec("b", (-1, 2), "INT32")),
+        outputs=(FakeTensorSpec("y", (-1, 4)), FakeTensorSpec("z", (-1,), "HALF")),
+    )
+    cfg = BuildConfig(profiles=(OptimizationProfile("a", (1, 4), (2, 4), (8, 4)),
+                                OptimizationProfile("b", (1, 2), (2, 2), (8, 2))))
+    handle = rig.load(cfg)
+    views = rig.runtime.input_views(handle, {"a": (3, 4), "b": [3, 2]})
+    assert views["b"].dtype == np.int32 and views["b"].shape == (3, 2)
+    views["a"][:], views["b"][:] = 1.0, 2
+    out = rig.runtime.infer_staged(handle, copy_outputs=False)
+    assert handle._buffers.host_copies == 0
+    assert out["y"].shape == (3, 4) and out["z"].dtype == np.float16
+    rig.runtime.release_engine(handle)
+
+
+# --------------------------------------------------------------------------- trtexec builder
+
+_FAKE_TRTEXEC = """#!/bin/sh
+printf '%s\\n' "$@" > "$FAKE_TRTEXEC_ARGV"
+case "$FAKE_TRTEXEC_MODE" in
+  fail)
+    echo "[I] [TRT] parsing"
+    echo "[E] [TRT] ModelImporter: no importer for op FancyOp"
+    echo "&&&& FAILED TensorRT.trtexec"
+    exit 1;;
+  hang)
+    sleep 30 &
+    echo $! > "$FAKE_TRTEXEC_ARGV.child"
+    sleep 30
+    exit 0;;
+  noengine)
+    echo "&&&& PASSED TensorRT.trtexec"
+    exit 0;;
+esac
+for a in "$@"; do
+  case "$a" in
+    --saveEngine=*) cp "$FAKE_TRTEXEC_ENGINE" "${a#--saveEngine=}";;
+    --timingCacheFile=*) printf 'tc' >> "${a#--timingCacheFile=}";;
+  esac
+done
+echo "[W] [TRT] a warning"
+echo "&&&& PASSED TensorRT.trtexec"
+"""
+
+
+@dataclass
+class FakeTrtexec:
+    binary: Path
+    argv_file: Path
+
+    @property
+    def argv(self) -> list[str]:
+        return self.argv_file.read_text().splitlines()
+
+
+@pytest.fixture
+def fake_trtexec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeTrtexec:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    binary = bindir / "trtexec"
+    binary.write_text(_FAKE_TRTEXEC)
+    binary.chmod(0o755)
+    argv_file = tmp_path / "trtexec.argv"
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("FAKE_TRTEXEC_ARGV", str(argv_file))
+    monkeypatch.setenv("FAKE_TRTEXEC_MODE", "ok")
+    return FakeTrtexec(binary, argv_file)
+
+
+def _trtexec_rig(make_rig: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch,
+                 version: str = "10.16.1.11", **options: Any) -> Rig:
+    """A rig whose fake trtexec copies an engine the fake TensorRT can deserialize."""
+    rig = make_rig(version, options=TensorrtOptions(optional_plugins=(), **options))
+    reference = rig.runtime.compile_network(_identity_net(), BuildConfig(),
+                                            rig.tmp / "reference.engine")
+    monkeypatch.setenv("FAKE_TRTEXEC_ENGINE", str(reference.staged_path))
+    rig.cuda.recorder.clear()
+    return rig
+
+
+def test_trtexec_flags_follow_the_build_config(
+    make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rig = _trtexec_rig(make_rig, monkeypatch, builder="trtexec")
+    cfg = BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,), workspace_mib=256,
+                      builder_optimization_level=5, fp16_pinned_keywords=(),
+                      hardware_compatibility=HardwareCompatibility.AMPERE_PLUS,
+                      timing_cache_path=rig.tmp / "tc")
+    art = rig.build(cfg)
+    argv = fake_trtexec.argv
+    assert f"--onnx={rig.tmp / 'm.onnx'}" in argv
+    assert f"--saveEngine={rig.tmp / 'e.engine'}" in argv
+    assert "--fp16" in argv and "--skipInference" in argv
+    assert not {"--int8", "--best", "--stronglyTyped"} & set(argv)
+    assert "--minShapes=input:1x3x8x8" in argv and "--optShapes=input:2x3x8x8" in argv
+    assert "--maxShapes=input:4x3x8x8" in argv
+    assert "--memPoolSize=workspace:256" in argv
+    assert "--builderOptimizationLevel=5" in argv
+    assert "--hardwareCompatibilityLevel=ampere+" in argv
+    cache = rig.tmp / "tc" / "trt-10.16.1.11.sm87.timing-cache"
+    assert f"--timingCacheFile={cache}" in argv and cache.read_bytes() == b"tc"
+    meta = art.metadata
+    assert meta["builder"] == "trtexec" and meta["builder_command"][1:] == argv
+    assert meta["trt_path"] == "weak" and meta["builder_flags"] == ["--fp16"]
+    assert meta["device_memory_bytes"] >= 0 and meta["engine_bytes"] > 0
+    assert (rig.tmp / "e.engine").read_bytes().startswith(b"FAKETRT")
+    assert not rig.cuda.recorder.calls_to("Builder.build_serialized_network")
+
+
+def test_trtexec_strong_path_and_same_compute_capability(
+    make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rig = _trtexec_rig(make_rig, monkeypatch, "11.4.0.106", builder="trtexec")
+    cfg = BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,),
+                      hardware_compatibility=HardwareCompatibility.SAME_COMPUTE_CAPABILITY)
+    meta = rig.build(cfg).metadata
+    argv = fake_trtexec.argv
+    assert "--stronglyTyped" in argv and "--fp16" not in argv
+    assert "--hardwareCompatibilityLevel=sameComputeCapability" in argv
+    assert "--memPoolSize=workspace:1024" in argv
+    assert meta["trt_path"] == "strong" and meta["builder"] == "trtexec"
+
+
+def test_trtexec_int8_reads_the_calibration_cache(
+    make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache = {"data": b"calibration-table"}
+    rig = _trtexec_rig(make_rig, monkeypatch, "10.3.0", builder="trtexec",
+                       calibration=_calibration([], cache))
+    cfg = BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,), fp16_pinned_keywords=())
+    meta = rig.build(cfg).metadata
+    argv = fake_trtexec.argv
+    calib = [a for a in argv if a.startswith("--calib=")]
+    assert "--int8" in argv and "--fp16" not in argv and len(calib) == 1
+    assert not Path(calib[0].split("=", 1)[1]).exists()  # the temporary cache file is gone
+    assert meta["calibration"] == {"batches": 0, "from_cache": True}
+
+
+def test_trtexec_failure_carries_its_error_lines(
+    make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rig = _trtexec_rig(make_rig, monkeypatch, builder="trtexec")
+    monkeypatch.setenv("FAKE_TRTEXEC_MODE", "fail")
+    with pytest.raises(EngineBuildError, match="exit code 1") as info:
+        rig.build(BuildConfig(profiles=(PROFILE,)))
+    errors = info.value.context["errors"]
+    assert any("FancyOp" in e for e in errors) and not any("parsing" in e for e in errors)
+    monkeypatch.setenv("FAKE_TRTEXEC_MODE", "noengine")
+    with pytest.raises(EngineBuildError, match="without writing the engine"):
+        rig.build(BuildConfig(profiles=(PROFILE,)), name="other.engine")
+
+
+def test_trtexec_timeout_kills_its_process_group(
+    make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rig = _trtexec_rig(make_rig, monkeypatch, builder="trtexec", trtexec_timeout_s=1.0)
+    monkeypatch.setenv("FAKE_TRTEXEC_MODE", "hang")
+    started = time.monotonic()
+    with pytest.raises(EngineBuildError, match="timed out") as info:
+        rig.build(BuildConfig(profiles=(PROFILE,)))
+    assert time.monotonic() - started < 20
+    assert info.value.context["timeout_s"] == 1.0
+    child = int(Path(str(fake_trtexec.argv_file) + ".child").read_text())
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_builder_selection(
+    make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ValueError, match="builder"):
+        TensorrtOptions(builder="bogus")
+    # auto: pinned layers on a weakly typed FP16 build need the Python builder
+    rig = _trtexec_rig(make_rig, monkeypatch, builder="auto")
+    meta = rig.build(BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,))).metadata
+    assert meta["builder"] == "python" and not fake_trtexec.argv_file.exists()
+    # ...and explicit trtexec refuses it instead of silently dropping the pins
+    strict = _trtexec_rig(make_rig, monkeypatch, builder="trtexec")
+    with pytest.raises(EngineBuildError, match="cannot be delegated"):
+        strict.build(BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,)))
+    # auto with an expressible build uses trtexec
+    assert rig.build(BuildConfig(profiles=(PROFILE,)), name="a.engine").metadata[
+        "builder"] == "trtexec"
+    # a configured binary wins over PATH; a missing one is an error in trtexec mode
+    configured = _trtexec_rig(make_rig, monkeypatch, builder="trtexec",
+                              trtexec_path=fake_trtexec.binary)
+    assert configured.build(BuildConfig(profiles=(PROFILE,))).metadata["builder"] == "trtexec"
+    missing = _trtexec_rig(make_rig, monkeypatch, builder="trtexec",
+                           trtexec_path=tmp_path / "nope" / "trtexec")
+    with pytest.raises(EngineBuildError, match="no executable trtexec"):
+        missing.build(BuildConfig(profiles=(PROFILE,)))
+    fallback = _trtexec_rig(make_rig, monkeypatch, builder="auto",
+                            trtexec_path=tmp_path / "nope" / "trtexec")
+    assert fallback.build(BuildConfig(profiles=(PROFILE,))).metadata["builder"] == "python"

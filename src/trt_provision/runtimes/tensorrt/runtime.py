@@ -27,6 +27,7 @@ from trt_provision.errors import (
     EngineBuildError,
     InferenceError,
     InternalError,
+    MissingDependencyError,
     TrtProvisionError,
 )
 from trt_provision.runtimes.tensorrt._paths import trt_path
@@ -45,7 +46,17 @@ from trt_provision.runtimes.tensorrt.network import (
     parse_onnx,
     strong_precision_evidence,
 )
-from trt_provision.runtimes.tensorrt.timing_cache import TimingCacheFile, timing_cache_path
+from trt_provision.runtimes.tensorrt.subprocess_build import DEFAULT_TIMEOUT_S
+from trt_provision.runtimes.tensorrt.timing_cache import (
+    TimingCacheFile,
+    locked_timing_cache,
+    timing_cache_path,
+)
+from trt_provision.runtimes.tensorrt.trtexec_build import (
+    TrtexecCommandFromConfig,
+    build_with_trtexec,
+    find_trtexec,
+)
 from trt_provision.seams import EngineGate, EngineHandle, MemoryBudget, ThermalStatePublisher
 from trt_provision.types import (
     BuildArtifact,
@@ -54,6 +65,7 @@ from trt_provision.types import (
     HardwareCompatibility,
     HostCapabilities,
     PluginSpec,
+    PrecisionMode,
     RuntimeTarget,
     ThermalState,
 )
@@ -63,6 +75,11 @@ __all__ = ["CalibrationInput", "TensorrtEngineHandle", "TensorrtOptions", "Tenso
 log = logging.getLogger(__name__)
 
 _AMPERE_SM = 80
+_BUILDERS = ("python", "trtexec", "auto")
+
+
+class _NotExpressible(Exception):
+    """A build the trtexec command line cannot express (internal: falls back or is rewrapped)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +101,18 @@ class TensorrtOptions:
     strict_plugins: bool = True
     plugin_namespace: str = ""
     calibration: Callable[[Path, BuildConfig], CalibrationInput | None] | None = None
+    # "python": the TensorRT Python builder; "trtexec": delegate ONNX builds to a trtexec
+    # binary (configured, else on PATH); "auto": trtexec when one is found and the build can
+    # be expressed on its command line, else Python. Network callbacks always use Python.
+    builder: str = "python"
+    trtexec_path: Path | None = None
+    trtexec_timeout_s: float = DEFAULT_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if self.builder not in _BUILDERS:
+            raise ValueError(f"builder must be one of {_BUILDERS}, got {self.builder!r}")
+        if self.trtexec_timeout_s <= 0:
+            raise ValueError(f"trtexec_timeout_s must be > 0, got {self.trtexec_timeout_s}")
 
 
 @dataclass
@@ -200,6 +229,10 @@ class TensorrtRuntime:
     ) -> BuildArtifact:
         """Parse ``model_path`` with the ONNX parser and build into ``staged_path``."""
         model_path = Path(model_path)
+        if self._options.builder != "python":
+            delegated = self._delegate_to_trtexec(model_path, build_config, Path(staged_path))
+            if delegated is not None:
+                return delegated
 
         def populate(trt: Any, network: Any, logger: Any) -> dict[str, Any]:
             parse_onnx(trt, network, logger, model_path)
@@ -299,6 +332,7 @@ class TensorrtRuntime:
             extra={"event": "trt.build.finish", "seconds": seconds, "bytes": len(data)},
         )
         metadata: dict[str, Any] = {
+            "builder": "python",
             "trt_version": self.trt_version(),
             "trt_path": path,
             "builder_flags": sorted(set(flags)),
@@ -368,6 +402,128 @@ class TensorrtRuntime:
             log.warning("required plugins missing", extra={"event": "trt.plugin.missing",
                                                            "missing": missing})
         return report
+
+    # ----------------------------------------------------------------- trtexec builder
+    def _delegate_to_trtexec(
+        self, model_path: Path, build_config: BuildConfig, staged_path: Path
+    ) -> BuildArtifact | None:
+        """Build with trtexec when the options ask for it; None means: use the Python builder."""
+        mode = self._options.builder
+        binary = find_trtexec(self._options.trtexec_path)
+        if binary is None:
+            if mode == "trtexec":
+                raise EngineBuildError(
+                    "builder='trtexec' but no executable trtexec was found",
+                    configured=str(self._options.trtexec_path or ""), searched="PATH")
+            return None
+        try:
+            return self._build_with_trtexec(binary, model_path, build_config, staged_path)
+        except _NotExpressible as exc:
+            if mode == "trtexec":
+                raise EngineBuildError(f"this build cannot be delegated to trtexec: {exc}",
+                                       model=str(model_path)) from exc
+            log.info("build not delegated to trtexec",
+                     extra={"event": "trt.trtexec.fallback", "reason": str(exc)})
+            return None
+
+    def _optional_trt(self) -> Any | None:
+        try:
+            return self._trt()
+        except MissingDependencyError:
+            return None
+
+    def _build_with_trtexec(
+        self, binary: Path, model_path: Path, build_config: BuildConfig, staged_path: Path
+    ) -> BuildArtifact:
+        started = time.monotonic()
+        trt = self._optional_trt()
+        logger = trt.Logger(trt.Logger.WARNING) if trt is not None else None
+        path = self._trtexec_precision_path(trt, build_config)
+        reduced = build_config.precision is not PrecisionMode.FP32
+        if (path == "weak" and reduced and build_config.fp16_pinned_keywords
+                and build_config.strict_precision_constraints):
+            raise _NotExpressible("FP16-pinned layers need the Python builder (layer names)")
+        plugins: list[dict[str, Any]] = []
+        if trt is not None:
+            plugins = self._check_plugins(trt, logger, build_config.plugins)
+        elif build_config.plugins:
+            raise _NotExpressible("the plugin check needs the tensorrt module")
+
+        calib_file: Path | None = None
+        if path == "weak" and build_config.precision.needs_calibration:
+            calib_file = self._calibration_cache_file(model_path, build_config, staged_path)
+        cache_path: Path | None = None
+        cache_dir = build_config.timing_cache_path or self._options.timing_cache_dir
+        if cache_dir is not None:
+            cache_path = timing_cache_path(cache_dir, self._trtexec_version(trt),
+                                           self._device_sm())
+        command = TrtexecCommandFromConfig.build(
+            binary, model_path, staged_path, build_config, path,
+            timing_cache=cache_path, calibration_cache=calib_file)
+        try:
+            if cache_path is not None:
+                with locked_timing_cache(cache_path):  # trtexec reads and rewrites the file
+                    facts = build_with_trtexec(command, staged_path,
+                                               timeout=self._options.trtexec_timeout_s)
+            else:
+                facts = build_with_trtexec(command, staged_path,
+                                           timeout=self._options.trtexec_timeout_s)
+        finally:
+            if calib_file is not None:
+                calib_file.unlink(missing_ok=True)
+        data = staged_path.read_bytes()
+        stamp: dict[str, Any] = (
+            _memory_stamp(trt, logger, data) if trt is not None
+            else {"memory_stamp": "unavailable: the tensorrt module is not installed"}
+        )
+        seconds = time.monotonic() - started
+        metadata: dict[str, Any] = {
+            "trt_version": self._trtexec_version(trt),
+            "trt_path": path,
+            "builder_flags": list(command.precision_flags),
+            "layer_precision": [],
+            "plugins": plugins,
+            "hardware_compatibility": build_config.hardware_compatibility.value,
+            "builder_optimization_level": build_config.builder_optimization_level,
+            "workspace_bytes": build_config.workspace_mib << 20,
+            "timing_cache": str(cache_path) if cache_path else None,
+            "engine_bytes": len(data),
+            "model": str(model_path),
+            **stamp,
+            **facts,
+        }
+        if calib_file is not None:
+            metadata["calibration"] = {"batches": 0, "from_cache": True}
+        return BuildArtifact(staged_path=staged_path, build_seconds=seconds, metadata=metadata)
+
+    def _trtexec_precision_path(self, trt: Any | None, build_config: BuildConfig) -> str:
+        if build_config.strongly_typed is True:
+            return "strong"
+        if build_config.strongly_typed is False:
+            return "weak"
+        if trt is not None:
+            return choose_precision_path(trt, build_config)
+        if build_config.precision is PrecisionMode.FP32:
+            return "weak"  # no precision flag at all: the same engine on either path
+        raise _NotExpressible(
+            "without the tensorrt module the precision path is unknown; set strongly_typed")
+
+    def _trtexec_version(self, trt: Any | None) -> str:
+        if trt is not None or (self._host is not None and self._host.trt_version):
+            return self.trt_version()
+        return "unknown"
+
+    def _calibration_cache_file(
+        self, model_path: Path, build_config: BuildConfig, staged_path: Path
+    ) -> Path:
+        provider = self._options.calibration
+        data = provider(model_path, build_config) if provider else None
+        cache = data.read_cache() if data is not None else None
+        if not cache:
+            raise _NotExpressible("INT8 needs an existing calibration cache for trtexec")
+        target = staged_path.with_name(staged_path.name + ".calib")
+        _write_synced(target, cache)
+        return target
 
     # ----------------------------------------------------------------- load
     def deserialize_engine(self, entry: EngineCacheEntry) -> TensorrtEngineHandle:

@@ -22,7 +22,7 @@ from typing import Any
 
 from trt_provision.errors import EngineBuildError
 
-__all__ = ["DEFAULT_TIMEOUT_S", "compile_command", "run_compile_subprocess"]
+__all__ = ["DEFAULT_TIMEOUT_S", "compile_command", "run_compile_subprocess", "run_group"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,43 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
+def run_group(
+    argv: Sequence[str],
+    timeout: float,
+    *,
+    env: dict[str, str] | None = None,
+    what: str = "subprocess",
+    context: dict[str, Any] | None = None,
+) -> tuple[int, bytes, bytes]:
+    """Run ``argv`` in its own session; on timeout kill its whole process group.
+
+    Returns ``(exit code, stdout, stderr)``; a start failure or a timeout is an
+    :class:`EngineBuildError` carrying ``context``.
+    """
+    ctx = dict(context or {})
+    try:
+        proc = subprocess.Popen(
+            list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            env=env,
+        )
+    except OSError as exc:
+        raise EngineBuildError(f"cannot start the {what}: {exc}", command=argv[0], **ctx) from exc
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        _kill_group(proc)
+        with contextlib.suppress(Exception):
+            proc.communicate(timeout=_KILL_GRACE_S)
+        raise EngineBuildError(
+            f"{what} timed out; its process group was killed",
+            timeout_s=timeout, pid=proc.pid, **ctx,
+        ) from exc
+    except BaseException:
+        _kill_group(proc)
+        raise
+    return proc.returncode, stdout, stderr
+
+
 def run_compile_subprocess(
     model: Path,
     out: Path,
@@ -67,26 +104,8 @@ def run_compile_subprocess(
     started = time.monotonic()
     log.info("starting compile subprocess", extra={"event": "trt.subprocess.start",
                                                    "model": str(model), "timeout_s": timeout})
-    try:
-        proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env=env,
-        )
-    except OSError as exc:
-        raise EngineBuildError(f"cannot start the compile subprocess: {exc}",
-                               command=argv[0]) from exc
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        _kill_group(proc)
-        with contextlib.suppress(Exception):
-            proc.communicate(timeout=_KILL_GRACE_S)
-        raise EngineBuildError(
-            "compile subprocess timed out; its process group was killed",
-            model=str(model), timeout_s=timeout, pid=proc.pid,
-        ) from exc
-    except BaseException:
-        _kill_group(proc)
-        raise
+    proc_returncode, stdout, stderr = run_group(
+        argv, timeout, env=env, what="compile subprocess", context={"model": str(model)})
     seconds = time.monotonic() - started
     result: dict[str, Any] | None = None
     text = stdout.decode(errors="replace").strip()
@@ -96,11 +115,11 @@ def run_compile_subprocess(
             result = parsed if isinstance(parsed, dict) else None
         except json.JSONDecodeError:
             result = None
-    if proc.returncode != 0:
+    if proc_returncode != 0:
         tail = stderr.decode(errors="replace")[-2000:]
         message = (result or {}).get("error") or "compile subprocess failed"
         raise EngineBuildError(
-            str(message), model=str(model), exit_code=proc.returncode, stderr_tail=tail,
+            str(message), model=str(model), exit_code=proc_returncode, stderr_tail=tail,
         )
     if result is None:
         raise EngineBuildError("compile subprocess printed no JSON result", model=str(model),

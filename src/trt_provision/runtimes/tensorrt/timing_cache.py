@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TimingCacheFile", "timing_cache_path"]
+__all__ = ["TimingCacheFile", "locked_timing_cache", "timing_cache_path"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,11 @@ def _locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def locked_timing_cache(path: Path) -> contextlib.AbstractContextManager[None]:
+    """Hold the cache file's inter-process lock (for a builder that rewrites it itself)."""
+    return _locked(path)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
