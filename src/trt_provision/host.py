@@ -110,8 +110,14 @@ def cpu_isa_level(flags: tuple[str, ...], machine: str) -> str:
     return re.sub(r"[^a-z0-9]", "", machine.lower()) or "generic"
 
 
-def tensorrt_version() -> str | None:
-    """TensorRT version from package metadata, without importing (and so loading) it."""
+_TRT_DEBIAN_PACKAGES = frozenset(
+    {"tensorrt", "libnvinfer10", "libnvinfer11", "libnvinfer8", "python3-libnvinfer"}
+)
+
+
+def tensorrt_version(root: Path = Path("/")) -> str | None:
+    """TensorRT version without loading it: Python package metadata, then the dpkg database
+    (JetPack installs TensorRT as Debian packages), then, last, importing the module."""
     for dist in (
         "tensorrt",
         "tensorrt-cu13",
@@ -126,16 +132,15 @@ def tensorrt_version() -> str | None:
             continue
     if not is_available("tensorrt"):
         return None
-    # JetPack installs TensorRT as a Debian package without Python metadata: ask the module.
-    try:
-        import tensorrt
+    debian = _dpkg_versions(root, _TRT_DEBIAN_PACKAGES)
+    for package in sorted(debian):
+        # "10.3.0.30-1+cuda12.5" → "10.3.0.30"
+        version = debian[package].split(":")[-1].split("-", 1)[0]
+        if re.fullmatch(r"[0-9]+(\.[0-9]+)*", version):
+            return version
+    from trt_provision.runtimes.tensorrt._probe import imported_tensorrt_version
 
-        return str(tensorrt.__version__)
-    except Exception as exc:  # a broken install must not break probing
-        log.warning(
-            "tensorrt is present but does not import: %s", exc, extra={"event": "host.trt.broken"}
-        )
-        return None
+    return imported_tensorrt_version()
 
 
 def _ort_facts() -> tuple[str | None, tuple[str, ...]]:
