@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from trt_provision._fs import atomic_write_bytes
 
 __all__ = ["TimingCacheFile", "locked_timing_cache", "timing_cache_path"]
 
@@ -44,20 +44,6 @@ def locked_timing_cache(path: Path) -> contextlib.AbstractContextManager[None]:
     return _locked(path)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 class TimingCacheFile:
     """Load into a builder config before a build; merge back after it."""
 
@@ -81,7 +67,7 @@ class TimingCacheFile:
             merged = config.create_timing_cache(on_disk)
             merged.combine(timing_cache, False)
             data = bytes(merged.serialize())
-            _atomic_write(self.path, data)
+            atomic_write_bytes(self.path, data)
         log.info(
             "timing cache merged",
             extra={"event": "trt.timing_cache.merged", "path": str(self.path), "bytes": len(data)},
