@@ -141,3 +141,19 @@ def test_missing_root_is_empty(tmp_path: Path) -> None:
     assert list_engines(tmp_path / "nope") == []
     assert plan_gc(tmp_path / "nope").items == ()
     assert clear_cache(tmp_path / "nope").items == ()
+
+
+def test_work_dirs_of_dead_writers_go_at_once_live_ones_stay(store: LocalEngineStore) -> None:
+    import subprocess
+    import sys
+
+    model_dir = store.root / "det"
+    model_dir.mkdir(exist_ok=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    dead_dir = model_dir / f"{TEMP_PREFIX}{dead}-ort-abc"
+    dead_dir.mkdir()
+    live_dir = model_dir / f"{TEMP_PREFIX}{os.getpid()}-ort-def"
+    live_dir.mkdir()
+    paths = {item.path for item in plan_gc(store.root).items}
+    assert dead_dir in paths and live_dir not in paths

@@ -424,7 +424,8 @@ class DefaultEngineGate:
                 platform=str(raw["platform"]),
                 options_digest=str(raw["options_digest"]),
             )
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, InvalidNameError) as exc:
+            # An unsafe model name in a sidecar is a bad engine, not a bad manifest.
             raise EngineGateError(f"metadata identity is malformed: {exc}", path=where) from exc
         if ParsedEngineName.of(identity) != parsed:
             raise EngineGateError(

@@ -198,9 +198,7 @@ def _stale_temp(path: Path, now: float, grace_s: float) -> bool:
         age = now - path.lstat().st_mtime
     except OSError:
         return False
-    if path.is_dir():
-        # Build work directories carry no writer pid: only age tells.
-        return age > grace_s
+    # Temp files and build work dirs both carry their writer's pid: .tmp-<pid>-...
     return not _writer_alive(path.name) or age > grace_s
 
 
