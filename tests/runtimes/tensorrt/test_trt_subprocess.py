@@ -116,3 +116,20 @@ def _alive(pid: int) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+@pytest.mark.tier1
+def test_real_compile_entry_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parent and child agree: the real CLI entry (ONNX Runtime here) prints the JSON result
+    the parent parses, and a failure's reason travels back in EngineBuildError."""
+    root = Path(__file__).resolve().parents[3]
+    config = tmp_path / "build.json"
+    config.write_text(json.dumps({"precision": "fp32", "profiles": [
+        {"input": "features", "min": [1, 64], "opt": [8, 64], "max": [32, 64]}]}))
+    env = {**os.environ, "TRT_PROVISION_CACHE_DIR": str(tmp_path / "cache")}
+    model = root / "examples" / "models" / "dynamic_mlp.onnx"
+    result = run_compile_subprocess(model, tmp_path / "out", config, timeout=120, env=env)
+    assert result["outcome"] == "built" and Path(result["engine"]).is_file()
+    assert len(result["copied_to"]) == 3
+    with pytest.raises(EngineBuildError, match=r"not found"):
+        run_compile_subprocess(tmp_path / "missing.onnx", tmp_path / "out", config, timeout=120,
+                               env=env)

@@ -109,12 +109,15 @@ def run_compile_subprocess(
     seconds = time.monotonic() - started
     result: dict[str, Any] | None = None
     text = stdout.decode(errors="replace").strip()
-    if text:
+    # The entry prints one JSON document (possibly indented); tolerate log lines before it.
+    for candidate in (text, text.splitlines()[-1] if text else ""):
         try:
-            parsed = json.loads(text.splitlines()[-1])
-            result = parsed if isinstance(parsed, dict) else None
+            parsed = json.loads(candidate)
         except json.JSONDecodeError:
-            result = None
+            continue
+        if isinstance(parsed, dict):
+            result = parsed
+            break
     if proc_returncode != 0:
         tail = stderr.decode(errors="replace")[-2000:]
         message = (result or {}).get("error") or "compile subprocess failed"
