@@ -5,15 +5,17 @@ latency, accuracy of INT8 against FP32 (cosine, relative error) on held-out batc
 calibration wall time; and ``dataset_digest`` throughput vs plain sha256 of the same bytes.
 
     python scripts/bench_calibration.py --out _docs/benchmarks-calibration.md \\
-        --model path/to/ch_PP-OCRv4_det_infer.onnx:3x320x320
+        --model path/to/ch_PP-OCRv4_det_infer.onnx:3x320x320:paddle
 
-``--model PATH:CxHxW`` takes an image model with one NCHW float input; its calibration data
-are synthetic document-like images (dark strokes on a light page, ImageNet-normalised).
+``--model PATH:CxHxW[:imagenet|paddle]`` takes an image model with one NCHW float input; its
+calibration data are synthetic document-like images (lines of dark glyph-like characters on a
+light page), normalised as the model expects (PaddleOCR models: ``paddle``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import logging
 import os
@@ -32,6 +34,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from trt_provision.calibration.data import dataset_digest
 from trt_provision.calibration.precision import prepare_model_for_precision
+from trt_provision.errors import AccuracyGateError
 from trt_provision.types import BuildConfig, CalibrationSpec, PrecisionMode
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
@@ -82,69 +85,122 @@ def make_small_cnn(path: Path, size: int = 64) -> Path:
     return path
 
 
-def document_images(count: int, batch: int, shape: tuple[int, int, int],
-                    seed: int) -> list[np.ndarray]:
-    """Light pages with dark text-like strokes, ImageNet-normalised, NCHW float32."""
+def _glyph_alphabet(rng: np.random.Generator, count: int = 40) -> list[np.ndarray]:
+    """5x7 dot-matrix "characters" built from strokes (bars and diagonals)."""
+    glyphs = []
+    for _ in range(count):
+        g = np.zeros((7, 5), np.float32)
+        for _ in range(int(rng.integers(2, 5))):
+            kind = int(rng.integers(0, 3))
+            if kind == 0:
+                g[:, int(rng.integers(0, 5))] = 1
+            elif kind == 1:
+                g[int(rng.integers(0, 7)), :] = 1
+            else:
+                r0 = int(rng.integers(0, 3))
+                g[np.arange(r0, r0 + 5), np.arange(5)] = 1
+        glyphs.append(g)
+    return glyphs
+
+
+def document_images(count: int, batch: int, shape: tuple[int, int, int], seed: int,
+                    norm: str = "imagenet") -> list[np.ndarray]:
+    """Light pages with lines of dark glyph-like characters, normalised, NCHW float32.
+
+    ``norm``: "imagenet" (mean/std of ImageNet) or "paddle" ((x - 0.5) / 0.5, as PaddleOCR's
+    detector and classifier expect).
+    """
     rng = np.random.default_rng(seed)
+    glyphs = _glyph_alphabet(rng)
     c, h, w = shape
+    mean, std = (MEAN, STD) if norm == "imagenet" else (np.float32(0.5), np.float32(0.5))
     out = []
     for _ in range(count):
-        pages = np.empty((batch, h, w, c), np.float32)
+        pages = np.empty((batch, c, h, w), np.float32)
         for b in range(batch):
-            page = np.full((h, w, c), rng.uniform(0.75, 1.0), np.float32)
-            for _ in range(rng.integers(4, 12)):  # lines of "words"
-                y = int(rng.integers(0, max(1, h - 8)))
-                lh = int(rng.integers(3, max(4, h // 10)))
-                x = int(rng.integers(0, max(1, w // 4)))
-                while x < w - 4:
-                    ww = int(rng.integers(4, max(5, w // 8)))
-                    page[y:y + lh, x:x + ww] = rng.uniform(0.0, 0.3)
-                    x += ww + int(rng.integers(2, 8))
+            page = np.full((h, w), rng.uniform(0.75, 1.0), np.float32)
+            y = int(rng.integers(1, max(2, h // 16)))
+            while True:
+                s = int(rng.integers(1, max(2, min(4, h // 12))))  # glyph scale
+                gh, gw = 7 * s, 5 * s
+                if y + gh >= h:
+                    break
+                x = int(rng.integers(1, max(2, w // 4)))
+                end = int(rng.integers(w // 2, w))
+                ink = rng.uniform(0.0, 0.35)
+                while x + gw < end:
+                    if rng.random() >= 0.15:  # else a space
+                        g = np.kron(glyphs[int(rng.integers(0, len(glyphs)))],
+                                    np.ones((s, s), np.float32))
+                        page[y:y + gh, x:x + gw][g > 0] = ink
+                    x += gw + s
+                y += gh + int(rng.integers(s * 3, s * 12))
             page += rng.normal(0, 0.02, page.shape).astype(np.float32)
-            pages[b] = np.clip(page, 0, 1)
-        out.append(((pages.transpose(0, 3, 1, 2) - MEAN[:, :c]) / STD[:, :c]).astype(np.float32))
+            page = np.clip(page, 0, 1)
+            tint = rng.uniform(0.9, 1.0, size=(c, 1, 1)).astype(np.float32)
+            pages[b] = page[None] * tint
+        pages = (pages - (mean[:, :c] if isinstance(mean, np.ndarray) else mean))
+        pages /= std[:, :c] if isinstance(std, np.ndarray) else std
+        out.append(pages.astype(np.float32))
     return out
 
 
-def latency_ms(path: Path, feed: dict[str, np.ndarray], runs: int, threads: int) -> float:
+def latency_ms(paths: Sequence[Path], feed: dict[str, np.ndarray], runs: int,
+               threads: int) -> list[float]:
+    """Median latency of each model; runs are interleaved so load changes hit all alike."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    for _ in range(5):
-        sess.run(None, feed)
-    times = []
+    sessions = []
+    for path in paths:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for _ in range(5):
+            sess.run(None, feed)
+        sessions.append(sess)
+    times: list[list[float]] = [[] for _ in sessions]
     for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+        for sess, acc in zip(sessions, times, strict=True):
+            t0 = time.perf_counter()
+            sess.run(None, feed)
+            acc.append((time.perf_counter() - t0) * 1000)
+    return [statistics.median(t) for t in times]
 
 
 def bench_model(name: str, model: Path, input_name: str, shape: tuple[int, int, int],
                 batch: int, calib_batches: int, runs: int, threads: int, algorithm: str,
-                work: Path) -> dict[str, Any]:
-    data = document_images(calib_batches, batch, shape, seed=1)
+                work: Path, *, norm: str = "imagenet", calib_batch: int = 1,
+                min_cosine: float | None = None,
+                consumer: str = "onnxruntime-cpu") -> dict[str, Any]:
+    data = document_images(calib_batches, calib_batch, shape, seed=1, norm=norm)
     npy = work / f"{name}.calib.npy"
     np.save(npy, np.stack(data))
     config = BuildConfig(
         precision=PrecisionMode.INT8,
         calibration=CalibrationSpec(source=str(npy), algorithm=algorithm),
         fp16_pinned_keywords=("router", "kan"),
+        min_cosine=min_cosine,
     )
     t0 = time.perf_counter()
-    prepared = prepare_model_for_precision(model, config, work / f"{name}.work",
-                                           calibration_cache_dir=work / "cache")
+    try:
+        prepared = prepare_model_for_precision(model, config, work / f"{name}.work",
+                                               calibration_cache_dir=work / "cache",
+                                               consumer=consumer)
+    except AccuracyGateError as exc:  # report the numbers of the best graph anyway
+        print(f"{name} ({consumer}): {exc}; measuring without the gate", flush=True)
+        config = dataclasses.replace(config, min_cosine=None)
+        prepared = prepare_model_for_precision(model, config, work / f"{name}.work",
+                                               calibration_cache_dir=work / "cache",
+                                               consumer=consumer)
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
     prepare_model_for_precision(model, config, work / f"{name}.work2",
-                                calibration_cache_dir=work / "cache")
+                                calibration_cache_dir=work / "cache", consumer=consumer)
     reused = time.perf_counter() - t0
-    feed = {input_name: document_images(1, batch, shape, seed=99)[0]}
-    fp32 = latency_ms(model, feed, runs, threads)
-    int8 = latency_ms(prepared.model_path, feed, runs, threads)
+    feed = {input_name: document_images(1, batch, shape, seed=99, norm=norm)[0]}
+    fp32, int8 = latency_ms([model, prepared.model_path], feed, runs, threads)
     meta = prepared.metadata
     acc = meta["accuracy"]["outputs"]
     return {
@@ -156,7 +212,8 @@ def bench_model(name: str, model: Path, input_name: str, shape: tuple[int, int, 
         "calib_s": meta["calibration"]["params"].get("seconds", float("nan")),
         "prepare_s": first, "reuse_s": reused, "tensors": meta["calibration"]["tensors"],
         "dq_nodes": meta["quantization"]["dequantize_nodes"], "algorithm": algorithm,
-        "batches": meta["calibration"]["batches"],
+        "batches": meta["calibration"]["batches"], "consumer": consumer,
+        "kept_float": len(meta["quantization"]["kept_float_for_accuracy"]),
     }
 
 
@@ -181,38 +238,45 @@ def bench_digest(total_mib: int, batch_mib: int) -> dict[str, float]:
 
 
 def render(rows: Sequence[dict[str, Any]], digest: dict[str, float], threads: int,
-           sources: Sequence[str]) -> str:
+           sources: Sequence[str], args: argparse.Namespace) -> str:
     import onnxruntime as ort
 
     lines = [
         "# Calibration benchmarks (ONNX Runtime CPU strategy)",
         "",
-        "Generated by `scripts/bench_calibration.py`. INT8 = symmetric int8 Q/DQ graph from",
-        "governed calibration (entropy, 2048-bin histogram unless noted), per-channel weights,",
-        "pinned layers unquantized. Latency: median of repeated runs, ORT_ENABLE_ALL, "
-        f"{threads} intra-op thread(s). Accuracy: INT8 vs FP32 outputs on held-out batches",
+        "Generated by `scripts/bench_calibration.py`. INT8 = Q/DQ graph from governed "
+        f"calibration ({args.algorithm}), per-channel int8 weights, pinned layers unquantized,",
+        "with the Q/DQ option set of the consumer: `onnxruntime-cpu` (uint8 asymmetric "
+        "activations, shared Q/DQ pairs, removable activations dropped) or `tensorrt` "
+        "(int8 symmetric activations, dedicated Q/DQ pairs, Relu/Clip kept) - the latter is "
+        "built for TensorRT and shown here on the CPU only for comparison.",
+        f"Accuracy target cosine {args.min_cosine}: below it the graph is rebuilt with the "
+        "weighted ops (Conv/ConvTranspose/Gemm/MatMul) only, then with the first 1, 2, 4, ... "
+        "weighted layers kept float (up to half; column *kept float*).",
+        f"Latency: median of {args.runs} runs, ORT_ENABLE_ALL, {threads} intra-op thread(s), "
+        f"batch {args.batch}. Accuracy: INT8 vs FP32 outputs on held-out batches",
         "(worst output; relative error = max |diff| / max |reference|).",
         "",
         f"Host: {platform.machine()} {platform.processor() or ''} ({os.cpu_count()} cores), "
         f"Python {platform.python_version()}, onnxruntime {ort.__version__}.",
         "",
-        "| model | input | FP32 ms | INT8 ms | speed-up | cosine | max rel err | "
-        "calibration s | first prepare s | reuse s | tensors | DQ nodes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | consumer | input | FP32 ms | INT8 ms | speed-up | cosine | max rel err | "
+        "kept float | calibration s | first prepare s | reuse s | tensors | DQ nodes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['name']} | {r['shape']} | {r['fp32_ms']:.2f} | {r['int8_ms']:.2f} | "
-            f"{r['speedup']:.2f}x | {r['cosine']:.5f} | {r['max_rel']:.4f} | "
-            f"{r['calib_s']:.2f} | {r['prepare_s']:.2f} | {r['reuse_s']:.2f} | "
-            f"{r['tensors']} | {r['dq_nodes']} |"
+            f"| {r['name']} | {r['consumer']} | {r['shape']} | {r['fp32_ms']:.2f} | "
+            f"{r['int8_ms']:.2f} | {r['speedup']:.2f}x | {r['cosine']:.5f} | "
+            f"{r['max_rel']:.4f} | {r['kept_float']} | {r['calib_s']:.2f} | "
+            f"{r['prepare_s']:.2f} | {r['reuse_s']:.2f} | {r['tensors']} | {r['dq_nodes']} |"
         )
     lines += [
         "",
         "calibration s: ranges computed with ONNX Runtime's calibrator over "
-        + ", ".join(f"{r['name']}: {r['batches']} batches" for r in rows)
+        + ", ".join(sorted({f"{r['name']}: {r['batches']} batches" for r in rows}))
         + " (held-out batches excluded). first prepare: preprocess + digest + calibration + "
-        "Q/DQ + accuracy check; reuse: the same with the governed cache hit.",
+        "Q/DQ + accuracy check (+ fallback); reuse: the same with the governed cache hit.",
         "",
         "## Dataset digest throughput",
         "",
@@ -230,41 +294,56 @@ def render(rows: Sequence[dict[str, Any]], digest: dict[str, float], threads: in
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", default=[],
-                        help="PATH:CxHxW of an NCHW image model (repeatable)")
+                        help="PATH:CxHxW[:imagenet|paddle] of an NCHW image model (repeatable)")
     parser.add_argument("--source", action="append", default=[],
                         help="where a --model came from (one line each, for the report)")
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=8, help="batch of the latency runs")
     parser.add_argument("--calib-batches", type=int, default=20)
+    parser.add_argument("--calib-batch-size", type=int, default=1,
+                        help="images per calibration batch of the --model models")
     parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--algorithm", default="entropy",
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--algorithm", default="percentile",
                         choices=["entropy", "minmax", "percentile"])
+    parser.add_argument("--min-cosine", type=float, default=0.99,
+                        help="accuracy target; below it input-side layers are kept float")
+    parser.add_argument("--consumer", action="append", default=[],
+                        choices=["onnxruntime-cpu", "tensorrt"],
+                        help="Q/DQ option set(s) to measure (default: both)")
     parser.add_argument("--digest-mib", type=int, default=512)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    consumers = args.consumer or ["onnxruntime-cpu", "tensorrt"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         cnn = make_small_cnn(work / "small_cnn.onnx")
-        rows.append(bench_model("small_cnn_generated", cnn, "input", (3, 64, 64), 8,
-                                args.calib_batches, args.runs, args.threads, args.algorithm,
-                                work))
-        print(rows[-1], flush=True)
+        models: list[tuple[str, Path, str, tuple[int, int, int], str, int]] = [
+            ("small_cnn_generated", cnn, "input", (3, 64, 64), "imagenet", 8)]
         for spec in args.model:
-            path_s, _, dims = spec.rpartition(":")
+            parts = spec.split(":")
+            norm = parts.pop() if parts[-1].isalpha() else "imagenet"
+            dims = parts.pop()
+            path_s = ":".join(parts)
             shape = tuple(int(d) for d in dims.split("x"))
             path = Path(path_s)
             model = onnx.load(str(path), load_external_data=False)
             inits = {t.name for t in model.graph.initializer}
             input_name = next(i.name for i in model.graph.input if i.name not in inits)
-            rows.append(bench_model(path.stem, path, input_name, shape, args.batch,  # type: ignore[arg-type]
-                                    args.calib_batches, args.runs, args.threads,
-                                    args.algorithm, work))
-            print(rows[-1], flush=True)
+            models.append((path.stem, path, input_name, shape,  # type: ignore[arg-type]
+                           norm, args.calib_batch_size))
+        for name, path, input_name, shape, norm, calib_batch in models:
+            for consumer in consumers:
+                (work / consumer).mkdir(exist_ok=True)
+                rows.append(bench_model(
+                    name, path, input_name, shape, args.batch, args.calib_batches, args.runs,
+                    args.threads, args.algorithm, work / consumer, norm=norm,
+                    calib_batch=calib_batch, min_cosine=args.min_cosine, consumer=consumer))
+                print(rows[-1], flush=True)
     digest = bench_digest(args.digest_mib, 16)
     print(digest, flush=True)
-    report = render(rows, digest, args.threads, args.source)
+    report = render(rows, digest, args.threads, args.source, args)
     if args.out:
         args.out.write_text(report)
     else:

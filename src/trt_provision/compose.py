@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from trt_provision._lazy import is_available
 from trt_provision.calibration.planner import GovernedCalibrationPlanner
@@ -27,7 +27,7 @@ from trt_provision.seams import (
 )
 from trt_provision.stores.local import LocalEngineStore
 from trt_provision.thermal import choose_thermal_publisher
-from trt_provision.types import EngineCacheEntry, HostCapabilities
+from trt_provision.types import BuildConfig, EngineCacheEntry, HostCapabilities
 
 if TYPE_CHECKING:
     from trt_provision.stores.s3 import SignatureVerifier
@@ -110,6 +110,33 @@ def build_signer(settings: Settings) -> Callable[[EngineCacheEntry], None] | Non
     return sign
 
 
+def _tensorrt_calibration(cache_dir: Path) -> Callable[[Path, BuildConfig], Any]:
+    """Weakly typed TensorRT: governed batches and calibration cache for the calibrator."""
+
+    def calibration(model: Path, config: BuildConfig) -> Any:
+        from trt_provision.calibration.tensorrt import tensorrt_calibration_input
+
+        return tensorrt_calibration_input(model, config, cache_dir)
+
+    return calibration
+
+
+def _strong_precision_converter(
+    cache_dir: Path,
+) -> Callable[[Path, BuildConfig, Path], tuple[Path, Mapping[str, Any]]]:
+    """Strongly typed TensorRT: the FP16 or Q/DQ graph the calibration package derives."""
+
+    def convert(model: Path, config: BuildConfig, workdir: Path) -> tuple[Path, Mapping[str, Any]]:
+        from trt_provision.calibration.precision import prepare_model_for_precision
+
+        prepared = prepare_model_for_precision(
+            model, config, workdir, calibration_cache_dir=cache_dir, consumer="tensorrt"
+        )
+        return prepared.model_path, prepared.metadata
+
+    return convert
+
+
 def wire(
     settings: Settings,
     *,
@@ -138,6 +165,8 @@ def wire(
             options=TensorrtOptions(
                 timing_cache_dir=Path(settings.cache_dir) / ".timing",
                 allow_engine_host_code=settings.allow_engine_host_code,
+                calibration=_tensorrt_calibration(calibration_dir),
+                precision_converter=_strong_precision_converter(calibration_dir),
             ),
         )
     else:

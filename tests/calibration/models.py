@@ -119,3 +119,45 @@ def make_multi_dtype(path: Path) -> Path:
 def cnn_batches(count: int, *, batch: int = 2, size: int = 8, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.standard_normal((batch, 3, size, size)).astype(np.float32) for _ in range(count)]
+
+
+def make_standalone_bn(path: Path, *, seed: int = 0, c: int = 8, size: int = 12) -> Path:
+    """Conv -> Add (residual) -> BatchNormalization -> Relu -> ConvTranspose -> Gemm head.
+
+    The BatchNormalization follows an Add, so it cannot be folded into a Conv; ConvTranspose
+    weights have their output channels on axis 1 and the Gemm weight is transposed.
+    """
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((c, 3, 3, 3)).astype(np.float32) * 0.3,
+                                "w1"),
+        numpy_helper.from_array(rng.standard_normal((c, 3, 1, 1)).astype(np.float32) * 0.3,
+                                "wskip"),
+        numpy_helper.from_array(np.abs(rng.standard_normal(c)).astype(np.float32) + 0.5, "g"),
+        numpy_helper.from_array(rng.standard_normal(c).astype(np.float32) * 0.1, "beta"),
+        numpy_helper.from_array(rng.standard_normal(c).astype(np.float32) * 0.1, "mean"),
+        numpy_helper.from_array(np.abs(rng.standard_normal(c)).astype(np.float32) + 0.5, "var"),
+        numpy_helper.from_array(rng.standard_normal((c, 4, 2, 2)).astype(np.float32) * 0.3,
+                                "wt"),
+        numpy_helper.from_array(rng.standard_normal((6, 4)).astype(np.float32) * 0.5, "gw"),
+        numpy_helper.from_array(rng.standard_normal(6).astype(np.float32) * 0.1, "gb"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "wskip"], ["cs"], name="conv_skip"),
+        helper.make_node("Add", ["c1", "cs"], ["sum"], name="residual"),
+        helper.make_node("BatchNormalization", ["sum", "g", "beta", "mean", "var"], ["bn"],
+                         name="bn_standalone"),
+        helper.make_node("Relu", ["bn"], ["r"], name="relu"),
+        helper.make_node("ConvTranspose", ["r", "wt"], ["up"], name="deconv", strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["up"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "gw", "gb"], ["y"], name="head", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "standalone_bn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])],
+        inits,
+    )
+    return _save(graph, path)

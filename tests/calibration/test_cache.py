@@ -182,3 +182,16 @@ def test_calibration_key_covers_every_input() -> None:
 def test_cache_path_is_key_independent_and_safe(tmp_path: Path) -> None:
     assert cache_path_for(tmp_path, "resnet 50/../x", "int8").parent == tmp_path
     assert cache_path_for(tmp_path, "m", "int8").name == "m.int8.calib"
+
+
+def test_cache_path_names_the_model_hash_so_equal_stems_do_not_collide(
+    tmp_path: Path,
+) -> None:
+    a = cache_path_for(tmp_path, "model", "int8", model_hash="1" * 64)
+    b = cache_path_for(tmp_path, "model", "int8", model_hash="sha256:" + "2" * 64)
+    assert a != b
+    assert a.name == f"model.{'1' * 16}.int8.calib"
+    trt = cache_path_for(tmp_path, "model", "int8", model_hash="1" * 64, kind="trt")
+    assert trt.name == f"model.{'1' * 16}.int8.trt.calib"
+    with pytest.raises(ValueError, match="model hash"):
+        cache_path_for(tmp_path, "model", "int8", model_hash="../../etc")

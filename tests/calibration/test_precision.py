@@ -280,3 +280,21 @@ def test_demo_corpus_int8(tmp_path: Path) -> None:
     assert prepared.metadata["calibration"]["batches"] == 8  # 32 samples cut by opt batch 4
     assert {e["node"] for e in prepared.metadata["pinned_layers"]} == {
         "router_gate", "router_softmax"}
+
+
+def test_models_with_the_same_file_name_keep_separate_caches(tmp_path: Path) -> None:
+    first = make_cnn((tmp_path / "a").mkdir() or tmp_path / "a" / "model.onnx", seed=0)
+    second = make_cnn((tmp_path / "b").mkdir() or tmp_path / "b" / "model.onnx", seed=1)
+    data = tmp_path / "calib.npy"
+    np.save(data, np.stack(cnn_batches(6)))
+    cache_dir = tmp_path / "cache"
+    paths = []
+    for i, model in enumerate((first, second, first)):
+        prepared = prepare_model_for_precision(model, _config("int8", data), tmp_path / f"w{i}",
+                                               calibration_cache_dir=cache_dir)
+        paths.append(Path(prepared.metadata["calibration_cache"]))
+        if i == 2:  # the first model's cache survived the second model's calibration
+            assert prepared.metadata["calibration_cache_reused"] is True
+    assert paths[0] != paths[1] and paths[0] == paths[2]
+    assert paths[0].name.startswith("model.") and paths[1].name.startswith("model.")
+    assert len(list(cache_dir.glob("*.calib"))) == 2

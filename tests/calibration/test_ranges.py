@@ -124,3 +124,24 @@ def test_ranges_json_round_trip_and_refusal() -> None:
     assert TensorRanges.from_json(ranges.to_json()) == ranges
     with pytest.raises(CalibrationCacheError):
         TensorRanges.from_json(b'{"ranges": 3}')
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_entropy_search_matches_onnxruntime(seed: int) -> None:
+    import contextlib
+    import io
+
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from trt_provision.calibration.ranges import entropy_threshold
+
+    rng = np.random.default_rng(seed)
+    data = [rng.standard_normal(4096).astype(np.float32) * (1 + seed),
+            rng.laplace(size=4096).astype(np.float32)]
+    collector = HistogramCollector("entropy", False, 512, 255, 99.99, "same")
+    with contextlib.redirect_stdout(io.StringIO()):
+        collector.collect({"t": data})
+    hist = collector.histogram_dict["t"]
+    expected = collector.get_entropy_threshold(hist, 255)
+    got = entropy_threshold(hist[0], hist[1], float(hist[2]), float(hist[3]))
+    assert got == pytest.approx((float(expected[0]), float(expected[1])), rel=1e-6)

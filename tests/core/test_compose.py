@@ -9,7 +9,7 @@ from trt_provision.compose import choose_runtime_label, trust_policies, wire
 from trt_provision.config import Settings, load_manifest
 from trt_provision.errors import EngineGateError
 from trt_provision.stores.local import LocalEngineStore
-from trt_provision.types import EngineCompileRequest, HostCapabilities
+from trt_provision.types import BuildConfig, EngineCompileRequest, HostCapabilities
 
 pytestmark = pytest.mark.tier1
 
@@ -77,3 +77,42 @@ def test_dead_work_dirs_are_cleaned_live_ones_kept(tmp_path: Path) -> None:
     live_dir.mkdir()
     assert store.clean_temp_files() == [dead_dir]
     assert live_dir.is_dir() and not dead_dir.exists()
+
+
+def test_tensorrt_adapters_feed_both_precision_paths(tmp_path: Path, demo_dir: Path) -> None:
+    import onnx
+
+    from trt_provision.compose import _strong_precision_converter, _tensorrt_calibration
+    from trt_provision.types import BuildConfig, CalibrationSpec, OptimizationProfile, PrecisionMode
+
+    model = demo_dir / "models" / "demo_cnn.onnx"
+    int8 = BuildConfig(
+        precision=PrecisionMode.INT8,
+        profiles=(OptimizationProfile("image", (1, 3, 32, 32), (4, 3, 32, 32), (8, 3, 32, 32)),),
+        calibration=CalibrationSpec(source=str(demo_dir / "calibration" / "demo_cnn.npz"),
+                                    algorithm="minmax"),
+    )
+    cache = tmp_path / "calib"
+    assert _tensorrt_calibration(cache)(model, BuildConfig()) is None
+    weak = _tensorrt_calibration(cache)(model, int8)
+    first = next(iter(weak.batches))
+    assert set(first) == {"image"} and first["image"].dtype.name == "float32"
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    converted, metadata = _strong_precision_converter(cache)(model, int8, workdir)
+    ops = {node.op_type for node in onnx.load(str(converted)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert metadata["calibration_key"] and metadata["quantization"]
+
+
+def test_tensorrt_runtime_is_wired_without_importing_tensorrt(tmp_path: Path) -> None:
+    import sys
+
+    settings = Settings(cache_dir=tmp_path, runtime="tensorrt")
+    wired = wire(settings, host=HostCapabilities(sm="sm87", jetpack="6.2", trt_version="10.3.0"),
+                 use_remote=False)
+    assert wired.runtime.current_runtime_label() == "tensorrt"
+    target = wired.runtime.runtime_target(BuildConfig())
+    assert (target.runtime, target.runtime_version, target.target, target.platform) == (
+        "trt", "10.3.0", "sm87", "jp6.2")
+    assert "tensorrt" not in sys.modules

@@ -11,6 +11,7 @@ Modules, one concern each:
 * ``accuracy``  - converted graph vs FP32, and the accuracy gate
 * ``planner``   - ``GovernedCalibrationPlanner`` (the ``CalibrationPlanner`` seam)
 * ``precision`` - ``prepare_model_for_precision``, the entry point of the build strategies
+* ``tensorrt``  - ``tensorrt_calibration_input`` for weakly typed TensorRT builds
 
 Nothing heavy is imported here; ONNX Runtime is imported inside the functions that use it.
 """
@@ -23,11 +24,13 @@ from trt_provision.calibration.precision import (
     governed_ranges,
     prepare_model_for_precision,
 )
+from trt_provision.calibration.qdq import qdq_option_set
 from trt_provision.calibration.ranges import (
     TensorRanges,
     parse_trt_calibration_cache,
     write_trt_calibration_cache,
 )
+from trt_provision.calibration.tensorrt import tensorrt_calibration_input
 
 __all__ = [
     "CalibrationDataset",
@@ -40,5 +43,7 @@ __all__ = [
     "governed_ranges",
     "parse_trt_calibration_cache",
     "prepare_model_for_precision",
+    "qdq_option_set",
+    "tensorrt_calibration_input",
     "write_trt_calibration_cache",
 ]

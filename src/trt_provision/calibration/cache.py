@@ -2,9 +2,12 @@
 
 On disk, for one model and precision::
 
-    <stem>.<precision>.calib                 header line + JSON header line + payload
-    <stem>.<precision>.calib.sha256          "<sha256 of the blob>  <blob file name>"
-    <stem>.<precision>.calib.dataset_sha256  the dataset version the payload was computed on
+    <stem>.<hash16>.<precision>.calib                 magic line + JSON header line + payload
+    <stem>.<hash16>.<precision>.calib.sha256          "<sha256 of the blob>  <blob file name>"
+    <stem>.<hash16>.<precision>.calib.dataset_sha256  dataset version of the payload
+
+(``hash16``: the first 16 hex digits of the model's sha256; the TensorRT calibration cache
+of the same model sits beside it as ``<stem>.<hash16>.<precision>.trt.calib``.)
 
 The blob starts with the magic line ``TRTPCAL`` and a one-line JSON header (format version,
 key, algorithm, created-by, dataset version, payload kind), then the payload bytes. Reuse
@@ -45,6 +48,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+MODEL_HASH_PREFIX = 16  # 64 bits of the model sha256 in the cache file name
 MAGIC = b"TRTPCAL\n"
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
 _DATASET_RE = re.compile(r"[\x21-\x7e]{1,256}")
@@ -81,10 +85,31 @@ def calibration_key(
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def cache_path_for(cache_dir: Path, model_stem: str, precision: str) -> Path:
-    """Key-independent path, so a stale cache of the same model is found and replaced."""
+def cache_path_for(
+    cache_dir: Path,
+    model_stem: str,
+    precision: str,
+    *,
+    model_hash: str | None = None,
+    kind: str = "",
+) -> Path:
+    """Key-independent path, so a stale cache of the same model is found and replaced.
+
+    ``<stem>.<model hash prefix>.<precision>[.<kind>].calib``: the stem keeps the name
+    readable, the model hash keeps two models with the same file name apart, and ``kind``
+    separates payloads that must not replace each other (the TensorRT cache next to ranges).
+    """
     stem = _STEM_RE.sub("_", model_stem).strip("_") or "model"
-    return Path(cache_dir) / f"{stem}.{precision}.calib"
+    parts = [stem]
+    if model_hash:
+        digest = model_hash.split(":")[-1].lower()
+        if not re.fullmatch(r"[0-9a-f]{16,}", digest):
+            raise ValueError(f"model hash must be hex (16+ chars), got {model_hash!r}")
+        parts.append(digest[:MODEL_HASH_PREFIX])
+    parts.append(_STEM_RE.sub("_", precision))
+    if kind:
+        parts.append(_STEM_RE.sub("_", kind))
+    return Path(cache_dir) / (".".join(parts) + ".calib")
 
 
 @dataclass(frozen=True)

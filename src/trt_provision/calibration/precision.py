@@ -46,6 +46,7 @@ from trt_provision.calibration.planner import (
     open_dataset,
     resolve_calibration_key,
 )
+from trt_provision.calibration.qdq import CONSUMERS
 from trt_provision.calibration.ranges import (
     TensorRanges,
     compute_activation_ranges,
@@ -119,17 +120,19 @@ def governed_ranges(
     preprocessed = workdir / "preprocessed.onnx"
     preprocess_model(model_path, preprocessed)
     dataset = open_dataset(model_path, config, base_dir=base_dir)
-    resolved = resolve_calibration_key(
-        config, model_hash or model_sha256(model_path), dataset=dataset
-    )
+    model_hash = model_hash or model_sha256(model_path)
+    resolved = resolve_calibration_key(config, model_hash, dataset=dataset)
     total = resolved.batches if resolved.batches is not None else len(dataset)
     n_held = _held_out_count(total)
     held_out = tuple(itertools.islice(dataset, total - n_held, total)) if n_held else ()
     cache_dir = calibration_cache_dir or workdir / "calibration"
-    cache = GovernedCalibrationCache(
-        cache_path_for(cache_dir, model_path.stem, config.precision.value),
-        governed=spec.governed,
-    )
+    path = cache_path_for(cache_dir, model_path.stem, config.precision.value,
+                          model_hash=model_hash)
+    legacy_path = cache_path_for(cache_dir, model_path.stem, config.precision.value)
+    if not spec.governed and not path.exists() and legacy_path.exists():
+        # Ungoverned builds still find a cache under the older, hash-less file name.
+        path = legacy_path
+    cache = GovernedCalibrationCache(path, governed=spec.governed)
     with cache.lock():
         lookup = cache.load(resolved.key, resolved.dataset_version)
         ranges: TensorRanges | None = None
@@ -175,7 +178,17 @@ def prepare_model_for_precision(
     workdir: Path,
     *,
     calibration_cache_dir: Path | None,
+    consumer: str = "onnxruntime-cpu",
+    model_hash: str | None = None,
 ) -> PreparedModel:
+    """Apply ``config.precision`` to ``model_path`` for ``consumer``.
+
+    ``consumer`` picks the Q/DQ option set of int8/mixed graphs: "onnxruntime-cpu" (the
+    ONNX Runtime strategy) or "tensorrt" (the strongly typed TensorRT path). ``model_hash``
+    (the model's sha256) saves hashing the model again when the caller already has it.
+    """
+    if consumer not in CONSUMERS:
+        raise ValueError(f"consumer must be one of {CONSUMERS}, got {consumer!r}")
     if config.precision is PrecisionMode.FP32:
         return PreparedModel(model_path=model_path)
     workdir = Path(workdir)
@@ -189,7 +202,8 @@ def prepare_model_for_precision(
     if config.precision is PrecisionMode.FP16:
         prepared = _prepare_fp16(model_path, config, workdir)
     else:
-        prepared = _prepare_int8(model_path, config, workdir, calibration_cache_dir)
+        prepared = _prepare_int8(model_path, config, workdir, calibration_cache_dir,
+                                 consumer=consumer, model_hash=model_hash)
     elapsed = time.perf_counter() - started
     logger.info(
         "prepared %s model in %.2f s", config.precision.value, elapsed,
@@ -215,20 +229,17 @@ def _finish(
 
 
 def _prepare_int8(
-    model_path: Path, config: BuildConfig, workdir: Path, cache_dir: Path | None
+    model_path: Path, config: BuildConfig, workdir: Path, cache_dir: Path | None, *,
+    consumer: str, model_hash: str | None,
 ) -> PreparedModel:
-    from trt_provision.calibration.qdq import quantize_qdq
+    from trt_provision.calibration.qdq import WEIGHTED_OPS, quantize_qdq, weighted_nodes
 
-    governed = governed_ranges(model_path, config, workdir, calibration_cache_dir=cache_dir)
+    governed = governed_ranges(model_path, config, workdir, calibration_cache_dir=cache_dir,
+                               model_hash=model_hash)
     model = load_model(governed.preprocessed_path)
     pinned = match_pinned_nodes(model, config.fp16_pinned_keywords, config.excluded_op_types)
     del model
     out = workdir / f"{model_path.stem}.{config.precision.value}.onnx"
-    qdq = quantize_qdq(
-        governed.preprocessed_path, governed.ranges, out,
-        excluded=pinned, pinned_fp16=config.precision is PrecisionMode.MIXED,
-        workdir=workdir / "qdq",
-    )
     if governed.held_out:
         eval_batches: Sequence[Batch] = governed.held_out
         data = "held-out"
@@ -236,8 +247,40 @@ def _prepare_int8(
         dataset = open_dataset(model_path, config)
         eval_batches = list(itertools.islice(dataset, 8))
         data = "calibration"
-    report = compare_models(model_path, out, eval_batches, data=data)
+
+    def build(keep_float: Sequence[str], weighted_only: bool) -> tuple[Any, AccuracyReport]:
+        result = quantize_qdq(
+            governed.preprocessed_path, governed.ranges, out,
+            excluded=pinned, pinned_fp16=config.precision is PrecisionMode.MIXED,
+            workdir=workdir / "qdq", consumer=consumer, keep_float=keep_float,
+            weighted_only=weighted_only,
+        )
+        return result, compare_models(model_path, out, eval_batches, data=data)
+
+    qdq, report = build((), False)
+    fallback: list[dict[str, Any]] = []
+    if config.min_cosine is not None and report.worst_cosine < config.min_cosine:
+        # First quantize only the weighted ops (elementwise ops between them are where
+        # activation ranges hurt most); then, since the error compounds from the input side,
+        # leave the first weighted layers float, doubling their number up to half of them.
+        # The first graph that passes is kept.
+        skip = {p.node for p in pinned}
+        candidates = [n for n in weighted_nodes(governed.preprocessed_path) if n not in skip]
+        steps = [0] + [1 << i for i in range(16) if (1 << i) <= len(candidates) // 2]
+        for count in steps:
+            fallback.append({"weighted_only": True, "kept_float": count,
+                             "cosine_before": report.worst_cosine})
+            qdq, report = build(candidates[:count], True)
+            logger.info(
+                "accuracy fallback: weighted ops only, %d input-side layers kept float, "
+                "cosine %.5f", count, report.worst_cosine,
+                extra={"event": "calibration.qdq.fallback", "kept_float": count,
+                       "cosine": report.worst_cosine},
+            )
+            if report.worst_cosine >= config.min_cosine:
+                break
     calibration = governed.to_metadata()
+    options = qdq.options.to_metadata() if qdq.options is not None else {}
     metadata: dict[str, Any] = {
         "precision": config.precision.value,
         "calibration_key": governed.key,
@@ -245,10 +288,13 @@ def _prepare_int8(
         "calibration_cache": str(governed.cache_path),
         "calibration_cache_reused": governed.reused,
         "calibration": calibration,
-        "quantization": {"format": "qdq", "activations": "int8-symmetric",
-                         "weights": "int8-symmetric-per-channel",
+        "quantization": {"format": "qdq", **options,
+                         "weighted_only": bool(qdq.options is not None
+                                               and qdq.options.op_types == WEIGHTED_OPS),
                          "dequantize_nodes": qdq.quantized_nodes,
-                         "unquantized_without_range": list(qdq.unranged)},
+                         "unquantized_without_range": list(qdq.unranged),
+                         "kept_float_for_accuracy": list(qdq.kept_float),
+                         "fallback_steps": fallback},
         "pinned_layers": _pinned_evidence(pinned, qdq.pinned_precision),
     }
     return _finish(model_path, out, config, report, metadata)

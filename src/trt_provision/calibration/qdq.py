@@ -1,9 +1,22 @@
 """Q/DQ ONNX from precomputed activation ranges (ONNX Runtime strategy, strongly-typed TRT).
 
-Symmetric INT8 activations and weights (zero point 0, as TensorRT requires), per-channel
-weights, weights stored as INT8 initializers feeding DequantizeLinear. Pinned layers and
-excluded op types are passed as ``nodes_to_exclude``; for ``mixed`` they are then converted
-to FP16 (or left FP32 where FP16 would overflow).
+The same ranges feed two consumers with different Q/DQ needs, so each gets its own option
+set (:func:`qdq_option_set`):
+
+* ``tensorrt`` - symmetric INT8 activations and weights (zero point 0, as TensorRT requires),
+  one Q/DQ pair per consumer and Relu/Clip kept explicit, so TensorRT can fuse each consumer
+  on its own and sees the graph it was calibrated on.
+* ``onnxruntime-cpu`` - uint8 asymmetric activations with int8 per-channel weights (U8S8, the
+  fast path of ONNX Runtime's CPU kernels), shared Q/DQ pairs and removable activations
+  dropped, so the CPU QDQ fusions (QLinearConv, QLinearAdd, QLinearPool...) apply.
+
+Both quantize only the op types that gain from INT8 (Conv, ConvTranspose, Gemm, MatMul) and
+the data-movement / elementwise ops between them; normalization layers that were not folded
+(a BatchNormalization after an Add, say) stay float. Weights are per-channel on the output
+channel axis of their op (Conv: 0, ConvTranspose: 1, Gemm/MatMul: the output column), and
+every per-channel DequantizeLinear is checked against its weight before the model is used.
+Pinned layers and excluded op types are passed as ``nodes_to_exclude``; for ``mixed`` they
+are then converted to FP16 (or left FP32 where FP16 would overflow).
 
 The ranges are handed to ``quantize_static`` through its calibration-cache file, so ONNX
 Runtime does not run a second calibration of its own.
@@ -12,18 +25,126 @@ Runtime does not run a second calibration of its own.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 from trt_provision.calibration.graph import PinnedNode, load_model, save_model, tensor_types
 from trt_provision.calibration.ranges import TensorRanges
 from trt_provision.errors import EngineBuildError
 
-__all__ = ["QdqResult", "quantize_qdq"]
+__all__ = [
+    "CONSUMERS",
+    "WEIGHTED_OPS",
+    "Consumer",
+    "QdqOptionSet",
+    "QdqResult",
+    "qdq_option_set",
+    "quantize_qdq",
+    "weighted_nodes",
+]
 
 logger = logging.getLogger(__name__)
+
+Consumer = Literal["onnxruntime-cpu", "tensorrt"]
+CONSUMERS: tuple[str, ...] = ("onnxruntime-cpu", "tensorrt")
+
+# Ops whose INT8 kernels are the point of quantizing.
+WEIGHTED_OPS: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Between weighted ops: kept in INT8 so the data stays quantized from one to the next.
+_ORT_CPU_OPS: tuple[str, ...] = (
+    *WEIGHTED_OPS, "Add", "MaxPool", "AveragePool", "GlobalAveragePool", "Concat", "Resize",
+    "Relu", "Clip", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
+)
+# TensorRT: inputs of weighted layers, residual adds and pooling (its explicit-quantization
+# placement); everything else TensorRT fuses or runs in the precision it chooses.
+_TENSORRT_OPS: tuple[str, ...] = (
+    *WEIGHTED_OPS, "Add", "MaxPool", "AveragePool", "GlobalAveragePool", "Concat",
+)
+
+
+@dataclass(frozen=True)
+class QdqOptionSet:
+    """The Q/DQ choices for one consumer of the graph (recorded in the metadata)."""
+
+    consumer: str
+    activations: str  # "uint8-asymmetric" | "int8-symmetric"
+    weights: str
+    op_types: tuple[str, ...]
+    dedicated_qdq_pair: bool
+    keep_removable_activations: bool
+
+    def __post_init__(self) -> None:
+        if self.consumer not in CONSUMERS:
+            raise ValueError(f"Q/DQ consumer must be one of {CONSUMERS}, got {self.consumer!r}")
+
+    @property
+    def activation_symmetric(self) -> bool:
+        return self.activations.endswith("-symmetric")
+
+    def extra_options(self) -> dict[str, Any]:
+        return {
+            "ActivationSymmetric": self.activation_symmetric,
+            "WeightSymmetric": True,
+            "DedicatedQDQPair": self.dedicated_qdq_pair,
+            "QDQKeepRemovableActivations": self.keep_removable_activations,
+        }
+
+    def to_metadata(self) -> dict[str, Any]:
+        return {
+            "consumer": self.consumer,
+            "activations": self.activations,
+            "weights": self.weights,
+            "op_types": list(self.op_types),
+            "dedicated_qdq_pair": self.dedicated_qdq_pair,
+            "keep_removable_activations": self.keep_removable_activations,
+        }
+
+
+def qdq_option_set(consumer: str) -> QdqOptionSet:
+    """The option set for ``consumer`` ("onnxruntime-cpu" or "tensorrt")."""
+    if consumer == "tensorrt":
+        return QdqOptionSet(
+            consumer=consumer, activations="int8-symmetric",
+            weights="int8-symmetric-per-channel", op_types=_TENSORRT_OPS,
+            dedicated_qdq_pair=True, keep_removable_activations=True,
+        )
+    return QdqOptionSet(
+        consumer=consumer, activations="uint8-asymmetric",
+        weights="int8-symmetric-per-channel", op_types=_ORT_CPU_OPS,
+        dedicated_qdq_pair=False, keep_removable_activations=False,
+    )
+
+
+def weighted_nodes(model_path: Path) -> tuple[str, ...]:
+    """Names of the weighted (Conv/Gemm/MatMul...) nodes, in graph order."""
+    model = load_model(model_path)
+    return tuple(n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS)
+
+
+def _check_per_channel_axes(model: Any, path: Path) -> None:
+    """Every per-channel DequantizeLinear has one scale per slice of its weight's axis."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or len(node.input) < 2:
+            continue
+        weight, scale = inits.get(node.input[0]), inits.get(node.input[1])
+        if weight is None or scale is None or len(scale.dims) != 1:
+            continue
+        size = int(numpy_helper.to_array(scale).size)
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        rank = len(weight.dims)
+        if not -rank <= axis < rank or weight.dims[axis] != size:
+            raise EngineBuildError(
+                f"per-channel quantization of {node.input[0]!r} has a wrong axis {axis} "
+                f"(weight shape {list(weight.dims)}, {size} scales)",
+                model=str(path), node=node.name,
+            )
 
 
 @dataclass(frozen=True)
@@ -33,6 +154,8 @@ class QdqResult:
     excluded: tuple[PinnedNode, ...]
     pinned_precision: Mapping[str, str]  # node -> "fp16" | "fp32 (<reason>)"
     unranged: tuple[str, ...] = ()  # nodes left float because a tensor had no range
+    options: QdqOptionSet | None = None
+    kept_float: tuple[str, ...] = ()  # left float by the accuracy fallback
 
 
 class _DropMessage(logging.Filter):
@@ -90,8 +213,15 @@ def quantize_qdq(
     excluded: Sequence[PinnedNode] = (),
     pinned_fp16: bool = False,
     workdir: Path,
+    consumer: str = "onnxruntime-cpu",
+    keep_float: Sequence[str] = (),
+    weighted_only: bool = False,
 ) -> QdqResult:
-    """Write a Q/DQ model of the (preprocessed) ``model_path`` to ``out_path``."""
+    """Write a Q/DQ model of the (preprocessed) ``model_path`` to ``out_path``.
+
+    ``keep_float`` names further nodes left unquantized and ``weighted_only`` restricts
+    quantization to the weighted ops (both used by the accuracy fallback).
+    """
     import numpy as np
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import (
@@ -108,6 +238,9 @@ def quantize_qdq(
     )
     ranges_file = workdir / "ranges.ort.json"
     save_tensors_data(tensors, ranges_file)
+    options = qdq_option_set(consumer)
+    if weighted_only:
+        options = dataclasses.replace(options, op_types=WEIGHTED_OPS)
     excluded_names = [p.node for p in excluded]
     unranged = _nodes_without_ranges(model_path, ranges, set(excluded_names))
     int8_path = out_path if not pinned_fp16 else workdir / "qdq_int8.onnx"
@@ -120,25 +253,21 @@ def quantize_qdq(
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 reduce_range=False,
-                activation_type=QuantType.QInt8,
+                activation_type=(QuantType.QInt8 if options.activation_symmetric
+                                 else QuantType.QUInt8),
                 weight_type=QuantType.QInt8,
-                nodes_to_exclude=[*excluded_names, *unranged],
+                op_types_to_quantize=list(options.op_types),
+                nodes_to_exclude=[*excluded_names, *unranged, *keep_float],
                 calibrate_method=CalibrationMethod.MinMax,
                 calibration_cache_path=str(ranges_file),
-                extra_options={
-                    "ActivationSymmetric": True,
-                    "WeightSymmetric": True,
-                    # TensorRT wants one Q/DQ pair per consumer to fuse each independently.
-                    "DedicatedQDQPair": True,
-                    # Keep Relu/Clip explicit so TensorRT sees the graph it was calibrated on.
-                    "QDQKeepRemovableActivations": True,
-                },
+                extra_options=options.extra_options(),
             )
     except Exception as exc:  # ORT raises ValueError, RuntimeError, onnx errors...
         raise EngineBuildError(
             f"Q/DQ quantization failed: {type(exc).__name__}: {exc}", model=str(model_path)
         ) from exc
     model = load_model(int8_path)
+    _check_per_channel_axes(model, model_path)
     quantized = sum(1 for n in model.graph.node if n.op_type == "DequantizeLinear")
     precision: dict[str, str] = {p.node: "fp32" for p in excluded}
     if pinned_fp16 and excluded:
@@ -159,4 +288,5 @@ def quantize_qdq(
         extra={"event": "calibration.qdq.write", "path": str(out_path),
                "dequantize_nodes": quantized, "excluded": len(excluded)},
     )
-    return QdqResult(out_path, quantized, tuple(excluded), precision, unranged)
+    return QdqResult(out_path, quantized, tuple(excluded), precision, unranged, options,
+                     tuple(keep_float))

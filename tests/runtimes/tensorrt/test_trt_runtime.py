@@ -984,3 +984,40 @@ def test_builder_selection(
     fallback = _trtexec_rig(make_rig, monkeypatch, builder="auto",
                             trtexec_path=tmp_path / "nope" / "trtexec")
     assert fallback.build(BuildConfig(profiles=(PROFILE,))).metadata["builder"] == "python"
+
+
+# --------------------------------------------------------------------------- strong-path conversion
+
+
+def test_strong_path_parses_the_precision_carrying_graph(make_rig: Callable[..., Rig]) -> None:
+    seen: list[tuple[Path, str, Path]] = []
+
+    def convert(model: Path, cfg: BuildConfig, workdir: Path) -> tuple[Path, dict[str, Any]]:
+        converted = workdir / "m.qdq.onnx"
+        converted.write_bytes(b"qdq")
+        seen.append((model, cfg.precision.value, workdir))
+        return converted, {"calibration_key": "k" * 64, "accuracy": {"outputs": {}}}
+
+    rig = make_rig("11.4.0.106", options=TensorrtOptions(optional_plugins=(),
+                                                         precision_converter=convert))
+    art = rig.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,)))
+    assert [(m.name, p) for m, p, _ in seen] == [("m.onnx", "int8")]
+    parsed = rig.cuda.recorder.calls_to("OnnxParser.parse_from_file")[0].args[0]
+    assert parsed.endswith("m.qdq.onnx")
+    assert art.metadata["calibration_key"] == "k" * 64 and art.metadata["trt_path"] == "strong"
+    assert art.metadata["model"] == str(rig.tmp / "m.onnx")
+    assert not seen[0][2].exists()  # the work dir is gone after the build
+
+
+def test_no_conversion_for_fp32_or_the_weak_path(make_rig: Callable[..., Rig]) -> None:
+    calls: list[str] = []
+
+    def convert(model: Path, cfg: BuildConfig, workdir: Path) -> tuple[Path, dict[str, Any]]:
+        calls.append(cfg.precision.value)
+        return model, {}
+
+    options = TensorrtOptions(optional_plugins=(), precision_converter=convert)
+    make_rig("11.4.0.106", options=options).build(BuildConfig(profiles=(PROFILE,)))
+    make_rig("10.16.1.11", options=options).build(
+        BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,)))
+    assert calls == []

@@ -12,8 +12,11 @@ reservation releases everything allocated so far and gives the reservation back.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -91,6 +94,9 @@ class CalibrationInput:
     write_cache: Callable[[bytes], None]
 
 
+PrecisionConverter = Callable[[Path, BuildConfig, Path], tuple[Path, Mapping[str, Any]]]
+
+
 @dataclass(frozen=True)
 class TensorrtOptions:
     """Runtime-level settings (build-relevant ones live in BuildConfig)."""
@@ -107,6 +113,10 @@ class TensorrtOptions:
     builder: str = "python"
     trtexec_path: Path | None = None
     trtexec_timeout_s: float = DEFAULT_TIMEOUT_S
+    # Strongly typed builds take their precision from the graph: this turns an FP32 ONNX into
+    # the precision-carrying one (FP16 graph or Q/DQ INT8) before parsing. Returns the new
+    # model path and metadata (calibration key, accuracy, pinned layers) for the sidecar.
+    precision_converter: PrecisionConverter | None = None
 
     def __post_init__(self) -> None:
         if self.builder not in _BUILDERS:
@@ -229,8 +239,37 @@ class TensorrtRuntime:
     ) -> BuildArtifact:
         """Parse ``model_path`` with the ONNX parser and build into ``staged_path``."""
         model_path = Path(model_path)
+        staged_path = Path(staged_path)
+        workdir: Path | None = None
+        converted: Mapping[str, Any] = {}
+        source = model_path
+        convert = self._options.precision_converter
+        if (
+            convert is not None
+            and build_config.precision is not PrecisionMode.FP32
+            and choose_precision_path(self._trt(), build_config) == "strong"
+        ):
+            # The writer's pid in the name lets cache gc tell live work dirs from dead ones.
+            workdir = Path(
+                tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-trt-", dir=staged_path.parent)
+            )
+            source, converted = convert(model_path, build_config, workdir)
+        try:
+            artifact = self._compile_onnx(source, build_config, staged_path)
+        finally:
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
+        if not converted:
+            return artifact
+        metadata = {**converted, **artifact.metadata, "model": str(model_path),
+                    "converted_model": "strongly typed graph from " + model_path.name}
+        return dataclasses.replace(artifact, metadata=metadata)
+
+    def _compile_onnx(
+        self, model_path: Path, build_config: BuildConfig, staged_path: Path
+    ) -> BuildArtifact:
         if self._options.builder != "python":
-            delegated = self._delegate_to_trtexec(model_path, build_config, Path(staged_path))
+            delegated = self._delegate_to_trtexec(model_path, build_config, staged_path)
             if delegated is not None:
                 return delegated
 
@@ -238,7 +277,7 @@ class TensorrtRuntime:
             parse_onnx(trt, network, logger, model_path)
             return {"model": str(model_path)}
 
-        return self._build(populate, build_config, Path(staged_path), model_path)
+        return self._build(populate, build_config, staged_path, model_path)
 
     def compile_network(
         self, source: NetworkSource, build_config: BuildConfig, staged_path: Path
