@@ -4,8 +4,10 @@ For a generated small CNN and any models given with ``--model``: INT8 (Q/DQ) vs 
 latency, accuracy of INT8 against FP32 (cosine, relative error) on held-out batches,
 calibration wall time; and ``dataset_digest`` throughput vs plain sha256 of the same bytes.
 
-    python scripts/bench_calibration.py --out _docs/benchmarks-calibration.md \\
+    python scripts/bench_calibration.py \\
         --model path/to/ch_PP-OCRv4_det_infer.onnx:3x320x320:paddle
+
+Results go to the "calibration" section of ``_docs/benchmarks.md`` (``--no-doc`` to skip).
 
 ``--model PATH:CxHxW[:imagenet|paddle]`` takes an image model with one NCHW float input; its
 calibration data are synthetic document-like images (lines of dark glyph-like characters on a
@@ -311,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         choices=["onnxruntime-cpu", "tensorrt"],
                         help="Q/DQ option set(s) to measure (default: both)")
     parser.add_argument("--digest-mib", type=int, default=512)
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--no-doc", action="store_true", help="print only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     consumers = args.consumer or ["onnxruntime-cpu", "tensorrt"]
@@ -344,8 +346,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     digest = bench_digest(args.digest_mib, 16)
     print(digest, flush=True)
     report = render(rows, digest, args.threads, args.source, args)
-    if args.out:
-        args.out.write_text(report)
+    if not args.no_doc:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _bench_doc import update_section
+
+        # One heading level down: the section lives inside benchmarks.md.
+        update_section("calibration", "\n".join(
+            "#" + line if line.startswith("#") else line for line in report.splitlines()))
     else:
         sys.stdout.write(report)
     return 0

@@ -9,7 +9,7 @@ engine through ``S3EngineStore.upload`` and then times, alternating, N rounds of
   fsync, publish beside its sidecars, then the gate (which hashes the engine again).
 
 Target: fetch median <= 1.10 x the plain download median. Results go to
-``_docs/benchmarks-s3.md``.
+the "s3-fetch" section of ``_docs/benchmarks.md``.
 
     python scripts/bench_s3_fetch.py --size-mib 200 --rounds 5
 """
