@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import logging
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -116,7 +117,8 @@ class EngineCompiler:
         )
         # Phase 1 (parallel): identity and local verification. Hashing releases the GIL,
         # so an all-hit run verifies its engines concurrently, each read once.
-        workers = self._workers or min(8, len(request.backbones))
+        # One verifier per core: hashing is CPU-bound and releases the GIL.
+        workers = self._workers or min(len(request.backbones), os.cpu_count() or 4)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
             plans = list(
                 pool.map(lambda b: self._plan(b, request.force_rebuild), request.backbones)
