@@ -229,22 +229,16 @@ class OnnxRuntimeRuntime:
             value = inputs.get(name)
             if value is None:
                 raise InferenceError("missing input", input=name)
-            if value.__class__ is not np.ndarray and not isinstance(value, np.ndarray):
-                raise InferenceError(
-                    "input must be a numpy array", input=name, found=type(value).__name__
-                )
-            if value.dtype != dtype:
-                raise InferenceError(
-                    "input dtype mismatch", input=name, expected=str(dtype), found=str(value.dtype)
-                )
+            try:
+                ok = value.dtype == dtype and value.ndim == rank
+            except AttributeError:
+                ok = False
+            if not ok or value.__class__ is not np.ndarray:
+                self._explain(h, name, value)
             shape = value.shape
-            if len(shape) != rank or any(shape[i] != d for i, d in fixed):
-                raise InferenceError(
-                    "input shape mismatch",
-                    input=name,
-                    expected=str(next(s.shape for s in h.inputs if s.name == name)),
-                    found=str(shape),
-                )
+            for i, d in fixed:
+                if shape[i] != d:
+                    self._explain(h, name, value)
         if len(inputs) != len(h.checks):
             unknown = sorted(set(inputs) - {c[0] for c in h.checks})
             raise InferenceError("unknown input names", found=unknown)
@@ -256,6 +250,22 @@ class OnnxRuntimeRuntime:
                 path=str(h.entry.engine_path),
             ) from exc
         return dict(zip(h.output_names, results, strict=True))
+
+    @staticmethod
+    def _explain(h: OnnxRuntimeEngineHandle, name: str, value: Any) -> None:
+        """Raise the precise error for an input the fast check refused (the slow path)."""
+        spec = next(s for s in h.inputs if s.name == name)
+        if not isinstance(value, np.ndarray):
+            raise InferenceError(
+                "input must be a numpy array", input=name, found=type(value).__name__
+            )
+        if value.dtype != spec.dtype:
+            raise InferenceError(
+                "input dtype mismatch", input=name, expected=str(spec.dtype), found=str(value.dtype)
+            )
+        raise InferenceError(
+            "input shape mismatch", input=name, expected=str(spec.shape), found=str(value.shape)
+        )
 
     def release_engine(self, handle: EngineHandle) -> None:
         if not isinstance(handle, OnnxRuntimeEngineHandle):
