@@ -102,3 +102,79 @@ def audit_cache(cache_dir: Path) -> CacheAudit:
             if digest != claimed or meta.get("sha256") != digest or not _onnx_parses(data):
                 audit.accepted_wrong_bytes.append(path.name)
     return audit
+
+
+PRECISION_MANIFEST = ROOT / "examples" / "precision.toml"
+CALIBRATED_MODELS = ("demo_cnn", "two_inputs")
+CALIBRATION_DIR = ".calibration"
+_CALIB_MAGIC = b"TRTPCAL\n"
+
+
+@dataclass
+class CalibrationAudit:
+    """An independent look at the calibration caches of a cache directory.
+
+    ``complete`` maps a blob name to its header key (the ``.sha256`` commit mark is present
+    and matches, the header parses, the ``.dataset_sha256`` sidecar names the header's
+    dataset version); ``incomplete`` lists blobs without their commit mark (a reader must
+    recalibrate); ``inconsistent`` lists blobs whose commit mark is present but does not
+    describe them (a half cache that looks committed)."""
+
+    complete: dict[str, str] = field(default_factory=dict)
+    incomplete: list[str] = field(default_factory=list)
+    inconsistent: list[str] = field(default_factory=list)
+    temp_files: list[str] = field(default_factory=list)
+
+
+def _calib_header(data: bytes) -> dict[str, Any] | None:
+    if not data.startswith(_CALIB_MAGIC):
+        return None
+    end = data.find(b"\n", len(_CALIB_MAGIC))
+    if end < 0:
+        return None
+    try:
+        header = json.loads(data[len(_CALIB_MAGIC) : end])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    key = header.get("key") if isinstance(header, dict) else None
+    if not isinstance(key, str) or len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+        return None
+    return header
+
+
+def audit_calibration(cache_dir: Path) -> CalibrationAudit:
+    audit = CalibrationAudit()
+    directory = cache_dir / CALIBRATION_DIR
+    if not directory.is_dir():
+        return audit
+    for path in sorted(directory.iterdir()):
+        name = path.name
+        if name.startswith("."):
+            audit.temp_files.append(name)
+            continue
+        if not name.endswith(".calib"):
+            continue
+        sha = path.with_name(name + ".sha256")
+        if not sha.exists():
+            audit.incomplete.append(name)
+            continue
+        data = path.read_bytes()
+        parts = sha.read_text(errors="replace").split()
+        header = _calib_header(data)
+        dataset = path.with_name(name + ".dataset_sha256")
+        dataset_text = dataset.read_text(errors="replace").strip() if dataset.exists() else None
+        if (
+            len(parts) != 2
+            or parts != [hashlib.sha256(data).hexdigest(), name]
+            or header is None
+            or dataset_text != header.get("dataset_version")
+        ):
+            audit.inconsistent.append(name)
+            continue
+        audit.complete[name] = header["key"]
+    return audit
+
+
+def engine_metadata(engine_path: str | Path) -> dict[str, Any]:
+    path = Path(engine_path)
+    return json.loads(path.with_name(path.name + ".json").read_text())

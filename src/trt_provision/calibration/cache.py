@@ -25,14 +25,14 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trt_provision._fs import fsync_dir, write_temp_file
 from trt_provision._version import __version__
-from trt_provision.errors import CalibrationCacheError
+from trt_provision.errors import CalibrationCacheError, StoreError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -186,28 +186,15 @@ def decode_blob(data: bytes) -> tuple[CacheHeader, bytes]:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """temp file in the same directory -> fsync -> rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """temp file in the same directory -> fsync -> rename. The temp name carries our pid
+    (``.tmp-<pid>-…``), so ``cache gc`` removes what a killed run left behind."""
+    tmp = write_temp_file(path, data)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class GovernedCalibrationCache:
@@ -368,10 +355,11 @@ class GovernedCalibrationCache:
             _atomic_write(self.dataset_path, header.dataset_version.encode() + b"\n")
             digest = hashlib.sha256(blob).hexdigest()
             _atomic_write(self.sha256_path, f"{digest}  {self.path.name}\n".encode())
-            _fsync_dir(self.path.parent)
-        except OSError as exc:
+            fsync_dir(self.path.parent)
+        except (OSError, StoreError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else exc.message
             raise CalibrationCacheError(
-                f"cannot write calibration cache: {exc.strerror}", path=str(self.path)
+                f"cannot write calibration cache: {reason}", path=str(self.path)
             ) from exc
         logger.info(
             "calibration cache written",

@@ -220,6 +220,8 @@ def plan_gc(
     now = time.time() if now is None else now
     items: list[GcItem] = []
     dirs = [root, *_model_dirs(root)] if root.is_dir() else []
+    # Calibration and timing caches write temp files of their own there.
+    dirs += [d for d in (root / ".calibration", root / ".timing") if d.is_dir()]
     for directory in dirs:
         engines: set[str] = set()
         for path in sorted(directory.iterdir()):
