@@ -248,33 +248,44 @@ def _prepare_int8(
         eval_batches = list(itertools.islice(dataset, 8))
         data = "calibration"
 
-    def build(keep_float: Sequence[str], weighted_only: bool) -> tuple[Any, AccuracyReport]:
+    def build(
+        keep_float: Sequence[str], weighted_only: bool, float_ops: Sequence[str] = ()
+    ) -> tuple[Any, AccuracyReport]:
         result = quantize_qdq(
             governed.preprocessed_path, governed.ranges, out,
             excluded=pinned, pinned_fp16=config.precision is PrecisionMode.MIXED,
             workdir=workdir / "qdq", consumer=consumer, keep_float=keep_float,
-            weighted_only=weighted_only,
+            weighted_only=weighted_only, float_op_types=float_ops,
         )
         return result, compare_models(model_path, out, eval_batches, data=data)
 
     qdq, report = build((), False)
     fallback: list[dict[str, Any]] = []
     if config.min_cosine is not None and report.worst_cosine < config.min_cosine:
-        # First quantize only the weighted ops (elementwise ops between them are where
-        # activation ranges hurt most); then, since the error compounds from the input side,
-        # leave the first weighted layers float, doubling their number up to half of them.
-        # The first graph that passes is kept.
+        # Elementwise ops between weighted ones are where activation ranges hurt most:
+        # first leave Add float (residual and feature-pyramid sums; the other elementwise
+        # ops keep the data quantized), then quantize the weighted ops only. In each stage,
+        # since the error compounds from the input side, leave the first 0, 1, 2, 4...
+        # weighted layers float (up to half). The first graph that passes is kept.
         skip = {p.node for p in pinned}
         candidates = [n for n in weighted_nodes(governed.preprocessed_path) if n not in skip]
         steps = [0] + [1 << i for i in range(16) if (1 << i) <= len(candidates) // 2]
-        for count in steps:
-            fallback.append({"weighted_only": True, "kept_float": count,
-                             "cosine_before": report.worst_cosine})
-            qdq, report = build(candidates[:count], True)
+        stages: list[tuple[str, ...]] = []
+        if "Add" in (qdq.options.op_types if qdq.options is not None else ()):
+            stages.append(("Add",))
+        stages.append(())  # () = weighted ops only
+        plans = [(stage, count) for stage in stages for count in steps]
+        for float_ops, count in plans:
+            weighted_only = not float_ops
+            fallback.append({"weighted_only": weighted_only, "float_op_types": list(float_ops),
+                             "kept_float": count, "cosine_before": report.worst_cosine})
+            qdq, report = build(candidates[:count], weighted_only, float_ops)
             logger.info(
-                "accuracy fallback: weighted ops only, %d input-side layers kept float, "
-                "cosine %.5f", count, report.worst_cosine,
+                "accuracy fallback: %s float, %d input-side layers kept float, cosine %.5f",
+                "non-weighted ops" if weighted_only else "/".join(float_ops), count,
+                report.worst_cosine,
                 extra={"event": "calibration.qdq.fallback", "kept_float": count,
+                       "float_op_types": list(float_ops), "weighted_only": weighted_only,
                        "cosine": report.worst_cosine},
             )
             if report.worst_cosine >= config.min_cosine:
@@ -293,11 +304,21 @@ def _prepare_int8(
                                                and qdq.options.op_types == WEIGHTED_OPS),
                          "dequantize_nodes": qdq.quantized_nodes,
                          "unquantized_without_range": list(qdq.unranged),
+                         "float_op_types": [o for o in _all_ops(consumer)
+                                            if qdq.options is None
+                                            or o not in qdq.options.op_types],
                          "kept_float_for_accuracy": list(qdq.kept_float),
+                         "rewrites": dict(qdq.rewrites),
                          "fallback_steps": fallback},
         "pinned_layers": _pinned_evidence(pinned, qdq.pinned_precision),
     }
     return _finish(model_path, out, config, report, metadata)
+
+
+def _all_ops(consumer: str) -> tuple[str, ...]:
+    from trt_provision.calibration.qdq import qdq_option_set
+
+    return qdq_option_set(consumer).op_types
 
 
 def _prepare_fp16(model_path: Path, config: BuildConfig, workdir: Path) -> PreparedModel:
