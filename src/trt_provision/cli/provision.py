@@ -98,11 +98,19 @@ def run(args: argparse.Namespace) -> int:
     table = Table(
         title=f"trt-provision: {args.manifest.name} ({wired.runtime.current_runtime_label()})"
     )
-    for column in ("model", "outcome", "engine", "seconds"):
-        table.add_column(column)
+    widest = max((len(r.name) for r in summary.results), default=5)
+    table.add_column("model", no_wrap=True, min_width=min(widest, 32))
+    for column in ("outcome", "precision", "target", "runtime", "s"):
+        table.add_column(column, no_wrap=True)
     for r in summary.results:
+        ident = r.identity
         table.add_row(
-            r.name, r.outcome.value.upper(), r.identity.filename, f"{r.total_seconds:.2f}"
+            r.name,
+            r.outcome.value.upper(),
+            ident.precision.value,
+            f"{ident.target} {ident.platform}",
+            f"{ident.runtime} {ident.runtime_version}",
+            f"{r.total_seconds:.2f}",
         )
     console = Console()
     console.print(table)
