@@ -73,6 +73,7 @@ class EngineCompiler:
         max_temperature_c: float | None = None,
         verify_workers: int = 0,
         sign: Callable[[EngineCacheEntry], None] | None = None,
+        logger: logging.Logger | None = None,
     ) -> None:
         self._runtime = runtime
         self._store = store
@@ -83,6 +84,7 @@ class EngineCompiler:
         self._max_temp = max_temperature_c
         self._workers = verify_workers
         self._sign = sign
+        self._log = logger or log
 
     # ------------------------------------------------------------------ public
 
@@ -109,7 +111,7 @@ class EngineCompiler:
         started = time.perf_counter()
         if not request.backbones:
             return EngineCompileSummary(results=(), wall_seconds=0.0)
-        log.info(
+        self._log.info(
             "provisioning %d model(s) with %s",
             len(request.backbones),
             self._runtime.current_runtime_label(),
@@ -133,7 +135,7 @@ class EngineCompiler:
         summary = EngineCompileSummary(
             results=tuple(results), wall_seconds=time.perf_counter() - started
         )
-        log.info(
+        self._log.info(
             "finished provisioning in %.2f s: %d built, %d reused, %d fetched",
             summary.wall_seconds,
             summary.built,
@@ -168,14 +170,14 @@ class EngineCompiler:
         except EngineGateError as exc:
             if quiet:  # already reported by the first look
                 return None
-            log.warning(
+            self._log.warning(
                 "cached engine %s is not reusable and will be rebuilt: %s",
                 path.name,
                 exc,
                 extra={"event": "engine.cache.invalid", "engine": str(path), "reason": exc.message},
             )
             return None
-        log.debug("cache hit %s", path.name, extra={"event": "engine.cache.hit"})
+        self._log.debug("cache hit %s", path.name, extra={"event": "engine.cache.hit"})
         return entry
 
     def _resolve(self, plan: _Plan, request: EngineCompileRequest) -> EngineCompileResult:
@@ -207,7 +209,7 @@ class EngineCompiler:
                 self._sign(entry)
         if self._remote is not None and request.use_remote:
             uploaded = self._remote.upload(entry)
-            log.info(
+            self._log.info(
                 "%s %s to the remote store",
                 "uploaded" if uploaded else "did not upload",
                 entry.engine_path.name,
@@ -223,7 +225,7 @@ class EngineCompiler:
         backbone = plan.backbone
         self._check_thermal()
         staged = self._store.staging_path(plan.identity)
-        log.info(
+        self._log.info(
             "building %s (%s, %s)",
             plan.identity.filename,
             backbone.build_config.precision.value,
@@ -240,7 +242,7 @@ class EngineCompiler:
                 plan.identity, staged, self._metadata(plan, artifact.metadata, seconds)
             )
         except TrtProvisionError as exc:
-            log.error(
+            self._log.error(
                 "build of %s failed: %s",
                 backbone.name,
                 exc,
@@ -254,7 +256,7 @@ class EngineCompiler:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 staged.unlink()
-        log.info(
+        self._log.info(
             "finished building %s in %.2f s",
             entry.engine_path.name,
             seconds,

@@ -201,3 +201,15 @@ def test_thermal_limit_refuses_to_start_a_build(
 def test_fake_thermal_publisher_counts_reads() -> None:
     thermal = FakeThermal(ThermalState(temperatures_c={"a": 1.0}, is_telemetry_available=True))
     assert thermal.thermal_state().max_temperature_c == 1.0 and thermal.reads == 1
+
+
+def test_injected_logger_receives_the_structured_events(
+    cache_dir: Path, demo_models: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = logging.getLogger("provisioning.fleet-a")
+    compiler = _compiler(cache_dir, FakeRuntime(), logger=logger)
+    with caplog.at_level(logging.INFO, logger="provisioning.fleet-a"):
+        compiler.compile_engines_for_corpus(_request(demo_models))
+    events = [getattr(r, "event", None) for r in caplog.records if r.name == "provisioning.fleet-a"]
+    assert events[0] == "provision.start" and events[-1] == "provision.finish"
+    assert events.count("engine.build.finish") == 3
