@@ -432,23 +432,11 @@ def fold_conv_affine(model: Any) -> int:
         new_b = (bias * scale + shift).astype(np.float32)
         inits[conv.input[1]].CopyFrom(
             numpy_helper.from_array(new_w.astype(np.float32), conv.input[1]))
-        if has_bias:
-            inits[conv.input[2]].CopyFrom(numpy_helper.from_array(new_b, conv.input[2]))
-        else:
-            bias_name = f"{out}_folded_bias"
-            model.graph.initializer.append(numpy_helper.from_array(new_b, bias_name))
-            inits[bias_name] = model.graph.initializer[-1]
-            while len(conv.input) < 3:
-                conv.input.append("")
-            conv.input[2] = bias_name
+        _set_conv_bias(model, inits, conv, new_b, f"{out}_folded_bias")
         conv.output[0] = out
         removed.update(n.output[0] for n in chain)
         folded += 1
-    if folded:
-        _replace_nodes(model.graph, [n for n in model.graph.node
-                                     if not (n.op_type in ("Mul", "Add")
-                                             and n.output[0] in removed)])
-        _drop_unused(model)
+    _drop_folded(model, removed, folded)
     return folded
 
 
@@ -532,26 +520,36 @@ def fold_affine_into_next_conv(model: Any) -> int:
             new_b = (bias + shift * weight.reshape(weight.shape[0], -1).sum(axis=1))
             inits[conv.input[1]].CopyFrom(numpy_helper.from_array(
                 (weight * scale).astype(np.float32), conv.input[1]))
-            if has_bias:
-                inits[conv.input[2]].CopyFrom(
-                    numpy_helper.from_array(new_b.astype(np.float32), conv.input[2]))
-            else:
-                bias_name = f"{conv.name}_folded_input_bias"
-                model.graph.initializer.append(
-                    numpy_helper.from_array(new_b.astype(np.float32), bias_name))
-                inits[bias_name] = model.graph.initializer[-1]
-                while len(conv.input) < 3:
-                    conv.input.append("")
-                conv.input[2] = bias_name
+            _set_conv_bias(model, inits, conv, new_b.astype(np.float32),
+                           f"{conv.name}_folded_input_bias")
             conv.input[0] = x
         removed.update(n.output[0] for n in chain)
         folded += 1
-    if folded:
-        _replace_nodes(model.graph, [n for n in model.graph.node
-                                     if not (n.op_type in ("Mul", "Add")
-                                             and n.output[0] in removed)])
-        _drop_unused(model)
+    _drop_folded(model, removed, folded)
     return folded
+
+
+def _set_conv_bias(model: Any, inits: dict[str, Any], conv: Any, bias: Any, new_name: str) -> None:
+    """Overwrite the conv's bias initializer, or add one named ``new_name`` if it has none."""
+    from onnx import numpy_helper
+
+    if len(conv.input) > 2 and conv.input[2]:
+        inits[conv.input[2]].CopyFrom(numpy_helper.from_array(bias, conv.input[2]))
+        return
+    model.graph.initializer.append(numpy_helper.from_array(bias, new_name))
+    inits[new_name] = model.graph.initializer[-1]
+    while len(conv.input) < 3:
+        conv.input.append("")
+    conv.input[2] = new_name
+
+
+def _drop_folded(model: Any, removed: set[str], folded: int) -> None:
+    """Remove the Mul/Add nodes whose effect now lives in conv weights, and what they used."""
+    if not folded:
+        return
+    _replace_nodes(model.graph, [n for n in model.graph.node
+                                 if not (n.op_type in ("Mul", "Add") and n.output[0] in removed)])
+    _drop_unused(model)
 
 
 def _drop_unused(model: Any) -> None:
