@@ -146,3 +146,12 @@ def test_bad_key_files(tmp_path: Path) -> None:
         load_public_key(bad)
     with pytest.raises(ManifestError, match="cannot read"):
         load_public_key(tmp_path / "missing.pub")
+
+
+def test_generate_refuses_the_same_path_for_both_keys(tmp_path: Path) -> None:
+    from trt_provision.errors import ManifestError
+    from trt_provision.trust import generate_keypair
+
+    with pytest.raises(ManifestError, match="must differ"):
+        generate_keypair(tmp_path / "k", tmp_path / "k")
+    assert not (tmp_path / "k").exists()

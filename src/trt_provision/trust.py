@@ -131,6 +131,11 @@ def generate_keypair(
     public_path = Path(public_path) if public_path else private_path.with_name(
         private_path.name + ".pub"
     )
+    if public_path.resolve() == private_path.resolve():
+        raise ManifestError(
+            "the public key path must differ from the private key path",
+            path=str(private_path),
+        )
     ser = _serialization()
     key = _ed25519().Ed25519PrivateKey.generate()
     private_pem = key.private_bytes(

@@ -169,3 +169,13 @@ def test_max_temp_without_telemetry_warns_and_builds(cache_dir: Path, demo_dir: 
 def test_probe_shows_memory_budget(cache_dir: Path) -> None:
     data = json.loads(_cli("probe", "--json", cache=cache_dir).stdout)
     assert data["memory_budget"]["budget_bytes"] == 4 << 30
+
+
+def test_inspect_exits_1_for_an_engine_that_does_not_verify(cache_dir: Path, demo_dir: Path) -> None:
+    result = json.loads(_cli("provision", str(demo_dir / "demo.toml"), "--json",
+                             cache=cache_dir).stdout)["results"][0]
+    engine = Path(result["engine"])
+    assert json.loads(_cli("inspect", str(engine), "--json", cache=cache_dir).stdout)["sha256"]["ok"]
+    engine.write_bytes(engine.read_bytes() + b"x")
+    proc = _cli("inspect", str(engine), "--json", cache=cache_dir, check_rc=1)
+    assert json.loads(proc.stdout)["sha256"]["ok"] is False

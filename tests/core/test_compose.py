@@ -116,3 +116,25 @@ def test_tensorrt_runtime_is_wired_without_importing_tensorrt(tmp_path: Path) ->
     assert (target.runtime, target.runtime_version, target.target, target.platform) == (
         "trt", "10.3.0", "sm87", "jp6.2")
     assert "tensorrt" not in sys.modules
+
+
+def test_republishing_drops_the_old_signature(tmp_path: Path, demo_dir: Path) -> None:
+    """A rebuilt engine must not keep a signature of its predecessor: with a public key
+    configured that stale signature would make every later run refuse and rebuild it."""
+    pytest.importorskip("cryptography")
+    from trt_provision.trust import generate_keypair, signature_path
+
+    public, _key = generate_keypair(tmp_path / "fleet")
+    manifest = load_manifest(demo_dir / "demo.toml")
+    request = EngineCompileRequest(manifest.backbones[:1])
+    signer = Settings(cache_dir=tmp_path / "cache", public_key=Path(public),
+                      signing_key=tmp_path / "fleet")
+    first = wire(signer, use_remote=False).compiler.compile_engines_for_corpus(request)
+    entry = first.results[0].entry
+    assert entry is not None and signature_path(entry.engine_path).is_file()
+    verifier = dataclasses.replace(signer, signing_key=None)
+    forced = EngineCompileRequest(manifest.backbones[:1], force_rebuild=True)
+    wire(verifier, use_remote=False).compiler.compile_engines_for_corpus(forced)
+    assert not signature_path(entry.engine_path).exists()
+    again = wire(verifier, use_remote=False).compiler.compile_engines_for_corpus(request)
+    assert again.reused == 1

@@ -113,12 +113,35 @@ def test_gc_without_host_targets_only_uses_model_hashes(store: LocalEngineStore)
     assert plan_gc(store.root).items == ()
 
 
-def test_old_temp_of_a_live_writer_is_stale(store: LocalEngineStore) -> None:
+def test_a_live_writers_temp_is_kept_however_old(store: LocalEngineStore) -> None:
+    """A long build (hours on a Jetson) must not lose its staging file to a gc."""
     temp = store.root / "det"
     temp.mkdir(exist_ok=True)
     path = temp / f"{TEMP_PREFIX}{os.getpid()}-1-z.engine"
     path.write_bytes(b"old")
-    assert plan_gc(store.root, now=time.time() + 7200).items[0].path == path
+    old = time.time() - 10 * 3600
+    os.utime(path, (old, old))
+    assert path not in {i.path for i in plan_gc(store.root).items}
+    assert path not in store.clean_temp_files() and path.exists()
+
+
+def test_clear_never_deletes_what_is_not_ours(tmp_path: Path) -> None:
+    """A mistaken --cache-dir pointing at real data must not be wiped."""
+    from trt_provision.stores.maintenance import clear_cache
+
+    root = tmp_path / "project"
+    (root / "src" / "pkg").mkdir(parents=True)
+    (root / "src" / "pkg" / "mod.py").write_text("x = 1\n")
+    (root / "docs").mkdir()
+    (root / "docs" / "notes.txt").write_text("notes")
+    (root / "docs" / "a.engine").write_text("not ours: the name does not parse")
+    store = LocalEngineStore(root)
+    engine = _publish(store).engine_path
+    plan = clear_cache(root)
+    assert not engine.exists() and not engine.with_name(engine.name + ".sha256").exists()
+    assert (root / "src" / "pkg" / "mod.py").read_text() == "x = 1\n"
+    assert (root / "docs" / "notes.txt").exists() and (root / "docs" / "a.engine").exists()
+    assert all(p.name.startswith(engine.name) for item in plan.items for p in item.files)
 
 
 def test_clear_removes_engines_but_not_calibration_or_running_temps(

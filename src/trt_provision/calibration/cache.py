@@ -351,6 +351,9 @@ class GovernedCalibrationCache:
         with contextlib.suppress(FileNotFoundError):
             self.sha256_path.unlink()
         try:
+            # Make the removal durable before the blob changes: after a power loss the old
+            # commit mark must not come back beside a new blob.
+            fsync_dir(self.path.parent)
             _atomic_write(self.path, blob)
             _atomic_write(self.dataset_path, header.dataset_version.encode() + b"\n")
             digest = hashlib.sha256(blob).hexdigest()

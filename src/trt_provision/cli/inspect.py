@@ -36,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
         data["metadata_error"] = str(exc)
     try:
         claimed = parse_sha256_sidecar(engine.with_name(engine.name + ".sha256"), engine.name)
+        if not engine.is_file():  # a FIFO or device named like an engine would never end
+            raise EngineGateError("engine is not a regular file", path=str(engine))
         actual, size = sha256_file(engine)
         data["sha256"] = {"claimed": claimed, "actual": actual, "ok": claimed == actual}
         data["size_bytes"] = size
@@ -43,9 +45,11 @@ def run(args: argparse.Namespace) -> int:
         data["sha256"] = {"ok": False, "error": str(exc)}
     except OSError as exc:
         data["sha256"] = {"ok": False, "error": f"cannot read engine: {exc.strerror}"}
+    # Exit 1 when the engine does not verify, so scripts can rely on the status.
+    status = 0 if data["sha256"].get("ok") and "metadata_error" not in data else 1
     if args.json:
         print_json(data)
-        return 0
+        return status
     from rich.console import Console
     from rich.table import Table
 
@@ -67,4 +71,4 @@ def run(args: argparse.Namespace) -> int:
     if "metadata_error" in data:
         table.add_row("metadata", data["metadata_error"])
     Console().print(table)
-    return 0
+    return status

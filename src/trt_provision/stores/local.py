@@ -125,6 +125,10 @@ class LocalEngineStore:
             sha_line = format_sha256_line(digest, final.name).encode()
             temps.append(write_temp_file(sha_final, sha_line))
             temps.append(write_temp_file(json_final, metadata_bytes(full)))
+            # A signature of the engine being replaced would not verify for the new one and
+            # would make a trust-checking gate refuse it forever: it goes first.
+            with contextlib.suppress(FileNotFoundError):
+                final.with_name(final.name + ".sig").unlink()
             # Engine first, sidecars after: until both agree with it, it is not reusable.
             publish_file(staged_path, final)
             os.replace(temps[0], sha_final)
@@ -154,16 +158,16 @@ class LocalEngineStore:
                 if path.name.endswith(ENGINE_SUFFIX) and not path.name.startswith(TEMP_PREFIX):
                     yield path
 
-    def clean_temp_files(self, older_than_s: float = 0.0) -> list[Path]:
-        """Remove temp files left by killed runs whose writer is gone (or that are old)."""
+    def clean_temp_files(self) -> list[Path]:
+        """Remove temp files and work dirs left by killed runs (their writer pid is gone)."""
         removed: list[Path] = []
         if not self._root.is_dir():
             return removed
-        now = time.time()
         dirs = [self._root, *(d for d in self._root.iterdir() if d.is_dir())]
         for directory in dirs:
             for tmp in iter_temp_files(directory):
-                if _writer_alive(tmp.name) and now - _mtime(tmp) < max(older_than_s, 3600):
+                # A live writer's temp is never removed, however long its build takes.
+                if _writer_alive(tmp.name):
                     continue
                 with contextlib.suppress(FileNotFoundError):
                     if tmp.is_dir() and not tmp.is_symlink():
@@ -172,13 +176,6 @@ class LocalEngineStore:
                         tmp.unlink()
                     removed.append(tmp)
         return removed
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
 
 
 def _writer_alive(temp_name: str) -> bool:

@@ -187,19 +187,34 @@ def superseded_reason(
     return None
 
 
+def _ours(path: Path, now: float) -> bool:
+    """A file ``clear`` may remove: an engine or sidecar by its name, or a stale temp."""
+    name = path.name
+    if name.startswith(TEMP_PREFIX):
+        return _stale_temp(path, now, DEFAULT_TEMP_GRACE_S)
+    for suffix in ("", *SIDECAR_SUFFIXES):
+        if name.endswith(ENGINE_SUFFIX + suffix) and path.is_file():
+            try:
+                parse_engine_filename(name[: len(name) - len(suffix)] if suffix else name)
+            except InvalidNameError:
+                return False
+            return True
+    return False
+
+
 def _engine_files(path: Path) -> tuple[Path, ...]:
     return (path, *(p for p in (path.with_name(path.name + s) for s in SIDECAR_SUFFIXES)
                     if p.exists()))
 
 
 def _stale_temp(path: Path, now: float, grace_s: float) -> bool:
-    """A temp file whose writer is gone, or any temp older than the grace period."""
+    """A temp file or work dir whose writer is gone. A live writer's files are never
+    stale, however old: a long TensorRT build must not lose its staging file."""
     try:
-        age = now - path.lstat().st_mtime
+        path.lstat()
     except OSError:
         return False
-    # Temp files and build work dirs both carry their writer's pid: .tmp-<pid>-...
-    return not _writer_alive(path.name) or age > grace_s
+    return not _writer_alive(path.name)
 
 
 def plan_gc(
@@ -303,10 +318,10 @@ def clear_cache(root: Path, *, now: float | None = None) -> GcPlan:
     now = time.time() if now is None else now
     items: list[GcItem] = []
     for model_dir in _model_dirs(root):
+        # Only what this tool writes: schema-named engines, their sidecars, stale temps.
+        # Anything else (a mistaken --cache-dir pointing at real data) is left alone.
         files = tuple(
-            p
-            for p in sorted(model_dir.iterdir())
-            if not p.name.startswith(TEMP_PREFIX) or _stale_temp(p, now, DEFAULT_TEMP_GRACE_S)
+            p for p in sorted(model_dir.iterdir()) if _ours(p, now) and not p.is_symlink()
         )
         if files:
             items.append(_item(model_dir, "clear", files))
