@@ -36,6 +36,7 @@ __all__ = [
     "Wired",
     "build_gate",
     "build_signer",
+    "build_store",
     "build_trust",
     "choose_runtime_label",
     "trust_policies",
@@ -86,6 +87,10 @@ def build_trust(settings: Settings, *, remote: bool = False) -> TrustCheck | Non
 
     keys = [settings.public_key] if settings.public_key is not None else []
     return trust_from_settings(policy, keys)
+
+
+def build_store(settings: Settings) -> LocalEngineStore:
+    return LocalEngineStore(settings.cache_dir)
 
 
 def build_gate(settings: Settings) -> EngineGate:
@@ -144,7 +149,7 @@ def wire(
     use_remote: bool = True,
 ) -> Wired:
     host = host or probe_host()
-    store = LocalEngineStore(settings.cache_dir)
+    store = build_store(settings)
     gate = build_gate(settings)
     budget: MemoryBudget = GpuMemoryBudget(
         settings.memory_budget_bytes,

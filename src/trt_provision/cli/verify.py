@@ -22,14 +22,13 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trt_provision.compose import build_gate
+    from trt_provision.compose import build_gate, build_store
     from trt_provision.errors import EngineGateError, InvalidNameError
     from trt_provision.identity import parse_engine_filename
-    from trt_provision.stores.local import LocalEngineStore
     from trt_provision.types import RuntimeTarget
 
     settings = settings_from_args(args)
-    store = LocalEngineStore(settings.cache_dir)
+    store = build_store(settings)
     gate = build_gate(settings)
     report: list[dict[str, Any]] = []
     for path in store.iter_engines():
