@@ -115,13 +115,16 @@ def build_signer(settings: Settings) -> Callable[[EngineCacheEntry], None] | Non
     return sign
 
 
-def _tensorrt_calibration(cache_dir: Path) -> Callable[[Path, BuildConfig], Any]:
-    """Weakly typed TensorRT: governed batches and calibration cache for the calibrator."""
+def _tensorrt_calibration(
+    cache_dir: Path, trt_version: str | None = None
+) -> Callable[[Path, BuildConfig], Any]:
+    """Weakly typed TensorRT: governed batches and calibration cache for the calibrator
+    (the cache is bound to the TensorRT version that will read it)."""
 
     def calibration(model: Path, config: BuildConfig) -> Any:
         from trt_provision.calibration.tensorrt import tensorrt_calibration_input
 
-        return tensorrt_calibration_input(model, config, cache_dir)
+        return tensorrt_calibration_input(model, config, cache_dir, trt_version=trt_version)
 
     return calibration
 
@@ -170,7 +173,7 @@ def wire(
             options=TensorrtOptions(
                 timing_cache_dir=Path(settings.cache_dir) / ".timing",
                 allow_engine_host_code=settings.allow_engine_host_code,
-                calibration=_tensorrt_calibration(calibration_dir),
+                calibration=_tensorrt_calibration(calibration_dir, host.trt_version),
                 precision_converter=_strong_precision_converter(calibration_dir),
             ),
         )

@@ -5,6 +5,7 @@ Every bad value raises ManifestError naming the file, the key and what was expec
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -116,7 +117,8 @@ class Settings:
     signing_key: Path | None = None  # private key: sign engines this host builds
     # Version-compatible TensorRT engines embed host code: only with an explicit opt-in.
     allow_engine_host_code: bool = False
-    remote: Mapping[str, Any] | None = None
+    # The [remote] table may hold credentials (secret_key): never in a repr or a log line.
+    remote: Mapping[str, Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -163,11 +165,21 @@ def _table(path: Path, key: str, value: Any) -> Mapping[str, Any]:
 
 
 def _number(path: Path, key: str, value: Any, *, positive: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _fail(path, key, "a number", value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _fail(path, key, "a finite number", value)
     if positive and value <= 0:
         raise _fail(path, key, "a number > 0", value)
     return float(value)
+
+
+_MAX_MIB = 1 << 43  # bytes stay below 2**63
+
+
+def _mib_bytes(path: Path, key: str, value: Any) -> int:
+    mib = _number(path, key, value)
+    if mib >= _MAX_MIB:
+        raise _fail(path, key, f"a number of MiB below {_MAX_MIB}", value)
+    return int(mib * (1 << 20))
 
 
 def _settings(path: Path, raw: Mapping[str, Any], remote: Any) -> Settings:
@@ -193,15 +205,13 @@ def _settings(path: Path, raw: Mapping[str, Any], remote: Any) -> Settings:
         kwargs["max_temperature_c"] = _number(
             path, "settings.max_temperature_c", raw["max_temperature_c"]
         )
-    if "memory_budget_mib" in raw:
-        mib = _number(path, "settings.memory_budget_mib", raw["memory_budget_mib"])
-        kwargs["memory_budget_bytes"] = int(mib * (1 << 20))
-    if "max_engine_mib" in raw:
-        mib = _number(path, "settings.max_engine_mib", raw["max_engine_mib"])
-        kwargs["max_engine_bytes"] = int(mib * (1 << 20))
-    if "os_memory_reserve_mib" in raw:
-        mib = _number(path, "settings.os_memory_reserve_mib", raw["os_memory_reserve_mib"])
-        kwargs["os_memory_reserve_bytes"] = int(mib * (1 << 20))
+    for key, target in (
+        ("memory_budget_mib", "memory_budget_bytes"),
+        ("max_engine_mib", "max_engine_bytes"),
+        ("os_memory_reserve_mib", "os_memory_reserve_bytes"),
+    ):
+        if key in raw:
+            kwargs[target] = _mib_bytes(path, f"settings.{key}", raw[key])
     if "allow_engine_host_code" in raw:
         if not isinstance(raw["allow_engine_host_code"], bool):
             raise _fail(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import enum
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from trt_provision.errors import ManifestError
 from trt_provision.types import (
+    MAX_SHAPE_DIM,
     BuildConfig,
     CalibrationSpec,
     HardwareCompatibility,
@@ -61,56 +64,194 @@ def build_config_to_json(config: BuildConfig) -> dict[str, Any]:
     }
 
 
-def _shape(value: Any, where: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(isinstance(d, int) for d in value):
-        raise ManifestError("shape must be a list of integers", key=where, found=repr(value))
+_PROFILE_FIELDS = frozenset({"input", "min", "opt", "max"})
+_PLUGIN_FIELDS = frozenset({"name", "version", "namespace", "required"})
+
+
+def _bad(source: str, key: str, expected: str, value: Any) -> ManifestError:
+    return ManifestError(
+        "invalid build config value",
+        file=source,
+        key=key,
+        expected=expected,
+        found=repr(value)[:120],
+    )
+
+
+def _int(source: str, key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(source, key, "an integer", value)
+    return value
+
+
+def _bool(source: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(source, key, "true or false", value)
+    return value
+
+
+def _finite(source: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _bad(source, key, "a finite number", value)
+    return float(value)
+
+
+def _str(source: str, key: str, value: Any, *, empty: bool = False) -> str:
+    if not isinstance(value, str) or (not empty and not value):
+        raise _bad(source, key, "a string" if empty else "a non-empty string", value)
+    return value
+
+
+def _strings(source: str, key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
+        raise _bad(source, key, "a list of non-empty strings", value)
+    return tuple(_str(source, f"{key}[{i}]", v) for i, v in enumerate(value))
+
+
+def _object(source: str, key: str, value: Any, allowed: frozenset[str]) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _bad(source, key, "an object", value)
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise ManifestError(
+            "unknown build config key",
+            file=source,
+            key=f"{key}.{unknown[0]}",
+            expected=f"one of {sorted(allowed)}",
+        )
+    return value
+
+
+def _shape(value: Any, where: str, source: str = "<json>") -> tuple[int, ...]:
+    if (
+        not isinstance(value, list | tuple)
+        or not value
+        or not all(
+            not isinstance(d, bool) and isinstance(d, int) and 1 <= d <= MAX_SHAPE_DIM
+            for d in value
+        )
+    ):
+        raise ManifestError(
+            "shape must be a non-empty list of integers",
+            file=source,
+            key=where,
+            expected=f"each dimension in 1..{MAX_SHAPE_DIM}",
+            found=repr(value)[:120],
+        )
     return tuple(value)
 
 
+def _profile(source: str, i: int, raw: Any) -> OptimizationProfile:
+    key = f"profiles[{i}]"
+    p = _object(source, key, raw, _PROFILE_FIELDS)
+    missing = sorted(_PROFILE_FIELDS - set(p))
+    if missing:
+        raise ManifestError("profile key missing", file=source, key=f"{key}.{missing[0]}")
+    name = _str(source, f"{key}.input", p["input"])
+    shapes = {k: _shape(p[k], f"{key}.{k}", source) for k in ("min", "opt", "max")}
+    try:
+        return OptimizationProfile(
+            input_name=name,
+            min_shape=shapes["min"],
+            opt_shape=shapes["opt"],
+            max_shape=shapes["max"],
+        )
+    except ValueError as exc:
+        raise ManifestError(f"invalid profile: {exc}", file=source, key=key) from exc
+
+
+def _plugin(source: str, i: int, raw: Any) -> PluginSpec:
+    key = f"plugins[{i}]"
+    p = _object(source, key, raw, _PLUGIN_FIELDS)
+    if "name" not in p:
+        raise ManifestError("plugin key missing", file=source, key=f"{key}.name")
+    kwargs: dict[str, Any] = {"name": _str(source, f"{key}.name", p["name"])}
+    for field in ("version", "namespace"):
+        if field in p:
+            kwargs[field] = _str(source, f"{key}.{field}", p[field], empty=field == "namespace")
+    if "required" in p:
+        kwargs["required"] = _bool(source, f"{key}.required", p["required"])
+    return PluginSpec(**kwargs)
+
+
+def _calibration(source: str, raw: Any) -> CalibrationSpec:
+    cal = _object(source, "calibration", raw, _CALIBRATION_FIELDS)
+    kwargs: dict[str, Any] = {}
+    for field in ("source", "dataset_version"):
+        if cal.get(field) is not None:
+            kwargs[field] = _str(source, f"calibration.{field}", cal[field])
+    if "algorithm" in cal:
+        kwargs["algorithm"] = _str(source, "calibration.algorithm", cal["algorithm"])
+    if "num_bins" in cal:
+        kwargs["num_bins"] = _int(source, "calibration.num_bins", cal["num_bins"])
+    if "percentile" in cal:
+        kwargs["percentile"] = _finite(source, "calibration.percentile", cal["percentile"])
+    if cal.get("max_batches") is not None:
+        kwargs["max_batches"] = _int(source, "calibration.max_batches", cal["max_batches"])
+    for field in ("governed", "allow_lossy_cast"):
+        if field in cal:
+            kwargs[field] = _bool(source, f"calibration.{field}", cal[field])
+    try:
+        return CalibrationSpec(**kwargs)
+    except ValueError as exc:
+        raise ManifestError(f"invalid calibration: {exc}", file=source, key="calibration") from exc
+
+
+def _enum(source: str, key: str, value: Any, kind: type[enum.Enum]) -> Any:
+    allowed = [m.value for m in kind]
+    if not isinstance(value, str) or value not in allowed:
+        raise _bad(source, key, f"one of {allowed}", value)
+    return kind(value)
+
+
 def build_config_from_json(data: Mapping[str, Any], *, source: str = "<json>") -> BuildConfig:
-    """Validate and convert; every problem is a ManifestError naming the key."""
+    """Validate and convert; every problem is a ManifestError naming the key.
+
+    Nothing is coerced: lists must hold strings, integers must be integers (not booleans or
+    floats), switches must be booleans and thresholds finite numbers.
+    """
     if not isinstance(data, Mapping):
         raise ManifestError("build config must be a JSON object", file=source)
     unknown = sorted(set(data) - _FIELDS)
     if unknown:
         raise ManifestError("unknown build config keys", file=source, keys=unknown)
     kwargs: dict[str, Any] = {}
+    if "precision" in data:
+        kwargs["precision"] = _enum(source, "precision", data["precision"], PrecisionMode)
+    if "hardware_compatibility" in data:
+        kwargs["hardware_compatibility"] = _enum(
+            source, "hardware_compatibility", data["hardware_compatibility"], HardwareCompatibility
+        )
+    for key in ("workspace_mib", "builder_optimization_level"):
+        if key in data:
+            kwargs[key] = _int(source, key, data[key])
+    if "strict_precision_constraints" in data:
+        kwargs["strict_precision_constraints"] = _bool(
+            source, "strict_precision_constraints", data["strict_precision_constraints"]
+        )
+    if data.get("strongly_typed") is not None:
+        kwargs["strongly_typed"] = _bool(source, "strongly_typed", data["strongly_typed"])
+    for key in ("min_cosine", "max_rel_error"):
+        if data.get(key) is not None:
+            kwargs[key] = _finite(source, key, data[key])
+    if data.get("timing_cache_path") is not None:
+        kwargs["timing_cache_path"] = Path(
+            _str(source, "timing_cache_path", data["timing_cache_path"])
+        )
+    for key in ("fp16_pinned_keywords", "excluded_op_types"):
+        if key in data:
+            kwargs[key] = _strings(source, key, data[key])
+    if "profiles" in data:
+        if not isinstance(data["profiles"], list | tuple):
+            raise _bad(source, "profiles", "a list of profiles", data["profiles"])
+        kwargs["profiles"] = tuple(_profile(source, i, p) for i, p in enumerate(data["profiles"]))
+    if "plugins" in data:
+        if not isinstance(data["plugins"], list | tuple):
+            raise _bad(source, "plugins", "a list of plugins", data["plugins"])
+        kwargs["plugins"] = tuple(_plugin(source, i, p) for i, p in enumerate(data["plugins"]))
+    if data.get("calibration") is not None:
+        kwargs["calibration"] = _calibration(source, data["calibration"])
     try:
-        if "precision" in data:
-            kwargs["precision"] = PrecisionMode(data["precision"])
-        if "hardware_compatibility" in data:
-            kwargs["hardware_compatibility"] = HardwareCompatibility(
-                data["hardware_compatibility"]
-            )
-        for key in ("workspace_mib", "builder_optimization_level", "strict_precision_constraints",
-                    "strongly_typed", "min_cosine", "max_rel_error"):
-            if key in data:
-                kwargs[key] = data[key]
-        if data.get("timing_cache_path") is not None:
-            kwargs["timing_cache_path"] = Path(data["timing_cache_path"])
-        for key in ("fp16_pinned_keywords", "excluded_op_types"):
-            if key in data:
-                kwargs[key] = tuple(data[key])
-        if "profiles" in data:
-            kwargs["profiles"] = tuple(
-                OptimizationProfile(
-                    input_name=p["input"],
-                    min_shape=_shape(p["min"], f"profiles[{i}].min"),
-                    opt_shape=_shape(p["opt"], f"profiles[{i}].opt"),
-                    max_shape=_shape(p["max"], f"profiles[{i}].max"),
-                )
-                for i, p in enumerate(data["profiles"])
-            )
-        if "plugins" in data:
-            kwargs["plugins"] = tuple(PluginSpec(**p) for p in data["plugins"])
-        if data.get("calibration") is not None:
-            cal = data["calibration"]
-            extra = sorted(set(cal) - _CALIBRATION_FIELDS)
-            if extra:
-                raise ManifestError("unknown calibration keys", file=source, keys=extra)
-            kwargs["calibration"] = CalibrationSpec(**cal)
         return BuildConfig(**kwargs)
-    except ManifestError:
-        raise
-    except (KeyError, TypeError, ValueError) as exc:
+    except ValueError as exc:
         raise ManifestError(f"invalid build config: {exc}", file=source) from exc

@@ -9,6 +9,15 @@ Filename (fields joined by ``.``; versions written with ``_`` instead of ``.``):
 ``target`` is ``smNN`` (engine tied to one compute capability), ``smNN+`` (TensorRT
 AMPERE_PLUS hardware compatibility: any sm >= NN), ``smNNcc`` (SAME_COMPUTE_CAPABILITY) or
 ``cpu-<isa>`` for CPU strategies. ``platform`` is ``jp<version>``, ``dgpu`` or ``host``.
+
+Runtime versions are normalised once, by :func:`normalize_runtime_version` (``RuntimeTarget``
+calls it), into ``<release>[+<local>]``: lowercase, the release part
+``[0-9][0-9a-z]*(.[0-9a-z]+)*`` and an optional local tag ``[0-9a-z]+(.[0-9a-z]+)*`` after a
+single ``+`` (PEP 440 local separators ``-`` and ``_`` become ``.``). A wheel such as
+ONNX Runtime ``1.19.0+cpu`` therefore keeps its build flavour in the identity and is written
+``ortcpu-1_19_0+cpu``; because a normalised version holds no ``_``, the filename maps back to
+exactly the same version (``parse_engine_filename(engine_filename(i))`` round-trips). A version
+that cannot be normalised raises :class:`~trt_provision.errors.InvalidNameError`.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ __all__ = [
     "compute_identity",
     "engine_filename",
     "model_sha256",
+    "normalize_runtime_version",
     "parse_engine_filename",
     "validate_identity_fields",
     "validate_model_name",
@@ -42,7 +52,8 @@ HASH_CHARS = 16
 DIGEST_CHARS = 12
 
 _MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-_VERSION_RE = re.compile(r"[0-9][0-9a-z]*(\.[0-9a-z]+)*")
+_VERSION_RE = re.compile(r"[0-9][0-9a-z]*(\.[0-9a-z]+)*(\+[0-9a-z]+(\.[0-9a-z]+)*)?")
+MAX_VERSION_CHARS = 64
 _TARGET_RE = re.compile(r"sm[0-9]{2,3}(\+|cc)?|cpu-[a-z0-9]+")
 _PLATFORM_RE = re.compile(r"jp[0-9]+(\.[0-9]+)*|dgpu|host")
 _RUNTIME_RE = re.compile(r"[a-z][a-z0-9]*")
@@ -53,7 +64,8 @@ _FILENAME_RE = re.compile(
     r"\.(?P<precision>fp32|fp16|int8|mixed)"
     r"\.(?P<target>sm[0-9]{2,3}(?:\+|cc)?|cpu-[a-z0-9]+)"
     r"\.(?P<platform>jp[0-9]+(?:_[0-9]+)*|dgpu|host)"
-    r"\.(?P<runtime>[a-z][a-z0-9]*)-(?P<version>[0-9][0-9a-z]*(?:_[0-9a-z]+)*)"
+    r"\.(?P<runtime>[a-z][a-z0-9]*)"
+    r"-(?P<version>[0-9][0-9a-z]*(?:_[0-9a-z]+)*(?:\+[0-9a-z]+(?:_[0-9a-z]+)*)?)"
     r"\.(?P<digest>[0-9a-f]{12})"
     r"\.engine"
 )
@@ -80,7 +92,24 @@ def validate_model_name(name: str) -> str:
     return name
 
 
+def normalize_runtime_version(version: str) -> str:
+    """The canonical filename-safe form of a runtime version (see the module docstring)."""
+    if not isinstance(version, str):
+        raise InvalidNameError("runtime version must be a string", found=repr(version))
+    text = version.strip().lower()
+    release, plus, local = text.partition("+")
+    canonical = re.sub(r"[-_]", ".", release) + (plus + re.sub(r"[-_]", ".", local))
+    if len(canonical) > MAX_VERSION_CHARS or not _VERSION_RE.fullmatch(canonical):
+        raise InvalidNameError(
+            "runtime version cannot be written in an engine filename",
+            expected="<release>[+<local>] of letters, digits and '.'",
+            found=repr(version[:80]),
+        )
+    return canonical
+
+
 def validate_identity_fields(identity: EngineIdentity) -> None:
+    """Check every field against the filename schema; a bad one raises InvalidNameError."""
     validate_model_name(identity.model_name)
     checks: list[tuple[str, str, re.Pattern[str]]] = [
         ("model_sha256", identity.model_sha256, _HEX_RE),
@@ -92,11 +121,18 @@ def validate_identity_fields(identity: EngineIdentity) -> None:
     ]
     for field_name, value, pattern in checks:
         if not isinstance(value, str) or not pattern.fullmatch(value):
-            raise ValueError(f"identity field {field_name} is malformed: {value!r}")
+            raise InvalidNameError(
+                f"identity field {field_name} is malformed", field=field_name, found=repr(value)
+            )
     if len(identity.model_sha256) < HASH_CHARS:
-        raise ValueError("identity model_sha256 must have at least 16 hex characters")
+        raise InvalidNameError(
+            "identity model_sha256 must have at least 16 hex characters", field="model_sha256"
+        )
     if len(identity.options_digest) != DIGEST_CHARS:
-        raise ValueError(f"identity options_digest must have {DIGEST_CHARS} hex characters")
+        raise InvalidNameError(
+            f"identity options_digest must have {DIGEST_CHARS} hex characters",
+            field="options_digest",
+        )
 
 
 def engine_filename(identity: EngineIdentity) -> str:
@@ -242,8 +278,12 @@ def build_option_payload(
     calibration_key: str | None = None,
     runtime_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The canonical dict of every option that changes the engine bytes."""
-    return {
+    """The canonical dict of every option that changes the engine bytes or its acceptance.
+
+    The accuracy thresholds enter only when set, so engines built without a gate keep the
+    digest they always had.
+    """
+    payload: dict[str, Any] = {
         "precision": config.precision.value,
         "workspace_mib": config.workspace_mib,
         "profiles": [p.to_dict() for p in sorted(config.profiles, key=lambda p: p.input_name)],
@@ -259,6 +299,14 @@ def build_option_payload(
         "calibration_key": calibration_key,
         "runtime_options": dict(sorted((runtime_options or {}).items())),
     }
+    # An engine is only valid under the accuracy gate it passed: tightening a threshold must
+    # not reuse an engine accepted under the looser one.
+    if config.min_cosine is not None or config.max_rel_error is not None:
+        payload["accuracy_gate"] = {
+            "min_cosine": config.min_cosine,
+            "max_rel_error": config.max_rel_error,
+        }
+    return payload
 
 
 def build_option_digest(

@@ -10,6 +10,7 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_PINNED_KEYWORDS",
+    "MAX_SHAPE_DIM",
     "BackboneSpec",
     "BuildArtifact",
     "BuildConfig",
@@ -60,9 +61,20 @@ class CompileOutcome(str, enum.Enum):
     PLANNED = "planned"  # dry run: would be built
 
 
+MAX_SHAPE_DIM = 2**31 - 1  # what TensorRT and ONNX Runtime can address in one dimension
+
+
 def _check_shape(name: str, shape: tuple[int, ...]) -> None:
-    if not shape or any((not isinstance(d, int)) or d < 1 for d in shape):
-        raise ValueError(f"{name} must be a non-empty tuple of positive ints, got {shape!r}")
+    if (
+        not shape
+        or any(
+            isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= MAX_SHAPE_DIM
+            for d in shape
+        )
+    ):
+        raise ValueError(
+            f"{name} must be a non-empty tuple of ints in 1..{MAX_SHAPE_DIM}, got {shape!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -75,8 +87,9 @@ class OptimizationProfile:
     max_shape: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        if not self.input_name:
-            raise ValueError("profile input_name must not be empty")
+        if not isinstance(self.input_name, str) or not self.input_name:
+            raise ValueError(f"profile input_name must be a non-empty string, got "
+                             f"{self.input_name!r}")
         for label in ("min_shape", "opt_shape", "max_shape"):
             _check_shape(f"{self.input_name}.{label}", getattr(self, label))
         if not len(self.min_shape) == len(self.opt_shape) == len(self.max_shape):
@@ -171,7 +184,9 @@ class BuildConfig:
         names = [p.input_name for p in self.profiles]
         if len(names) != len(set(names)):
             raise ValueError(f"duplicate profile input names: {names}")
-        if any(not k or k != k.lower() for k in self.fp16_pinned_keywords):
+        if any(
+            not isinstance(k, str) or not k or k != k.lower() for k in self.fp16_pinned_keywords
+        ):
             raise ValueError(
                 f"fp16_pinned_keywords must be non-empty lowercase strings, "
                 f"got {self.fp16_pinned_keywords!r}"
@@ -244,6 +259,15 @@ class RuntimeTarget:
     runtime_version: str  # e.g. "10.3.0"
     target: str  # "sm87", "sm80+", "sm90cc", or "cpu-avx2"
     platform: str  # "jp6.2", "dgpu" or "host"
+
+    def __post_init__(self) -> None:
+        # Installed versions come from the environment (e.g. "1.19.0+cpu"): normalise them
+        # once, here, so the identity, the filename and the gate all see the same string.
+        from trt_provision.identity import normalize_runtime_version
+
+        object.__setattr__(
+            self, "runtime_version", normalize_runtime_version(self.runtime_version)
+        )
 
 
 @dataclass(frozen=True)

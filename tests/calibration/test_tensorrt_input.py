@@ -99,6 +99,24 @@ def test_cache_precomputed_on_the_cpu_is_offered_and_stored_governed(
     (blob,) = cache_dir.glob("*.trt.calib")
     header, payload = decode_blob(blob.read_bytes())
     assert header.payload_kind == PAYLOAD_TRT_CACHE and payload == text
-    # the next build reads it back without recomputing (even with precompute off)
-    again = tensorrt_calibration_input(model, _config(data), cache_dir, precompute=False)
+    # the next build on the same TensorRT reads it back without recomputing
+    again = tensorrt_calibration_input(model, _config(data), cache_dir, precompute=False,
+                                       trt_version="10.3.0")
     assert again is not None and again.read_cache() == text
+
+
+def test_another_tensorrt_version_never_reads_the_cache_as_a_hit(
+    cnn: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, data = cnn
+    cache_dir = tmp_path / "c"
+    old = tensorrt_calibration_input(model, _config(data), cache_dir, precompute=False,
+                                     trt_version="10.3.0")
+    assert old is not None
+    old.write_cache(TRT_BLOB)
+    same = tensorrt_calibration_input(model, _config(data), cache_dir, precompute=False,
+                                      trt_version="10.3.0")
+    assert same is not None and same.read_cache() == TRT_BLOB
+    upgraded = tensorrt_calibration_input(model, _config(data), cache_dir, precompute=False,
+                                          trt_version="10.16.1.11")
+    assert upgraded is not None and upgraded.read_cache() is None

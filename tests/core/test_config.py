@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from trt_provision.config import default_cache_dir, load_manifest, resolve_cache_dir
+from trt_provision.config import Settings, default_cache_dir, load_manifest, resolve_cache_dir
 from trt_provision.errors import ManifestError
 from trt_provision.types import PrecisionMode
 
@@ -145,3 +145,8 @@ def test_build_config_json_refuses_unknown_keys() -> None:
         build_config_from_json({"precision": "fp16", "turbo": True}, source="build.json")
     with pytest.raises(ManifestError):
         build_config_from_json({"precision": "fp8"}, source="build.json")
+
+
+def test_settings_repr_hides_the_remote_table() -> None:
+    settings = Settings(remote={"bucket": "b", "secret_key": "S3CR3T"})
+    assert "S3CR3T" not in repr(settings) and "S3CR3T" not in str(settings)

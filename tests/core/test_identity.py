@@ -34,7 +34,11 @@ pytestmark = pytest.mark.tier0
 
 names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", fullmatch=True)
 hexes = st.text("0123456789abcdef", min_size=64, max_size=64)
-versions = st.from_regex(r"[0-9]{1,3}(\.[0-9]{1,3}){0,3}", fullmatch=True)
+versions = st.one_of(
+    st.from_regex(r"[0-9]{1,3}(\.[0-9]{1,3}){0,3}", fullmatch=True),
+    st.from_regex(r"[0-9]{1,3}(\.[0-9]{1,3}){0,2}(rc[0-9])?\+[a-z0-9]{1,6}(\.[a-z0-9]{1,4})?",
+                  fullmatch=True),
+)
 targets = st.one_of(
     st.from_regex(r"sm[0-9]{2,3}(\+|cc)?", fullmatch=True),
     st.from_regex(r"cpu-[a-z0-9]{1,10}", fullmatch=True),
@@ -133,6 +137,10 @@ VARIANTS = {
     "strict": dataclasses.replace(BASE, strict_precision_constraints=False),
     "strong": dataclasses.replace(BASE, strongly_typed=True),
     "excluded": dataclasses.replace(BASE, excluded_op_types=("Softmax",)),
+    # An engine is only valid under the accuracy gate it passed.
+    "min_cosine": dataclasses.replace(BASE, min_cosine=0.9),
+    "min_cosine_tighter": dataclasses.replace(BASE, min_cosine=0.99),
+    "max_rel_error": dataclasses.replace(BASE, max_rel_error=0.05),
 }
 
 
@@ -149,8 +157,8 @@ def test_digest_is_deterministic_and_ignores_non_build_settings(tmp_path: Path) 
         precision=PrecisionMode.INT8, profiles=(OptimizationProfile("x", (1, 3), (4, 3), (8, 3)),)
     )
     assert build_option_digest(BASE) == build_option_digest(again)
-    # The timing cache location and the accuracy gate do not change the engine bytes.
-    moved = dataclasses.replace(BASE, timing_cache_path=tmp_path / "t.cache", min_cosine=0.9)
+    # The timing cache location does not change the engine bytes.
+    moved = dataclasses.replace(BASE, timing_cache_path=tmp_path / "t.cache")
     assert build_option_digest(moved) == build_option_digest(BASE)
     reordered = dataclasses.replace(BASE, fp16_pinned_keywords=("kan", "router"))
     assert build_option_digest(reordered) == build_option_digest(BASE)
@@ -245,3 +253,56 @@ def test_calibration_spec_validation() -> None:
         CalibrationSpec(algorithm="magic")
     with pytest.raises(ValueError, match="percentile"):
         CalibrationSpec(percentile=10)
+
+
+def test_tightening_the_accuracy_gate_changes_the_digest() -> None:
+    loose = dataclasses.replace(BASE, min_cosine=0.9, max_rel_error=0.1)
+    tight = dataclasses.replace(BASE, min_cosine=0.999, max_rel_error=0.1)
+    assert build_option_digest(loose) != build_option_digest(tight)
+    assert build_option_digest(BASE) != build_option_digest(loose)
+
+
+@pytest.mark.parametrize(
+    ("installed", "canonical", "in_filename"),
+    [
+        ("1.19.0+cpu", "1.19.0+cpu", "ortcpu-1_19_0+cpu."),
+        ("1.19.0+CU121", "1.19.0+cu121", "ortcpu-1_19_0+cu121."),
+        ("1.20.0rc1+cpu-avx_2", "1.20.0rc1+cpu.avx.2", "ortcpu-1_20_0rc1+cpu_avx_2."),
+        (" 10.3.0 ", "10.3.0", "ortcpu-10_3_0."),
+    ],
+)
+def test_local_version_segments_round_trip(
+    installed: str, canonical: str, in_filename: str
+) -> None:
+    target = RuntimeTarget("ortcpu", installed, "cpu-avx2", "host")
+    assert target.runtime_version == canonical
+    identity = compute_identity(
+        model_name="m", model_hash="ab" * 32, config=BuildConfig(), target=target
+    )
+    assert in_filename in identity.filename
+    assert parse_engine_filename(identity.filename) == ParsedEngineName.of(identity)
+
+
+@pytest.mark.parametrize("bad", ["", "+cpu", "1.0+", "1..0", "1.0+a+b", "v1.0", "1.0/x", "1" * 80])
+def test_unusable_runtime_versions_raise_a_typed_error(bad: str) -> None:
+    with pytest.raises(InvalidNameError):
+        RuntimeTarget("ortcpu", bad, "cpu-avx2", "host")
+
+
+@pytest.mark.parametrize(
+    "field", ["runtime", "runtime_version", "target", "platform", "options_digest"]
+)
+def test_malformed_identity_fields_raise_a_typed_error(field: str) -> None:
+    values = {
+        "model_name": "m",
+        "model_sha256": "ab" * 32,
+        "precision": PrecisionMode.FP32,
+        "runtime": "ortcpu",
+        "runtime_version": "1.19.0",
+        "target": "cpu-avx2",
+        "platform": "host",
+        "options_digest": "0" * 12,
+    }
+    values[field] = "BAD/../x"
+    with pytest.raises(InvalidNameError, match=field):
+        EngineIdentity(**values)  # type: ignore[arg-type]

@@ -55,6 +55,7 @@ class FakeCudaRuntime:
         self.compute_capability = compute_capability
         self._buffers: dict[int, ctypes.Array[ctypes.c_char]] = {}
         self.kinds: dict[int, str] = {}
+        self._sizes: dict[int, int] = {}
         self._errors: dict[str, cudaError_t] = {}
         self._next_stream = 1
         self.live_streams: set[int] = set()
@@ -73,6 +74,15 @@ class FakeCudaRuntime:
     def write_device(self, ptr: int, data: bytes) -> None:
         ctypes.memmove(ptr, data, len(data))
 
+    def allocation_size(self, ptr: int) -> int | None:
+        """Bytes requested for the live allocation starting at ``ptr`` (None: not one)."""
+        if ptr not in self.kinds:
+            return None
+        return self._sizes[ptr]
+
+    def read_device(self, ptr: int, count: int) -> bytes:
+        return ctypes.string_at(ptr, count)
+
     def _call(self, name: str, *args: Any) -> cudaError_t:
         self.recorder.record(name, *args)
         return self._errors.get(name, cudaError_t.cudaSuccess)
@@ -85,6 +95,7 @@ class FakeCudaRuntime:
         ptr = ctypes.addressof(buf)
         self._buffers[ptr] = buf
         self.kinds[ptr] = kind
+        self._sizes[ptr] = size
         return err, ptr
 
     def _free(self, name: str, ptr: int, kind: str) -> tuple[cudaError_t]:
@@ -94,6 +105,7 @@ class FakeCudaRuntime:
                 return (cudaError_t.cudaErrorInvalidValue,)
             del self._buffers[ptr]
             del self.kinds[ptr]
+            del self._sizes[ptr]
         return (err,)
 
     # ----------------------------------------------------------------- runtime API

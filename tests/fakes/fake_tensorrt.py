@@ -186,6 +186,13 @@ class FakeTrtState:
     build_returns_none: bool = False
     context_returns_none: bool = False
     execute_returns: bool = True
+    # IExecutionContext.set_input_shape / set_tensor_address return these (False: refused).
+    set_input_shape_returns: bool = True
+    set_tensor_address_returns: bool = True
+    # Outputs whose -1 dimensions stay -1 once input shapes are set (data-dependent shapes).
+    data_dependent_outputs: frozenset[str] = frozenset()
+    # What the calibrator put on the device for each batch, read back by the fake builder.
+    calibration_fed: list[dict[str, Any]] = field(default_factory=list)
     cuda: Any = None  # a FakeCudaRuntime: execute writes outputs into its memory
     module: Any = None
 
@@ -567,6 +574,7 @@ class _BuilderConfig(_Obj):
         self._level = 3
         self._hwc = self._st.enum("HardwareCompatibilityLevel", "NONE")
         self._calibrator: Any = None
+        self._calibration_profile: Any = None
         self._timing_cache: Any = None
         self._verbosity: Any = None
 
@@ -623,6 +631,14 @@ class _BuilderConfig(_Obj):
     def int8_calibrator(self, value: Any) -> None:
         self._st.rec("IBuilderConfig.int8_calibrator", value)
         self._calibrator = value
+
+    def set_calibration_profile(self, profile: Any) -> bool:
+        self._st.rec("IBuilderConfig.set_calibration_profile", dict(profile._shapes))
+        self._calibration_profile = profile
+        return True
+
+    def get_calibration_profile(self) -> Any:
+        return self._calibration_profile
 
     @property
     def profiling_verbosity(self) -> Any:
@@ -681,7 +697,7 @@ class _Builder(_Obj):
             return None
         calibration = None
         if "INT8" in config._flags and config._calibrator is not None:
-            calibration = _drive_calibrator(config._calibrator, network)
+            calibration = _drive_calibrator(st, config, network)
         if config._timing_cache is not None:
             config._timing_cache._entries.add(f"{network.name}:{network.num_layers}")
         profile = config._profiles[0]._shapes if config._profiles else {}
@@ -705,15 +721,47 @@ class _Builder(_Obj):
         return st.new("IHostMemory", data=ENGINE_MAGIC + json.dumps(blob).encode())
 
 
-def _drive_calibrator(calibrator: Any, network: Any) -> dict[str, Any]:
-    """Call the calibrator the way TensorRT does: cache first, else batches, then write."""
+def _drive_calibrator(st: FakeTrtState, config: Any, network: Any) -> dict[str, Any]:
+    """Call the calibrator the way TensorRT does: cache first, else batches, then write.
+
+    Like TensorRT, a network with dynamic shapes is calibrated at the ``opt`` shapes of the
+    calibration profile (which must be set), and every pointer handed back must hold exactly
+    one tensor of that shape: the fake checks the size of the device allocation and reads
+    the bytes back into ``st.calibration_fed``.
+    """
+    calibrator = config._calibrator
     cached = calibrator.read_calibration_cache()
     if cached:
         return {"from_cache": True, "batches": 0}
+    dynamic = any(d < 0 for t in network._inputs for d in t.shape)
+    profile = config._calibration_profile
+    if dynamic and profile is None:
+        raise RuntimeError("INT8 calibration of a network with dynamic shapes needs "
+                           "IBuilderConfig.set_calibration_profile")
+    expected: dict[str, tuple[tuple[int, ...], Any]] = {}
+    for t in network._inputs:
+        shape = profile._shapes[t.name][1] if profile is not None else tuple(t.shape)
+        expected[t.name] = (tuple(shape), np.dtype(_NP_TYPES[t.dtype.name]))
     names = [t.name for t in network._inputs]
     calibrator.get_batch_size()
     batches = 0
-    while calibrator.get_batch(names) is not None:
+    while True:
+        pointers = calibrator.get_batch(names)
+        if pointers is None:
+            break
+        fed: dict[str, Any] = {}
+        for name, ptr in zip(names, pointers, strict=True):
+            shape, dtype = expected[name]
+            nbytes = int(np.prod(shape)) * dtype.itemsize
+            size = st.cuda.allocation_size(int(ptr)) if st.cuda is not None else None
+            if size != nbytes:
+                raise RuntimeError(
+                    f"calibration batch {batches} for {name!r}: device buffer of {size} bytes, "
+                    f"the calibration shape {shape} needs {nbytes}")
+            if st.cuda is not None:
+                raw = st.cuda.read_device(int(ptr), nbytes)
+                fed[name] = np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+        st.calibration_fed.append(fed)
         batches += 1
     calibrator.write_calibration_cache(b"fake-calibration-table")
     return {"from_cache": False, "batches": batches}
@@ -792,6 +840,8 @@ class _Context(_Obj):
 
     def set_input_shape(self, name: str, shape: Any) -> bool:
         self._st.rec("IExecutionContext.set_input_shape", name, tuple(shape))
+        if not self._st.set_input_shape_returns:
+            return False
         self._shapes[name] = tuple(shape)
         return True
 
@@ -799,11 +849,15 @@ class _Context(_Obj):
         if name in self._shapes:
             return self._shapes[name]
         shape = list(self._engine.get_tensor_shape(name))
+        if name in self._st.data_dependent_outputs:
+            return tuple(shape)
         batch = next(iter(self._shapes.values()), (1,))[0]
         return tuple(batch if d == -1 else d for d in shape)
 
     def set_tensor_address(self, name: str, memory: int) -> bool:
         self._st.rec("IExecutionContext.set_tensor_address", name, int(memory))
+        if not self._st.set_tensor_address_returns:
+            return False
         self._addresses[name] = int(memory)
         return True
 

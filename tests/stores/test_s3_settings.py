@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from trt_provision.errors import ManifestError
-from trt_provision.stores.s3 import S3EngineStore, S3Settings
+from trt_provision.stores.s3 import S3EngineStore, S3Settings, settings_from_config
 from trt_provision.types import EngineIdentity, PrecisionMode
 
 pytestmark = pytest.mark.tier0
@@ -99,3 +99,27 @@ def test_importing_the_store_does_not_import_boto3() -> None:
         "sys.exit(1 if {'boto3', 'botocore', 'cryptography'} & set(sys.modules) else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("max_engine_mib", float("inf")),
+        ("max_engine_mib", float("nan")),
+        ("max_engine_mib", 1e300),
+        ("max_attempts", float("nan")),
+        ("max_attempts", 2.5),
+        ("max_attempts", True),
+        ("connect_timeout_s", float("nan")),
+        ("read_timeout_s", float("inf")),
+    ],
+)
+def test_config_numbers_must_be_finite(key: str, value: object) -> None:
+    with pytest.raises(ManifestError) as info:
+        settings_from_config({"bucket": "b", key: value}, environ={})
+    assert info.value.context["key"] == f"remote.{key}"
+
+
+def test_config_numbers_convert() -> None:
+    s = settings_from_config({"bucket": "b", "max_engine_mib": 2, "max_attempts": 5}, environ={})
+    assert s is not None and s.max_engine_bytes == 2 << 20 and s.max_attempts == 5

@@ -11,12 +11,15 @@ calibration cache (payload kind ``trt-calibration-cache``). ``read_cache`` offer
 3. nothing (``None``): TensorRT calibrates on the device and hands the result to
    ``write_cache``.
 
-This module never imports ``tensorrt``; its version (for the cache header) is read from the
-installed distribution's metadata, or passed in.
+The key of the cache entry is the calibration key extended with the TensorRT version, so a
+TensorRT upgrade never reads another version's calibration table as a hit. This module never
+imports ``tensorrt``; its version is passed in (``trt_version``, the runtime knows it) or read
+from the installed distribution's metadata (``"unknown"`` when neither says).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -95,6 +98,16 @@ class _TrtCalibrationSource:
         return self._resolved
 
     @property
+    def version(self) -> str | None:
+        return self.trt_version or installed_tensorrt_version()
+
+    @property
+    def key(self) -> str:
+        """The calibration key bound to the TensorRT version that reads and writes the table."""
+        bound = f"{self.resolved.key}\0tensorrt={self.version or 'unknown'}"
+        return hashlib.sha256(bound.encode()).hexdigest()
+
+    @property
     def cache(self) -> GovernedCalibrationCache:
         if self._cache is None:
             spec = calibration_spec_of(self.config, str(self.model_path))
@@ -113,13 +126,13 @@ class _TrtCalibrationSource:
     def _header(self) -> CacheHeader:
         spec = calibration_spec_of(self.config, str(self.model_path))
         return CacheHeader(
-            key=self.resolved.key, algorithm=spec.algorithm,
+            key=self.key, algorithm=spec.algorithm,
             dataset_version=self.resolved.dataset_version, payload_kind=PAYLOAD_TRT_CACHE,
         )
 
     def read_cache(self) -> bytes | None:
         with self.cache.lock():
-            lookup = self.cache.load(self.resolved.key, self.resolved.dataset_version)
+            lookup = self.cache.load(self.key, self.resolved.dataset_version)
             if lookup.usable and lookup.payload is not None:
                 kind = lookup.header.payload_kind if lookup.header else PAYLOAD_TRT_CACHE
                 if kind == PAYLOAD_TRT_CACHE:
@@ -136,7 +149,7 @@ class _TrtCalibrationSource:
         from trt_provision.calibration.precision import governed_ranges
         from trt_provision.calibration.ranges import write_trt_calibration_cache
 
-        version = self.trt_version or installed_tensorrt_version()
+        version = self.version
         if version is None:
             logger.info(
                 "TensorRT version unknown; leaving calibration to TensorRT",
@@ -187,6 +200,8 @@ def tensorrt_calibration_input(
 
     None when ``config.precision`` needs no calibration. ``precompute=False`` leaves a
     missing or stale cache to TensorRT's on-device calibration (``read_cache`` gives None).
+    ``trt_version`` is the TensorRT version of the runtime that builds (part of the cache
+    key); without it the installed distribution's version is used.
     """
     if not config.precision.needs_calibration:
         return None

@@ -7,6 +7,7 @@ on stdout, typed exit codes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shutil
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from trt_provision.cli._common import add_settings_args, print_json, settings_from_args
-from trt_provision.errors import ManifestError, TrtProvisionError
+from trt_provision.errors import ManifestError, StoreError, TrtProvisionError
 
 __all__ = ["parse_shapes", "register"]
 
@@ -54,6 +55,8 @@ _SHAPE_RE = re.compile(r"([^:,]+):([0-9]+(?:x[0-9]+)*)")
 
 
 def parse_shapes(text: str, flag: str) -> dict[str, tuple[int, ...]]:
+    from trt_provision.types import MAX_SHAPE_DIM
+
     shapes: dict[str, tuple[int, ...]] = {}
     for part in text.split(","):
         match = _SHAPE_RE.fullmatch(part.strip())
@@ -61,7 +64,17 @@ def parse_shapes(text: str, flag: str) -> dict[str, tuple[int, ...]]:
             raise ManifestError(
                 "bad shape specification", key=flag, expected="name:1x3x224x224", found=part
             )
-        shapes[match.group(1)] = tuple(int(d) for d in match.group(2).split("x"))
+        digits = match.group(2).split("x")
+        # Length first: int() of thousands of digits is slow and then refused by Python.
+        dims = tuple(int(d) if len(d) <= 12 else MAX_SHAPE_DIM + 1 for d in digits)
+        if not all(1 <= d <= MAX_SHAPE_DIM for d in dims):
+            raise ManifestError(
+                "shape dimension out of range",
+                key=flag,
+                expected=f"each dimension in 1..{MAX_SHAPE_DIM}",
+                found=part.strip()[:80],
+            )
+        shapes[match.group(1)] = dims
     return shapes
 
 
@@ -74,9 +87,20 @@ def _config_dict(args: argparse.Namespace) -> dict[str, Any]:
     data: dict[str, Any] = {}
     if args.config is not None:
         try:
-            data = json.loads(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ManifestError(f"cannot read build config: {exc}", file=str(args.config)) from exc
+            data = json.loads(Path(args.config).read_bytes().decode("utf-8"))
+        except OSError as exc:
+            raise ManifestError(
+                f"cannot read build config: {exc.strerror}", file=str(args.config)
+            ) from exc
+        except UnicodeDecodeError as exc:
+            raise ManifestError(
+                f"build config is not UTF-8 text: {exc.reason} at byte {exc.start}",
+                file=str(args.config),
+            ) from exc
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise ManifestError(
+                f"build config is not valid JSON: {exc}", file=str(args.config)
+            ) from exc
         if not isinstance(data, dict):
             raise ManifestError("build config must be a JSON object", file=str(args.config))
     if args.precision:
@@ -173,7 +197,17 @@ def _copy_out(engine: Path, out_dir: Path) -> list[str]:
     for src in (engine, *(engine.with_name(engine.name + s) for s in (".sha256", ".json"))):
         final = out_dir / src.name
         tmp = temp_path_for(final)
-        shutil.copyfile(src, tmp)
-        publish_file(tmp, final)
+        try:
+            shutil.copyfile(src, tmp)
+            publish_file(tmp, final)
+        except (OSError, StoreError) as exc:  # full or read-only OUT_DIR: no temp left behind
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(
+                f"cannot copy the engine to the output directory: {exc.strerror or exc}",
+                path=str(final),
+            ) from exc
         copied.append(str(final))
     return copied

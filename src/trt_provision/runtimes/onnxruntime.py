@@ -9,6 +9,7 @@ provider and CPU ISA, so the identity names the EP (``ortcpu``/``ortcuda``), the
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -158,6 +159,7 @@ class OnnxRuntimeRuntime:
                     f"ONNX Runtime could not build the model: {type(exc).__name__}: {exc}",
                     model=str(model_path),
                 ) from exc
+            _check_profile_inputs(session, build_config, model_path)
             io = _describe_io(session, build_config)
             del session
         finally:
@@ -284,6 +286,19 @@ class OnnxRuntimeRuntime:
         return self._thermal.thermal_state()
 
 
+def _check_profile_inputs(session: Any, config: BuildConfig, model_path: Path) -> None:
+    """A profile for an input the model does not have is a build error, not a no-op."""
+    names = [i.name for i in session.get_inputs()]
+    unknown = sorted(p.input_name for p in config.profiles if p.input_name not in names)
+    if unknown:
+        raise EngineBuildError(
+            "optimization profile names an input the model does not have",
+            model=str(model_path),
+            input=unknown[0],
+            model_inputs=names,
+        )
+
+
 def _describe_io(session: Any, config: BuildConfig) -> dict[str, Any]:
     """IO names/types/shapes and the IO bytes at max shapes (for the memory budget)."""
     io_bytes = 0
@@ -297,8 +312,9 @@ def _describe_io(session: Any, config: BuildConfig) -> dict[str, Any]:
             dims = (
                 list(profile.max_shape)
                 if profile
-                else [d if isinstance(d, int) else 1 for d in t.shape]
+                else [d if isinstance(d, int) and d > 0 else 1 for d in t.shape]
             )
             if dtype is not None:
-                io_bytes += int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+                # Python ints: a product of large dims must not wrap around or overflow.
+                io_bytes += math.prod(int(d) for d in dims) * dtype.itemsize
     return {"io": described, "io_bytes_at_max_shapes": io_bytes, "device_memory_bytes": 0}

@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import queue
 import threading
@@ -763,6 +764,9 @@ _CONFIG_KEYS = {
 }
 
 
+_MAX_MIB = 1 << 43  # bytes stay below 2**63
+
+
 def settings_from_config(
     table: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None
 ) -> S3Settings | None:
@@ -785,13 +789,27 @@ def settings_from_config(
         if key in ("path_style", "upload"):
             if not isinstance(value, bool):
                 raise ManifestError("expected true or false", key=f"remote.{key}")
-        elif key in ("connect_timeout_s", "read_timeout_s", "max_engine_mib", "max_attempts"):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ManifestError("expected a number", key=f"remote.{key}")
+        elif key in ("connect_timeout_s", "read_timeout_s", "max_engine_mib"):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ManifestError(
+                    "expected a finite number > 0", key=f"remote.{key}", found=repr(value)[:40]
+                )
             if key == "max_engine_mib":
+                if value >= _MAX_MIB:
+                    raise ManifestError(
+                        f"expected a number of MiB below {_MAX_MIB}", key=f"remote.{key}"
+                    )
                 value = int(value * (1 << 20))
-            elif key == "max_attempts":
-                value = int(value)
+        elif key == "max_attempts":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ManifestError(
+                    "expected an integer >= 1", key=f"remote.{key}", found=repr(value)[:40]
+                )
         elif not isinstance(value, str):
             raise ManifestError("expected a string", key=f"remote.{key}")
         overrides[target] = value

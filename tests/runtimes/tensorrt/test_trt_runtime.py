@@ -27,6 +27,7 @@ from trt_provision.errors import (
     EngineBuildError,
     EngineGateError,
     InferenceError,
+    MissingDependencyError,
     OutOfMemoryError,
 )
 from trt_provision.identity import compute_identity
@@ -385,10 +386,116 @@ def test_int8_weak_path_feeds_batches_and_writes_the_cache(
                                                     calibration=_calibration(batches, cache)))
     meta = rig.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,))).metadata
     assert meta["calibration"] == {"batches": 3}
+    assert [b["input"][0, 0, 0, 0] for b in rig.state.calibration_fed] == [0, 1, 2]
     assert cache["data"] == b"fake-calibration-table"
     assert {"INT8", "FP16"} <= set(meta["builder_flags"])
     assert len(rig.cuda.recorder.calls_to("cudaMemcpyAsync.cudaMemcpyHostToDevice")) == 3
     assert rig.cuda.live == {} and rig.cuda.live_streams == set()
+
+
+@pytest.mark.parametrize("version", TRT10)
+def test_int8_calibrates_at_the_opt_shapes_of_the_calibration_profile(
+    make_rig: Callable[..., Rig], version: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 1 + 3 + 2 + 1 = 7 samples; opt batch 2: three full batches, one sample left over
+    sizes, start, batches = (1, 3, 2, 1), 0, []
+    for n in sizes:
+        batches.append({"input": np.arange(start * 192, (start + n) * 192,
+                                           dtype=np.float32).reshape(n, 3, 8, 8)})
+        start += n
+    rig = make_rig(version, options=TensorrtOptions(optional_plugins=(),
+                                                    calibration=_calibration(batches, {})))
+    with caplog.at_level("INFO", logger="trt_provision"):
+        meta = rig.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,))).metadata
+    (call,) = rig.cuda.recorder.calls_to("IBuilderConfig.set_calibration_profile")
+    assert call.args[0]["input"][1] == PROFILE.opt_shape
+    assert meta["calibration"] == {"batches": 3}
+    every = np.concatenate([b["input"] for b in batches])
+    fed = [b["input"] for b in rig.state.calibration_fed]
+    assert [f.shape for f in fed] == [PROFILE.opt_shape] * 3
+    for i, got in enumerate(fed):  # what reached the device is exactly the data, re-batched
+        np.testing.assert_array_equal(got, every[2 * i:2 * i + 2])
+    leftover = [r for r in caplog.records if getattr(r, "event", "") == "trt.calibration.leftover"]
+    assert len(leftover) == 1 and leftover[0].samples == 1 and leftover[0].levelname == "INFO"
+    assert rig.cuda.live == {}
+
+
+def test_calibration_batch_with_other_inner_dims_is_refused(make_rig: Callable[..., Rig]) -> None:
+    batches = [{"input": np.zeros((2, 3, 8, 8), np.float32)},
+               {"input": np.zeros((2, 3, 4, 4), np.float32)}]
+    rig = make_rig("10.3.0", options=TensorrtOptions(optional_plugins=(),
+                                                     calibration=_calibration(batches, {})))
+    with pytest.raises(CalibrationCacheError, match="opt") as info:
+        rig.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,)))
+    ctx = info.value.context
+    assert ctx["input"] == "input" and ctx["batch"] == 1
+    assert ctx["expected"] == [2, 3, 8, 8] and ctx["found"] == [2, 3, 4, 4]
+    assert rig.cuda.live == {}
+
+
+def test_calibration_needs_one_opt_batch_size_for_all_inputs(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig("10.3.0", options=TensorrtOptions(optional_plugins=(),
+                                                     calibration=_calibration([], {})))
+    rig.state.model = FakeModelSpec(inputs=(FakeTensorSpec("a", (-1, 4)),
+                                            FakeTensorSpec("b", (-1, 4))))
+    profiles = (OptimizationProfile("a", (1, 4), (2, 4), (4, 4)),
+                OptimizationProfile("b", (1, 4), (3, 4), (4, 4)))
+    with pytest.raises(EngineBuildError, match="one batch size") as info:
+        rig.build(BuildConfig(precision=PrecisionMode.INT8, profiles=profiles))
+    assert info.value.context["batch_sizes"] == {"a": 2, "b": 3}
+    assert not rig.cuda.recorder.calls_to("Builder.build_serialized_network")
+
+
+class _RawCalibrator:
+    """Hands the fake builder one device buffer as it is, to show what the builder checks."""
+
+    def __init__(self, cuda: FakeCudaRuntime, data: np.ndarray[Any, Any]) -> None:
+        self.cuda, self.data, self.sent = cuda, data, False
+
+    def read_calibration_cache(self) -> None:
+        return None
+
+    def get_batch_size(self) -> int:
+        return int(self.data.shape[0])
+
+    def get_batch(self, names: list[str]) -> list[int] | None:
+        if self.sent:
+            return None
+        self.sent = True
+        _err, ptr = self.cuda.cudaMalloc(self.data.nbytes)
+        self.cuda.write_device(ptr, self.data.tobytes())
+        return [ptr]
+
+    def write_calibration_cache(self, cache: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("case", ["exact", "short", "no_profile"])
+def test_fake_builder_checks_what_the_calibrator_feeds(case: str) -> None:
+    cuda = FakeCudaRuntime()
+    trt = make_fake_tensorrt("10.3.0", cuda=cuda)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    assert trt.OnnxParser(network, logger).parse_from_file("m.onnx")
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.INT8)
+    profile = builder.create_optimization_profile()
+    profile.set_shape("input", PROFILE.min_shape, PROFILE.opt_shape, PROFILE.max_shape)
+    config.add_optimization_profile(profile)
+    if case != "no_profile":
+        assert config.set_calibration_profile(profile)
+    n = 1 if case == "short" else 2
+    data = np.random.default_rng(0).random((n, 3, 8, 8), dtype=np.float32)
+    config.int8_calibrator = _RawCalibrator(cuda, data)
+    if case == "exact":
+        assert builder.build_serialized_network(network, config) is not None
+        np.testing.assert_array_equal(fake_state(trt).calibration_fed[0]["input"], data)
+    else:
+        with pytest.raises(RuntimeError, match="needs" if case == "short" else "profile"):
+            builder.build_serialized_network(network, config)
 
 
 def test_int8_cache_hit_feeds_no_batches(make_rig: Callable[..., Rig]) -> None:
@@ -563,6 +670,52 @@ def test_rollback_when_a_step_returns_failure(make_rig: Callable[..., Rig], what
         rig.runtime.deserialize_engine(_entry(rig.tmp / "e.engine", target))
     assert rig.budget.reserved == {}
     assert rig.cuda.live == {}
+
+
+@pytest.mark.parametrize("what", ["set_input_shape", "set_tensor_address"])
+def test_load_refused_when_tensorrt_refuses_a_shape_or_address(
+    make_rig: Callable[..., Rig], what: str,
+) -> None:
+    rig = make_rig()
+    rig.build()
+    setattr(rig.state, f"{what}_returns", False)
+    with pytest.raises(InferenceError, match="refused the " + what.split("_", 1)[1].replace(
+            "_", " ")) as info:
+        rig.runtime.deserialize_engine(
+            _entry(rig.tmp / "e.engine", rig.runtime.runtime_target(BuildConfig())))
+    assert info.value.context["name"] in ("input", "output")
+    assert rig.budget.reserved == {}
+    assert rig.cuda.live == {} and rig.cuda.live_streams == set()
+
+
+def test_infer_refused_when_tensorrt_refuses_the_input_shape(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig()
+    handle = rig.load()
+    rig.state.set_input_shape_returns = False
+    rig.cuda.recorder.clear()
+    with pytest.raises(InferenceError, match="refused the input shape") as info:
+        rig.runtime.infer(handle, {"input": np.zeros((1, 3, 8, 8), np.float32)})
+    assert info.value.context["shape"] == (1, 3, 8, 8)
+    assert not rig.cuda.recorder.calls_to("IExecutionContext.execute_async_v3")
+
+
+def test_engine_with_data_dependent_output_shapes_is_refused_at_load(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig()
+    rig.build()
+    rig.state.data_dependent_outputs = frozenset({"output"})
+    rig.cuda.recorder.clear()
+    with pytest.raises(InferenceError, match="depends on the data") as info:
+        rig.runtime.deserialize_engine(
+            _entry(rig.tmp / "e.engine", rig.runtime.runtime_target(BuildConfig())))
+    assert info.value.context["output"] == "output" and -1 in info.value.context["shape"]
+    assert not rig.cuda.recorder.calls_to("IExecutionContext.set_tensor_address") or all(
+        c.args[0] != "output"
+        for c in rig.cuda.recorder.calls_to("IExecutionContext.set_tensor_address"))
+    assert rig.budget.reserved == {} and rig.cuda.live == {}
 
 
 def test_host_code_stays_off_unless_allowed(make_rig: Callable[..., Rig]) -> None:
@@ -915,9 +1068,65 @@ def test_trtexec_int8_reads_the_calibration_cache(
     meta = rig.build(cfg).metadata
     argv = fake_trtexec.argv
     calib = [a for a in argv if a.startswith("--calib=")]
-    assert "--int8" in argv and "--fp16" not in argv and len(calib) == 1
+    # the Python builder sets FP16 with INT8: trtexec gets the same flags, one engine semantics
+    assert "--int8" in argv and "--fp16" in argv and len(calib) == 1
+    assert meta["builder_flags"] == ["--fp16", "--int8", "--calib"]
     assert not Path(calib[0].split("=", 1)[1]).exists()  # the temporary cache file is gone
     assert meta["calibration"] == {"batches": 0, "from_cache": True}
+
+
+def test_trtexec_mixed_passes_fp16_and_int8(
+    make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rig = _trtexec_rig(make_rig, monkeypatch, "10.3.0", builder="trtexec",
+                       calibration=_calibration([], {"data": b"table"}))
+    rig.build(BuildConfig(precision=PrecisionMode.MIXED, profiles=(PROFILE,),
+                          fp16_pinned_keywords=()))
+    assert {"--fp16", "--int8"} <= set(fake_trtexec.argv)
+
+
+def test_trtexec_weak_request_refused_where_tensorrt_has_no_weak_path(
+    make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rig = _trtexec_rig(make_rig, monkeypatch, "11.4.0.106", builder="trtexec")
+    cfg = BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,), strongly_typed=False,
+                      fp16_pinned_keywords=())
+    with pytest.raises(EngineBuildError, match="weakly typed"):
+        rig.build(cfg)
+    assert not fake_trtexec.argv_file.exists()  # refused before trtexec ran
+    auto = _trtexec_rig(make_rig, monkeypatch, "11.4.0.106", builder="auto")
+    with pytest.raises(EngineBuildError, match="weakly typed"):
+        auto.build(cfg)
+
+
+def test_trtexec_with_converter_needs_no_tensorrt_module(
+    make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reference = _trtexec_rig(make_rig, monkeypatch, "11.4.0.106")
+    seen: list[Path] = []
+
+    def convert(model: Path, cfg: BuildConfig, workdir: Path) -> tuple[Path, dict[str, Any]]:
+        converted = workdir / "m.fp16.onnx"
+        converted.write_bytes(b"fp16")
+        seen.append(converted)
+        return converted, {"converted": True}
+
+    def no_tensorrt(module: str, extra: str | None = None) -> Any:
+        raise MissingDependencyError(module, extra or "tensorrt")
+
+    monkeypatch.setattr("trt_provision.runtimes.tensorrt.runtime.import_optional", no_tensorrt)
+    runtime = TensorrtRuntime(
+        gate=RecordingGate(), host=HostCapabilities(sm="sm87", trt_version="11.4.0.106"),
+        options=TensorrtOptions(optional_plugins=(), builder="trtexec",
+                                precision_converter=convert),
+        cuda_module=FakeCudaRuntime(),
+    )
+    cfg = BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,), strongly_typed=True)
+    art = runtime.compile_engine(reference.tmp / "m.onnx", cfg, reference.tmp / "x.engine")
+    argv = fake_trtexec.argv
+    assert len(seen) == 1 and f"--onnx={seen[0]}" in argv and "--stronglyTyped" in argv
+    assert art.metadata["converted"] is True and art.metadata["builder"] == "trtexec"
+    assert art.metadata["memory_stamp"].startswith("unavailable")
 
 
 def test_trtexec_failure_carries_its_error_lines(

@@ -2,8 +2,10 @@
 
 TensorRT drives the calibrator: it asks for the cache first (a hit skips calibration), else
 pulls batches until ``get_batch`` returns None, then hands back the cache to persist. The
-batches come from an iterable of ``{input name: np.ndarray}``; one device buffer per input is
-allocated from the first batch (grown if a later batch is larger) and freed at the end.
+batches come from an iterable of ``{input name: np.ndarray}``, re-batched first by
+:func:`calibration_batches` to exactly the shapes TensorRT calibrates at (the ``opt`` shapes
+of the calibration profile, or the static input shapes); one device buffer per input is
+allocated from the first batch and freed at the end.
 The calibration cache itself is owned by the calibration package and reached through a
 ``(read_cache, write_cache)`` pair of callables.
 
@@ -23,7 +25,7 @@ import numpy as np
 from trt_provision.errors import CalibrationCacheError
 from trt_provision.runtimes.tensorrt.cuda_buffers import CudaBuffers
 
-__all__ = ["CalibrationFeeder", "make_entropy_calibrator"]
+__all__ = ["CalibrationFeeder", "calibration_batches", "make_entropy_calibrator"]
 
 # The whole module is the weakly typed INT8 path (checked by the API conformance scanner).
 TRT_PATH = "int8_calibrator"
@@ -32,6 +34,82 @@ log = logging.getLogger(__name__)
 
 ReadCache = Callable[[], "bytes | None"]
 WriteCache = Callable[[bytes], None]
+
+
+Batch = Mapping[str, np.ndarray[Any, Any]]
+
+
+def calibration_batches(
+    batches: Iterable[Batch],
+    targets: Mapping[str, tuple[tuple[int, ...], np.dtype[Any]]],
+) -> Iterator[dict[str, np.ndarray[Any, Any]]]:
+    """Re-batch ``batches`` along dim 0 to exactly ``targets`` (input -> (shape, dtype)).
+
+    TensorRT calibrates at one shape per input and reads exactly that many bytes behind each
+    pointer, whatever size the data came in. Samples are concatenated and split so that every
+    batch yielded has the target shape; all targets share one batch size (dim 0). A batch
+    whose other dimensions differ from the target is a :class:`CalibrationCacheError` naming
+    the input, the batch index, the expected and the found shape; samples left over short of
+    a full batch at the end are dropped (logged at INFO). Data is cast to the input's dtype
+    where that is a same-kind cast (float64 -> float32), else refused.
+    """
+    sizes = {shape[0] for shape, _ in targets.values() if shape}
+    if len(sizes) != 1 or any(not shape for shape, _ in targets.values()):
+        raise CalibrationCacheError(
+            "INT8 calibration re-batches every input along dim 0: all inputs need one batch "
+            "size in their calibration (opt) shapes",
+            shapes={n: list(shape) for n, (shape, _) in targets.items()},
+        )
+    (size,) = sizes
+    if size < 1:
+        raise CalibrationCacheError("calibration batch size must be at least 1",
+                                    shapes={n: list(s) for n, (s, _) in targets.items()})
+    pending: dict[str, list[np.ndarray[Any, Any]]] = {n: [] for n in targets}
+    held = 0
+    index = -1
+    for index, batch in enumerate(batches):
+        missing = [n for n in targets if n not in batch]
+        if missing:
+            raise CalibrationCacheError("calibration batch lacks network inputs",
+                                        missing=missing, batch=index)
+        count: int | None = None
+        for name, (shape, dtype) in targets.items():
+            arr = np.asarray(batch[name])
+            if arr.ndim != len(shape) or tuple(arr.shape[1:]) != tuple(shape[1:]):
+                raise CalibrationCacheError(
+                    "calibration batch does not match the calibration (opt) shape "
+                    "outside the batch dimension",
+                    input=name, batch=index, expected=list(shape), found=list(arr.shape),
+                )
+            if arr.dtype != dtype:
+                if not np.can_cast(arr.dtype, dtype, "same_kind"):
+                    raise CalibrationCacheError(
+                        "calibration batch dtype does not fit the network input",
+                        input=name, batch=index, expected=str(dtype), found=str(arr.dtype))
+                arr = arr.astype(dtype)
+            if count is None:
+                count = int(arr.shape[0])
+            elif int(arr.shape[0]) != count:
+                raise CalibrationCacheError(
+                    "calibration batch inputs differ in batch size", input=name, batch=index,
+                    expected=count, found=int(arr.shape[0]))
+            pending[name].append(arr)
+        held += count or 0
+        while held >= size:
+            out: dict[str, np.ndarray[Any, Any]] = {}
+            for name in targets:
+                joined = np.concatenate(pending[name]) if len(pending[name]) > 1 else (
+                    pending[name][0])
+                out[name] = np.ascontiguousarray(joined[:size])
+                pending[name] = [joined[size:]] if joined.shape[0] > size else []
+            held -= size
+            yield out
+    if held:
+        log.info(
+            "dropping %d calibration samples short of a full batch of %d", held, size,
+            extra={"event": "trt.calibration.leftover", "samples": held, "batch_size": size,
+                   "batches_read": index + 1},
+        )
 
 
 class CalibrationFeeder:

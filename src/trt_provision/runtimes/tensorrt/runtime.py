@@ -34,7 +34,11 @@ from trt_provision.errors import (
     TrtProvisionError,
 )
 from trt_provision.runtimes.tensorrt._paths import trt_path
-from trt_provision.runtimes.tensorrt.calibrator import CalibrationFeeder, make_entropy_calibrator
+from trt_provision.runtimes.tensorrt.calibrator import (
+    CalibrationFeeder,
+    calibration_batches,
+    make_entropy_calibrator,
+)
 from trt_provision.runtimes.tensorrt.cuda_buffers import (
     CudaBuffers,
     device_compute_capability,
@@ -247,7 +251,7 @@ class TensorrtRuntime:
         if (
             convert is not None
             and build_config.precision is not PrecisionMode.FP32
-            and choose_precision_path(self._trt(), build_config) == "strong"
+            and self._planned_precision_path(build_config) == "strong"
         ):
             # The writer's pid in the name lets cache gc tell live work dirs from dead ones.
             workdir = Path(
@@ -264,6 +268,20 @@ class TensorrtRuntime:
         metadata = {**converted, **artifact.metadata, "model": str(model_path),
                     "converted_model": "strongly typed graph from " + model_path.name}
         return dataclasses.replace(artifact, metadata=metadata)
+
+    def _planned_precision_path(self, build_config: BuildConfig) -> str | None:
+        """The precision path an ONNX build will take; None when it cannot be known yet.
+
+        The Python builder needs the tensorrt module anyway (a missing one fails here, before
+        any conversion work). A trtexec build may run without it: then the path follows from
+        the build config alone, as :meth:`_trtexec_precision_path` derives it.
+        """
+        if self._options.builder == "python":
+            return choose_precision_path(self._trt(), build_config)
+        trt = self._optional_trt()
+        if trt is not None:
+            return choose_precision_path(trt, build_config)
+        return _path_from_config(build_config)
 
     def _compile_onnx(
         self, model_path: Path, build_config: BuildConfig, staged_path: Path
@@ -321,7 +339,7 @@ class TensorrtRuntime:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, build_config.workspace_mib << 20)
         config.builder_optimization_level = build_config.builder_optimization_level
         _set_hardware_compatibility(trt, config, build_config.hardware_compatibility)
-        _add_profiles(builder, network, config, build_config)
+        profile = _add_profiles(builder, network, config, build_config)
 
         flags: list[str] = []
         evidence: list[LayerEvidence]
@@ -329,7 +347,8 @@ class TensorrtRuntime:
         if path == "weak":
             flags, evidence = apply_weak_precision(trt, network, config, build_config)
             if build_config.precision.needs_calibration:
-                feeder = self._attach_calibrator(trt, config, model_path, build_config)
+                feeder = self._attach_calibrator(trt, network, config, profile, model_path,
+                                                 build_config)
         else:
             evidence = strong_precision_evidence(network, build_config)
 
@@ -390,8 +409,10 @@ class TensorrtRuntime:
         return BuildArtifact(staged_path=staged_path, build_seconds=seconds, metadata=metadata)
 
     def _attach_calibrator(
-        self, trt: Any, config: Any, model_path: Path | None, build_config: BuildConfig
+        self, trt: Any, network: Any, config: Any, profile: Any | None,
+        model_path: Path | None, build_config: BuildConfig,
     ) -> CalibrationFeeder:
+        """Calibrator fed at the profile's ``opt`` shapes (TensorRT calibrates at those)."""
         provider = self._options.calibration
         data = provider(model_path or Path(), build_config) if provider else None
         if data is None:
@@ -399,8 +420,13 @@ class TensorrtRuntime:
                 "INT8 on the weakly typed path needs calibration data or a calibration cache",
                 model=str(model_path),
             )
+        targets = _calibration_targets(trt, network, build_config)
+        if profile is not None and not _set_calibration_profile(config, profile):
+            raise EngineBuildError("TensorRT refused the calibration profile",
+                                   model=str(model_path))
         feeder = CalibrationFeeder(
-            data.batches, data.read_cache, data.write_cache, CudaBuffers(self._cuda())
+            calibration_batches(data.batches, targets), data.read_cache, data.write_cache,
+            CudaBuffers(self._cuda()),
         )
         _set_calibrator(config, make_entropy_calibrator(trt, feeder))
         return feeder
@@ -536,16 +562,15 @@ class TensorrtRuntime:
         return BuildArtifact(staged_path=staged_path, build_seconds=seconds, metadata=metadata)
 
     def _trtexec_precision_path(self, trt: Any | None, build_config: BuildConfig) -> str:
-        if build_config.strongly_typed is True:
-            return "strong"
-        if build_config.strongly_typed is False:
-            return "weak"
         if trt is not None:
+            # The same choice (and the same refusals) as the Python builder: a weakly typed
+            # build on a TensorRT without that path (TRT 11) is an EngineBuildError.
             return choose_precision_path(trt, build_config)
-        if build_config.precision is PrecisionMode.FP32:
-            return "weak"  # no precision flag at all: the same engine on either path
-        raise _NotExpressible(
-            "without the tensorrt module the precision path is unknown; set strongly_typed")
+        path = _path_from_config(build_config)
+        if path is None:
+            raise _NotExpressible(
+                "without the tensorrt module the precision path is unknown; set strongly_typed")
+        return path
 
     def _trtexec_version(self, trt: Any | None) -> str:
         if trt is not None or (self._host is not None and self._host.trt_version):
@@ -609,7 +634,7 @@ class TensorrtRuntime:
                 lo, _opt, hi = engine.get_tensor_profile_shape(name, 0)
                 dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
                 handle._inputs[name] = (dtype, (tuple(lo), tuple(hi)))
-                context.set_input_shape(name, tuple(hi))
+                _set_input_shape(context, name, tuple(hi), handle)
         for name in names:
             if name in handle._inputs:
                 dtype, (_lo, hi) = handle._inputs[name]
@@ -617,9 +642,19 @@ class TensorrtRuntime:
             else:
                 dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
                 handle._outputs[name] = dtype
-                nbytes = int(np.prod(tuple(context.get_tensor_shape(name)))) * dtype.itemsize
+                shape = tuple(int(d) for d in context.get_tensor_shape(name))
+                if any(d < 0 for d in shape):
+                    # Data-dependent output shapes need an output allocator, not a buffer
+                    # sized at load time; refuse instead of allocating a wrong one.
+                    raise InferenceError(
+                        "engine has an output whose shape depends on the data (-1 even at "
+                        "the max input shapes); such engines are not supported",
+                        path=str(handle.entry.engine_path), output=name, shape=shape)
+                nbytes = int(np.prod(shape)) * dtype.itemsize
             buf = handle._buffers.allocate(name, nbytes)
-            context.set_tensor_address(name, buf.device_ptr)
+            if not context.set_tensor_address(name, buf.device_ptr):
+                raise InferenceError("TensorRT refused the tensor address", name=name,
+                                     path=str(handle.entry.engine_path))
 
     # ----------------------------------------------------------------- run
     def _own(self, handle: EngineHandle) -> TensorrtEngineHandle:
@@ -686,7 +721,7 @@ class TensorrtRuntime:
         context, buffers = own._context, _buffers_of(own)
         try:
             for name, arr in arrays.items():
-                context.set_input_shape(name, arr.shape)
+                _set_input_shape(context, name, tuple(arr.shape), own)
             for name, arr in arrays.items():
                 buffers.copy_in(name, arr)  # no host copy when arr already is the pinned view
             if not context.execute_async_v3(buffers.stream_handle):
@@ -774,6 +809,25 @@ def _check_inputs(
     return arrays
 
 
+def _set_input_shape(
+    context: Any, name: str, shape: tuple[int, ...], handle: TensorrtEngineHandle
+) -> None:
+    if not context.set_input_shape(name, shape):
+        raise InferenceError("TensorRT refused the input shape", name=name, shape=shape,
+                             path=str(handle.entry.engine_path))
+
+
+def _path_from_config(build_config: BuildConfig) -> str | None:
+    """The precision path the build config alone decides; None when only TensorRT can."""
+    if build_config.strongly_typed is True:
+        return "strong"
+    if build_config.strongly_typed is False:
+        return "weak"
+    if build_config.precision is PrecisionMode.FP32:
+        return "weak"  # no precision flag at all: the same engine on either path
+    return None
+
+
 def _network_flags(trt: Any, path: str) -> int:
     return _strong_flag(trt) if path == "strong" else 0
 
@@ -786,6 +840,32 @@ def _strong_flag(trt: Any) -> int:
 @trt_path("weak_int8")
 def _set_calibrator(config: Any, calibrator: Any) -> None:
     config.int8_calibrator = calibrator
+
+
+@trt_path("weak_int8")
+def _set_calibration_profile(config: Any, profile: Any) -> bool:
+    """TensorRT calibrates a dynamic-shape network at this profile's ``opt`` shapes."""
+    return bool(config.set_calibration_profile(profile))
+
+
+def _calibration_targets(
+    trt: Any, network: Any, build_config: BuildConfig
+) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
+    """Input -> (shape, dtype) the calibrator must feed: the profile's opt shape, else the
+    static shape; every input shares the batch size (dim 0) the batches are re-cut to."""
+    targets: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {}
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        spec = build_config.profile_for(tensor.name)
+        shape = tuple(spec.opt_shape) if spec is not None else tuple(
+            int(d) for d in tensor.shape)
+        targets[tensor.name] = (shape, np.dtype(trt.nptype(tensor.dtype)))
+    batch_sizes = {n: (s[0] if s else None) for n, (s, _) in targets.items()}
+    if len(set(batch_sizes.values())) > 1 or None in batch_sizes.values():
+        raise EngineBuildError(
+            "INT8 calibration needs every input to share one batch size (dim 0) in its opt "
+            "shape", batch_sizes=batch_sizes)
+    return targets
 
 
 def _set_hardware_compatibility(trt: Any, config: Any, level: HardwareCompatibility) -> None:
@@ -804,8 +884,11 @@ def _set_same_compute_capability(trt: Any, config: Any) -> None:
     config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY
 
 
-def _add_profiles(builder: Any, network: Any, config: Any, build_config: BuildConfig) -> None:
-    """One optimization profile from BuildConfig.profiles; dynamic inputs need an entry."""
+def _add_profiles(
+    builder: Any, network: Any, config: Any, build_config: BuildConfig
+) -> Any | None:
+    """One optimization profile from BuildConfig.profiles (returned; None without profiles);
+    dynamic inputs need an entry."""
     inputs = {}
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
@@ -819,7 +902,7 @@ def _add_profiles(builder: Any, network: Any, config: Any, build_config: BuildCo
     if uncovered:
         raise EngineBuildError("dynamic inputs need an optimization profile", inputs=uncovered)
     if not build_config.profiles:
-        return
+        return None
     profile = builder.create_optimization_profile()
     for spec in build_config.profiles:
         rank = len(inputs[spec.input_name])
@@ -828,6 +911,7 @@ def _add_profiles(builder: Any, network: Any, config: Any, build_config: BuildCo
                                    rank=rank, profile_rank=len(spec.min_shape))
         profile.set_shape(spec.input_name, spec.min_shape, spec.opt_shape, spec.max_shape)
     config.add_optimization_profile(profile)
+    return profile
 
 
 def _memory_stamp(trt: Any, logger: Any, data: bytes) -> dict[str, Any]:

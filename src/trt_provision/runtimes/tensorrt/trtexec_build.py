@@ -12,7 +12,8 @@ builder):
   ``--minShapes/--optShapes/--maxShapes``, ``--memPoolSize=workspace:<MiB>``,
   ``--builderOptimizationLevel``, ``--hardwareCompatibilityLevel``, ``--timingCacheFile``;
 * strong: ``--stronglyTyped`` and no precision flag (precision comes from the graph);
-* weak: ``--fp16`` for FP16; ``--int8`` (plus ``--fp16`` for MIXED) with ``--calib=<cache>``,
+* weak: ``--fp16`` for FP16; ``--fp16 --int8`` for INT8 and MIXED (the flags the Python
+  builder sets for them) with ``--calib=<cache>``,
   since trtexec reads an existing calibration cache but cannot feed calibration batches.
   ``--best`` is never used: it lets TensorRT pick any precision, which the identity of the
   engine would not record.
@@ -98,7 +99,9 @@ class TrtexecCommandFromConfig:
         if precision_path == "strong":
             flags.append("--stronglyTyped")
         elif precision_path == "weak":
-            if cfg.precision in (PrecisionMode.FP16, PrecisionMode.MIXED):
+            if cfg.precision is not PrecisionMode.FP32:
+                # INT8 too: the Python builder sets FP16 with INT8 (an FP16 fallback for
+                # layers without INT8 kernels); one name, one engine semantics.
                 flags.append("--fp16")
             if cfg.precision.needs_calibration:
                 if calibration_cache is None:
