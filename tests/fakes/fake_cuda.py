@@ -2,7 +2,9 @@
 
 Host and "device" allocations are real ctypes buffers, so code that builds numpy views on the
 returned pointers works unchanged; copies happen at once (a stream is just a counter). Every
-call is recorded; ``fail(name, error)`` makes a call return that CUDA error code, or raise.
+call is recorded (an async copy with its stream as the last argument, also listed in
+``copy_streams``); an async copy or a sync on a stream that was never created, or already
+destroyed, fails with ``cudaErrorInvalidValue``; ``fail(name, error)`` makes a call return that CUDA error code, or raise.
 ``live`` lists allocations not yet freed, for leak checks.
 """
 
@@ -59,6 +61,8 @@ class FakeCudaRuntime:
         self._errors: dict[str, cudaError_t] = {}
         self._next_stream = 1
         self.live_streams: set[int] = set()
+        # (call name, stream) of every async copy, in order.
+        self.copy_streams: list[tuple[str, int]] = []
 
     # ----------------------------------------------------------------- test controls
     def fail(self, name: str, error: cudaError_t = cudaError_t.cudaErrorMemoryAllocation) -> None:
@@ -151,12 +155,19 @@ class FakeCudaRuntime:
         return (err,)
 
     def cudaStreamSynchronize(self, stream: int) -> tuple[cudaError_t]:
-        return (self._call("cudaStreamSynchronize", stream),)
+        err = self._call("cudaStreamSynchronize", stream)
+        if err == cudaError_t.cudaSuccess and int(stream) not in self.live_streams:
+            return (cudaError_t.cudaErrorInvalidValue,)
+        return (err,)
 
     def cudaMemcpyAsync(
         self, dst: int, src: int, count: int, kind: cudaMemcpyKind, stream: int
     ) -> tuple[cudaError_t]:
-        err = self._call(f"cudaMemcpyAsync.{cudaMemcpyKind(kind).name}", dst, src, count)
+        name = f"cudaMemcpyAsync.{cudaMemcpyKind(kind).name}"
+        err = self._call(name, dst, src, count, int(stream))
+        self.copy_streams.append((name, int(stream)))
+        if err == cudaError_t.cudaSuccess and int(stream) not in self.live_streams:
+            return (cudaError_t.cudaErrorInvalidValue,)
         if err == cudaError_t.cudaSuccess:
             ctypes.memmove(dst, src, count)
         return (err,)

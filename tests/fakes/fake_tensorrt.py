@@ -35,6 +35,7 @@ __all__ = [
     "FakeTensorSpec",
     "FakeTrtState",
     "Recorder",
+    "fake_output",
     "fake_state",
     "load_surface",
     "make_fake_tensorrt",
@@ -865,14 +866,47 @@ class _Context(_Obj):
         self._st.rec("IExecutionContext.execute_async_v3", int(stream_handle))
         cuda = self._st.cuda
         if cuda is not None and self._st.execute_returns:
-            for _name, mode, _shape, dtype in self._engine._io():
+            inputs = {}
+            for name, mode, _shape, dtype in self._engine._io():
+                if mode == "INPUT":
+                    shape = self.get_tensor_shape(name)
+                    np_dtype = np.dtype(_NP_TYPES[dtype])
+                    nbytes = _volume(shape) * np_dtype.itemsize
+                    raw = cuda.read_device(self._addresses[name], nbytes)
+                    inputs[name] = np.frombuffer(raw, np_dtype).reshape(shape)
+            for name, mode, _shape, dtype in self._engine._io():
                 if mode != "OUTPUT":
                     continue
-                shape = self.get_tensor_shape(_name)
-                np_dtype = _NP_TYPES[dtype]
-                data = np.ones(shape, dtype=np_dtype).tobytes()
-                cuda.write_device(self._addresses[_name], data)
+                out = fake_output(inputs, self.get_tensor_shape(name), _NP_TYPES[dtype])
+                cuda.write_device(self._addresses[name], out.tobytes())
         return self._st.execute_returns
+
+
+def _volume(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def fake_output(inputs: Mapping[str, Any], shape: Sequence[int], dtype: Any) -> Any:
+    """What the fake engine computes for one output from the input tensors on the device.
+
+    The first input of the output's shape and dtype is copied; otherwise each sample (row
+    along dim 0) is the sum of that sample over every input, broadcast to the output shape.
+    A run that uploads wrong bytes, or the right bytes to the wrong place, reads back
+    different values."""
+    shape = tuple(int(d) for d in shape)
+    for arr in inputs.values():
+        if arr.shape == shape and arr.dtype == np.dtype(dtype):
+            return np.array(arr, copy=True)
+    rows = np.zeros((shape[0] if shape else 1,), np.float64)
+    for arr in inputs.values():
+        flat = np.asarray(arr, np.float64).reshape(arr.shape[0] if arr.ndim else 1, -1)
+        if flat.shape[0] == rows.shape[0]:
+            rows += flat.sum(axis=1)
+    out = np.broadcast_to(rows.reshape((-1,) + (1,) * max(len(shape) - 1, 0)), shape)
+    return np.ascontiguousarray(out.astype(dtype))
 
 
 class _Runtime(_Obj):

@@ -146,3 +146,126 @@ def test_module_tag_applies_to_the_whole_module() -> None:
 def test_unknown_tag_is_a_violation() -> None:
     snippet = '@trt_path("wek")\ndef f(trt):\n    return trt.BuilderFlag.FP16\n'
     assert check_uses(scan_source(snippet))
+
+
+def _found(snippet: str) -> set[tuple[str, str]]:
+    return {(v.use.expr, v.version) for v in check_uses(scan_source(textwrap.dedent(snippet)))}
+
+
+ALL = set(SUPPORTED_VERSIONS)
+TRT11 = {"11.4.0.106"}
+
+
+def _versions(found: set[tuple[str, str]], expr: str) -> set[str]:
+    return {v for e, v in found if e == expr}
+
+
+def test_scanner_follows_calls_through_their_recorded_return_type() -> None:
+    found = _found(
+        """
+        def f(trt, network, builder):
+            network.get_layer(0).precison = trt.DataType.HALF   # typo behind a call
+            network.get_layer(0).precision = trt.DataType.HALF  # ILayer.precision: not in 11
+            dims = network.get_input(0).shap                    # typo on ITensor
+            builder.create_builder_config().set_flg(trt.BuilderFlag.TF32)
+            ok = network.get_input(0).shape, builder.create_builder_config().set_flag
+        """
+    )
+    assert _versions(found, "network.get_layer(...).precison") == ALL
+    assert _versions(found, "network.get_layer(...).precision") == TRT11
+    assert _versions(found, "network.get_input(...).shap") == ALL
+    assert _versions(found, "builder.create_builder_config(...).set_flg") == ALL
+    assert len(found) == 3 * 3 + 1
+
+
+def test_scanner_checks_getattr_and_setattr_with_a_constant_name() -> None:
+    found = _found(
+        """
+        def f(trt, layer, config):
+            getattr(trt.BuilderFlag, "FP16")                 # checked like trt.BuilderFlag.FP16
+            setattr(layer, "precision", trt.DataType.HALF)   # checked like layer.precision
+            getattr(config, "int8_calibrater")               # typo
+            if hasattr(trt.BuilderFlag, "FP16"):             # feature detection: never flagged
+                flag = getattr(trt.BuilderFlag, "FP8", None) # three-argument getattr: detection
+            getattr(layer, name)                             # not a constant: not checked
+        """
+    )
+    assert _versions(found, "getattr(trt.BuilderFlag, 'FP16')") == TRT11
+    assert _versions(found, "setattr(layer, 'precision')") == TRT11
+    assert _versions(found, "getattr(config, 'int8_calibrater')") == ALL
+    assert len(found) == 1 + 1 + 3
+
+
+def test_scanner_follows_aliases_and_other_module_roots() -> None:
+    found = _found(
+        """
+        import tensorrt
+        import tensorrt as t
+        from tensorrt import BuilderFlag as BF
+
+        def f(trt, network):
+            flags = trt.BuilderFlag
+            flags.FP16                       # alias of an enum
+            t.BuilderFlag.INT8               # another name for the module
+            tensorrt.Bulder                  # the module's own name
+            BF.OBEY_PRECISION_CONSTRAINTS    # imported from the module
+            first = network.get_layer(0)     # an alias through a call: an ILayer
+            first.set_output_type(0, trt.DataType.HALF)
+            other = trt.BuilderFlag
+            other = None                     # assigned twice: not an alias
+            other.FP16
+        """
+    )
+    assert _versions(found, "flags.FP16") == TRT11
+    assert _versions(found, "t.BuilderFlag.INT8") == TRT11
+    assert _versions(found, "tensorrt.Bulder") == ALL
+    assert _versions(found, "BF.OBEY_PRECISION_CONSTRAINTS") == TRT11
+    assert _versions(found, "first.set_output_type") == TRT11
+    assert not _versions(found, "other.FP16")
+
+
+def test_scanner_checks_argument_counts_against_the_signatures() -> None:
+    snippet = textwrap.dedent(
+        """
+        def f(trt, config, builder, logger, network):
+            config.set_flag()                                           # needs the flag
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE)  # needs pool_size
+            config.set_flag(flg=trt.BuilderFlag.TF32)                   # no such keyword
+            trt.Builder()                                               # needs a logger
+            trt.Dims2(1, 2, 3)                                          # no such overload
+            network.get_layer(0).get_output()                           # through a call
+            builder.create_network()                                    # flags has a default
+            config.set_memory_pool_limit(pool=trt.MemoryPoolType.WORKSPACE, pool_size=1)
+            trt.Builder(logger), trt.Dims2(1, 2), trt.Dims2([1, 2]), trt.Dims2()
+            config.set_flag(*flags)                                     # not counted
+        """
+    )
+    violations = check_uses(scan_source(snippet))
+    bad = {v.use.expr for v in violations}
+    assert bad == {"config.set_flag", "config.set_memory_pool_limit", "trt.Builder",
+                   "trt.Dims2", "network.get_layer(...).get_output"}
+    assert len(violations) == 6 * 3
+    assert all("positional argument" in v.reason for v in violations)
+    assert {v.use.line for v in violations} == set(range(3, 9))
+
+
+def test_several_tags_are_checked_against_every_version_any_of_them_reaches() -> None:
+    snippet = textwrap.dedent(
+        """
+        @trt_path("weak", "strong")
+        def either(trt, config):
+            config.set_flag(trt.BuilderFlag.FP16)   # runs on the strong path too: TRT 11
+
+        @trt_path()
+        def untagged(trt):
+            return trt.DataType.HALF
+        """
+    )
+    surfaces = [load_surface(v) for v in SUPPORTED_VERSIONS]
+    assert versions_for(["weak", "strong"], surfaces) == list(SUPPORTED_VERSIONS)
+    assert versions_for(["weak", "same_compute_capability"], surfaces) == list(
+        SUPPORTED_VERSIONS)
+    assert versions_for(["weak", "weak_int8"], surfaces) == ["10.3.0", "10.16.1.11"]
+    violations = check_uses(scan_source(snippet))
+    assert {(v.use.expr, v.version) for v in violations} == {
+        ("trt.BuilderFlag.FP16", "11.4.0.106"), ("trt.DataType.HALF", "(unknown path tag ())")}

@@ -77,7 +77,7 @@ def test_staged_views_skip_the_host_copy_and_others_are_counted() -> None:
     buffers.copy_in("x", view)
     assert buffers.host_copies == 0
     (h2d,) = cuda.recorder.calls_to("cudaMemcpyAsync.cudaMemcpyHostToDevice")
-    assert h2d.args[1:] == (buf.host_ptr, 64)
+    assert h2d.args[1:] == (buf.host_ptr, 64, buffers.stream_handle)
     buffers.copy_in("x", np.zeros(4, np.float32))
     assert (buffers.host_copies, buffers.host_copy_bytes) == (1, 16)
     buffers.copy_out("x", 64)
@@ -88,3 +88,18 @@ def test_staged_views_skip_the_host_copy_and_others_are_counted() -> None:
     copied = buffers.read_out("x", np.float32, (4,))
     assert buffers.host_copies == 2 and not np.shares_memory(copied, same)
     buffers.release()
+
+
+def test_fake_cuda_refuses_copies_and_syncs_on_a_stream_it_does_not_hold() -> None:
+    cuda = FakeCudaRuntime()
+    _, src = cuda.cudaMallocHost(4)
+    _, dst = cuda.cudaMalloc(4)
+    _, stream = cuda.cudaStreamCreate()
+    kind = cuda.cudaMemcpyKind.cudaMemcpyHostToDevice
+    assert cuda.cudaMemcpyAsync(dst, src, 4, kind, stream) == (cudaError_t.cudaSuccess,)
+    assert cuda.cudaMemcpyAsync(dst, src, 4, kind, stream + 1) == (
+        cudaError_t.cudaErrorInvalidValue,)
+    assert cuda.copy_streams == [("cudaMemcpyAsync.cudaMemcpyHostToDevice", stream),
+                                 ("cudaMemcpyAsync.cudaMemcpyHostToDevice", stream + 1)]
+    cuda.cudaStreamDestroy(stream)
+    assert cuda.cudaStreamSynchronize(stream) == (cudaError_t.cudaErrorInvalidValue,)

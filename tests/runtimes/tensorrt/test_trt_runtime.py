@@ -19,6 +19,7 @@ from fakes.fake_tensorrt import (
     FakeLayerSpec,
     FakeModelSpec,
     FakeTensorSpec,
+    fake_output,
     fake_state,
     make_fake_tensorrt,
 )
@@ -735,14 +736,29 @@ def test_infer_orders_h2d_execute_d2h_sync(make_rig: Callable[..., Rig], version
     rig = make_rig(version)
     handle = rig.load()
     rig.cuda.recorder.clear()
-    out = rig.runtime.infer(handle, {"input": np.zeros((3, 3, 8, 8), np.float32)})
-    assert out["output"].shape == (3, 10) and np.all(out["output"] == 1.0)
+    rig.cuda.copy_streams.clear()
+    data = np.arange(3 * 3 * 8 * 8, dtype=np.float32).reshape(3, 3, 8, 8)
+    out = rig.runtime.infer(handle, {"input": data})
+    # the fake engine's output row i is the sum of input sample i: the bytes reached the device
+    expected = np.repeat(data.reshape(3, -1).sum(axis=1)[:, None], 10, axis=1)
+    np.testing.assert_array_equal(out["output"], expected)
+    np.testing.assert_array_equal(
+        out["output"], fake_output({"input": data}, (3, 10), np.float32))
     order = [n for n in rig.calls if n in (
         "cudaMemcpyAsync.cudaMemcpyHostToDevice", "IExecutionContext.execute_async_v3",
         "cudaMemcpyAsync.cudaMemcpyDeviceToHost", "cudaStreamSynchronize")]
     assert order == ["cudaMemcpyAsync.cudaMemcpyHostToDevice",
                      "IExecutionContext.execute_async_v3",
                      "cudaMemcpyAsync.cudaMemcpyDeviceToHost", "cudaStreamSynchronize"]
+    # copies, execute and the sync all run on the handle's own stream
+    stream = handle._buffers.stream_handle
+    assert stream in rig.cuda.live_streams
+    assert rig.cuda.copy_streams == [("cudaMemcpyAsync.cudaMemcpyHostToDevice", stream),
+                                     ("cudaMemcpyAsync.cudaMemcpyDeviceToHost", stream)]
+    (execute,) = rig.cuda.recorder.calls_to("IExecutionContext.execute_async_v3")
+    assert execute.args == (stream,)
+    (sync,) = rig.cuda.recorder.calls_to("cudaStreamSynchronize")
+    assert sync.args == (stream,)
     assert rig.cuda.recorder.calls_to("IExecutionContext.set_input_shape")[0].args == (
         "input", (3, 3, 8, 8))
     assert rig.budget.reserved  # still resident
@@ -816,9 +832,12 @@ def test_multiple_inputs_and_outputs(make_rig: Callable[..., Rig]) -> None:
     cfg = BuildConfig(profiles=(OptimizationProfile("a", (1, 4), (2, 4), (8, 4)),
                                 OptimizationProfile("b", (1, 2), (2, 2), (8, 2))))
     handle = rig.load(cfg)
-    out = rig.runtime.infer(handle, {"a": np.ones((2, 4), np.float32),
-                                     "b": np.ones((2, 2), np.int32)})
+    a = np.arange(8, dtype=np.float32).reshape(2, 4)
+    b = np.array([[10, 20], [30, 40]], np.int32)
+    out = rig.runtime.infer(handle, {"a": a, "b": b})
     assert out["y"].shape == (2, 4) and out["z"].dtype == np.float16
+    np.testing.assert_array_equal(out["y"], a)  # y has a's shape and dtype: a copy of it
+    np.testing.assert_array_equal(out["z"], [0 + 1 + 2 + 3 + 30, 4 + 5 + 6 + 7 + 70])
     rig.runtime.release_engine(handle)
 
 
@@ -854,7 +873,7 @@ def test_staged_inputs_are_uploaded_without_a_host_copy(make_rig: Callable[..., 
     assert rig.cuda.recorder.calls_to("IExecutionContext.set_input_shape")[0].args == (
         "input", (2, 3, 8, 8))
     output = out["output"]
-    assert output.shape == (2, 10) and np.all(output == 1.0)
+    assert output.shape == (2, 10) and np.all(output == 7.0 * 3 * 8 * 8)
     assert _address(output) == buffers.buffers["output"].host_ptr  # a view, not a copy
     rig.runtime.release_engine(handle)
 
@@ -870,16 +889,19 @@ def test_infer_recognises_the_views_and_copies_anything_else(
     out = rig.runtime.infer(handle, views)  # copy_outputs defaults to True
     assert buffers.host_copies == 1  # the output copy only
     assert _address(out["output"]) != buffers.buffers["output"].host_ptr
+    assert np.all(out["output"] == 2.0 * 192)
     pageable = np.full((1, 3, 8, 8), 3.0, np.float32)
-    rig.runtime.infer(handle, {"input": pageable}, copy_outputs=False)
+    staged_out = rig.runtime.infer(handle, {"input": pageable}, copy_outputs=False)
+    assert np.all(staged_out["output"] == 3.0 * 192)
     assert buffers.host_copies == 2 and buffers.host_copy_bytes == pageable.nbytes + 1 * 10 * 4
     # the staging copy landed in the same pinned memory the views expose
     assert np.all(views["input"] == 3.0)
     # a view that starts elsewhere in the buffer is staged like any foreign array
     big = rig.runtime.input_views(handle, {"input": (4, 3, 8, 8)})["input"]
     big[:] = np.arange(4, dtype=np.float32)[:, None, None, None]
-    rig.runtime.infer(handle, {"input": big[2:]}, copy_outputs=False)
+    moved = rig.runtime.infer(handle, {"input": big[2:]}, copy_outputs=False)["output"]
     assert buffers.host_copies == 3
+    np.testing.assert_array_equal(moved[:, 0], [2.0 * 192, 3.0 * 192])  # samples 2 and 3
     assert np.all(big[0] == 2.0) and np.all(big[1] == 3.0)
     rig.runtime.release_engine(handle)
 
@@ -887,12 +909,15 @@ def test_infer_recognises_the_views_and_copies_anything_else(
 def test_output_views_are_overwritten_by_the_next_inference(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig()
     handle = rig.load()
-    rig.runtime.input_views(handle, {"input": (1, 3, 8, 8)})
+    view = rig.runtime.input_views(handle, {"input": (1, 3, 8, 8)})["input"]
+    view[:] = 1.0
     first = rig.runtime.infer_staged(handle, copy_outputs=False)["output"]
     kept = rig.runtime.infer_staged(handle)["output"]
+    assert np.all(first == 192.0) and np.all(kept == 192.0)
     first[:] = 5.0  # the caller may scribble on the view; the next run overwrites it
+    view[:] = 2.0
     rig.runtime.infer_staged(handle, copy_outputs=False)
-    assert np.all(first == 1.0) and np.all(kept == 1.0)
+    assert np.all(first == 384.0) and np.all(kept == 192.0)  # the copy is the caller's
     rig.runtime.release_engine(handle)
 
 
