@@ -71,6 +71,17 @@ SLOW_IO = ROOT / "scripts" / "reliability_slow_io.py"
 MODES = ("plain", "plain-force", "slow-io", "slow-io-force")
 
 
+def kill_after(command: list[str], env: dict[str, str], delay: float) -> bool:
+    """Start ``command`` and kill -9 it after ``delay`` seconds; True if the kill landed."""
+    child = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        child.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    return child.returncode == -signal.SIGKILL
+
 def _command(mode: str) -> list[str]:
     args = ["provision", str(DEMO_MANIFEST), "--json", "--no-remote"]
     if mode.endswith("force"):
@@ -85,16 +96,7 @@ def one_trial(cache_dir: Path, rng: random.Random) -> dict[str, Any]:
     # delays span start-up, planning, build, publish and exit.
     mode = rng.choices(MODES, weights=(2, 3, 1, 4))[0]
     delay = rng.uniform(0.02, 0.9 if mode.startswith("slow-io") else 0.4)
-    child = subprocess.Popen(
-        _command(mode), env=child_env(cache_dir), cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        child.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-    killed = child.returncode == -signal.SIGKILL
+    killed = kill_after(_command(mode), child_env(cache_dir), delay)
     failures: list[str] = []
     after_kill = audit_cache(cache_dir)
     if after_kill.accepted_wrong_bytes:
@@ -227,16 +229,7 @@ def one_precision_trial(
     # A slowed rebuild that calibrates both models takes about 2 s, a plain one about 1 s.
     delay = rng.uniform(0.05, 2.4 if mode.startswith("slow-io") else 1.2)
     temps_before = set(audit_calibration(cache_dir).temp_files)
-    child = subprocess.Popen(
-        _precision_command(manifest, mode), env=child_env(cache_dir), cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        child.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-    killed = child.returncode == -signal.SIGKILL
+    killed = kill_after(_precision_command(manifest, mode), child_env(cache_dir), delay)
     failures: list[str] = []
     after_kill = audit_cache(cache_dir)
     if after_kill.accepted_wrong_bytes:
@@ -429,16 +422,7 @@ def one_download_trial(
         command = [sys.executable, str(SLOW_IO), "--delay-ms", "10", "--max-write-bytes", "1024",
                    "--", *command[3:]]
     delay = rng.uniform(0.3, 2.2 if slow else 1.5)
-    child = subprocess.Popen(
-        command, env=_remote_env(cache_dir, credentials), cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        child.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-    killed = child.returncode == -signal.SIGKILL
+    killed = kill_after(command, _remote_env(cache_dir, credentials), delay)
     failures: list[str] = []
     after_kill = audit_cache(cache_dir)
     if after_kill.accepted_wrong_bytes:
