@@ -219,7 +219,7 @@ def _tensors_with_external_data(graph: Any) -> Iterator[Any]:
                 yield from _tensors_with_external_data(sub)
 
 
-def model_sha256(model_path: Path, chunk_size: int = 1 << 20) -> str:
+def model_sha256(model_path: Path) -> str:
     """sha256 over the ONNX bytes and, in a fixed order, every external-data file it uses."""
     import hashlib
 
@@ -242,7 +242,7 @@ def model_sha256(model_path: Path, chunk_size: int = 1 << 20) -> str:
                     locations.add(kv.value)
     base = model_path.parent.resolve()
     digest = hashlib.sha256()
-    _hash_file(digest, model_path, chunk_size)
+    _hash_file(digest, model_path)
     for location in sorted(locations):
         ext = (model_path.parent / location).resolve()
         if base not in ext.parents:
@@ -256,15 +256,15 @@ def model_sha256(model_path: Path, chunk_size: int = 1 << 20) -> str:
                 "external data file is missing", path=str(model_path), location=location
             )
         digest.update(b"\x00external:" + location.encode() + b"\x00")
-        _hash_file(digest, ext, chunk_size)
+        _hash_file(digest, ext)
     return digest.hexdigest()
 
 
-def _hash_file(digest: Any, path: Path, chunk_size: int) -> None:
+def _hash_file(digest: Any, path: Path) -> None:
+    from trt_provision.integrity import update_from_file
+
     try:
-        with open(path, "rb", buffering=0) as fh:
-            while chunk := fh.read(chunk_size):
-                digest.update(chunk)
+        update_from_file(digest, path)
     except OSError as exc:
         raise ModelError(f"cannot read model file: {exc.strerror}", path=str(path)) from exc
 

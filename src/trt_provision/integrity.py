@@ -24,6 +24,7 @@ __all__ = [
     "parse_sha256_sidecar",
     "read_metadata",
     "sha256_file",
+    "update_from_file",
     "write_metadata",
     "write_sha256_sidecar",
 ]
@@ -36,9 +37,8 @@ MAX_METADATA_BYTES = 16 << 20
 _LINE_RE = re.compile(r"([0-9a-f]{64}) [ *](.+)")
 
 
-def sha256_file(path: Path, block_size: int = BLOCK_SIZE) -> tuple[str, int]:
-    """Hash a file in one pass with a reused buffer; return (hex digest, size in bytes)."""
-    digest = hashlib.sha256()
+def update_from_file(digest: Any, path: Path, block_size: int = BLOCK_SIZE) -> int:
+    """Feed a file into ``digest`` in one pass with a reused buffer; return its size."""
     size = 0
     buf = bytearray(block_size)
     view = memoryview(buf)
@@ -46,6 +46,13 @@ def sha256_file(path: Path, block_size: int = BLOCK_SIZE) -> tuple[str, int]:
         while n := fh.readinto(buf):
             digest.update(view[:n])
             size += n
+    return size
+
+
+def sha256_file(path: Path, block_size: int = BLOCK_SIZE) -> tuple[str, int]:
+    """Hash a file in one pass; return (hex digest, size in bytes)."""
+    digest = hashlib.sha256()
+    size = update_from_file(digest, path, block_size)
     return digest.hexdigest(), size
 
 

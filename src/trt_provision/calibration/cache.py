@@ -23,14 +23,13 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trt_provision._fs import fsync_dir, write_temp_file
+from trt_provision._fs import atomic_write_bytes, fsync_dir
 from trt_provision._version import __version__
 from trt_provision.errors import CalibrationCacheError, StoreError
 
@@ -183,18 +182,6 @@ def decode_blob(data: bytes) -> tuple[CacheHeader, bytes]:
     except ValueError as exc:
         raise CalibrationCacheError(f"calibration cache header is invalid: {exc}") from exc
     return header, data[end + 1 :]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """temp file in the same directory -> fsync -> rename. The temp name carries our pid
-    (``.tmp-<pid>-…``), so ``cache gc`` removes what a killed run left behind."""
-    tmp = write_temp_file(path, data)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 class GovernedCalibrationCache:
@@ -354,11 +341,10 @@ class GovernedCalibrationCache:
             # Make the removal durable before the blob changes: after a power loss the old
             # commit mark must not come back beside a new blob.
             fsync_dir(self.path.parent)
-            _atomic_write(self.path, blob)
-            _atomic_write(self.dataset_path, header.dataset_version.encode() + b"\n")
+            atomic_write_bytes(self.path, blob)
+            atomic_write_bytes(self.dataset_path, header.dataset_version.encode() + b"\n")
             digest = hashlib.sha256(blob).hexdigest()
-            _atomic_write(self.sha256_path, f"{digest}  {self.path.name}\n".encode())
-            fsync_dir(self.path.parent)
+            atomic_write_bytes(self.sha256_path, f"{digest}  {self.path.name}\n".encode())
         except (OSError, StoreError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else exc.message
             raise CalibrationCacheError(
