@@ -75,13 +75,12 @@ def test_gc_plan_keeps_current_and_removes_superseded(store: LocalEngineStore) -
     other_trt = _publish(store, target=RuntimeTarget("trt", "10.1.0", "sm87", "jp6.0"))
     other_sm = _publish(store, target=RuntimeTarget("trt", "10.3.0", "sm86", "jp6.2"))
     unlisted = _publish(store, model="legacy", model_hash=_sha("legacy"))
-    orphan = keep.engine_path.with_name(
-        "gone." + "0" * 16 + ".fp16.sm87.jp6_2.trt-10_3_0.0123456789ab.engine.json"
-    )
+    gone = "det." + "0" * 16 + ".fp16.sm87.jp6_2.trt-10_3_0.0123456789ab.engine"
+    orphan = keep.engine_path.with_name(gone + ".json")
     orphan.write_text("{}")
-    dead_temp = store.root / "det" / f"{TEMP_PREFIX}999999999-1-x.engine"
+    dead_temp = store.root / "det" / f"{TEMP_PREFIX}999999999-1-{gone}"
     dead_temp.write_bytes(b"partial")
-    live_temp = store.root / "det" / f"{TEMP_PREFIX}{os.getpid()}-1-y.engine"
+    live_temp = store.root / "det" / f"{TEMP_PREFIX}{os.getpid()}-1-{gone}"
     live_temp.write_bytes(b"in progress")
 
     plan = plan_gc(store.root, host_targets=[HOST], current_models={"det": _sha("det-v2")})
@@ -174,9 +173,9 @@ def test_work_dirs_of_dead_writers_go_at_once_live_ones_stay(store: LocalEngineS
     model_dir.mkdir(exist_ok=True)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    dead_dir = model_dir / f"{TEMP_PREFIX}{dead}-ort-abc"
+    dead_dir = model_dir / f"{TEMP_PREFIX}{dead}-ort-abc_1234"
     dead_dir.mkdir()
-    live_dir = model_dir / f"{TEMP_PREFIX}{os.getpid()}-ort-def"
+    live_dir = model_dir / f"{TEMP_PREFIX}{os.getpid()}-ort-def_5678"
     live_dir.mkdir()
     paths = {item.path for item in plan_gc(store.root).items}
     assert dead_dir in paths and live_dir not in paths
