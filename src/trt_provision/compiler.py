@@ -58,6 +58,16 @@ class _Plan:
     started: float
 
 
+def _python_calibration_loader(backbone: BackboneSpec) -> bool:
+    """Whether the calibration key of ``backbone`` needs data from a ``file.py:fn`` loader."""
+    config = backbone.build_config
+    spec = config.calibration
+    if not config.precision.needs_calibration or spec is None or spec.source is None:
+        return False
+    source = str(spec.source)
+    return spec.dataset_version is None and (".py:" in source or source.endswith(".py"))
+
+
 class EngineCompiler:
     """Compiles, or reuses from cache, one engine per backbone for this host."""
 
@@ -88,12 +98,18 @@ class EngineCompiler:
 
     # ------------------------------------------------------------------ public
 
-    def identity_for(self, backbone: BackboneSpec) -> tuple[EngineIdentity, RuntimeTarget, str]:
+    def identity_for(
+        self, backbone: BackboneSpec, *, unresolved_calibration: str | None = None
+    ) -> tuple[EngineIdentity, RuntimeTarget, str]:
+        """``unresolved_calibration``: a stand-in calibration key, so no calibration data
+        is loaded (a dry run with a Python loader)."""
         model_hash = model_sha256(backbone.model_path)
         calibration_key = (
             self._calibration.calibration_key(backbone, model_hash)
-            if self._calibration is not None and backbone.build_config.precision.needs_calibration
-            else None
+            if self._calibration is not None
+            and backbone.build_config.precision.needs_calibration
+            and unresolved_calibration is None
+            else unresolved_calibration
         )
         target = self._runtime.runtime_target(backbone.build_config)
         identity = compute_identity(
@@ -122,9 +138,7 @@ class EngineCompiler:
         # One verifier per core: hashing is CPU-bound and releases the GIL.
         workers = self._workers or min(len(request.backbones), os.cpu_count() or 4)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
-            plans = list(
-                pool.map(lambda b: self._plan(b, request.force_rebuild), request.backbones)
-            )
+            plans = list(pool.map(lambda b: self._plan(b, request), request.backbones))
         # Phase 2 (sequential): fetch or build what is missing, in manifest order.
         results: list[EngineCompileResult] = []
         for plan in plans:
@@ -153,10 +167,23 @@ class EngineCompiler:
 
     # ------------------------------------------------------------------ steps
 
-    def _plan(self, backbone: BackboneSpec, force: bool) -> _Plan:
+    def _plan(self, backbone: BackboneSpec, request: EngineCompileRequest) -> _Plan:
         started = time.perf_counter()
+        if request.dry_run and _python_calibration_loader(backbone):
+            # A file.py:fn source is Python code: a dry run never executes it. Without its
+            # data the calibration key (and so the identity) is unknown: planned, not reused.
+            self._log.warning(
+                "dry run: not executing the calibration loader of %s; a real run decides "
+                "whether its engine is reused",
+                backbone.name,
+                extra={"event": "provision.dry_run.loader_skipped", "model": backbone.name},
+            )
+            identity, target, model_hash = self.identity_for(
+                backbone, unresolved_calibration="dry-run-unresolved"
+            )
+            return _Plan(backbone, identity, target, model_hash, None, started)
         identity, target, model_hash = self.identity_for(backbone)
-        reusable = None if force else self._try_reuse(identity, target)
+        reusable = None if request.force_rebuild else self._try_reuse(identity, target)
         return _Plan(backbone, identity, target, model_hash, reusable, started)
 
     def _try_reuse(

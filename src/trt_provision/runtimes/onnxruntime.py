@@ -8,6 +8,7 @@ provider and CPU ISA, so the identity names the EP (``ortcpu``/``ortcuda``), the
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from trt_provision._fs import no_space_left
 from trt_provision.errors import EngineBuildError, InferenceError
 from trt_provision.host import cpu_isa_level
 from trt_provision.seams import EngineGate, EngineHandle, MemoryBudget, ThermalStatePublisher
@@ -155,6 +157,15 @@ class OnnxRuntimeRuntime:
                     str(prepared.model_path), sess_options=options, providers=[self._provider]
                 )
             except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+                # A full disk while ORT writes the staged engine surfaces as "Protobuf
+                # serialization failed": name the real cause.
+                if no_space_left(staged_path.parent):
+                    raise EngineBuildError(
+                        "cannot write the staged engine: no space left on device",
+                        model=str(model_path),
+                        path=str(staged_path.parent),
+                        errno=errno.ENOSPC,
+                    ) from exc
                 raise EngineBuildError(
                     f"ONNX Runtime could not build the model: {type(exc).__name__}: {exc}",
                     model=str(model_path),

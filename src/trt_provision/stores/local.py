@@ -273,11 +273,12 @@ class LocalEngineStore:
         )
 
     def _set_mode(self, staged_path: Path) -> None:
-        """Give the staged engine exactly the cache's file mode, whatever wrote it."""
+        """The cache's file mode or stricter for the staged engine, whatever wrote it (a
+        runtime may create it group/world-writable under umask 0)."""
         try:
             fd = os.open(staged_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
-                os.fchmod(fd, self._file_mode)
+                os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) & self._file_mode)
             finally:
                 os.close(fd)
         except OSError as exc:
