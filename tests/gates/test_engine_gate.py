@@ -797,7 +797,6 @@ ORT_HOST = RuntimeTarget(runtime="ortcpu", runtime_version="1.20.0", target="cpu
 
 def _onnx_with_external(location: str) -> bytes:
     """A one-initializer ONNX model whose initializer lives in external data."""
-    import onnx
     from onnx import TensorProto, helper
 
     weight = helper.make_tensor("w", TensorProto.FLOAT, [4], [1.0, 2.0, 3.0, 4.0])
@@ -887,3 +886,21 @@ def test_onnx_runtime_never_opens_an_engine_whose_external_data_escapes(
     with pytest.raises(EngineGateError, match="climbs out"):
         runtime.deserialize_engine(entry)
     assert sessions == []
+
+
+def test_external_data_is_checked_for_a_download_hashed_while_written(
+    cache: Path, publish: Publish
+) -> None:
+    """A fetched engine skips the second hash (``known_sha256``), not this check."""
+    entry = _publish_onnx(publish, "/etc/hostname")
+    with pytest.raises(EngineGateError, match="absolute path"):
+        DefaultEngineGate(cache_root=cache).validate(
+            entry.engine_path, ORT_HOST, known_sha256=entry.sha256
+        )
+    plain = publish(identity(model_name="plain", runtime=ORT_HOST.runtime,
+                             runtime_version=ORT_HOST.runtime_version, target=ORT_HOST.target,
+                             platform=ORT_HOST.platform, precision=PrecisionMode.FP32),
+                    payload=b"not even protobuf, and no external data")
+    DefaultEngineGate(cache_root=cache).validate(
+        plain.engine_path, ORT_HOST, known_sha256=plain.sha256
+    )

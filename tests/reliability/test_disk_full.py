@@ -207,7 +207,7 @@ class _FullDiskOrt:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
 
-    def InferenceSession(self, path: str, sess_options: Any = None, **kw: Any) -> Any:  # noqa: N802
+    def InferenceSession(self, path: str, sess_options: Any = None, **kw: Any) -> Any:
         target = getattr(sess_options, "optimized_model_filepath", "")
         if target:
             Path(target).write_bytes(b"\x08\x07" * 100)  # a partial protobuf

@@ -78,7 +78,7 @@ needs_root = pytest.mark.skipif(
 @pytest.fixture
 def shared_dir() -> Iterator[Path]:
     """A sticky, world-writable directory like /tmp, reachable by the second user."""
-    path = Path(tempfile.mkdtemp(prefix="trtp-shared-"))
+    path = Path(tempfile.mkdtemp(prefix="shared-sticky-"))
     os.chmod(path, 0o1777)
     try:
         yield path

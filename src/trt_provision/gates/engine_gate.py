@@ -245,7 +245,9 @@ class DefaultEngineGate:
             self._trust.check(engine_path, metadata)
         onnx_engine = parsed.runtime in ONNX_ENGINE_RUNTIMES
         if known_sha256 is not None:
-            actual, mentions_location = known_sha256, onnx_engine
+            # Bytes hashed while they were written: one read to look for external data.
+            actual = known_sha256
+            mentions_location = onnx_engine and self._mentions_location(facts, where)
         else:
             actual, mentions_location = self._hash_once(facts, where)
         if actual != claimed:
@@ -372,6 +374,20 @@ class DefaultEngineGate:
                     expected=f"a file inside {inside}",
                     found=location,
                 )
+
+    @staticmethod
+    def _mentions_location(facts: _FileFacts, where: str) -> bool:
+        overlap = len(_LOCATION) - 1
+        tail = b""
+        try:
+            with open(facts.path, "rb", buffering=0) as fh:
+                while block := fh.read(BLOCK_SIZE):
+                    if _LOCATION in tail + block:
+                        return True
+                    tail = block[-overlap:]
+        except OSError as exc:
+            raise EngineGateError(f"engine unreadable: {exc.strerror}", path=where) from exc
+        return False
 
     @staticmethod
     def _read_all(facts: _FileFacts, where: str) -> bytes:
