@@ -3,15 +3,17 @@ schema, and the ownership policy for cache files and directories.
 
 Ownership policy (the rule ssh applies to ``~/.ssh``): a file or directory of the cache is
 trusted only when it is owned by the effective user or root and nobody else can write it
-(no group/other write bit). Directories above the cache root may also be sticky and owned
-by the user or root (``/tmp``): there nobody else can rename or delete our entries. Anything
-on a read-only mount is trusted (nobody can change it without remounting).
+(no other-write bit; no group-write bit unless the group holds this user alone).
+Directories above the cache root may also be sticky and owned by the user or root
+(``/tmp``): there nobody else can rename or delete our entries. Anything on a read-only
+mount is trusted (nobody can change it without remounting).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import re
 import stat
@@ -105,6 +107,26 @@ def _read_only_mount(path: Path) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=16)
+def _private_group(gid: int) -> bool:
+    """Whether group ``gid`` holds this user alone (a user-private group, as on systems
+    whose default umask is 002): its write bit then lets nobody else in. Debian's ssh
+    accepts the same."""
+    try:
+        import grp
+        import pwd
+
+        me = pwd.getpwuid(os.geteuid())
+        group = grp.getgrgid(gid)
+    except (ImportError, KeyError):
+        return False
+    if set(group.gr_mem) - {me.pw_name}:
+        return False
+    return all(p.pw_name == me.pw_name for p in pwd.getpwall() if p.pw_gid == gid) and (
+        me.pw_gid == gid or me.pw_name in group.gr_mem
+    )
+
+
 def untrusted_reason(
     path: Path, st: os.stat_result, *, above_root: bool = False
 ) -> tuple[str, str] | None:
@@ -120,6 +142,8 @@ def untrusted_reason(
         )
     if stat.S_ISLNK(st.st_mode) or not st.st_mode & 0o022:
         return None
+    if not st.st_mode & 0o002 and _private_group(st.st_gid):
+        return None  # group-writable, but the group is ours alone (umask 002 distributions)
     if above_root and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX:
         return None
     if _read_only_mount(path):

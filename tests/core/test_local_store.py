@@ -174,7 +174,7 @@ def test_refuses_to_publish_into_a_directory_others_can_write(cache_dir: Path) -
         store.staging_path(IDENTITY)
     assert path.read_bytes() == before
     os.chmod(path.parent, 0o755)
-    os.chmod(cache_dir, 0o775)
+    os.chmod(cache_dir, 0o757)
     with pytest.raises(StoreError, match="cache directory or a directory above it"):
         store.staging_path(IDENTITY)
     with pytest.raises(StoreError, match="writable by group or others"):
@@ -290,3 +290,21 @@ def test_read_only_cache_serves_reuse_and_refuses_builds_clearly(cache_dir: Path
                                              "write access"), store.lock(IDENTITY):
             pass
     assert store.clean_temp_files() == [dead]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory to another gid")
+def test_group_write_is_refused_for_a_shared_group_and_accepted_for_a_private_one(
+    cache_dir: Path,
+) -> None:
+    from trt_provision._fs import _private_group
+
+    store = LocalEngineStore(cache_dir)
+    os.chmod(cache_dir, 0o775)
+    os.chown(cache_dir, 0, 54321)  # a group with no passwd/group entry: not ours alone
+    with pytest.raises(StoreError, match="writable by group or others"):
+        store.ensure_usable()
+    own_gid = os.getegid()
+    if not _private_group(own_gid):
+        pytest.skip("this user's group is shared with other users")
+    os.chown(cache_dir, 0, own_gid)  # umask-002 style: group-writable, the group is only us
+    store.ensure_usable()

@@ -81,7 +81,7 @@ class CountingGate(DefaultEngineGate):
 
     hashed = 0
 
-    def _hash_once(self, facts: Any, where: str) -> tuple[str, bool]:
+    def _hash_once(self, facts: Any, where: str) -> str:
         self.hashed += 1
         return super()._hash_once(facts, where)
 
@@ -850,16 +850,137 @@ def test_onnx_engine_with_external_data_inside_its_directory_passes(
     DefaultEngineGate(cache_root=cache).validate(entry.engine_path, ORT_HOST)
 
 
-def test_external_data_found_across_a_hash_block_boundary(
-    cache: Path, publish: Publish, monkeypatch: pytest.MonkeyPatch
+def _external(tensor: Any, location: str) -> Any:
+    from onnx import TensorProto
+
+    tensor.ClearField("float_data")
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", location
+    return tensor
+
+
+def _model_hiding_external_data(where: str, location: str) -> bytes:
+    """A model whose only external tensor sits in a subgraph, a node attribute, a sparse
+    initializer or a function body."""
+    from onnx import TensorProto, helper
+
+    def tensor(name: str) -> Any:
+        return helper.make_tensor(name, TensorProto.FLOAT, [1], [1.0])
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    nodes: list[Any] = []
+    initializers: list[Any] = []
+    sparse: list[Any] = []
+    functions: list[Any] = []
+    if where == "subgraph":
+        inner = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "then", [], [y],
+                                  initializer=[_external(tensor("w"), location)])
+        other = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "else", [], [y])
+        nodes.append(helper.make_node("If", ["c"], ["y"], then_branch=inner, else_branch=other))
+        initializers.append(helper.make_tensor("c", TensorProto.BOOL, [], [True]))
+    elif where == "attribute":
+        nodes.append(helper.make_node("Constant", [], ["y"],
+                                      value=_external(tensor("k"), location)))
+    elif where == "sparse":
+        values = _external(tensor("s"), location)
+        indices = helper.make_tensor("si", TensorProto.INT64, [1], [0])
+        sparse.append(helper.make_sparse_tensor(values, indices, [1]))
+        nodes.append(helper.make_node("Identity", ["x"], ["y"]))
+    elif where == "function":
+        body = helper.make_node("Constant", [], ["o"], value=_external(tensor("k"), location))
+        functions.append(helper.make_function("local", "F", [], ["o"], [body],
+                                              [helper.make_opsetid("", 17)]))
+        nodes.append(helper.make_node("F", [], ["y"], domain="local"))
+    graph = helper.make_graph(nodes, "g", [x], [y], initializer=initializers,
+                              sparse_initializer=sparse)
+    model = helper.make_model(graph, functions=functions,
+                              opset_imports=[helper.make_opsetid("", 17),
+                                             helper.make_opsetid("local", 1)])
+    return bytes(model.SerializeToString())
+
+
+@pytest.mark.parametrize("where", ["subgraph", "attribute", "sparse", "function"])
+def test_external_data_hidden_anywhere_in_the_model_is_found(
+    cache: Path, publish: Publish, where: str
 ) -> None:
-    entry = _publish_onnx(publish, "/etc/hostname")
-    data = entry.engine_path.read_bytes()
-    at = data.index(b"location")
-    for block in (at + 3, at + 1, at + 7, 5):  # every split of the key over two blocks
-        monkeypatch.setattr(gate_module, "BLOCK_SIZE", block)
-        refused(DefaultEngineGate(cache_root=cache), entry.engine_path, "absolute path",
-                ORT_HOST)
+    ident = identity(model_name=f"hidden_{where}", runtime=ORT_HOST.runtime,
+                     runtime_version=ORT_HOST.runtime_version, target=ORT_HOST.target,
+                     platform=ORT_HOST.platform, precision=PrecisionMode.FP32)
+    entry = publish(ident, payload=_model_hiding_external_data(where, "../../../etc/passwd"))
+    refused(DefaultEngineGate(cache_root=cache), entry.engine_path, "climbs out", ORT_HOST)
+
+
+def _wire(field: int, payload: bytes) -> bytes:
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+
+    return varint(field << 3 | 2) + varint(len(payload)) + payload
+
+
+def test_graphs_nested_deeper_than_the_walker_follows_are_refused(
+    cache: Path, publish: Publish
+) -> None:
+    """If-in-If-in-If... 40 levels (120 messages): refused rather than passed unchecked."""
+    graph = _wire(5, _wire(13, _wire(1, b"location") + _wire(2, b"/etc/passwd")))
+    for _ in range(40):
+        graph = _wire(1, _wire(5, _wire(6, graph)))  # node.attribute.g
+    ident = identity(model_name="deep", runtime=ORT_HOST.runtime,
+                     runtime_version=ORT_HOST.runtime_version, target=ORT_HOST.target,
+                     platform=ORT_HOST.platform, precision=PrecisionMode.FP32)
+    entry = publish(ident, payload=_wire(7, graph))
+    refused(DefaultEngineGate(cache_root=cache), entry.engine_path, "nest too deeply", ORT_HOST)
+    shallow = _wire(7, _wire(1, _wire(5, _wire(6, _wire(5, _wire(
+        13, _wire(1, b"location") + _wire(2, b"/etc/passwd")))))))
+    assert list(gate_module._external_locations(shallow)) == ["/etc/passwd"]
+
+
+def _onnx_locations(data: bytes) -> list[str] | None:
+    """External-data locations as onnx itself enumerates them, or None if it cannot parse."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception:
+        return None
+    found = []
+    for tensor in _get_all_tensors(model):
+        found += [e.value for e in tensor.external_data if e.key == "location"]
+    return found
+
+
+@given(st.data())
+def test_wire_walker_finds_what_onnx_finds_on_mutated_models(data: st.DataObject) -> None:
+    """The walker never crashes, and wherever protobuf accepts the bytes it finds every
+    location onnx's own tensor enumeration finds."""
+    where = data.draw(st.sampled_from(["subgraph", "attribute", "function", "plain"]))
+    base = bytearray(
+        _onnx_with_external("w.bin") if where == "plain"
+        else _model_hiding_external_data(where, "../x.bin")
+    )
+    for _ in range(data.draw(st.integers(0, 3))):
+        i = data.draw(st.integers(0, len(base) - 1))
+        base[i] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        del base[data.draw(st.integers(0, len(base) - 1)):]
+    blob = bytes(base)
+    try:
+        walked = list(gate_module._external_locations(blob))
+    except gate_module._NotProtobuf:
+        walked = None
+    expected = _onnx_locations(blob)
+    if expected is not None:
+        assert walked is not None, "protobuf parsed what the walker refused"
+        assert set(expected) <= set(walked)
 
 
 def test_onnx_runtime_never_opens_an_engine_whose_external_data_escapes(

@@ -22,14 +22,14 @@ Order of checks (cheapest first; nothing after a refusal runs):
 6. an ONNX Runtime engine is an ONNX file: external-data locations that leave the cache
    directory (absolute, ``..``, a symlink out) are refused before ONNX Runtime opens it.
 
-Nothing here imports a runtime or NVML; ``onnx`` is imported only for an ONNX Runtime
-engine whose bytes mention an external-data location.
+Nothing here imports a runtime, NVML, numpy or onnx.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import mmap
 import os
 import stat
 from collections.abc import Callable, Iterator, Mapping
@@ -65,8 +65,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_ENGINE_BYTES = 64 << 30
 # Runtimes whose engines are ONNX files (ONNX Runtime's optimized models).
 ONNX_ENGINE_RUNTIMES = frozenset({"ortcpu", "ortcuda"})
-# The key of an external-data entry: an ONNX file without these bytes has none.
-_LOCATION = b"location"
 
 
 class TrustCheck(Protocol):
@@ -243,13 +241,7 @@ class DefaultEngineGate:
             )
         if self._trust is not None and check_bytes is None:
             self._trust.check(engine_path, metadata)
-        onnx_engine = parsed.runtime in ONNX_ENGINE_RUNTIMES
-        if known_sha256 is not None:
-            # Bytes hashed while they were written: one read to look for external data.
-            actual = known_sha256
-            mentions_location = onnx_engine and self._mentions_location(facts, where)
-        else:
-            actual, mentions_location = self._hash_once(facts, where)
+        actual = known_sha256 if known_sha256 is not None else self._hash_once(facts, where)
         if actual != claimed:
             raise EngineGateError(
                 "engine sha256 does not match its sidecar",
@@ -257,7 +249,7 @@ class DefaultEngineGate:
                 expected=claimed,
                 found=actual,
             )
-        if onnx_engine and mentions_location:
+        if parsed.runtime in ONNX_ENGINE_RUNTIMES:
             self._check_onnx_external_data(engine_path, facts, where)
         return EngineCacheEntry(
             engine_path=engine_path,
@@ -352,45 +344,11 @@ class DefaultEngineGate:
         return read_cache_file(sig, MAX_SIGNATURE_FILE_BYTES, what="signature", root=self._root)
 
     def _check_onnx_external_data(self, engine_path: Path, facts: _FileFacts, where: str) -> None:
-        """Refuse an ONNX engine whose external data would be read from outside the cache."""
-        import onnx  # only for an ONNX file that mentions external data at all
+        """Refuse an ONNX engine whose external data would be read from outside the cache.
 
-        data = self._read_all(facts, where)
-        model = onnx.ModelProto()
-        try:
-            model.ParseFromString(data)
-        except Exception as exc:  # protobuf's DecodeError, or a recursion limit
-            raise EngineGateError(
-                f"engine is not a readable ONNX model: {type(exc).__name__}", path=where
-            ) from exc
-        base = Path(os.path.realpath(engine_path.parent))
-        inside = self._root if self._root is not None else base
-        for location in _external_locations(model):
-            reason = _location_escapes(location, base, inside)
-            if reason is not None:
-                raise EngineGateError(
-                    f"engine's external data {reason}",
-                    path=where,
-                    expected=f"a file inside {inside}",
-                    found=location,
-                )
-
-    @staticmethod
-    def _mentions_location(facts: _FileFacts, where: str) -> bool:
-        overlap = len(_LOCATION) - 1
-        tail = b""
-        try:
-            with open(facts.path, "rb", buffering=0) as fh:
-                while block := fh.read(BLOCK_SIZE):
-                    if _LOCATION in tail + block:
-                        return True
-                    tail = block[-overlap:]
-        except OSError as exc:
-            raise EngineGateError(f"engine unreadable: {exc.strerror}", path=where) from exc
-        return False
-
-    @staticmethod
-    def _read_all(facts: _FileFacts, where: str) -> bytes:
+        The protobuf wire format is walked over a read-only map of the file, skipping
+        tensor payloads by their length, so the cost is the number of graph fields, not
+        the size of the weights."""
         try:
             fd = os.open(facts.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as exc:
@@ -399,19 +357,32 @@ class DefaultEngineGate:
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino, st.st_size) != (facts.device, facts.inode, facts.size):
                 raise EngineGateError("engine changed while it was being checked", path=where)
-            chunks: list[bytes] = []
-            left = facts.size + 1
-            while left > 0 and (chunk := os.read(fd, min(left, BLOCK_SIZE))):
-                chunks.append(chunk)
-                left -= len(chunk)
+            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
+                try:
+                    locations = list(_external_locations(mapped))
+                except _TooDeep as exc:
+                    raise EngineGateError(
+                        "engine's graphs nest too deeply to check", path=where
+                    ) from exc
+                except _NotProtobuf:
+                    # Not parseable as protobuf: ONNX Runtime cannot parse it either, so it
+                    # reads no external data; it refuses the file when it loads it.
+                    return
         except OSError as exc:
             raise EngineGateError(f"engine unreadable: {exc.strerror}", path=where) from exc
         finally:
             os.close(fd)
-        data = b"".join(chunks)
-        if len(data) != facts.size:
-            raise EngineGateError("engine changed while it was being checked", path=where)
-        return data
+        base = Path(os.path.realpath(engine_path.parent))
+        inside = self._root if self._root is not None else base
+        for location in locations:
+            reason = _location_escapes(location, base, inside)
+            if reason is not None:
+                raise EngineGateError(
+                    f"engine's external data {reason}",
+                    path=where,
+                    expected=f"a file inside {inside}",
+                    found=location,
+                )
 
     @staticmethod
     def _check_host(parsed: ParsedEngineName, expected: RuntimeTarget, where: str) -> bool:
@@ -491,16 +462,9 @@ class DefaultEngineGate:
                 found=size,
             )
 
-    def _hash_once(self, facts: _FileFacts, where: str) -> tuple[str, bool]:
-        """Hash through one descriptor; refuse if the file was swapped or grew meanwhile.
-
-        Also returns whether the bytes contain ``location`` (the key of an ONNX external-data
-        entry), found in the same pass so an ONNX engine without it is never parsed here.
-        """
+    def _hash_once(self, facts: _FileFacts, where: str) -> str:
+        """Hash through one descriptor; refuse if the file was swapped or grew meanwhile."""
         digest = hashlib.sha256()
-        mentions_location = False
-        overlap = len(_LOCATION) - 1
-        tail = b""
         try:
             fd = os.open(facts.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except OSError as exc:
@@ -518,12 +482,6 @@ class DefaultEngineGate:
                     if total > facts.size:
                         raise EngineGateError("engine grew while it was being checked", path=where)
                     digest.update(view[:n])
-                    if not mentions_location:
-                        mentions_location = (
-                            buf.find(_LOCATION, 0, n) >= 0
-                            or _LOCATION in tail + bytes(view[: min(n, overlap)])
-                        )
-                        tail = bytes(view[max(0, n - overlap) : n])
         except OSError as exc:
             raise EngineGateError(f"engine unreadable: {exc.strerror}", path=where) from exc
         finally:
@@ -535,7 +493,7 @@ class DefaultEngineGate:
                 expected=facts.size,
                 found=total,
             )
-        return digest.hexdigest(), mentions_location
+        return digest.hexdigest()
 
     @staticmethod
     def _identity_from_metadata(
@@ -566,40 +524,105 @@ class DefaultEngineGate:
         return identity
 
 
-def _external_locations(model: Any) -> Iterator[str]:
-    """Every external-data location of every tensor of an ONNX model: initializers, sparse
-    initializers, tensors in node attributes, subgraphs (If/Loop/Scan) and functions."""
-    from onnx import AttributeProto, TensorProto
+class _NotProtobuf(ValueError):
+    """The bytes are not a valid protobuf message."""
 
-    graphs: list[Any] = [model.graph]
-    node_lists: list[Any] = [f.node for f in model.functions]
-    tensors: list[Any] = []
-    while graphs or node_lists:
-        if graphs:
-            graph = graphs.pop()
-            tensors.extend(graph.initializer)
-            for sparse in graph.sparse_initializer:
-                tensors.extend((sparse.values, sparse.indices))
-            node_lists.append(graph.node)
+
+class _TooDeep(ValueError):
+    """Messages nested deeper than the walker follows (ONNX Runtime's parser might not)."""
+
+
+# Where tensors can sit in an ONNX ModelProto (field numbers from onnx/onnx.proto3): for
+# each message kind, the length-delimited fields that hold a message worth entering.
+_CHILDREN: dict[str, dict[int, str]] = {
+    "model": {7: "graph", 20: "training", 25: "function"},
+    "training": {1: "graph", 2: "graph"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},
+    "function": {7: "node", 11: "attribute"},
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse",
+                  23: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},
+    "tensor": {},
+    "entry": {},
+}
+_TENSOR_EXTERNAL_DATA = 13  # repeated StringStringEntryProto (key = 1, value = 2)
+_TENSOR_DATA_LOCATION = 14  # enum; EXTERNAL = 1
+_MAX_NESTING = 100  # protobuf's default recursion limit
+
+
+def _varint(data: Any, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise _NotProtobuf("truncated or over-long varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(data: Any, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """(field, wire type, value or payload start, payload end) of one message's fields."""
+    groups = 0
+    while pos < end:
+        key, pos = _varint(data, pos, end)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos, end)
+            if not groups:
+                yield field, wire, value, pos
             continue
-        for node in node_lists.pop():
-            for attr in node.attribute:
-                if attr.type == AttributeProto.GRAPH:
-                    graphs.append(attr.g)
-                graphs.extend(attr.graphs)
-                if attr.HasField("t"):
-                    tensors.append(attr.t)
-                tensors.extend(attr.tensors)
-                for sparse in (
-                    *([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []),
-                    *attr.sparse_tensors,
-                ):
-                    tensors.extend((sparse.values, sparse.indices))
-    for tensor in tensors:
-        locations = [e.value for e in tensor.external_data if e.key == "location"]
-        if tensor.data_location == TensorProto.EXTERNAL and not locations:
-            yield ""
-        yield from locations
+        if wire == 2:
+            length, pos = _varint(data, pos, end)
+            start, pos = pos, pos + length
+        elif wire in (1, 5):
+            start, pos = pos, pos + (8 if wire == 1 else 4)
+        elif wire == 3:  # a (deprecated) group: protobuf skips it as an unknown field
+            groups += 1
+            continue
+        elif wire == 4 and groups:
+            groups -= 1
+            continue
+        else:
+            raise _NotProtobuf(f"wire type {wire}")
+        if pos > end:
+            raise _NotProtobuf("field runs past its message")
+        if not groups:
+            yield field, wire, start, pos
+    if pos != end or groups:
+        raise _NotProtobuf("message ends inside a field")
+
+
+def _external_locations(data: Any) -> Iterator[str]:
+    """Every external-data location of every tensor of a serialized ONNX model: in
+    initializers, sparse initializers, node attributes, subgraphs (If/Loop/Scan),
+    functions and training graphs. A tensor marked EXTERNAL without a location yields
+    ""."""
+    stack: list[tuple[str, int, int, int]] = [("model", 0, len(data), 0)]
+    while stack:
+        kind, start, end, depth = stack.pop()
+        if depth > _MAX_NESTING:
+            raise _TooDeep("nested too deeply")
+        external = False
+        locations: list[str] = []
+        for field, wire, a, b in _fields(data, start, end):
+            if wire == 0:
+                external |= kind == "tensor" and field == _TENSOR_DATA_LOCATION and a == 1
+            elif wire == 2:
+                child = _CHILDREN[kind].get(field)
+                if child is not None:
+                    stack.append((child, a, b, depth + 1))
+                elif kind == "tensor" and field == _TENSOR_EXTERNAL_DATA:
+                    entry = {f: bytes(data[x:y]) for f, w, x, y in _fields(data, a, b) if w == 2}
+                    if entry.get(1) == b"location":
+                        locations.append(entry.get(2, b"").decode("utf-8", "replace"))
+        if kind == "tensor":
+            if external and not locations:
+                yield ""
+            yield from locations
 
 
 def _location_escapes(location: str, base: Path, inside: Path) -> str | None:
