@@ -684,11 +684,17 @@ def run_engine(
         # The first call doubles as a warm-up; its outputs are the ones compared.
         outputs = {k: np.array(v, copy=True) for k, v in runtime.infer(handle, inputs).items()}
         done = 1
+        # At most ~100 progress updates per run, so a bar costs nothing next to inference.
+        step = max(1, total // 100)
+
+        def tick() -> None:
+            if progress is not None and (done % step == 0 or done == total):
+                progress(done, total)
+
         for _ in range(max(options.warmup - 1, 0)):
             runtime.infer(handle, inputs)
             done += 1
-            if progress is not None:
-                progress(done, total)
+            tick()
         latencies: list[float] = []
         clock = time.perf_counter
         started = clock()
@@ -697,8 +703,7 @@ def run_engine(
             runtime.infer(handle, inputs)
             latencies.append(clock() - t0)
             done += 1
-            if progress is not None:
-                progress(done, total)
+            tick()
         wall = clock() - started
         report.latency_ms = latency_summary(latencies)
         first = next(iter(inputs.values()), None)

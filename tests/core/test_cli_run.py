@@ -377,3 +377,21 @@ def test_comparison_rules() -> None:
     assert not missing.passed
     (within,) = compare_outputs(ref, {"y": ref["y"] + 0.05}, atol=0.1, rtol=0.0)
     assert within.passed and within.mismatched == 0
+
+
+def test_progress_is_reported_sparingly_and_ends_at_the_total(
+    engines: dict[str, Path],
+) -> None:
+    from trt_provision.compose import wire
+    from trt_provision.config import Settings
+    from trt_provision.runner import RunOptions, entry_for_engine_file, run_engine
+
+    engine = engines["dynamic_mlp"]
+    wired = wire(Settings(cache_dir=engine.parent.parent), use_remote=False)
+    calls: list[tuple[int, int]] = []
+    report = run_engine(wired.runtime, entry_for_engine_file(engine),
+                        RunOptions(iterations=1000, warmup=5, compare=False, record=False),
+                        budget=wired.budget, progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (1005, 1005) and len(calls) <= 102
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+    assert report.recorded is None and report.comparison_skipped == "disabled with --no-compare"
