@@ -620,7 +620,8 @@ def _source_model(
             raise ModelError("ONNX model given with --model not found", path=str(path))
         return path, None, model_sha256(path) == identity.model_sha256
     model = metadata.get("model")
-    recorded = model.get("path") if isinstance(model, Mapping) else None
+    # The compiler records {"path": ...}; a runtime's own metadata may replace it by the path.
+    recorded = model.get("path") if isinstance(model, Mapping) else model
     if not isinstance(recorded, str) or not recorded:
         return None, "the engine's metadata names no source model; pass --model", False
     path = Path(recorded)

@@ -395,3 +395,50 @@ def test_progress_is_reported_sparingly_and_ends_at_the_total(
     assert calls[-1] == (1005, 1005) and len(calls) <= 102
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)
     assert report.recorded is None and report.comparison_skipped == "disabled with --no-compare"
+
+
+def test_run_engine_on_the_tensorrt_strategy(tmp_path: Path, demo_dir: Path) -> None:
+    """TensorrtRuntime on the recording fake TensorRT and fake CUDA: the engine's inputs come
+    from the source model (TensorRT metadata lists no I/O), the loop runs on the handle, the
+    fake's outputs differ from ONNX Runtime's (so the comparison must say so), and release
+    gives back the budget and the device buffers."""
+    from fakes.fake_cuda import FakeCudaRuntime
+    from fakes.fake_tensorrt import FakeModelSpec, FakeTensorSpec, fake_state, make_fake_tensorrt
+    from trt_provision.compiler import EngineCompiler
+    from trt_provision.config import load_manifest
+    from trt_provision.gates.budget import GpuMemoryBudget
+    from trt_provision.gates.engine_gate import DefaultEngineGate
+    from trt_provision.runner import RunOptions, run_engine
+    from trt_provision.runtimes.tensorrt import TensorrtOptions, TensorrtRuntime
+    from trt_provision.stores.local import LocalEngineStore
+    from trt_provision.types import EngineCompileRequest, HostCapabilities
+
+    cuda = FakeCudaRuntime()
+    trt = make_fake_tensorrt("10.16.1.11", cuda=cuda, recorder=cuda.recorder)
+    fake_state(trt).model = FakeModelSpec(
+        inputs=(FakeTensorSpec("features", (-1, 64)),),
+        outputs=(FakeTensorSpec("scores", (-1, 10)),),
+    )
+    cache = tmp_path / "cache"
+    gate = DefaultEngineGate(cache_root=cache)
+    budget = GpuMemoryBudget(1 << 30)
+    host = HostCapabilities(sm="sm87", trt_version="10.16.1.11")
+    runtime = TensorrtRuntime(gate=gate, budget=budget, host=host,
+                              options=TensorrtOptions(optional_plugins=()),
+                              trt_module=trt, cuda_module=cuda)
+    compiler = EngineCompiler(runtime=runtime, store=LocalEngineStore(cache), gate=gate,
+                              host=host)
+    mlp = next(b for b in load_manifest(demo_dir / "demo.toml").backbones
+               if b.name == "dynamic_mlp")
+    (result,) = compiler.compile_engines_for_corpus(EngineCompileRequest((mlp,))).results
+    assert result.entry is not None and ".trt-10_16_1_11." in result.entry.engine_path.name
+    report = run_engine(runtime, result.entry, RunOptions(iterations=4, warmup=1),
+                        budget=budget)
+    assert report.inputs == {"features": {"shape": [16, 64], "dtype": "float32"}}
+    assert len(cuda.recorder.calls_to("IExecutionContext.execute_async_v3")) == 5
+    assert report.comparison is not None and not report.passed  # the fake is no MLP
+    assert report.comparison.outputs[0].name == "scores"
+    assert budget.snapshot().reserved_bytes == 0
+    assert cuda.live == {} and cuda.live_streams == set()  # buffers and stream freed
+    assert report.memory["device_memory_bytes"] == fake_state(trt).device_memory_bytes
+    assert report.recorded is not None and report.recorded.is_file()
