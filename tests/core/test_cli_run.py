@@ -397,7 +397,9 @@ def test_progress_is_reported_sparingly_and_ends_at_the_total(
     assert report.recorded is None and report.comparison_skipped == "disabled with --no-compare"
 
 
-def test_run_engine_on_the_tensorrt_strategy(tmp_path: Path, demo_dir: Path) -> None:
+def test_run_engine_on_the_tensorrt_strategy(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, demo_dir: Path
+) -> None:
     """TensorrtRuntime on the recording fake TensorRT and fake CUDA: the engine's inputs come
     from the source model (TensorRT metadata lists no I/O), the loop runs on the handle, the
     fake's outputs differ from ONNX Runtime's (so the comparison must say so), and release
@@ -442,3 +444,8 @@ def test_run_engine_on_the_tensorrt_strategy(tmp_path: Path, demo_dir: Path) -> 
     assert cuda.live == {} and cuda.live_streams == set()  # buffers and stream freed
     assert report.memory["device_memory_bytes"] == fake_state(trt).device_memory_bytes
     assert report.recorded is not None and report.recorded.is_file()
+    # inspect shows the I/O of a TensorRT engine (its metadata has none) and the measurement
+    rc, out, err = _cli(capsys, "inspect", str(result.entry.engine_path))
+    assert rc == 0, err
+    assert "I/O (from the source model)" in out and "features" in out and "scores" in out
+    assert "1 run(s) recorded" in out

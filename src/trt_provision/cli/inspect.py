@@ -158,6 +158,34 @@ def _io_rows(meta: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _io_rows_from_source_model(meta: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """TensorRT metadata lists no I/O: read it from the source model, if it is the one."""
+    import os
+    import stat
+
+    from trt_provision.errors import ModelError
+    from trt_provision.identity import model_sha256
+    from trt_provision.model_info import describe_model
+
+    model = meta.get("model")
+    recorded = model.get("path") if isinstance(model, dict) else model
+    identity = meta.get("identity")
+    if not isinstance(recorded, str) or not isinstance(identity, dict):
+        return []
+    path = Path(recorded)
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return []
+        if model_sha256(path) != identity.get("model_sha256"):
+            return []  # another model now lives there: its I/O would mislead
+        info = describe_model(path)
+    except (OSError, ModelError):
+        return []
+    return [(kind[:-1], t.name, t.dtype, t.shape_text())
+            for kind, tensors in (("inputs", info.inputs), ("outputs", info.outputs))
+            for t in tensors]
+
+
 def _print_engine(engine: Path, identity: dict[str, Any], data: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -189,15 +217,19 @@ def _print_engine(engine: Path, identity: dict[str, Any], data: dict[str, Any]) 
         console.print(text, highlight=False, markup=False)
 
     rows = _io_rows(meta)
+    title = "I/O"
+    if not rows and meta:
+        rows = _io_rows_from_source_model(meta)
+        title = "I/O (from the source model)"
     if rows:
-        io = Table(title="I/O", title_justify="left")
+        io = Table(title=title, title_justify="left")
         for column in ("", "name", "type", "shape"):
             io.add_column(column, overflow="fold")
         for row in rows:
             io.add_row(*(escape(c) for c in row))
         console.print(io)
     elif meta:
-        say("I/O: not recorded in the metadata (inspect the source model instead)")
+        say("I/O: not recorded in the metadata and the source model is not here")
     build = meta.get("build_config")
     profiles = build.get("profiles") if isinstance(build, dict) else None
     for p in profiles if isinstance(profiles, list) else []:
