@@ -778,19 +778,25 @@ def read_perf_sidecar(engine_path: Path) -> dict[str, Any] | None:
     than :data:`MAX_PERF_BYTES`, not our JSON shape, or for another file."""
     path = perf_sidecar_path(Path(engine_path))
     where = str(path)
+    # No symlinks, and never block: a FIFO planted under this name must not hang a reader.
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        st = os.lstat(path)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise StoreError(f"measurements sidecar unreadable: {exc.strerror}", path=where) from exc
-    if not stat.S_ISREG(st.st_mode):
-        raise StoreError("measurements sidecar is not a regular file", path=where)
+        raise StoreError(
+            f"measurements sidecar unreadable (a symlink?): {exc.strerror}", path=where
+        ) from exc
     try:
-        with open(path, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StoreError("measurements sidecar is not a regular file", path=where)
+        with os.fdopen(os.dup(fd), "rb") as fh:
             raw = fh.read(MAX_PERF_BYTES + 1)
     except OSError as exc:
         raise StoreError(f"measurements sidecar unreadable: {exc.strerror}", path=where) from exc
+    finally:
+        os.close(fd)
     if len(raw) > MAX_PERF_BYTES:
         raise StoreError("measurements sidecar too large", path=where,
                          expected=f"<= {MAX_PERF_BYTES} bytes")

@@ -449,3 +449,30 @@ def test_run_engine_on_the_tensorrt_strategy(
     assert rc == 0, err
     assert "I/O (from the source model)" in out and "features" in out and "scores" in out
     assert "1 run(s) recorded" in out
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "wrong-engine", "not-json"])
+def test_a_planted_measurements_sidecar_is_refused_and_replaced(
+    capsys: pytest.CaptureFixture[str], engines: dict[str, Path], tmp_path: Path, kind: str
+) -> None:
+    engine = engines["dynamic_mlp"]
+    perf = engine.with_name(engine.name + PERF_SUFFIX)
+    if kind == "fifo":
+        os.mkfifo(perf)  # opening it for reading would block forever
+    elif kind == "symlink":
+        outside = tmp_path / "elsewhere.json"
+        outside.write_text("{}")
+        perf.symlink_to(outside)
+    elif kind == "wrong-engine":
+        perf.write_text(json.dumps({"format": 1, "engine": "other.engine", "sha256": "x",
+                                    "runs": []}))
+    else:
+        perf.write_bytes(b"\xff\xfe not json")
+    rc, out, _err = _cli(capsys, "inspect", str(engine), "--json")
+    assert rc == 0 and "measurements_error" in json.loads(out)
+    rc, _out, err = _cli(capsys, "run", str(engine), "--iterations", "1", "--no-compare")
+    assert rc == 0, err
+    assert perf.is_file() and not perf.is_symlink()
+    assert len(json.loads(perf.read_text())["runs"]) == 1
+    if kind == "symlink":
+        assert (tmp_path / "elsewhere.json").read_text() == "{}"  # the target is untouched
