@@ -343,6 +343,8 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str], engines: dict[str, Pat
     assert rc == 1 and "--model" in _one_error_line(err)
     rc, _out, err = _cli(capsys, "run", "nowhere.engine")
     assert rc == 1 and "nowhere.engine" in _one_error_line(err)
+    rc, _out, err = _cli(capsys, "run", str(demo_dir / "models" / "demo_cnn.onnx"))
+    assert rc == 1 and "provision or compile it first" in _one_error_line(err)
 
 
 def test_run_through_the_installed_entry_point(engines: dict[str, Path]) -> None:

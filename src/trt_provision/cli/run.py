@@ -148,6 +148,14 @@ def run(args: argparse.Namespace) -> int:
         options_for = {b.name: dataclasses.replace(options, model=b.model_path)
                        for b in manifest.backbones}
     else:
+        from trt_provision.identity import ENGINE_SUFFIX
+
+        if not target.name.endswith(ENGINE_SUFFIX):
+            raise ManifestError(
+                f"run takes an engine (*{ENGINE_SUFFIX}) or a manifest (*.toml); for an ONNX "
+                "model, provision or compile it first",
+                file=str(target),
+            )
         if not target.exists():
             raise ManifestError("engine not found", file=str(target))
         settings = settings_from_args(args)
