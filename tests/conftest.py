@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,15 @@ def demo_dir() -> Path:
 @pytest.fixture
 def demo_models() -> dict[str, Path]:
     return {p.stem: p for p in sorted((EXAMPLES / "models").glob("*.onnx"))}
+
+
+@pytest.fixture
+def demo_configs() -> dict[str, Any]:
+    """Build config of each demo model as examples/demo.toml has it (with the profiles its
+    dynamic inputs need): model name -> BuildConfig."""
+    from trt_provision.config import load_manifest
+
+    return {b.name: b.build_config for b in load_manifest(EXAMPLES / "demo.toml").backbones}
 
 
 @pytest.fixture(autouse=True)
