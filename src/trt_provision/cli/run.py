@@ -12,7 +12,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from trt_provision.cli._common import add_settings_args, print_json, settings_from_args
+from trt_provision.cli._common import (
+    add_settings_args,
+    print_json,
+    require_paths,
+    settings_from_args,
+)
 
 __all__ = ["register"]
 
@@ -103,12 +108,19 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
 
 def run(args: argparse.Namespace) -> int:
     from trt_provision.compose import wire
-    from trt_provision.errors import ManifestError, TrtProvisionError
+    from trt_provision.errors import TrtProvisionError, UsageError
+    from trt_provision.identity import ENGINE_SUFFIX
     from trt_provision.runner import RunOptions, entry_for_engine_file, run_engine
 
     target: Path = args.target
-    if args.inputs is not None and not args.inputs.is_file():
-        raise ManifestError("inputs file not found", file=str(args.inputs))
+    if not _is_manifest(target) and not target.name.endswith(ENGINE_SUFFIX):
+        raise UsageError(
+            f"ENGINE|MANIFEST: run takes an engine (*{ENGINE_SUFFIX}) or a manifest (*.toml), "
+            f"got {target}; for an ONNX model, provision or compile it first"
+        )
+    if _is_manifest(target) and args.model is not None:
+        raise UsageError("--model: applies to one ENGINE, not to a manifest")
+    require_paths((target, "ENGINE|MANIFEST"), (args.inputs, "--inputs"), (args.model, "--model"))
     options = RunOptions(
         iterations=args.iterations,
         warmup=args.warmup,
@@ -125,12 +137,9 @@ def run(args: argparse.Namespace) -> int:
         from trt_provision.config import load_manifest
         from trt_provision.types import EngineCacheEntry
 
-        if args.model is not None:
-            raise ManifestError("--model applies to one ENGINE, not to a manifest",
-                                key="--model")
         manifest = load_manifest(target)
         if not manifest.backbones:
-            raise ManifestError("manifest lists no models", file=str(target))
+            raise UsageError(f"ENGINE|MANIFEST: {target} lists no models")
         wired = wire(settings_from_args(args, manifest.settings), use_remote=False)
         for backbone in manifest.backbones:
             try:
@@ -148,16 +157,6 @@ def run(args: argparse.Namespace) -> int:
         options_for = {b.name: dataclasses.replace(options, model=b.model_path)
                        for b in manifest.backbones}
     else:
-        from trt_provision.identity import ENGINE_SUFFIX
-
-        if not target.name.endswith(ENGINE_SUFFIX):
-            raise ManifestError(
-                f"run takes an engine (*{ENGINE_SUFFIX}) or a manifest (*.toml); for an ONNX "
-                "model, provision or compile it first",
-                file=str(target),
-            )
-        if not target.exists():
-            raise ManifestError("engine not found", file=str(target))
         settings = settings_from_args(args)
         if args.cache_dir is None:
             # The user named this file: its own directory is the root the gate confines
