@@ -312,6 +312,8 @@ class S3EngineStore:
         self._part_bytes = part_bytes
         self._rate_window = rate_window_s
         self._state_lock = threading.Lock()
+        # The body of the response botocore is parsing on this thread (see client()).
+        self._parsing = threading.local()
         self._offline: str | None = None  # why the remote is skipped for this run
         self._warned: set[str] = set()
 
@@ -362,8 +364,19 @@ class S3EngineStore:
                 aws_session_token=s.session_token,
                 region_name=s.region,
             )
-            self._client = session.client("s3", endpoint_url=s.endpoint, config=config)
+            client = session.client("s3", endpoint_url=s.endpoint, config=config)
+            # When botocore's parser raises on a hostile header (a malformed Content-Length
+            # is a ValueError), the response it was parsing is dropped unclosed, socket
+            # included: remember it so the GET that failed can close it.
+            client.meta.events.register(
+                "before-parse.s3.GetObject", self._remember_response_body
+            )
+            self._client = client
         return self._client
+
+    def _remember_response_body(self, response_dict: Any = None, **_: Any) -> None:
+        if isinstance(response_dict, dict):
+            self._parsing.body = response_dict.get("body")
 
     @staticmethod
     def _botocore_errors() -> tuple[type[BaseException], ...]:
@@ -461,6 +474,7 @@ class S3EngineStore:
 
         def fetch() -> None:
             body = None
+            self._parsing.body = None
             try:
                 response = client.get_object(Bucket=s.bucket, Key=key)
                 body = response["Body"]
@@ -478,6 +492,9 @@ class S3EngineStore:
             except BaseException as exc:  # handed to the caller's thread, which decides
                 put(("error", exc))
             finally:
+                if body is None:
+                    body = getattr(self._parsing, "body", None)
+                self._parsing.body = None
                 if body is not None:
                     with contextlib.suppress(Exception):
                         body.close()

@@ -1,0 +1,433 @@
+"""Attacks by whoever controls the bucket or the server (or a proxy in between): each one
+ends in a WARN and "no engine" (the model is built locally), never in an exception, a hang
+or a full disk.
+
+What a real server can store (nested JSON, foreign signatures) runs against SeaweedFS; what
+only a misbehaving server does (trickling, malformed or missing Content-Length, dropped
+connections) runs against the loopback fake in ``stores/fake_s3_server.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from stores import fake_s3_server as fake
+from stores.weed_server import (
+    ACCESS_KEY,
+    SECRET_KEY,
+    TARGET,
+    Device,
+    DeviceFactory,
+    make_identity,
+    publish_local,
+)
+from trt_provision._fs import TEMP_PREFIX
+from trt_provision.gates.engine_gate import DefaultEngineGate
+from trt_provision.stores.local import LocalEngineStore
+from trt_provision.stores.s3 import UNAUTHENTICATED_WARNING, S3EngineStore, S3Settings
+from trt_provision.trust import SignatureTrust, TrustPolicy, generate_keypair, sign_metadata
+from trt_provision.types import EngineCacheEntry, EngineIdentity
+
+pytestmark = [pytest.mark.tier1]
+
+HANG_GUARD_S = 120.0  # generous: only a hang (the bug) gets near it
+T = TypeVar("T")
+
+
+def _bounded_call(fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a thread; fail (instead of hanging the suite) if it never returns."""
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except BaseException as exc:
+            error.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(HANG_GUARD_S)
+    assert not thread.is_alive(), "remote call hung"
+    if error:
+        raise error[0]
+    return result[0]
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and getattr(r, "event", "") != "remote.unauthenticated"
+    ]
+
+
+def _files(store: LocalEngineStore) -> list[Path]:
+    return [p for p in store.root.rglob("*") if p.is_file() and ".locks" not in p.parts]
+
+
+@pytest.fixture
+def hostile() -> Iterator[fake.FakeS3]:
+    yield from fake.serve()
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> tuple[LocalEngineStore, DefaultEngineGate]:
+    store = LocalEngineStore(tmp_path / "device")
+    store.ensure_writable()
+    return store, DefaultEngineGate(cache_root=store.root)
+
+
+@pytest.fixture
+def builder(tmp_path: Path) -> LocalEngineStore:
+    store = LocalEngineStore(tmp_path / "builder")
+    store.ensure_writable()
+    return store
+
+
+def _remote(endpoint: str, trust: Any = None, **settings: Any) -> S3EngineStore:
+    options: dict[str, Any] = {
+        "connect_timeout_s": 1.0, "read_timeout_s": 2.0, "max_attempts": 1, **settings
+    }
+    extra = {
+        k: options.pop(k)
+        for k in ("chunk_bytes", "rate_window_s", "client", "multipart_threshold_bytes")
+        if k in options
+    }
+    return S3EngineStore(
+        S3Settings(bucket="engines", endpoint=endpoint, prefix="fleet", access_key=ACCESS_KEY,
+                   secret_key=SECRET_KEY, **options),
+        trust=trust,
+        **extra,
+    )
+
+
+def _seed(server: fake.FakeS3, remote: S3EngineStore, entry: EngineCacheEntry) -> str:
+    """Put a complete, honest object set of ``entry`` in the fake bucket; return its key."""
+    key = remote.key_for(entry.identity)
+    server.put(key, entry.engine_path.read_bytes())
+    server.put(key + ".json", entry.metadata_path.read_bytes())
+    server.put(key + ".sha256", entry.sha256_path.read_bytes())
+    return key
+
+
+def _fetch(remote: S3EngineStore, identity: EngineIdentity,
+           device: tuple[LocalEngineStore, DefaultEngineGate]) -> EngineCacheEntry | None:
+    store, gate = device
+    return _bounded_call(lambda: remote.fetch(identity, store, gate, TARGET))
+
+
+# ------------------------------------------------------------------ sidecars
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.s3
+def test_nested_bracket_metadata_is_refused_not_a_recursion_error(
+    make_device: DeviceFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """200 kB of brackets as the .json: the depth is bounded before json.loads runs."""
+    builder, puller = make_device(), make_device()
+    identity = make_identity()
+    assert builder.remote.upload(publish_local(builder.store, identity, b"n" * 10_000))
+    client, bucket = builder.remote.client(), builder.remote.settings.bucket
+    key = builder.remote.key_for(identity)
+    client.put_object(Bucket=bucket, Key=key + ".json", Body=_nested(100_000))
+
+    assert _bounded_call(
+        lambda: puller.remote.fetch(identity, puller.store, puller.gate, TARGET)
+    ) is None
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1 and "nested deeper than 32" in warnings[0]
+    assert _files(puller.store) == []
+
+
+@pytest.fixture
+def fleet_key(tmp_path: Path) -> tuple[Path, Any]:
+    private = tmp_path / "keys" / "fleet.key"
+    _, public = generate_keypair(private)
+    return private, public
+
+
+@pytest.mark.s3
+def test_signature_is_checked_before_the_metadata_is_parsed(
+    make_device: DeviceFactory,
+    fleet_key: tuple[Path, Any],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With signatures required, unsigned hostile metadata never reaches the JSON parser."""
+    private, public = fleet_key
+    trust = SignatureTrust(TrustPolicy.REQUIRE, [public])
+    builder, puller = make_device(), make_device(trust=trust)
+    identity = make_identity()
+    assert builder.remote.upload(publish_local(builder.store, identity, b"s" * 10_000))
+    client, bucket = builder.remote.client(), builder.remote.settings.bucket
+    key = builder.remote.key_for(identity)
+    client.put_object(Bucket=bucket, Key=key + ".json", Body=_nested(100_000))
+
+    import trt_provision.stores.s3 as s3
+
+    parsed: list[bytes] = []
+    real = s3.loads_bounded
+
+    def spy(data: bytes, **kwargs: Any) -> Any:
+        parsed.append(data)
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(s3, "loads_bounded", spy)
+    assert _bounded_call(
+        lambda: puller.remote.fetch(identity, puller.store, puller.gate, TARGET)
+    ) is None
+    assert parsed == []
+    assert any("not signed" in w for w in _warnings(caplog))
+
+    # Signed by the fleet key (a key holder gone rogue): the signature verifies, and the
+    # bounded parser still refuses the nesting.
+    client.put_object(Bucket=bucket, Key=key + ".sig",
+                      Body=sign_metadata(_nested(100_000), private))
+    caplog.clear()
+    assert _bounded_call(
+        lambda: puller.remote.fetch(identity, puller.store, puller.gate, TARGET)
+    ) is None
+    assert len(parsed) == 1
+    assert any("nested deeper" in w for w in _warnings(caplog))
+    assert _files(puller.store) == []
+
+
+@pytest.mark.parametrize("suffix", [".sha256", ".json", ""])
+def test_malformed_content_length_is_a_warning(
+    hostile: fake.FakeS3,
+    builder: LocalEngineStore,
+    device: tuple[LocalEngineStore, DefaultEngineGate],
+    caplog: pytest.LogCaptureFixture,
+    suffix: str,
+) -> None:
+    """botocore raises ValueError parsing ``Content-Length: 123abc``: a WARN, no crash."""
+    remote = _remote(hostile.endpoint)
+    identity = make_identity()
+    key = _seed(hostile, remote, publish_local(builder, identity, b"c" * 5000))
+    hostile.modes[key + suffix] = fake.BAD_LENGTH
+    assert _fetch(remote, identity, device) is None
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1 and "not fetched" in warnings[0]
+    assert _files(device[0]) == []
+
+
+def test_any_exception_of_one_fetch_is_a_warning(
+    hostile: fake.FakeS3,
+    builder: LocalEngineStore,
+    device: tuple[LocalEngineStore, DefaultEngineGate],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whatever a third-party parser raises for one model, the run goes on."""
+    class Broken:
+        def get_object(self, **kwargs: Any) -> Any:
+            raise KeyError("a parser bug")
+
+    remote = _remote(hostile.endpoint, client=Broken())
+    identity = make_identity()
+    _seed(hostile, remote, publish_local(builder, identity, b"x" * 5000))
+    assert _fetch(remote, identity, device) is None
+    assert any("KeyError" in w for w in _warnings(caplog))
+    # Not a connection fault: the remote stays in use for the next model.
+    assert remote.offline_reason is None
+
+
+# ------------------------------------------------------------------ slow servers
+
+
+def test_trickling_engine_body_ends_at_the_minimum_rate(
+    hostile: fake.FakeS3,
+    builder: LocalEngineStore,
+    device: tuple[LocalEngineStore, DefaultEngineGate],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One byte every 50 ms (well inside the 2 s read timeout), forever."""
+    remote = _remote(hostile.endpoint, min_rate_bytes_s=64 << 10, chunk_bytes=64 << 10,
+                     rate_window_s=0.5)
+    identity = make_identity()
+    key = _seed(hostile, remote, publish_local(builder, identity, 1 << 20))
+    hostile.modes[key] = fake.TRICKLE_BODY
+    assert _fetch(remote, identity, device) is None
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1 and "slower than 64 KiB/s" in warnings[0]
+    assert "rest of this run" in warnings[0]
+    assert _files(device[0]) == []
+    # The remote is out of this run: the next model is not even asked for.
+    gets = hostile.count("GET")
+    assert _fetch(remote, make_identity(seed="v2"), device) is None
+    assert hostile.count("GET") == gets
+
+
+@pytest.mark.parametrize("mode", [fake.TRICKLE_BODY, fake.TRICKLE_HEADERS])
+def test_trickling_server_ends_at_the_deadline(
+    hostile: fake.FakeS3,
+    builder: LocalEngineStore,
+    device: tuple[LocalEngineStore, DefaultEngineGate],
+    caplog: pytest.LogCaptureFixture,
+    mode: str,
+) -> None:
+    """No rate check configured: the overall deadline alone ends the GET (sidecar or engine)."""
+    remote = _remote(hostile.endpoint, min_rate_bytes_s=0, get_deadline_s=1.5)
+    identity = make_identity()
+    key = _seed(hostile, remote, publish_local(builder, identity, 1 << 20))
+    hostile.modes[key if mode == fake.TRICKLE_BODY else key + ".sha256"] = mode
+    assert _fetch(remote, identity, device) is None
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1 and "1.5 s deadline" in warnings[0]
+    assert _files(device[0]) == []
+
+
+def test_engine_without_content_length_is_read_to_its_declared_size_plus_one(
+    hostile: fake.FakeS3,
+    builder: LocalEngineStore,
+    device: tuple[LocalEngineStore, DefaultEngineGate],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server sends the engine, then zero bytes for ever, with no Content-Length."""
+    remote = _remote(hostile.endpoint, chunk_bytes=64 << 10)
+    identity = make_identity()
+    entry = publish_local(builder, identity, 300_000)
+    key = _seed(hostile, remote, entry)
+    hostile.modes[key] = fake.NO_LENGTH
+
+    open_files: dict[int, int] = {}  # bytes written per open file descriptor
+    closed_files: list[int] = []
+    import trt_provision.stores.s3 as s3
+
+    real_write, real_close = s3.os.write, s3.os.close
+
+    def counting_write(fd: int, data: Any) -> int:
+        n = real_write(fd, data)
+        open_files[fd] = open_files.get(fd, 0) + n
+        return n
+
+    def counting_close(fd: int) -> None:
+        closed_files.append(open_files.pop(fd, 0))
+        real_close(fd)
+
+    monkeypatch.setattr(s3.os, "write", counting_write)
+    monkeypatch.setattr(s3.os, "close", counting_close)
+    assert _fetch(remote, identity, device) is None
+    # The staged engine got the declared size plus one byte, however much the server sent.
+    assert max(closed_files) == entry.size_bytes + 1
+    assert hostile.bytes_sent[key] > entry.size_bytes + 1
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1 and "larger than its metadata declares" in warnings[0]
+    assert _files(device[0]) == []
+    assert not list(device[0].root.rglob(f"{TEMP_PREFIX}*"))
+
+
+def test_engine_without_content_length_of_the_declared_size_is_fetched(
+    hostile: fake.FakeS3,
+    builder: LocalEngineStore,
+    device: tuple[LocalEngineStore, DefaultEngineGate],
+) -> None:
+    """Control: the bound is declared + 1, so an honest body without the header works."""
+    remote = _remote(hostile.endpoint, chunk_bytes=64 << 10)
+    identity = make_identity()
+    entry = publish_local(builder, identity, 300_000)
+    key = _seed(hostile, remote, entry)
+    hostile.modes[key] = fake.NO_LENGTH
+    hostile.stop.set()  # the body ends after the engine: an honest server closing
+    fetched = _fetch(remote, identity, device)
+    assert fetched is not None and fetched.sha256 == entry.sha256
+
+
+# ------------------------------------------------------------------ dead or failing servers
+
+
+@pytest.mark.parametrize("attempts", [1, 2, 3])
+def test_max_attempts_counts_every_request(
+    hostile: fake.FakeS3,
+    device: tuple[LocalEngineStore, DefaultEngineGate],
+    attempts: int,
+) -> None:
+    """``max_attempts = N`` makes N requests in all (botocore's own setting counts retries)."""
+    hostile.default_mode = fake.ERROR_503
+    remote = _remote(hostile.endpoint, max_attempts=attempts)
+    assert _fetch(remote, make_identity(), device) is None
+    assert hostile.count("GET") == attempts
+
+
+def test_first_connection_fault_takes_the_remote_out_of_the_run(
+    hostile: fake.FakeS3,
+    builder: LocalEngineStore,
+    device: tuple[LocalEngineStore, DefaultEngineGate],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server that drops every connection: one request, one WARN, for 3 fetches + uploads."""
+    hostile.default_mode = fake.DROP
+    remote = _remote(hostile.endpoint)
+    store, _ = device
+    for seed in ("a", "b", "c"):
+        identity = make_identity(seed=seed)
+        assert _fetch(remote, identity, device) is None
+        entry = publish_local(store, identity, b"d" * 1000)
+        assert _bounded_call(lambda entry=entry: remote.upload(entry)) is False
+    assert sum(hostile.requests.values()) == 1
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1 and "rest of this run" in warnings[0]
+
+
+# ------------------------------------------------------------------ authentication
+
+
+def test_no_public_key_warns_once_per_run(
+    hostile: fake.FakeS3,
+    builder: LocalEngineStore,
+    device: tuple[LocalEngineStore, DefaultEngineGate],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    remote = _remote(hostile.endpoint)
+    for seed in ("a", "b", "c"):
+        entry = publish_local(builder, make_identity(seed=seed), b"u" * 1000)
+        _seed(hostile, remote, entry)
+        assert _fetch(remote, entry.identity, device) is not None
+    unauthenticated = [
+        r for r in caplog.records
+        if r.levelno == logging.WARNING and r.getMessage() == UNAUTHENTICATED_WARNING
+    ]
+    assert len(unauthenticated) == 1
+    # A new run (a new store) says it again; a store with a trust policy never does.
+    caplog.clear()
+    _fetch(_remote(hostile.endpoint), make_identity(seed="a"), device)
+    assert UNAUTHENTICATED_WARNING in caplog.text
+
+
+# ------------------------------------------------------------------ redaction
+
+
+def test_endpoint_query_and_credentials_never_logged(
+    hostile: fake.FakeS3, caplog: pytest.LogCaptureFixture
+) -> None:
+    from trt_provision.errors import ManifestError
+    from trt_provision.stores.s3 import redact_url, redact_urls, remote_store_from_settings
+
+    token = "QuerySecret-51a7"
+    caplog.set_level(logging.DEBUG)
+    remote = remote_store_from_settings(
+        {"bucket": "engines", "endpoint": f"{hostile.endpoint}/?X-Token={token}"},
+        environ={"ARTIFACTS_ACCESS_KEY": ACCESS_KEY, "ARTIFACTS_SECRET_KEY": SECRET_KEY},
+    )
+    assert remote is not None
+    text = caplog.text + repr(remote) + str(remote.settings.describe())
+    for record in caplog.records:
+        text += repr(record.__dict__)
+    assert token not in text and SECRET_KEY not in text
+    assert hostile.endpoint in text
+    assert redact_url("https://u:p@h.example:8443/a/b?sig=1#f") == "https://h.example:8443/a/b"
+    assert token not in redact_urls(f"could not reach 'http://h/?t={token}' now")
+    with pytest.raises(ManifestError) as info:
+        S3Settings(bucket="b", endpoint=f"ftp://user:{token}@h/?t={token}")
+    assert token not in str(info.value)
