@@ -103,7 +103,7 @@ def _handler(state: FakeS3) -> type[BaseHTTPRequestHandler]:
                 except OSError:
                     return  # the client gave up and closed or shut down the socket
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             key = self._key()
             self._record(key)
             mode = self._mode(key)
@@ -150,7 +150,7 @@ def _handler(state: FakeS3) -> type[BaseHTTPRequestHandler]:
             except OSError:
                 return
 
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             key = self._key()
             self._record(key)
             with state.lock:
@@ -166,7 +166,7 @@ def _handler(state: FakeS3) -> type[BaseHTTPRequestHandler]:
             self.send_header("ETag", '"0123456789abcdef0123456789abcdef"')
             self.end_headers()
 
-        def do_PUT(self) -> None:  # noqa: N802
+        def do_PUT(self) -> None:
             key = self._key()
             self._record(key)
             body = self._drain()
@@ -185,7 +185,7 @@ def _handler(state: FakeS3) -> type[BaseHTTPRequestHandler]:
             else:
                 self._reply(200, headers={"ETag": '"0123456789abcdef0123456789abcdef"'})
 
-        def do_DELETE(self) -> None:  # noqa: N802
+        def do_DELETE(self) -> None:
             key = self._key()
             self._record(key)
             with state.lock:

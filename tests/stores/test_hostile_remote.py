@@ -9,6 +9,7 @@ connections) runs against the loopback fake in ``stores/fake_s3_server.py``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -22,7 +23,6 @@ from stores.weed_server import (
     ACCESS_KEY,
     SECRET_KEY,
     TARGET,
-    Device,
     DeviceFactory,
     make_identity,
     publish_local,
@@ -374,7 +374,7 @@ def test_first_connection_fault_takes_the_remote_out_of_the_run(
         identity = make_identity(seed=seed)
         assert _fetch(remote, identity, device) is None
         entry = publish_local(store, identity, b"d" * 1000)
-        assert _bounded_call(lambda entry=entry: remote.upload(entry)) is False
+        assert _bounded_call(functools.partial(remote.upload, entry)) is False
     assert sum(hostile.requests.values()) == 1
     warnings = _warnings(caplog)
     assert len(warnings) == 1 and "rest of this run" in warnings[0]

@@ -6,7 +6,6 @@ import hashlib
 import logging
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
