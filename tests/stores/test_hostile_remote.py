@@ -431,3 +431,79 @@ def test_endpoint_query_and_credentials_never_logged(
     with pytest.raises(ManifestError) as info:
         S3Settings(bucket="b", endpoint=f"ftp://user:{token}@h/?t={token}")
     assert token not in str(info.value)
+
+
+# ------------------------------------------------------------------ through the CLI
+
+
+def test_hostile_remote_through_provision_warns_builds_and_exits_0(
+    hostile: fake.FakeS3,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every model's object set is hostile in its own way; ``provision`` builds them all."""
+    import json
+
+    from trt_provision.cli.main import main
+
+    monkeypatch.setenv("ARTIFACTS_ACCESS_KEY", ACCESS_KEY)
+    monkeypatch.setenv("ARTIFACTS_SECRET_KEY", SECRET_KEY)
+    models = Path(__file__).resolve().parents[2] / "examples" / "models"
+    manifest = tmp_path / "fleet.toml"
+    manifest.write_text(f"""
+[remote]
+endpoint = "{hostile.endpoint}"
+bucket = "engines"
+prefix = "fleet"
+connect_timeout_s = 1
+read_timeout_s = 2
+max_attempts = 1
+get_deadline_s = 2
+
+[defaults]
+precision = "fp32"
+
+[[models]]
+name = "demo_cnn"
+path = "{models / 'demo_cnn.onnx'}"
+
+[[models]]
+name = "two_inputs"
+path = "{models / 'two_inputs.onnx'}"
+
+[[models]]
+name = "dynamic_mlp"
+path = "{models / 'dynamic_mlp.onnx'}"
+""")
+    # The honest engines, built once without the remote, become the bucket's object sets.
+    assert main(["provision", str(manifest), "--cache-dir", str(tmp_path / "a"),
+                 "--no-remote", "--json"]) == 0
+    built = json.loads(capsys.readouterr().out)["results"]
+    attacks = iter([
+        (".json", _nested(100_000), fake.NORMAL),  # RecursionError before the fix
+        ("", None, fake.BAD_LENGTH),  # ValueError out of botocore before the fix
+        ("", None, fake.TRICKLE_BODY),  # hours before the fix
+    ])
+    for result in built:
+        engine = Path(result["engine"])
+        key = f"fleet/engines/{result['name']}/{engine.name}"
+        for suffix in ("", ".json", ".sha256"):
+            hostile.put(key + suffix, engine.with_name(engine.name + suffix).read_bytes())
+        suffix, payload, mode = next(attacks)
+        hostile.put(key + suffix, payload if payload is not None else
+                    engine.with_name(engine.name + suffix).read_bytes(), mode)
+
+    rc = _bounded_call(lambda: main(["provision", str(manifest), "--cache-dir",
+                                     str(tmp_path / "b"), "--json"]))
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    out = json.loads(captured.out)
+    assert out["built"] == 3 and out["fetched"] == 0
+    assert "Traceback" not in captured.err
+    # One WARN per attack, each naming its reason, plus the no-public-key warning.
+    assert captured.err.count(UNAUTHENTICATED_WARNING) == 1
+    assert "nested deeper than 32 levels" in captured.err
+    assert "ValueError" in captured.err
+    assert "deadline" in captured.err and "rest of this run" in captured.err
+    assert SECRET_KEY not in captured.err
