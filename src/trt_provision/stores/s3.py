@@ -940,6 +940,9 @@ class S3EngineStore:
 
     def _upload(self, entry: EngineCacheEntry, key: str) -> bool:
         sha_bytes, meta_bytes, sig_bytes, size = self._read_local(entry)
+        if size > self._settings.max_engine_bytes:
+            # No device of the fleet would fetch it.
+            raise _Refused(f"engine is larger than the configured limit ({size} bytes)")
         if sig_bytes is None and self._refuses_unsigned():
             # An unsigned engine would hold the slot for good, and every device that requires
             # signatures (this one included) would refuse it and rebuild forever.
