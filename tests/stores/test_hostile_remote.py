@@ -203,6 +203,33 @@ def test_signature_is_checked_before_the_metadata_is_parsed(
     assert _files(puller.store) == []
 
 
+@pytest.mark.s3
+def test_validly_signed_set_replayed_under_another_identity_is_refused(
+    make_device: DeviceFactory, fleet_key: tuple[Path, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bucket writer copies a signed object set of model A to model B's slot."""
+    from trt_provision.trust import sign_engine
+
+    private, public = fleet_key
+    trust = SignatureTrust(TrustPolicy.REQUIRE, [public])
+    builder, puller = make_device(trust=trust), make_device(trust=trust)
+    a, b = make_identity(model="model_a"), make_identity(model="model_b")
+    entry = publish_local(builder.store, a, b"a" * 10_000)
+    sign_engine(entry.engine_path, private)
+    assert builder.remote.upload(entry)
+    client, bucket = builder.remote.client(), builder.remote.settings.bucket
+    src, dst = builder.remote.key_for(a), builder.remote.key_for(b)
+    for suffix in ("", ".json", ".sig"):
+        body = client.get_object(Bucket=bucket, Key=src + suffix)["Body"].read()
+        client.put_object(Bucket=bucket, Key=dst + suffix, Body=body)
+    sha = client.get_object(Bucket=bucket, Key=src + ".sha256")["Body"].read()
+    client.put_object(Bucket=bucket, Key=dst + ".sha256",
+                      Body=sha.replace(a.filename.encode(), b.filename.encode()))
+    assert _bounded_call(lambda: puller.remote.fetch(b, puller.store, puller.gate, TARGET)) is None
+    assert any("for another engine" in w for w in _warnings(caplog))
+    assert _files(puller.store) == []
+
+
 @pytest.mark.parametrize("suffix", [".sha256", ".json", ""])
 def test_malformed_content_length_is_a_warning(
     hostile: fake.FakeS3,
@@ -219,6 +246,27 @@ def test_malformed_content_length_is_a_warning(
     assert _fetch(remote, identity, device) is None
     warnings = _warnings(caplog)
     assert len(warnings) == 1 and "not fetched" in warnings[0]
+    assert _files(device[0]) == []
+
+
+@pytest.mark.parametrize("mode", [fake.NORMAL, fake.NO_LENGTH])
+@pytest.mark.parametrize("suffix", [".sha256", ".json", ".sig"])
+def test_oversize_sidecar_is_refused_with_or_without_content_length(
+    hostile: fake.FakeS3,
+    builder: LocalEngineStore,
+    device: tuple[LocalEngineStore, DefaultEngineGate],
+    caplog: pytest.LogCaptureFixture,
+    suffix: str,
+    mode: str,
+) -> None:
+    """2 MiB of JSON whitespace (or, without Content-Length, an endless body)."""
+    remote = _remote(hostile.endpoint, chunk_bytes=64 << 10)
+    identity = make_identity()
+    key = _seed(hostile, remote, publish_local(builder, identity, b"o" * 5000))
+    hostile.put(key + suffix, b" " * (2 << 20), mode)
+    assert _fetch(remote, identity, device) is None
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1 and "too large" in warnings[0]
     assert _files(device[0]) == []
 
 
