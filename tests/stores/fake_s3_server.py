@@ -20,7 +20,8 @@ from urllib.parse import unquote, urlsplit
 # GET modes
 NORMAL = "normal"
 TRICKLE_BODY = "trickle-body"  # honest headers, then one byte per interval, forever
-TRICKLE_HEADERS = "trickle-headers"  # status line, then one header byte per interval, forever
+# status line, then one header byte per interval, forever (GET, HEAD and PUT)
+TRICKLE_HEADERS = "trickle-headers"
 BAD_LENGTH = "bad-length"  # ``Content-Length: 12abc``
 NO_LENGTH = "no-length"  # no Content-Length; the object, then zero bytes until stopped
 DROP = "drop"  # read the request, close without an answer
@@ -103,6 +104,11 @@ def _handler(state: FakeS3) -> type[BaseHTTPRequestHandler]:
                 except OSError:
                     return  # the client gave up and closed or shut down the socket
 
+        def _trickle_headers(self, key: str) -> None:
+            self.close_connection = True
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            self._trickle(key, b"a")
+
         def do_GET(self) -> None:
             key = self._key()
             self._record(key)
@@ -119,9 +125,7 @@ def _handler(state: FakeS3) -> type[BaseHTTPRequestHandler]:
                 self._error(404, "NoSuchKey")
                 return
             if mode == TRICKLE_HEADERS:
-                self.close_connection = True
-                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-                self._trickle(key, b"a")
+                self._trickle_headers(key)
                 return
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
@@ -158,6 +162,9 @@ def _handler(state: FakeS3) -> type[BaseHTTPRequestHandler]:
             if self._mode(key) == DROP:
                 self.close_connection = True
                 return
+            if self._mode(key) == TRICKLE_HEADERS:
+                self._trickle_headers(key)
+                return
             if data is None:
                 self._reply(404)
                 return
@@ -172,6 +179,9 @@ def _handler(state: FakeS3) -> type[BaseHTTPRequestHandler]:
             body = self._drain()
             if self._mode(key) == DROP:
                 self.close_connection = True
+                return
+            if self._mode(key) == TRICKLE_HEADERS:
+                self._trickle_headers(key)
                 return
             with state.lock:
                 exists = key in state.objects

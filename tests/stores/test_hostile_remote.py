@@ -335,6 +335,30 @@ def test_trickling_server_ends_at_the_deadline(
     assert _files(device[0]) == []
 
 
+def test_trickled_answer_to_a_put_or_head_ends_at_the_deadline(
+    hostile: fake.FakeS3,
+    device: tuple[LocalEngineStore, DefaultEngineGate],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Uploads and existence checks are held to the same deadline as downloads."""
+    from trt_provision.errors import StoreError
+
+    remote = _remote(hostile.endpoint, get_deadline_s=1.5)
+    store, _ = device
+    entry = publish_local(store, make_identity(), b"p" * 5000)
+    key = remote.key_for(entry.identity)
+    hostile.modes[key] = fake.TRICKLE_HEADERS
+    assert _bounded_call(functools.partial(remote.upload, entry)) is False
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1 and "1.5 s deadline" in warnings[0]
+    assert remote.offline_reason is not None
+
+    hostile.modes[key + ".sha256"] = fake.TRICKLE_HEADERS
+    fresh = _remote(hostile.endpoint, get_deadline_s=1.5)
+    with pytest.raises(StoreError, match="deadline"):
+        _bounded_call(functools.partial(fresh.exists, entry.identity))
+
+
 def test_engine_without_content_length_is_read_to_its_declared_size_plus_one(
     hostile: fake.FakeS3,
     builder: LocalEngineStore,

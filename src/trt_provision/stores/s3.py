@@ -383,6 +383,10 @@ class S3EngineStore:
         exc = import_optional("botocore.exceptions", "remote")
         return (exc.BotoCoreError, exc.ClientError)
 
+    @classmethod
+    def _remote_errors(cls) -> tuple[type[BaseException], ...]:
+        return (*cls._botocore_errors(), _TooSlow)
+
     @staticmethod
     def _is_connection_level(exc: BaseException) -> bool:
         """Faults of the connection, not of one object: worth giving up the remote for."""
@@ -996,34 +1000,60 @@ class S3EngineStore:
                 raise _Conflict(code or str(status)) from exc
             raise
 
+    def _request(self, operation: str, **params: Any) -> Any:
+        """One request other than a GET, under the deadline too.
+
+        A helper thread does the blocking I/O, so a server that trickles the answer to a
+        PUT or HEAD cannot hold the run; past the deadline the helper is left to the
+        server's mercy (the remote is then skipped for the run, so one helper at most).
+        """
+        method = getattr(self.client(), operation)
+        outcome: list[tuple[bool, Any]] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome.append((True, method(Bucket=self._settings.bucket, **params)))
+            except BaseException as exc:  # handed to the caller's thread
+                outcome.append((False, exc))
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name=f"s3-{operation}", daemon=True).start()
+        deadline = self._settings.get_deadline_s
+        if not done.wait(deadline):
+            raise _TooSlow(f"{operation} exceeded the {deadline:g} s deadline")
+        ok, value = outcome[0]
+        if ok:
+            return value
+        raise value
+
     def _put(self, key: str, data: bytes, condition: Mapping[str, str]) -> Any:
-        client, bucket = self.client(), self._settings.bucket
         return self._conditional(
-            lambda: client.put_object(
-                Bucket=bucket, Key=key, Body=data, ContentLength=len(data), **condition
+            lambda: self._request(
+                "put_object", Key=key, Body=data, ContentLength=len(data), **condition
             )
         )
 
     def _put_engine(self, key: str, path: Path, size: int, condition: Mapping[str, str]) -> None:
         """One PUT, or a multipart upload above the threshold; both conditional."""
-        client, bucket = self.client(), self._settings.bucket
         if size <= self._multipart_threshold:
             with open(path, "rb") as fh:
                 self._conditional(
-                    lambda: client.put_object(
-                        Bucket=bucket, Key=key, Body=fh, ContentLength=size, **condition
+                    lambda: self._request(
+                        "put_object", Key=key, Body=fh, ContentLength=size, **condition
                     )
                 )
             return
         part_bytes = max(self._part_bytes, -(-size // MAX_PARTS))
-        upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        upload_id = self._request("create_multipart_upload", Key=key)["UploadId"]
         try:
             parts: list[dict[str, Any]] = []
             with open(path, "rb") as fh:
                 while data := fh.read(part_bytes):
                     number = len(parts) + 1
-                    response = client.upload_part(
-                        Bucket=bucket,
+                    response = self._request(
+                        "upload_part",
                         Key=key,
                         UploadId=upload_id,
                         PartNumber=number,
@@ -1038,8 +1068,8 @@ class S3EngineStore:
             if condition.get("IfNoneMatch") == "*" and self._head(key) is not None:
                 raise _Conflict("slot filled during the multipart upload")
             self._conditional(
-                lambda: client.complete_multipart_upload(
-                    Bucket=bucket,
+                lambda: self._request(
+                    "complete_multipart_upload",
                     Key=key,
                     UploadId=upload_id,
                     MultipartUpload={"Parts": parts},
@@ -1048,15 +1078,13 @@ class S3EngineStore:
             )
         except BaseException:
             with contextlib.suppress(Exception):
-                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+                self._request("abort_multipart_upload", Key=key, UploadId=upload_id)
             raise
 
     def _head(self, key: str) -> dict[str, Any] | None:
         """HEAD of ``key``, None when absent."""
         try:
-            response: dict[str, Any] = self.client().head_object(
-                Bucket=self._settings.bucket, Key=key
-            )
+            response: dict[str, Any] = self._request("head_object", Key=key)
         except self._botocore_errors() as exc:
             code, status = _error_code(exc)
             if code in _ABSENT_CODES or status == 404:
@@ -1095,8 +1123,8 @@ class S3EngineStore:
         done: list[str] = []
         try:
             self._conditional(
-                lambda: self.client().delete_object(
-                    Bucket=self._settings.bucket,
+                lambda: self._request(
+                    "delete_object",
                     Key=key + SHA_SUFFIX,
                     IfMatch=sha_head["ETag"],
                 )
@@ -1123,7 +1151,7 @@ class S3EngineStore:
         complete = True
         try:
             complete = self._head(key + SHA_SUFFIX) is not None
-        except self._botocore_errors():
+        except self._remote_errors():
             complete = False
         log.info(
             "remote store already holds %s (%s); keeping the local engine",
@@ -1136,8 +1164,8 @@ class S3EngineStore:
         """Remove what this upload put, so no partial object set stays behind."""
         for key in reversed(keys):
             try:
-                self.client().delete_object(Bucket=self._settings.bucket, Key=key)
-            except self._botocore_errors() as exc:
+                self._request("delete_object", Key=key)
+            except self._remote_errors() as exc:
                 log.warning(
                     "could not remove partial upload %s: %s",
                     self._where(key),
@@ -1151,7 +1179,7 @@ class S3EngineStore:
         """Whether a complete object set is present (its .sha256 exists)."""
         try:
             return self._head(self.key_for(identity) + SHA_SUFFIX) is not None
-        except self._botocore_errors() as exc:
+        except self._remote_errors() as exc:
             raise StoreError(
                 f"remote store check failed: {self._reason(exc)}", key=self.key_for(identity)
             ) from exc
