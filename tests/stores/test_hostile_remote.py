@@ -279,13 +279,16 @@ def test_any_exception_of_one_fetch_is_a_warning(
     """Whatever a third-party parser raises for one model, the run goes on."""
     class Broken:
         def get_object(self, **kwargs: Any) -> Any:
-            raise KeyError("a parser bug")
+            raise KeyError("a parser bug\x1b[2J\nfrom http://h.example/?token=T0k3n")
 
     remote = _remote(hostile.endpoint, client=Broken())
     identity = make_identity()
     _seed(hostile, remote, publish_local(builder, identity, b"x" * 5000))
     assert _fetch(remote, identity, device) is None
-    assert any("KeyError" in w for w in _warnings(caplog))
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1 and "KeyError" in warnings[0]
+    # What the message quotes is printed without control characters or URL secrets.
+    assert "\x1b" not in warnings[0] and "\n" not in warnings[0] and "T0k3n" not in warnings[0]
     # Not a connection fault: the remote stays in use for the next model.
     assert remote.offline_reason is None
 

@@ -426,7 +426,8 @@ class S3EngineStore:
             return f"{code} ({status})"
         if isinstance(exc, OSError) and exc.strerror:
             return exc.strerror
-        detail = redact_urls(str(exc))[:200]
+        # The message may quote what the server sent: no URLs, no control characters.
+        detail = "".join(c if c.isprintable() else "?" for c in redact_urls(str(exc))[:200])
         return f"{name}: {detail}" if detail else name
 
     # ------------------------------------------------------------------ run state
