@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ __all__ = [
     "BackboneSpec",
     "BuildArtifact",
     "BuildConfig",
+    "CalibrationInput",
     "CalibrationSpec",
     "CompileOutcome",
     "EngineCacheEntry",
@@ -171,6 +172,11 @@ class BuildConfig:
     excluded_op_types: tuple[str, ...] = ()
     min_cosine: float | None = None
     max_rel_error: float | None = None
+    # TensorRT on Jetson: build for this DLA core (None: the GPU); layers the DLA cannot run
+    # fall back to the GPU only with gpu_fallback. tf32: let an fp32 build use TF32 kernels.
+    dla_core: int | None = None
+    gpu_fallback: bool = False
+    tf32: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.precision, PrecisionMode):
@@ -195,12 +201,38 @@ class BuildConfig:
             raise ValueError(f"min_cosine must be in [-1, 1], got {self.min_cosine}")
         if self.max_rel_error is not None and self.max_rel_error < 0:
             raise ValueError(f"max_rel_error must be >= 0, got {self.max_rel_error}")
+        if self.dla_core is not None and (
+            isinstance(self.dla_core, bool) or not isinstance(self.dla_core, int)
+            or not 0 <= self.dla_core <= 15
+        ):
+            raise ValueError(f"dla_core must be an integer 0..15 or None, got {self.dla_core!r}")
+        if self.dla_core is not None and self.precision is PrecisionMode.FP32:
+            raise ValueError("dla_core needs precision fp16, int8 or mixed (DLA has no FP32)")
+        if self.gpu_fallback and self.dla_core is None:
+            raise ValueError("gpu_fallback applies only with dla_core")
+        if self.dla_core is not None and self.hardware_compatibility is not (
+            HardwareCompatibility.NONE
+        ):
+            raise ValueError("dla_core cannot be combined with hardware_compatibility")
 
     def profile_for(self, input_name: str) -> OptimizationProfile | None:
         for p in self.profiles:
             if p.input_name == input_name:
                 return p
         return None
+
+
+@dataclass(frozen=True)
+class CalibrationInput:
+    """INT8 calibration data for TensorRT's implicit (calibrator) path.
+
+    Produced by the calibration package, consumed by the TensorRT strategy; it lives here so
+    that neither package imports the other.
+    """
+
+    batches: Iterable[Mapping[str, Any]]
+    read_cache: Callable[[], bytes | None]
+    write_cache: Callable[[bytes], None]
 
 
 @dataclass(frozen=True)
@@ -296,6 +328,12 @@ class EngineIdentity:
         if self.target.endswith("cc"):
             return HardwareCompatibility.SAME_COMPUTE_CAPABILITY
         return HardwareCompatibility.NONE
+
+    @property
+    def dla_core(self) -> int | None:
+        """The DLA core the engine was built for (target ``smNN-dlaK``), else None."""
+        _, sep, core = self.target.partition("-dla")
+        return int(core) if sep and core.isdigit() else None
 
     @property
     def jetpack(self) -> str | None:
