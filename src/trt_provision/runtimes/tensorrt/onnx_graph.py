@@ -62,8 +62,8 @@ def _elem_types(model: Any, constants: Mapping[str, Any]) -> dict[str, int]:
     for info in (*graph.input, *graph.value_info, *graph.output):
         if info.type.HasField("tensor_type"):
             types[info.name] = info.type.tensor_type.elem_type
-    for name, tensor in constants.items():
-        types[name] = tensor.data_type
+    for name, onnx_tensor in constants.items():
+        types[name] = onnx_tensor.data_type
     for node in graph.node:
         if node.op_type != "QuantizeLinear" or not node.output:
             continue

@@ -153,7 +153,12 @@ class TensorrtRuntime:
         try:
             if workdir is not None and convert is not None:
                 source, converted = convert(model_path, build_config, workdir)
-            check_dequantize_inputs(source)
+            quantizers = check_dequantize_inputs(source)
+            if quantizers == 0 and self._needs_qdq_graph(build_config):
+                raise EngineBuildError(
+                    "INT8 without a calibrator needs an explicitly quantized (Q/DQ) graph; "
+                    "none was prepared for this build (no precision converter configured)",
+                    model=str(model_path), precision=build_config.precision.value)
             own = ModelNodes(model_nodes(model_path), quantized_nodes(source))
             artifact = self._compile_onnx(source, build_config, staged_path, own)
         finally:
@@ -176,6 +181,15 @@ class TensorrtRuntime:
         if path == "weak" and build_config.precision.needs_calibration:
             return not self._ctx.implicit_int8(self._ctx.optional_trt())
         return False
+
+    def _needs_qdq_graph(self, build_config: BuildConfig) -> bool:
+        """INT8/mixed on the strong path, or on the weak path without a calibrator."""
+        if not build_config.precision.needs_calibration:
+            return False
+        path = self._planned_precision_path(build_config)
+        if path == "weak":
+            return not self._ctx.implicit_int8(self._ctx.optional_trt())
+        return path == "strong"
 
     def _planned_precision_path(self, build_config: BuildConfig) -> str | None:
         """The precision path an ONNX build will take; None when it cannot be known yet.
