@@ -1032,6 +1032,9 @@ def _drive_calibrator(st: FakeTrtState, config: Any, network: Any) -> dict[str, 
     the bytes back into ``st.calibration_fed``.
     """
     calibrator = config._calibrator
+    # The batch size is asked for before the cache is read (NvInfer.h,
+    # IInt8Calibrator::getBatchSize is part of every calibration, cached or not).
+    calibrator.get_batch_size()
     cached = calibrator.read_calibration_cache()
     if cached:
         return {"from_cache": True, "batches": 0}
@@ -1045,7 +1048,6 @@ def _drive_calibrator(st: FakeTrtState, config: Any, network: Any) -> dict[str, 
         shape = profile._shapes[t.name][1] if profile is not None else tuple(t.shape)
         expected[t.name] = (tuple(shape), np.dtype(_NP_TYPES[t.dtype.name]))
     names = [t.name for t in network._inputs]
-    calibrator.get_batch_size()
     batches = 0
     while True:
         pointers = calibrator.get_batch(names)

@@ -189,9 +189,10 @@ class PythonBuilder:
         if profile is not None and not _set_calibration_profile(config, profile):
             raise EngineBuildError("TensorRT refused the calibration profile",
                                    model=str(model_path))
+        batch_size = next(iter(targets.values()))[0][0]
         feeder = CalibrationFeeder(
             calibration_batches(data.batches, targets), data.read_cache, data.write_cache,
-            CudaBuffers(self._ctx.cuda()),
+            CudaBuffers(self._ctx.cuda()), batch_size=int(batch_size),
         )
         _set_calibrator(config, make_entropy_calibrator(trt, feeder))
         return feeder
