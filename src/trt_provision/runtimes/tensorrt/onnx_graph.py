@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,13 +36,25 @@ _UNIQUE_SUFFIX = re.compile(r"_\d+$")
 
 
 def _load(model_path: Path) -> Any:
+    """The graph without external weights; one compile reads the same file several times,
+    so the last few are kept (keyed by path, size and mtime; never mutated)."""
+    try:
+        st = Path(model_path).stat()
+    except OSError as exc:
+        raise EngineBuildError(f"cannot read the ONNX model: {exc.strerror}",
+                               model=str(model_path)) from exc
+    return _load_cached(str(model_path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(path: str, size: int, mtime_ns: int) -> Any:
     import onnx
 
     try:
-        return onnx.load(str(model_path), load_external_data=False)
+        return onnx.load(path, load_external_data=False)
     except Exception as exc:  # DecodeError, OSError...
         raise EngineBuildError(f"cannot read the ONNX model: {type(exc).__name__}: {exc}",
-                               model=str(model_path)) from exc
+                               model=path) from exc
 
 
 def _constant_tensors(graph: Any) -> dict[str, Any]:
