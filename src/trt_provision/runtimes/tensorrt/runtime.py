@@ -28,7 +28,7 @@ import numpy as np
 from trt_provision.errors import EngineBuildError, InferenceError, TrtProvisionError
 from trt_provision.runtimes.tensorrt import runner
 from trt_provision.runtimes.tensorrt._context import TrtContext
-from trt_provision.runtimes.tensorrt.builder import PythonBuilder
+from trt_provision.runtimes.tensorrt.builder import AMPERE_SM, PythonBuilder
 from trt_provision.runtimes.tensorrt.loader import load_into
 from trt_provision.runtimes.tensorrt.network import (
     ModelNodes,
@@ -68,8 +68,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_AMPERE_SM = 80
-
 
 class TensorrtRuntime:
     """Builds, loads and runs TensorRT engines."""
@@ -106,7 +104,7 @@ class TensorrtRuntime:
     ) -> RuntimeTarget:
         sm = self._ctx.device_sm()
         if level is HardwareCompatibility.AMPERE_PLUS:
-            target = f"sm{_AMPERE_SM}+"
+            target = f"sm{AMPERE_SM}+"
         elif level is HardwareCompatibility.SAME_COMPUTE_CAPABILITY:
             target = f"{sm}cc"
         else:

@@ -40,15 +40,18 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trt_provision.errors import EngineBuildError
 from trt_provision.runtimes.tensorrt.subprocess_build import DEFAULT_TIMEOUT_S, run_group
 from trt_provision.runtimes.tensorrt.timing_cache import locked_timing_cache, timing_cache_path
 from trt_provision.types import BuildArtifact, BuildConfig, HardwareCompatibility, PrecisionMode
+
+if TYPE_CHECKING:
+    from trt_provision.runtimes.tensorrt._context import TrtContext
 
 __all__ = [
     "JETPACK_TRTEXEC",
@@ -253,7 +256,7 @@ class NotExpressible(Exception):
 class TrtexecBuilder:
     """Delegates an ONNX build to trtexec; the tensorrt module is optional here."""
 
-    def __init__(self, ctx: Any) -> None:  # a TrtContext
+    def __init__(self, ctx: TrtContext) -> None:
         self._ctx = ctx
 
     def delegate(
@@ -398,7 +401,7 @@ class TrtexecBuilder:
 
     def _calibration_cache_file(
         self, model_path: Path, build_config: BuildConfig, staged_path: Path,
-        write: Any,
+        write: Callable[[Path, bytes], None],
     ) -> Path:
         provider = self._ctx.options.calibration
         data = provider(model_path, build_config) if provider else None
