@@ -249,10 +249,11 @@ class FakeTrtState:
     def deprecated(self, member: str) -> None:
         """Warn like ``utils::deprecateMember`` (python/src/utils.h of NVIDIA/TensorRT:
         ``PyErr_WarnEx(PyExc_DeprecationWarning, ...)``) from the deprecating version on."""
-        since = DEPRECATED_MEMBERS.get(member)
-        if since is not None and _version_tuple(self.version) >= since:
-            warnings.warn(f"Use of {member} is deprecated since TensorRT "
-                          f"{since[0]}.{since[1]}", DeprecationWarning, stacklevel=3)
+        entry = DEPRECATED_MEMBERS.get(member)
+        if entry is not None and _version_tuple(self.version) >= entry[0]:
+            (major, minor), successor = entry
+            warnings.warn(f"{member}: Deprecated in TensorRT {major}.{minor}. Superseded by "
+                          f"{successor}.", DeprecationWarning, stacklevel=3)
 
     def log_warning(self, text: str) -> None:
         self.warnings_logged.append(text)
@@ -267,19 +268,22 @@ class FakeTrtState:
             self.log_warning(f"The logger passed into {who} differs from one already provided")
 
 
-# Member -> the TensorRT version whose bindings deprecate it (python/src/infer/pyCore.cpp,
-# pyGraph.cpp of NVIDIA/TensorRT: utils::deprecateMember / deprecate since 10.1 for the
-# calibrator API, since 10.12 for per-layer precision).
-DEPRECATED_MEMBERS: dict[str, tuple[int, int]] = {
-    "IBuilderConfig.int8_calibrator": (10, 1),
-    "IBuilderConfig.set_calibration_profile": (10, 1),
-    "IBuilderConfig.get_calibration_profile": (10, 1),
-    "ILayer.precision": (10, 12),
-    "ILayer.precision_is_set": (10, 12),
-    "ILayer.reset_precision": (10, 12),
-    "ILayer.set_output_type": (10, 12),
-    "ILayer.get_output_type": (10, 12),
-    "ILayer.output_type_is_set": (10, 12),
+# Member -> (the TensorRT version that deprecates it, what supersedes it), as the bindings
+# say (NVIDIA/TensorRT v10.16 python/src/infer/pyCore.cpp: int8_calibrator get/set,
+# set/get_calibration_profile "Deprecated in TensorRT 10.1. Superseded by explicit
+# quantization."; python/src/infer/pyGraph.cpp: the ILayer.precision *setter*,
+# precision_is_set, reset_precision, set_output_type, output_type_is_set "Deprecated in
+# TensorRT 10.12. Superseded by strong typing." The precision getter and get_output_type
+# are not deprecated).
+DEPRECATED_MEMBERS: dict[str, tuple[tuple[int, int], str]] = {
+    "IBuilderConfig.int8_calibrator": ((10, 1), "explicit quantization"),
+    "IBuilderConfig.set_calibration_profile": ((10, 1), "explicit quantization"),
+    "IBuilderConfig.get_calibration_profile": ((10, 1), "explicit quantization"),
+    "ILayer.precision": ((10, 12), "strong typing"),
+    "ILayer.precision_is_set": ((10, 12), "strong typing"),
+    "ILayer.reset_precision": ((10, 12), "strong typing"),
+    "ILayer.set_output_type": ((10, 12), "strong typing"),
+    "ILayer.output_type_is_set": ((10, 12), "strong typing"),
 }
 
 
@@ -424,8 +428,7 @@ class _Layer(_Obj):
         return self._outputs[index]
 
     @property
-    def precision(self) -> Any:
-        self._st.deprecated("ILayer.precision")
+    def precision(self) -> Any:  # the getter is not deprecated, only the setter
         return self._precision if self._precision is not None else self._st.enum(
             "DataType", "FLOAT"
         )
@@ -452,8 +455,7 @@ class _Layer(_Obj):
         if self._constrainable:
             self._output_types[index] = dtype
 
-    def get_output_type(self, index: int) -> Any:
-        self._st.deprecated("ILayer.get_output_type")
+    def get_output_type(self, index: int) -> Any:  # not deprecated
         return self._output_types.get(index, self._outputs[index].dtype)
 
     def output_type_is_set(self, index: int) -> bool:
