@@ -109,14 +109,17 @@ def captured_warnings(sink: list[str]) -> Iterator[None]:
 
     They are logged once at WARNING and never raised, whatever the warnings filters say.
     """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    seen: set[str] = set()
-    for item in caught:
-        text = f"{item.category.__name__}: {item.message}"
-        if text in seen:
-            continue
-        seen.add(text)
-        sink.append(text)
-        log.warning("TensorRT: %s", text, extra={"event": "trt.warning", "warning": text})
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:  # a failed build keeps what TensorRT warned about on the way
+        seen: set[str] = set()
+        for item in caught:
+            text = f"{item.category.__name__}: {item.message}"
+            if text in seen:
+                continue
+            seen.add(text)
+            sink.append(text)
+            log.warning("TensorRT: %s", text, extra={"event": "trt.warning", "warning": text})

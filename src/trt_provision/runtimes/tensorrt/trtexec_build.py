@@ -258,6 +258,7 @@ class TrtexecBuilder:
 
     def __init__(self, ctx: TrtContext) -> None:
         self._ctx = ctx
+        self._versions: dict[Path, str | None] = {}
 
     def delegate(
         self, model_path: Path, build_config: BuildConfig, staged_path: Path
@@ -299,7 +300,9 @@ class TrtexecBuilder:
 
     def _check_version(self, binary: Path) -> str:
         expected = self._ctx.version()
-        found = trtexec_version(binary)
+        if binary not in self._versions:  # one `trtexec --help` per binary and run
+            self._versions[binary] = trtexec_version(binary)
+        found = self._versions[binary]
         if found is None:
             raise EngineBuildError("cannot read the TensorRT version of trtexec",
                                    trtexec=str(binary))
