@@ -16,15 +16,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from trt_provision._bounded import BoundedInputError
+from trt_provision._bounded import loads_bounded as _loads_bounded
 from trt_provision._fs import atomic_write_bytes, untrusted_reason
 from trt_provision.errors import EngineGateError
 
 __all__ = [
-    "MAX_JSON_DEPTH",
     "MAX_METADATA_BYTES",
     "MAX_SIDECAR_BYTES",
     "MAX_SIGNATURE_FILE_BYTES",
     "METADATA_FORMAT",
+    "PERF_SUFFIX",
     "SIDECAR_SUFFIXES",
     "format_sha256_line",
     "loads_bounded",
@@ -42,13 +44,15 @@ __all__ = [
 ]
 
 METADATA_FORMAT = 1
+# Measured latency lives beside the engine in its own file: the metadata sidecar is what a
+# fleet signature covers, so measuring an engine must never rewrite it.
+PERF_SUFFIX = ".perf.json"
 BLOCK_SIZE = 1 << 20  # 1 MiB: few syscalls, and each block is still in L2 when it is hashed
 MAX_SIDECAR_BYTES = 4096
 MAX_METADATA_BYTES = 16 << 20
 MAX_SIGNATURE_FILE_BYTES = 4096  # one ASCII line; the trust policy refuses anything longer
-MAX_JSON_DEPTH = 64
-# Every sidecar an engine may have (``.perf.json``: measured latency and memory).
-SIDECAR_SUFFIXES = (".sha256", ".json", ".sig", ".perf.json")
+# Every sidecar an engine may have.
+SIDECAR_SUFFIXES = (".sha256", ".json", ".sig", PERF_SUFFIX)
 
 _LINE_RE = re.compile(r"([0-9a-f]{64}) [ *](.+)")
 
@@ -171,36 +175,16 @@ def parse_sha256_bytes(raw: bytes, sidecar: Path, engine_name: str) -> str:
     return match.group(1)
 
 
-def _json_depth(value: Any) -> int:
-    """Nesting depth of parsed JSON, without recursion."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        deepest = max(deepest, depth)
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
-
-
-def loads_bounded(raw: bytes, where: str, what: str = "metadata sidecar") -> Any:
-    """``json.loads`` that refuses deep nesting with EngineGateError, never RecursionError."""
+def loads_bounded(
+    raw: bytes, where: str, what: str = "metadata sidecar", cap: int = MAX_METADATA_BYTES
+) -> Any:
+    """``_bounded.loads_bounded`` (size and nesting checked before ``json.loads``) with its
+    refusal as an EngineGateError."""
     try:
-        data = json.loads(raw)
-    except RecursionError as exc:
-        raise EngineGateError(f"{what} nests too deeply", path=where) from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EngineGateError(f"{what} is not valid JSON: {exc}", path=where) from exc
-    if _json_depth(data) > MAX_JSON_DEPTH:
-        raise EngineGateError(
-            f"{what} nests too deeply", path=where, expected=f"<= {MAX_JSON_DEPTH} levels"
-        )
-    return data
+        return _loads_bounded(raw, max_bytes=cap, what=what)
+    except BoundedInputError as exc:
+        reason = str(exc).removeprefix(what).strip()
+        raise EngineGateError(f"{what} {reason}", path=where) from exc
 
 
 def read_sidecar_json(
@@ -209,7 +193,8 @@ def read_sidecar_json(
     """Read and parse a JSON sidecar (e.g. ``.perf.json``) with the bounded, checked read."""
     path = engine_path.with_name(engine_path.name + suffix)
     what = f"{suffix} sidecar"
-    return loads_bounded(read_cache_file(path, cap, what=what, root=root), str(path), what)
+    raw = read_cache_file(path, cap, what=what, root=root)
+    return loads_bounded(raw, str(path), what, cap)
 
 
 def metadata_bytes(metadata: Mapping[str, Any]) -> bytes:

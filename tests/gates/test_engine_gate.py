@@ -750,10 +750,10 @@ def test_deeply_nested_metadata_is_a_gate_error_not_a_recursion_error(
 ) -> None:
     entry = publish()
     entry.metadata_path.write_bytes(b"[" * 200_000 + b"]" * 200_000)
-    refused(DefaultEngineGate(cache_root=cache), entry.engine_path, "nests too deeply")
+    refused(DefaultEngineGate(cache_root=cache), entry.engine_path, "nested deeper")
     nested = {"format": 1, "deep": json.loads("[" * 100 + "]" * 100)}
     entry.metadata_path.write_text(json.dumps(nested))
-    refused(DefaultEngineGate(cache_root=cache), entry.engine_path, "nests too deeply")
+    refused(DefaultEngineGate(cache_root=cache), entry.engine_path, "nested deeper")
 
 
 def test_perf_sidecar_gets_the_same_bounded_checked_read(
@@ -768,7 +768,7 @@ def test_perf_sidecar_gets_the_same_bounded_checked_read(
         "latency_ms": {"p50": 1.5}
     }
     cases: list[tuple[Callable[[], None], str]] = [
-        (lambda: perf.write_bytes(b"[" * 2000 + b"]" * 2000), "nests too deeply"),
+        (lambda: perf.write_bytes(b"[" * 2000 + b"]" * 2000), "nested deeper"),
         (lambda: perf.write_bytes(b" " * 5000), "too large"),
         (lambda: os.chmod(perf, 0o666), "writable by group or others"),
     ]
