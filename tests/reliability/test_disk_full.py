@@ -240,7 +240,7 @@ def test_onnx_runtime_failing_to_save_on_a_full_disk_is_reported_as_enospc(
             m.setattr(os, "posix_fallocate", no_room)
         with pytest.raises(EngineBuildError) as info:
             wire_ort(cache_copy, host).compiler.compile_engines_for_corpus(
-                demo_request(force_rebuild=True)
+                demo_request(force_rebuild=True, fail_fast=True)
             )
     if disk_full:
         assert "no space left on device" in str(info.value)
