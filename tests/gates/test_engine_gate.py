@@ -1025,3 +1025,27 @@ def test_external_data_is_checked_for_a_download_hashed_while_written(
     DefaultEngineGate(cache_root=cache).validate(
         plain.engine_path, ORT_HOST, known_sha256=plain.sha256
     )
+
+
+def test_run_reads_its_measurements_sidecar_through_the_same_checks(
+    cache: Path, publish: Publish, tmp_path: Path
+) -> None:
+    from trt_provision.errors import StoreError
+    from trt_provision.runner import read_perf_sidecar
+
+    entry = publish()
+    perf = entry.engine_path.with_name(entry.engine_path.name + ".perf.json")
+    assert read_perf_sidecar(entry.engine_path) is None
+    perf.write_text(json.dumps({"format": 1, "engine": entry.engine_path.name,
+                                "sha256": entry.sha256, "runs": []}))
+    os.chmod(perf, 0o666)
+    with pytest.raises(StoreError, match="writable by group or others"):
+        read_perf_sidecar(entry.engine_path)
+    perf.unlink()
+    perf.write_bytes(b"[" * 100 + b"]" * 100)
+    with pytest.raises(StoreError, match="nested deeper"):
+        read_perf_sidecar(entry.engine_path)
+    perf.unlink()
+    perf.symlink_to("/dev/zero")
+    with pytest.raises(StoreError, match="symlink"):
+        read_perf_sidecar(entry.engine_path)
