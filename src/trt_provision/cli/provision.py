@@ -12,6 +12,7 @@ from trt_provision.cli._common import (
     add_settings_args,
     print_json,
     require_paths,
+    require_runtime,
     settings_from_args,
 )
 
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     require_paths((args.manifest, "MANIFEST"))
     manifest = load_manifest(args.manifest)
     settings = settings_from_args(args, manifest.settings)
+    require_runtime(settings)
     wired = wire(settings, use_remote=args.remote)
     if not args.dry_run:
         wired.store.ensure_writable()

@@ -7,7 +7,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from trt_provision.cli._common import add_settings_args, print_json, settings_from_args
+from trt_provision.cli._common import (
+    add_settings_args,
+    print_json,
+    require_runtime,
+    settings_from_args,
+)
 
 __all__ = ["register", "remote_for"]
 
@@ -76,6 +81,7 @@ def _wire(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
     manifest = load_manifest(args.manifest)
     settings = settings_from_args(args, manifest.settings)
+    require_runtime(settings)
     wired = wire(settings, use_remote=True)
     return manifest, wired, remote_for(settings, wired)
 
