@@ -302,3 +302,11 @@ def test_keys_verify_checks_the_engine_bytes_too(
     assert row["ok"] is False and "engine bytes do not match" in row["reason"]
     shutil.copyfile(engine, tmp_path / "x")  # a sidecar-less copy is not signed
     assert main(["keys", "verify", str(tmp_path / "x"), "--public-key", f"{key}.pub"]) == 1
+
+
+def test_push_sign_key_must_exist(
+    capsys: pytest.CaptureFixture[str], demo_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    line = _one_line_user_error(capsys, ["push", str(demo_dir / "demo.toml"), "--sign-key",
+                                         str(tmp_path / "k.pem"), "--cache-dir", str(cache_dir)])
+    assert line == f"error: --sign-key: not found: {tmp_path / 'k.pem'}"

@@ -10,6 +10,7 @@ from typing import Any
 from trt_provision.cli._common import (
     add_settings_args,
     print_json,
+    require_paths,
     require_runtime,
     settings_from_args,
 )
@@ -79,6 +80,7 @@ def _wire(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from trt_provision.compose import wire
     from trt_provision.config import load_manifest
 
+    require_paths((args.manifest, "MANIFEST"), (getattr(args, "sign_key", None), "--sign-key"))
     manifest = load_manifest(args.manifest)
     settings = settings_from_args(args, manifest.settings)
     require_runtime(settings)
