@@ -475,7 +475,7 @@ def test_a_planted_measurements_sidecar_is_refused_and_replaced(
     rc, out, _err = _cli(capsys, "inspect", str(engine), "--json")
     assert rc == 0 and "measurements_error" in json.loads(out)
     if kind == "deep":
-        assert "not valid JSON" in json.loads(out)["measurements_error"]
+        assert "nested deeper" in json.loads(out)["measurements_error"]
     rc, _out, err = _cli(capsys, "run", str(engine), "--iterations", "1", "--no-compare")
     assert rc == 0, err
     assert perf.is_file() and not perf.is_symlink()
