@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from trt_provision._bounded import BoundedInputError, loads_bounded
 from trt_provision._fs import atomic_write_bytes
 from trt_provision.errors import (
     EngineGateError,
@@ -801,9 +802,9 @@ def read_perf_sidecar(engine_path: Path) -> dict[str, Any] | None:
         raise StoreError("measurements sidecar too large", path=where,
                          expected=f"<= {MAX_PERF_BYTES} bytes")
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise StoreError("measurements sidecar is not valid JSON", path=where) from exc
+        data = loads_bounded(raw, max_bytes=MAX_PERF_BYTES, what="measurements sidecar")
+    except BoundedInputError as exc:
+        raise StoreError(str(exc), path=where) from exc
     if not (isinstance(data, dict) and data.get("format") == PERF_FORMAT
             and isinstance(data.get("runs"), list)
             and all(isinstance(r, dict) for r in data["runs"])
