@@ -588,3 +588,20 @@ def test_fake_parser_reads_the_demo_models(demo_models: dict[str, Path]) -> None
         assert [network.get_layer(i).name for i in range(network.num_layers)] == names
         inputs = {i.name for i in graph.input} - {t.name for t in graph.initializer}
         assert {network.get_input(i).name for i in range(network.num_inputs)} == inputs
+
+
+def test_manifest_configures_plugin_namespace_and_libraries(tmp_path: Path) -> None:
+    from trt_provision.config import load_manifest
+    from trt_provision.errors import ManifestError
+
+    write_model(FakeModelSpec(), tmp_path / "m.onnx")
+    models = '[[models]]\nname = "m"\npath = "m.onnx"\n'
+    manifest = tmp_path / "m.toml"
+    manifest.write_text('[settings]\nplugin_namespace = "acme"\n'
+                        'plugin_libraries = ["plugins/libscan.so"]\n' + models)
+    settings = load_manifest(manifest).settings
+    assert settings.plugin_namespace == "acme"
+    assert settings.plugin_libraries == ((tmp_path / "plugins" / "libscan.so").resolve(),)
+    manifest.write_text("[settings]\nplugin_libraries = \"libscan.so\"\n" + models)
+    with pytest.raises(ManifestError, match="plugin_libraries"):
+        load_manifest(manifest)
