@@ -560,6 +560,13 @@ _OP_LAYERS: dict[str, str] = {
     "QuantizeLinear": "QUANTIZE", "DequantizeLinear": "DEQUANTIZE", "Reshape": "SHUFFLE",
     "Transpose": "SHUFFLE", "Gather": "GATHER", "Concat": "CONCATENATION",
     "ReduceMean": "REDUCE", "TopK": "TOPK", "Slice": "SLICE",
+    "Flatten": "SHUFFLE", "Unsqueeze": "SHUFFLE", "Squeeze": "SHUFFLE",
+    "GlobalAveragePool": "POOLING", "AveragePool": "POOLING", "MaxPool": "POOLING",
+    "Max": "ELEMENTWISE", "Min": "ELEMENTWISE", "Pow": "ELEMENTWISE",
+    "ReduceSum": "REDUCE", "ReduceMax": "REDUCE", "Clip": "ACTIVATION",
+    "Exp": "UNARY", "Log": "UNARY", "Sqrt": "UNARY", "Abs": "UNARY", "Neg": "UNARY",
+    "Erf": "UNARY", "Where": "SELECT", "Resize": "RESIZE", "Pad": "PADDING",
+    "BatchNormalization": "SCALE", "LayerNormalization": "NORMALIZATION",
 }
 _LAYER_OPS = {layer: op for op, layer in reversed(list(_OP_LAYERS.items()))}
 # ONNX TensorProto element type -> TensorRT DataType name.
