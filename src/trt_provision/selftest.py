@@ -37,7 +37,12 @@ from typing import TYPE_CHECKING, Any
 
 from trt_provision._fs import atomic_write_bytes
 from trt_provision._lazy import extra_for, install_advice, is_available
-from trt_provision.errors import EngineBuildError, ManifestError, TrtProvisionError
+from trt_provision.errors import (
+    EngineBuildError,
+    ManifestError,
+    MissingDependencyError,
+    TrtProvisionError,
+)
 from trt_provision.types import (
     BackboneSpec,
     BuildConfig,
@@ -519,6 +524,8 @@ def _case(
     variant = _variant(backbone, precision, strongly_typed, calibration)
     try:
         entry, seconds = _compile(trt, variant)
+    except MissingDependencyError:
+        raise  # a tensorrt that is installed but does not import: a requirement, not a case
     except EngineBuildError as exc:
         if _NOT_OFFERED.search(str(exc)):
             case.status, case.detail = "not-offered", str(exc)[:_DETAIL_CHARS]
@@ -764,8 +771,17 @@ def run_selftest(
             if r.name == "gpu" and not r.ok else r for r in report.requirements)
         report.host["runtime_target"] = dataclasses.asdict(target)
         ort = wire(Settings(cache_dir=cache, runtime="onnxruntime"), host=host, use_remote=False)
-        with _quiet_refusals():
-            _run_cases(report, trt, ort, loaded.backbones, manifest.parent, precisions)
+        try:
+            with _quiet_refusals():
+                _run_cases(report, trt, ort, loaded.backbones, manifest.parent, precisions)
+        except MissingDependencyError as exc:
+            report.cases.clear()
+            report.checks.clear()
+            report.requirements = tuple(
+                dataclasses.replace(r, ok=False, problem=f"installed but does not import: {exc}"
+                                    [:_DETAIL_CHARS], fix=install_advice(exc.module, exc.extra))
+                if r.name == ("cuda-python" if exc.module.startswith("cuda") else "tensorrt")
+                else r for r in report.requirements)
     return _finish(report, report_dir, started)
 
 

@@ -318,3 +318,25 @@ def test_requirement_dict_round_trip() -> None:
     req = Requirement("tensorrt", False, problem="p", fix="f")
     assert req.to_dict() == {"name": "tensorrt", "ok": False, "found": None, "problem": "p",
                              "fix": "f"}
+
+
+def test_a_tensorrt_that_does_not_import_is_a_missing_requirement(
+    fake_trt: Installer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    fake_trt("10.16.1.11")
+    real_import = importlib.import_module
+
+    def import_module(name: str, package: str | None = None) -> Any:
+        # What a wheel without its libnvinfer looks like to the lazy-import helper.
+        if name == "tensorrt":
+            raise ImportError("libnvinfer.so.10: cannot open shared object file")
+        return real_import(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", import_module)
+    report = run_selftest(manifest=_matmul_identity_model(tmp_path), host=_host("10.16.1.11"),
+                          work_dir=tmp_path / "w")
+    assert [r.name for r in report.missing] == ["tensorrt"]
+    assert "does not import" in report.missing[0].problem
+    assert report.cases == [] and not report.ok
