@@ -340,3 +340,87 @@ def test_a_tensorrt_that_does_not_import_is_a_missing_requirement(
     assert [r.name for r in report.missing] == ["tensorrt"]
     assert "does not import" in report.missing[0].problem
     assert report.cases == [] and not report.ok
+
+
+class _FakePolygraphy:
+    """``polygraphy.backend.trt`` cut to what the self-test calls, with the signatures of
+    NVIDIA/TensorRT tools/Polygraphy (polygraphy 0.49.26): ``Profile.add(name, min, opt,
+    max)`` (backend/trt/profile.py), ``CreateConfig(profiles=None, ...)``
+    (backend/trt/config.py), ``NetworkFromOnnxPath(path)`` and ``EngineFromNetwork(network,
+    config=None)`` (backend/trt/loader.py), ``TrtRunner(engine)`` as a context manager whose
+    ``infer(feed_dict)`` returns an OrderedDict of numpy arrays (backend/base/runner.py).
+    The "engine" is the ONNX model run by ONNX Runtime, optionally scaled to disagree."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = scale
+        self.profiles: list[Any] = []
+        fake = self
+
+        class Profile(dict):  # type: ignore[type-arg]
+            def add(self, name: str, min: Any, opt: Any, max: Any) -> Any:
+                self[name] = (tuple(min), tuple(opt), tuple(max))
+                return self
+
+        class CreateConfig:
+            def __init__(self, profiles: Any = None, **kwargs: Any) -> None:
+                fake.profiles.append(profiles)
+
+        class NetworkFromOnnxPath:
+            def __init__(self, path: str) -> None:
+                self.path = path
+
+        class EngineFromNetwork:
+            def __init__(self, network: Any, config: Any = None) -> None:
+                self.network = network
+
+        class TrtRunner:
+            def __init__(self, engine: Any) -> None:
+                self.engine = engine
+
+            def __enter__(self) -> Any:
+                import onnxruntime as ort
+
+                self.session = ort.InferenceSession(self.engine.network.path,
+                                                    providers=["CPUExecutionProvider"])
+                return self
+
+            def __exit__(self, *exc: Any) -> None:
+                del self.session
+
+            def infer(self, feed_dict: Any) -> Any:
+                from collections import OrderedDict
+
+                names = [o.name for o in self.session.get_outputs()]
+                values = self.session.run(names, dict(feed_dict))
+                return OrderedDict((n, v * fake.scale) for n, v in zip(names, values, strict=True))
+
+        self.classes = {"Profile": Profile, "CreateConfig": CreateConfig,
+                        "NetworkFromOnnxPath": NetworkFromOnnxPath,
+                        "EngineFromNetwork": EngineFromNetwork, "TrtRunner": TrtRunner}
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        for name in ("polygraphy", "polygraphy.backend", "polygraphy.backend.trt"):
+            module = type(sys)(name)
+            module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+            module.__path__ = []  # type: ignore[attr-defined]
+            monkeypatch.setitem(sys.modules, name, module)
+        for key, cls in self.classes.items():
+            setattr(sys.modules["polygraphy.backend.trt"], key, cls)
+
+
+@pytest.mark.parametrize(("scale", "status"), [(1.0, "pass"), (-1.0, "fail")])
+def test_polygraphy_reference_is_built_and_compared(
+    fake_trt: Installer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scale: float,
+    status: str,
+) -> None:
+    fake_trt("10.16.1.11")
+    polygraphy = _FakePolygraphy(scale)
+    polygraphy.install(monkeypatch)
+    report = run_selftest(manifest=_matmul_identity_model(tmp_path), host=_host("10.16.1.11"),
+                          work_dir=tmp_path / "w", precisions=(PrecisionMode.FP32,))
+    check = {c.name: c for c in report.checks}["polygraphy"]
+    assert check.status == status, check
+    assert [dict(p) for p in polygraphy.profiles[0]] == [{"x": ((1, 8), (4, 8), (8, 8))}]
+    (output,) = check.facts["ident"]
+    assert output["cosine"] == pytest.approx(scale)
+    assert report.ok is (status == "pass")
