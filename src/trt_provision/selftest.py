@@ -487,9 +487,10 @@ def _loaded(wired: Wired, entry: EngineCacheEntry) -> Iterator[Any]:
 def _compile(wired: Wired, backbone: BackboneSpec, *, force: bool = False) -> tuple[
         EngineCacheEntry, float]:
     summary = wired.compiler.compile_engines_for_corpus(
-        EngineCompileRequest((backbone,), force_rebuild=force, use_remote=False))
+        EngineCompileRequest((backbone,), force_rebuild=force, use_remote=False,
+                             fail_fast=True))
     result = summary.results[0]
-    if result.entry is None:  # pragma: no cover - only a dry run has no entry
+    if result.entry is None:  # only a dry run, or a failure without fail_fast, has none
         raise EngineBuildError("the compiler returned no engine", model=backbone.name)
     return result.entry, result.compile_seconds
 
@@ -772,8 +773,7 @@ def run_selftest(
         report.host["runtime_target"] = dataclasses.asdict(target)
         ort = wire(Settings(cache_dir=cache, runtime="onnxruntime"), host=host, use_remote=False)
         try:
-            with _quiet_refusals():
-                _run_cases(report, trt, ort, loaded.backbones, manifest.parent, precisions)
+            _run_cases(report, trt, ort, loaded.backbones, manifest.parent, precisions)
         except MissingDependencyError as exc:
             report.cases.clear()
             report.checks.clear()
@@ -783,26 +783,6 @@ def run_selftest(
                 if r.name == ("cuda-python" if exc.module.startswith("cuda") else "tensorrt")
                 else r for r in report.requirements)
     return _finish(report, report_dir, started)
-
-
-class _ExpectedRefusals(logging.Filter):
-    """Drops the compiler's error line for a typed path this TensorRT does not offer: the
-    self-test asks for every path on purpose and reports a refusal as ``not-offered``."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR
-                    and _NOT_OFFERED.search(record.getMessage()) is not None)
-
-
-@contextmanager
-def _quiet_refusals() -> Iterator[None]:
-    compiler_log = logging.getLogger("trt_provision.compiler")
-    refusal = _ExpectedRefusals()
-    compiler_log.addFilter(refusal)
-    try:
-        yield
-    finally:
-        compiler_log.removeFilter(refusal)
 
 
 def _run_cases(
