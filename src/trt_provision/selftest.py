@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trt_provision._fs import atomic_write_bytes
-from trt_provision._lazy import extra_for, install_advice, is_available
+from trt_provision._lazy import cuda_major_of_host, extra_for, install_advice, is_available
 from trt_provision.errors import (
     EngineBuildError,
     ManifestError,
@@ -131,13 +131,16 @@ def _major(version: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def check_requirements(host: HostCapabilities) -> tuple[Requirement, ...]:
+def check_requirements(
+    host: HostCapabilities, *, root: Path = Path("/")
+) -> tuple[Requirement, ...]:
     """What the TensorRT path needs, each found or not, with the fix for what is missing.
 
     Answered without importing TensorRT or CUDA (package metadata and ``find_spec``); the GPU
     is taken from the host probe. :func:`run_selftest` confirms a GPU through the runtime
-    where the probe could not see one (no NVML)."""
-    cuda_major = _major(host.cuda_driver_version)
+    where the probe could not see one (no NVML). ``root``: where ``/etc`` and ``/proc`` are
+    read (Jetson release, driver version) when NVML gave no CUDA version."""
+    cuda_major = _major(host.cuda_driver_version) or cuda_major_of_host(root)
     reqs: list[Requirement] = []
 
     trt_extra = extra_for("tensorrt", cuda_major)
@@ -146,7 +149,7 @@ def check_requirements(host: HostCapabilities) -> tuple[Requirement, ...]:
     else:
         reqs.append(Requirement(
             "tensorrt", False, problem="the tensorrt Python module is not installed",
-            fix=install_advice("tensorrt", trt_extra)))
+            fix=install_advice("tensorrt", trt_extra, root=root)))
 
     cuda_version = _dist_version("cuda-bindings", "cuda-python")
     cuda_extra = extra_for("cuda", cuda_major)
@@ -158,7 +161,7 @@ def check_requirements(host: HostCapabilities) -> tuple[Requirement, ...]:
         reqs.append(Requirement(
             "cuda-python", False, found=cuda_version,
             problem=f"cuda-python {cuda_version} needs a CUDA {_major(cuda_version)} driver, "
-                    f"this driver runs CUDA {host.cuda_driver_version}",
+                    f"this host runs CUDA {host.cuda_driver_version or cuda_major}",
             fix=f"pip install 'trt-provision[{cuda_extra}]'"))
     else:
         reqs.append(Requirement("cuda-python", True, found=cuda_version or "installed"))

@@ -424,3 +424,32 @@ def test_polygraphy_reference_is_built_and_compared(
     (output,) = check.facts["ident"]
     assert output["cosine"] == pytest.approx(scale)
     assert report.ok is (status == "pass")
+
+
+def test_jetson_without_tensorrt_points_at_jetpack(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/nv_tegra_release").write_text("# R36 (release), REVISION: 4.3\n")
+    monkeypatch.setattr("trt_provision.selftest.is_available", lambda name: name == "cuda.bindings")
+    monkeypatch.setattr("trt_provision.selftest._dist_version", lambda *names: "13.0.0")
+    jetson = HostCapabilities(sm="sm87", gpu_name="Orin", jetpack="6.2", l4t="36.4.3",
+                              gpu_integrated=True)
+    reqs = {r.name: r for r in check_requirements(jetson, root=tmp_path)}
+    assert "sudo apt install python3-libnvinfer" in reqs["tensorrt"].fix
+    assert "trt-provision[cuda-cu12]" in reqs["tensorrt"].fix
+    # cuda-python 13 on JetPack 6 (CUDA 12.6) cannot work: named, with the right extra.
+    assert not reqs["cuda-python"].ok and "CUDA 13 driver" in reqs["cuda-python"].problem
+    assert reqs["cuda-python"].fix == "pip install 'trt-provision[cuda-cu12]'"
+    assert reqs["gpu"].ok
+
+
+def test_a_bad_manifest_is_a_one_line_user_error(
+    fake_trt: Installer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake_trt("10.16.1.11")
+    monkeypatch.setattr("trt_provision.host.probe_host", lambda: _host("10.16.1.11"))
+    code = main(["selftest", "--manifest", str(tmp_path / "missing.toml")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "manifest not found" in err[0]
