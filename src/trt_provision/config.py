@@ -68,6 +68,9 @@ _BUILD_KEYS = {
     "excluded_op_types",
     "min_cosine",
     "max_rel_error",
+    "dla_core",
+    "gpu_fallback",
+    "tf32",
 }
 _MODEL_KEYS = {"name", "path", "version"} | _BUILD_KEYS
 _CALIBRATION_KEYS = {
