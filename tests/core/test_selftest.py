@@ -249,6 +249,12 @@ def test_demo_corpus_on_fake_trt10_reports_every_case_and_compares(
     assert checks["plugins"].status == "pass"
     assert checks["plugins"].facts["found"] == ["EfficientNMS_TRT", "ROIAlign_TRT"]
     assert checks["polygraphy"].status == "skipped"  # not installed here
+    # Whatever INT8 did, the timing cache is checked through a rebuild of an engine built.
+    assert checks["timing-cache"].status == "pass", checks["timing-cache"]
+    rebuilt = tuple(checks["timing-cache"].facts["rebuilt"].split("/"))
+    assert rebuilt in {(c.model, c.precision, c.typed_path) for c in report.cases if c.engine}
+    if not any(c.engine for c in report.cases if c.precision == "int8"):
+        assert checks["calibration-cache"].status == "skipped"
 
     data = json.loads((tmp_path / "report" / "selftest.json").read_text())
     assert data["ok"] is False and len(data["cases"]) == 24
