@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from reliability._support import DEMO_MANIFEST, ROOT, engine_of
+from trt_provision.trust import generate_keypair, sign_engine
 
 pytestmark = pytest.mark.tier1
 
@@ -64,3 +65,52 @@ def test_engine_that_is_a_symlink_loop_is_refused_not_an_internal_error(
                 "--runtime", "onnxruntime", "--no-remote", "-q")
     assert proc.returncode == 0, proc.stderr
     assert engine.is_file() and not engine.is_symlink()  # rebuilt in its place
+
+
+@pytest.fixture
+def signed_engine(cache_copy: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(engine, private key, public key) of a signed demo engine."""
+    private = tmp_path / "keys" / "fleet.key"
+    public, _ = generate_keypair(private)
+    engine = engine_of(cache_copy, "demo_cnn")
+    sign_engine(engine, private)
+    return engine, private, public
+
+
+def test_keys_verify_accepts_the_untouched_engine(signed_engine: tuple[Path, Path, Path]) -> None:
+    engine, _, public = signed_engine
+    proc = _cli("keys", "verify", str(engine), "--public-key", str(public))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("OK ")
+
+
+@pytest.mark.parametrize("suffix", [".sig", ".json", ""], ids=["sig", "json", "engine"])
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_keys_verify_refuses_a_fifo_or_device_without_blocking_or_reading_it_whole(
+    signed_engine: tuple[Path, Path, Path], suffix: str, kind: str
+) -> None:
+    """The .sig and .json were read whole and the engine hashed with no type check: a FIFO
+    blocked for ever, /dev/zero filled memory."""
+    engine, _, public = signed_engine
+    planted = engine.with_name(engine.name + suffix)
+    _plant(planted, kind)
+    proc = _cli("keys", "verify", str(engine), "--public-key", str(public))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout.startswith("BAD ")
+    assert "not a regular file" in proc.stdout
+    assert str(planted) in proc.stdout
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_keys_sign_refuses_metadata_that_is_a_fifo_or_device(
+    signed_engine: tuple[Path, Path, Path], kind: str
+) -> None:
+    engine, private, _ = signed_engine
+    meta = engine.with_name(engine.name + ".json")
+    _plant(meta, kind)
+    proc = _cli("keys", "sign", str(engine), "--key", str(private))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: StoreError: cannot sign: metadata sidecar is not a regular")
+    assert str(meta) in line
