@@ -48,7 +48,7 @@ from trt_provision._bounded import BoundedInputError, loads_bounded
 from trt_provision._fs import fsync_dir, publish_file, write_temp_file
 from trt_provision._lazy import import_optional
 from trt_provision.errors import EngineGateError, ManifestError, StoreError, TrtProvisionError
-from trt_provision.integrity import format_sha256_line, parse_sha256_sidecar
+from trt_provision.integrity import format_sha256_line, parse_sha256_sidecar, read_cache_file
 from trt_provision.seams import EngineGate, EngineStore
 from trt_provision.types import EngineCacheEntry, EngineIdentity, RuntimeTarget
 
@@ -926,19 +926,32 @@ class S3EngineStore:
         return uploaded
 
     def _read_local(self, entry: EngineCacheEntry) -> tuple[bytes, bytes, bytes | None, int]:
+        """The local sidecars, read like the gate reads them (``read_cache_file``: regular
+        files inside the cache, owned by us, bounded) and to the bounds a fetching device
+        accepts: a ``.sig`` planted as a FIFO or a link to ``/dev/zero`` (the gate reads
+        no ``.sig`` without a trust policy) is refused, never waited on or read whole."""
         engine = entry.engine_path
+        root = engine.parent.parent  # <cache>/<model>/<engine>
+        sig_path = engine.with_name(engine.name + SIG_SUFFIX)
         try:
-            sha_bytes = engine.with_name(engine.name + SHA_SUFFIX).read_bytes()
-            meta_bytes = engine.with_name(engine.name + JSON_SUFFIX).read_bytes()
-            size = engine.stat().st_size
+            sha_bytes = read_cache_file(
+                engine.with_name(engine.name + SHA_SUFFIX), MAX_SHA_SIDECAR_BYTES,
+                what="sha256 sidecar", root=root,
+            )
+            meta_bytes = read_cache_file(
+                engine.with_name(engine.name + JSON_SUFFIX), MAX_METADATA_BYTES,
+                what="metadata sidecar", root=root,
+            )
+            sig_bytes: bytes | None = None
+            if os.path.lexists(sig_path):
+                sig_bytes = read_cache_file(
+                    sig_path, MAX_SIGNATURE_BYTES, what="signature", root=root
+                )
+            size = os.stat(engine).st_size
+        except EngineGateError as exc:
+            raise _Refused(f"local {exc}") from exc
         except OSError as exc:
-            raise _Refused(f"local engine or sidecar unreadable: {exc.strerror}") from exc
-        try:
-            sig_bytes: bytes | None = engine.with_name(engine.name + SIG_SUFFIX).read_bytes()
-        except FileNotFoundError:
-            sig_bytes = None
-        except OSError as exc:
-            raise _Refused(f"local signature unreadable: {exc.strerror}") from exc
+            raise _Refused(f"local engine unreadable: {exc.strerror}") from exc
         if not sha_bytes.startswith(entry.sha256.encode()):
             raise _Refused("local sha256 sidecar does not match the engine entry")
         return sha_bytes, meta_bytes, sig_bytes, size
