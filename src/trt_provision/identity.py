@@ -24,6 +24,7 @@ that cannot be normalised raises :class:`~trt_provision.errors.InvalidNameError`
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -242,11 +243,12 @@ def model_sha256(model_path: Path) -> str:
             for kv in tensor.external_data:
                 if kv.key == "location":
                     locations.add(kv.value)
-    base = model_path.parent.resolve()
+    # realpath, not Path.resolve: a symlink loop must not raise RuntimeError.
+    base = Path(os.path.realpath(model_path.parent))
     digest = hashlib.sha256()
     _hash_file(digest, model_path)
     for location in sorted(locations):
-        ext = (model_path.parent / location).resolve()
+        ext = Path(os.path.realpath(model_path.parent / location))
         if base not in ext.parents:
             raise ModelError(
                 "external data location escapes the model directory",

@@ -114,3 +114,52 @@ def test_keys_sign_refuses_metadata_that_is_a_fifo_or_device(
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: StoreError: cannot sign: metadata sidecar is not a regular")
     assert str(meta) in line
+
+
+def _loop_model(directory: Path) -> Path:
+    """A model whose weights live in ``w.bin`` (external data)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((4, 4), np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = directory / "m.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="w.bin", size_threshold=0)
+    return path
+
+
+@pytest.mark.parametrize("loop", ["model", "external data", "cache_dir"])
+def test_symlink_loop_named_by_a_manifest_is_a_user_error(tmp_path: Path, loop: str) -> None:
+    """Path.resolve raised RuntimeError on a loop in the model path, its external-data
+    location or the manifest's cache_dir: exit 3. Now exit 1 naming the path."""
+    model = _loop_model(tmp_path)
+    settings = ""
+    if loop == "model":
+        model.unlink()
+        model.symlink_to(model.name)
+        named = model
+    elif loop == "external data":
+        (tmp_path / "w.bin").unlink()
+        (tmp_path / "w.bin").symlink_to("w.bin")
+        named = model
+    else:
+        (tmp_path / "lp").symlink_to("lp")
+        settings = f'[settings]\ncache_dir = "{tmp_path / "lp"}"\n\n'
+        named = tmp_path / "lp"
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(f'{settings}[[models]]\nname = "m"\npath = "{model}"\n')
+    args = ["provision", str(manifest), "--runtime", "onnxruntime", "--no-remote", "-q"]
+    if loop != "cache_dir":
+        args += ["--cache-dir", str(tmp_path / "cache")]
+    proc = _cli(*args)
+    assert proc.returncode == 1, proc.stderr
+    assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
+    assert str(named) in proc.stderr
