@@ -38,6 +38,7 @@ import re
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -683,7 +684,10 @@ class S3EngineStore:
             )
             return
         log.warning(message + ": %s", subject, reason, extra=extra)
-        log.debug("remote failure detail", exc_info=exc, extra={"event": f"{event}.detail"})
+        # Not exc_info: a third-party message may quote the endpoint with its query string
+        # (botocore's EndpointResolutionError does), so the traceback is redacted first.
+        detail = redact_urls("".join(traceback.format_exception(exc)))
+        log.debug("remote failure detail:\n%s", detail, extra={"event": f"{event}.detail"})
 
     def _fetch(
         self,
