@@ -1194,7 +1194,15 @@ class S3EngineStore:
     # ------------------------------------------------------------------ listing
 
     def exists(self, identity: EngineIdentity) -> bool:
-        """Whether a complete object set is present (its .sha256 exists)."""
+        """Whether a complete object set is present (its .sha256 exists).
+
+        Once the run has stopped using the remote, StoreError at once: asking again would
+        cost another deadline against the server that was given up on."""
+        if self._offline is not None:
+            raise StoreError(
+                f"remote store not used for the rest of this run: {self._offline}",
+                key=self.key_for(identity),
+            )
         try:
             return self._head(self.key_for(identity) + SHA_SUFFIX) is not None
         except self._remote_errors() as exc:
