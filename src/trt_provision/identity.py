@@ -306,6 +306,17 @@ def build_option_payload(
             "min_cosine": config.min_cosine,
             "max_rel_error": config.max_rel_error,
         }
+    # Later gate options enter only when set (earlier digests stay as they were); an engine
+    # published under allow_inaccurate is never reused by a build that did not allow it.
+    extra_gate = {
+        k: v for k, v in (
+            ("min_top1_agreement", config.min_top1_agreement),
+            ("accuracy_metric", config.accuracy_metric),
+            ("allow_inaccurate", config.allow_inaccurate or None),
+        ) if v is not None
+    }
+    if extra_gate:
+        payload.setdefault("accuracy_gate", {}).update(extra_gate)
     return payload
 
 

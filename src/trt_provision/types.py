@@ -126,23 +126,29 @@ class PluginSpec:
             raise ValueError("plugin name must not be empty")
 
 
+CALIBRATION_ALGORITHMS: tuple[str, ...] = ("auto", "entropy", "minmax", "percentile")
+
+
 @dataclass(frozen=True)
 class CalibrationSpec:
     """Where INT8 calibration data comes from and how ranges are computed."""
 
     source: str | None = None  # .npz, .npy dir, or "file.py:function"
     dataset_version: str | None = None  # explicit version; else the dataset digest
-    algorithm: str = "entropy"  # entropy | minmax | percentile
+    # auto: min-max, percentile and entropy from one pass, the best on the validation split
+    algorithm: str = "auto"  # auto | entropy | minmax | percentile
     num_bins: int = 2048
     percentile: float = 99.999
     governed: bool = True
     max_batches: int | None = None
     allow_lossy_cast: bool = False  # e.g. float64 batches for a float32 input
+    # A user's own held-out data (same forms as ``source``): validation and test come from it.
+    evaluation_data: str | None = None
 
     def __post_init__(self) -> None:
-        if self.algorithm not in ("entropy", "minmax", "percentile"):
+        if self.algorithm not in CALIBRATION_ALGORITHMS:
             raise ValueError(
-                f"calibration algorithm must be entropy, minmax or percentile, "
+                f"calibration algorithm must be auto, entropy, minmax or percentile, "
                 f"got {self.algorithm!r}"
             )
         if self.num_bins < 16:
@@ -171,6 +177,12 @@ class BuildConfig:
     excluded_op_types: tuple[str, ...] = ()
     min_cosine: float | None = None
     max_rel_error: float | None = None
+    # Accuracy gate (on by default for int8/mixed, and fp16 with data): top-1 agreement of
+    # classification-like outputs, an optional task metric "file.py:function", and the
+    # explicit opt-out that publishes a refused graph with a warning in its metadata.
+    min_top1_agreement: float | None = None
+    accuracy_metric: str | None = None
+    allow_inaccurate: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.precision, PrecisionMode):
@@ -195,6 +207,16 @@ class BuildConfig:
             raise ValueError(f"min_cosine must be in [-1, 1], got {self.min_cosine}")
         if self.max_rel_error is not None and self.max_rel_error < 0:
             raise ValueError(f"max_rel_error must be >= 0, got {self.max_rel_error}")
+        if self.min_top1_agreement is not None and not 0.0 <= self.min_top1_agreement <= 1.0:
+            raise ValueError(
+                f"min_top1_agreement must be in [0, 1], got {self.min_top1_agreement}"
+            )
+        if self.accuracy_metric is not None and (
+            not isinstance(self.accuracy_metric, str) or ".py:" not in self.accuracy_metric
+        ):
+            raise ValueError(
+                f"accuracy_metric must be 'file.py:function', got {self.accuracy_metric!r}"
+            )
 
     def profile_for(self, input_name: str) -> OptimizationProfile | None:
         for p in self.profiles:

@@ -447,9 +447,19 @@ class CalibrationDataset:
             for raw in _split_stack(item, self._specs, self._config):
                 if self._max_batches is not None and count >= self._max_batches:
                     break
-                yield validate_batch(
+                batch = validate_batch(
                     raw, self._specs, count, self._config, allow_lossy_cast=self._allow_lossy
                 )
+                empty = next((n for n, a in batch.items() if a.size == 0), None)
+                if empty is not None:
+                    # Zero samples calibrate nothing and prove nothing: an INT8 engine from
+                    # them outputs garbage, and an accuracy check over them is vacuous.
+                    raise CalibrationCacheError(
+                        f"calibration data has zero samples: input {empty!r} of batch {count} "
+                        f"has shape {list(batch[empty].shape)}",
+                        source=self.description, input=empty, batch=count,
+                    )
+                yield batch
                 count += 1
             if self._max_batches is not None and count >= self._max_batches:
                 break
