@@ -164,11 +164,18 @@ def make_standalone_bn(path: Path, *, seed: int = 0, c: int = 8, size: int = 12)
 
 
 def make_mlp_classifier(path: Path, *, features: int = 16, hidden: int = 32,
-                        classes: int = 10, seed: int = 0) -> Path:
-    """x[N, features] -> MatMul -> Relu -> MatMul -> logits[N, classes]."""
+                        classes: int = 10, seed: int = 0, outlier_reaches_fc2: bool = False
+                        ) -> Path:
+    """x[N, features] -> MatMul -> Relu -> MatMul -> logits[N, classes].
+
+    Feature 0 carries the outliers of ``outlier_batches``: by default it has no weight, so
+    only fc1's input range suffers; with ``outlier_reaches_fc2`` it feeds the hidden layer
+    too, so no single layer kept float can rescue INT8.
+    """
     rng = np.random.default_rng(seed)
     w1 = rng.standard_normal((features, hidden)).astype(np.float32) * 0.5
-    w1[0] = 0.0  # feature 0 carries outliers (see outlier_batches) and no signal
+    if not outlier_reaches_fc2:
+        w1[0] = 0.0
     inits = [
         numpy_helper.from_array(w1, "w1"),
         numpy_helper.from_array(rng.standard_normal((hidden, classes)).astype(np.float32)
