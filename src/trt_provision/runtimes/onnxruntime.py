@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,11 @@ from trt_provision.types import (
     ThermalState,
 )
 
-__all__ = ["OnnxRuntimeEngineHandle", "OnnxRuntimeRuntime"]
+__all__ = ["OnnxRuntimeEngineHandle", "OnnxRuntimeRuntime", "PrecisionConverter"]
+
+# (model, build config, work dir) -> (the prepared graph, its precision metadata). The
+# composition root wires the precision pipeline here; the strategy never imports it.
+PrecisionConverter = Callable[[Path, BuildConfig, Path], tuple[Path, Mapping[str, Any]]]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,7 @@ class OnnxRuntimeRuntime:
         provider: str = "CPUExecutionProvider",
         intra_op_threads: int | None = None,
         calibration_cache_dir: Path | None = None,
+        precision_converter: PrecisionConverter | None = None,
     ) -> None:
         if provider not in ("CPUExecutionProvider", "CUDAExecutionProvider"):
             raise ValueError(f"unsupported ONNX Runtime execution provider {provider!r}")
@@ -107,7 +112,8 @@ class OnnxRuntimeRuntime:
         self._thermal = thermal
         self._provider = provider
         self._threads = intra_op_threads
-        self._calibration_cache_dir = calibration_cache_dir
+        self._calibration_cache_dir = calibration_cache_dir  # kept for callers; unused here
+        self._precision_converter = precision_converter
 
     # ------------------------------------------------------------------ identity
 
@@ -136,23 +142,27 @@ class OnnxRuntimeRuntime:
     def compile_engine(
         self, model_path: Path, build_config: BuildConfig, staged_path: Path
     ) -> BuildArtifact:
-        from trt_provision.calibration.precision import prepare_model_for_precision
-
         started = time.perf_counter()
+        if build_config.precision.value != "fp32" and self._precision_converter is None:
+            raise EngineBuildError(
+                f"precision {build_config.precision.value} needs a precision converter; this "
+                "ONNX Runtime strategy was created without one (compose.wire provides it)",
+                model=str(model_path),
+            )
         # The writer's pid in the name lets cache gc tell live work dirs from dead ones.
         workdir = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-ort-", dir=staged_path.parent))
         try:
-            prepared = prepare_model_for_precision(
-                Path(model_path),
-                build_config,
-                workdir,
-                calibration_cache_dir=self._calibration_cache_dir,
-            )
+            prepared_path = Path(model_path)
+            prepared_meta: Mapping[str, Any] = {}
+            if self._precision_converter is not None and build_config.precision.value != "fp32":
+                prepared_path, prepared_meta = self._precision_converter(
+                    Path(model_path), build_config, workdir
+                )
             options = self._session_options("ORT_ENABLE_ALL")
             options.optimized_model_filepath = str(staged_path)
             try:
                 session = _ort().InferenceSession(
-                    str(prepared.model_path), sess_options=options, providers=[self._provider]
+                    str(prepared_path), sess_options=options, providers=[self._provider]
                 )
             except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
                 raise EngineBuildError(
@@ -166,7 +176,7 @@ class OnnxRuntimeRuntime:
             shutil.rmtree(workdir, ignore_errors=True)
         if not staged_path.is_file() or staged_path.stat().st_size == 0:
             raise EngineBuildError("ONNX Runtime wrote no optimized model", model=str(model_path))
-        metadata: dict[str, Any] = dict(prepared.metadata)
+        metadata: dict[str, Any] = dict(prepared_meta)
         metadata.update(io)
         metadata["runtime"] = {
             "label": self.current_runtime_label(),
