@@ -298,3 +298,74 @@ def test_fp16_without_data_is_a_smoke_check_not_an_accuracy_figure(
     assert meta["accuracy"]["data"] == "synthetic"
     assert meta["accuracy"]["note"] == "smoke, not an accuracy figure (synthetic inputs)"
     assert meta["accuracy"]["verdict"] == "smoke only"
+
+
+def test_pinned_keywords_match_model_nodes_not_converter_inserted_ones(tmp_path: Path) -> None:
+    from onnx import helper
+
+    from trt_provision.calibration.graph import match_pinned_nodes
+
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="router_x_QuantizeLinear"),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"],
+                         name="router_x_DequantizeLinear"),
+        helper.make_node("Cast", ["d"], ["c"], name="router_cast_to_fp16", to=10),
+        helper.make_node("Gemm", ["c", "w"], ["y"], name="router_gate"),
+    ]
+    graph = helper.make_graph(nodes, "g", [], [])
+    pinned = match_pinned_nodes(helper.make_model(graph), ("router",))
+    assert [p.node for p in pinned] == ["router_gate"]
+
+
+def _reshape_model(path: Path) -> Path:
+    from onnx import helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["r"], name="reshape"),
+         helper.make_node("MatMul", ["r", "w"], ["y"], name="mm"),
+         helper.make_node("Cast", ["sr"], ["srf"], name="cast_sr", to=TensorProto.FLOAT),
+         helper.make_node("Div", ["y", "srf"], ["out"], name="div")],
+        "reshape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T"]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["M", 4])],
+        [numpy_helper.from_array(np.array([-1, 4], np.int64), "shape"),
+         numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_fp16_smoke_uses_profile_opt_shapes(tmp_path: Path) -> None:
+    model = _reshape_model(tmp_path / "r.onnx")
+    profile = OptimizationProfile("x", (1, 4), (2, 16), (4, 64))
+    meta = _prepare(model, BuildConfig(precision=PrecisionMode.FP16, profiles=(profile,)),
+                    tmp_path).metadata
+    assert meta["accuracy"]["verdict"] == "smoke only"
+    # 4 synthetic batches at the opt shape (2, 16) reshaped to (8, 4); sr is a sane 1, not 0
+    assert meta["accuracy"]["outputs"]["out"]["elements"] == 4 * 32
+    assert meta["accuracy"]["outputs"]["out"]["cosine"] > 0.999
+
+
+def test_fp16_smoke_failure_is_a_build_error_naming_the_model(tmp_path: Path) -> None:
+    model = _reshape_model(tmp_path / "r.onnx")
+    # without a profile a dynamic T becomes 1: the Reshape to (-1, 4) cannot run
+    with pytest.raises(EngineBuildError, match="cannot run the model on synthetic inputs") as info:
+        _prepare(model, BuildConfig(precision=PrecisionMode.FP16), tmp_path)
+    assert info.value.context["model"] == str(model)
+
+
+def test_evaluation_data_gives_validation_and_test(mlp: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    data = _save_batches(tmp_path / "d.npy",
+                         [rng.standard_normal((8, 16)).astype(np.float32) for _ in range(2)])
+    held = _save_batches(tmp_path / "e.npy",
+                         [rng.standard_normal((8, 16)).astype(np.float32) for _ in range(4)])
+    spec = CalibrationSpec(source=str(data), evaluation_data=str(held), num_bins=256)
+    meta = _prepare(mlp, BuildConfig(precision=PrecisionMode.INT8, calibration=spec),
+                    tmp_path).metadata
+    splits = meta["accuracy"]["splits"]
+    assert splits["method"] == "evaluation-batches"
+    assert splits["calibration"]["batches"] == 2
+    assert splits["validation"]["batches"] == 2 and splits["test"]["batches"] == 2
