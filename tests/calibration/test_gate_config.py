@@ -35,6 +35,11 @@ path = "mlp.onnx"
 precision = "int8"
 calibration = {{ data = "d.npy", evaluation_data = "e.npy" }}
 {extra}
+[[models.profiles]]
+input = "x"
+min = [1, 16]
+opt = [8, 16]
+max = [8, 16]
 """)
     return path
 

@@ -96,6 +96,11 @@ path = "mlp.onnx"
 precision = "int8"
 calibration = {{ data = "{data}", algorithm = "minmax" }}
 {extra}
+[[models.profiles]]
+input = "x"
+min = [1, 16]
+opt = [8, 16]
+max = [8, 16]
 """)
     return manifest
 

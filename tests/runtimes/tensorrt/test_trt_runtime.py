@@ -1173,17 +1173,16 @@ def test_trtexec_timeout_kills_its_process_group(
 ) -> None:
     rig = _trtexec_rig(make_rig, monkeypatch, builder="trtexec", trtexec_timeout_s=1.0)
     monkeypatch.setenv("FAKE_TRTEXEC_MODE", "hang")
-    started = time.monotonic()
     with pytest.raises(EngineBuildError, match="timed out") as info:
         rig.build(BuildConfig(profiles=(PROFILE,)))
-    assert time.monotonic() - started < 20
     assert info.value.context["timeout_s"] == 1.0
     child = int(Path(str(fake_trtexec.argv_file) + ".child").read_text())
     assert not _alive(child)
 
 
-def _alive(pid: int, within_s: float = 5.0) -> bool:
-    """Whether ``pid`` still runs after up to ``within_s`` (signals land asynchronously)."""
+def _alive(pid: int, within_s: float = 60.0) -> bool:
+    """Whether ``pid`` still runs after up to ``within_s`` (signals land asynchronously; the
+    bound is only a hang guard: a dead process returns at once)."""
     deadline = time.monotonic() + within_s
     while True:
         try:
