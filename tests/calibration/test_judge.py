@@ -369,3 +369,17 @@ def test_evaluation_data_gives_validation_and_test(mlp: Path, tmp_path: Path) ->
     assert splits["method"] == "evaluation-batches"
     assert splits["calibration"]["batches"] == 2
     assert splits["validation"]["batches"] == 2 and splits["test"]["batches"] == 2
+
+
+def test_tensorrt_sensitivity_search_keeps_layers_in_fp16(mlp: Path, tmp_path: Path) -> None:
+    data = _save_batches(tmp_path / "d.npy", outlier_batches(10))
+    prepared = _prepare(mlp, _config("int8", data, algorithm="minmax"), tmp_path,
+                        consumer="tensorrt")
+    sens = prepared.metadata["quantization"]["sensitivity"]
+    assert sens["higher_precision"] == "fp16" and sens["kept"] == ["fc1"]
+    assert prepared.metadata["accuracy"]["verdict"] == "passed"
+    graph = onnx.load(str(prepared.model_path)).graph
+    inits = {t.name: t for t in graph.initializer}
+    fc1 = next(n for n in graph.node if n.name == "fc1")
+    assert inits[fc1.input[1]].data_type == TensorProto.FLOAT16
+    check_tensorrt_qdq(onnx.load(str(prepared.model_path)), prepared.model_path)
