@@ -52,6 +52,8 @@ _SETTINGS_KEYS = {
     "public_key",
     "signing_key",
     "allow_engine_host_code",
+    "plugin_namespace",
+    "plugin_libraries",
 }
 _BUILD_KEYS = {
     "precision",
@@ -71,6 +73,9 @@ _BUILD_KEYS = {
     "min_top1_agreement",
     "accuracy_metric",
     "allow_inaccurate",
+    "dla_core",
+    "gpu_fallback",
+    "tf32",
 }
 _MODEL_KEYS = {"name", "path", "version"} | _BUILD_KEYS
 _CALIBRATION_KEYS = {
@@ -123,6 +128,10 @@ class Settings:
     allow_engine_host_code: bool = False
     # The [remote] table may hold credentials (secret_key): never in a repr or a log line.
     remote: Mapping[str, Any] | None = field(default=None, repr=False)
+    # TensorRT plugins: the namespace TensorRT's own plugins register under, and shared
+    # libraries with more creators, loaded once per process before any build or load.
+    plugin_namespace: str = ""
+    plugin_libraries: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -230,6 +239,19 @@ def _settings(path: Path, raw: Mapping[str, Any], remote: Any) -> Settings:
             if not isinstance(raw[key], str) or not raw[key]:
                 raise _fail(path, f"settings.{key}", "a path string", raw[key])
             kwargs[key] = (base / Path(raw[key]).expanduser()).resolve()
+    if "plugin_namespace" in raw:
+        if not isinstance(raw["plugin_namespace"], str):
+            raise _fail(path, "settings.plugin_namespace", "a string", raw["plugin_namespace"])
+        kwargs["plugin_namespace"] = raw["plugin_namespace"]
+    if "plugin_libraries" in raw:
+        libraries = raw["plugin_libraries"]
+        if not isinstance(libraries, list) or not all(
+            isinstance(p, str) and p for p in libraries
+        ):
+            raise _fail(path, "settings.plugin_libraries", "a list of path strings", libraries)
+        kwargs["plugin_libraries"] = tuple(
+            (base / Path(p).expanduser()).resolve() for p in libraries
+        )
     if remote is not None:
         kwargs["remote"] = dict(_table(path, "remote", remote))
     return Settings(**kwargs)

@@ -119,4 +119,4 @@ def test_lock_is_exclusive_between_processes(cache_dir: Path) -> None:
             raise AssertionError("child took the lock while we held it")
         except subprocess.TimeoutExpired:
             pass
-    assert child.communicate(timeout=10)[0].strip() == "locked"
+    assert child.communicate(timeout=120)[0].strip() == "locked"

@@ -76,6 +76,8 @@ class OnnxRuntimeEngineHandle:
     output_names: list[str]
     owner: int
     checks: tuple[tuple[str, np.dtype[Any], int, tuple[tuple[int, int], ...]], ...] = ()
+    # (input, min, max) of the engine's optimization profile, from its metadata
+    bounds: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
     reservation: int | None = None
     released: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -194,6 +196,7 @@ class OnnxRuntimeRuntime:
     def deserialize_engine(self, entry: EngineCacheEntry) -> EngineHandle:
         # Gate and budget before any ORT call: a refused engine never reaches the runtime.
         verified = self._gate.validate(entry.engine_path, self.runtime_target(BuildConfig()))
+        bounds = _profile_bounds(verified)
         reservation = self._budget.reserve(verified) if self._budget is not None else None
         try:
             options = self._session_options("ORT_DISABLE_ALL")  # already optimized at build
@@ -223,6 +226,7 @@ class OnnxRuntimeRuntime:
             output_names=outputs,
             owner=id(self),
             checks=tuple((i.name, i.dtype, len(i.shape), i.static_dims) for i in inputs),
+            bounds=bounds,
             reservation=reservation,
         )
 
@@ -254,6 +258,16 @@ class OnnxRuntimeRuntime:
         if len(inputs) != len(h.checks):
             unknown = sorted(set(inputs) - {c[0] for c in h.checks})
             raise InferenceError("unknown input names", found=unknown)
+        # As TensorRT's setInputShape: a shape outside the profile the engine was built for
+        # is refused, so what runs here also runs on the device.
+        for name, lo, hi in h.bounds:
+            shape = inputs[name].shape
+            for a, d, b in zip(lo, shape, hi, strict=False):
+                if not a <= d <= b:
+                    raise InferenceError(
+                        "input shape outside the engine's optimization profile",
+                        input=name, found=list(shape), min=list(lo), max=list(hi),
+                    )
         try:
             results = h.session.run(h.output_names, inputs)
         except Exception as exc:
@@ -294,6 +308,32 @@ class OnnxRuntimeRuntime:
         if self._thermal is None:
             return ThermalState()
         return self._thermal.thermal_state()
+
+
+def _profile_bounds(
+    entry: EngineCacheEntry,
+) -> tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]:
+    """The [min, max] of each profiled input, from the gate-checked metadata sidecar."""
+    from trt_provision.types import OptimizationProfile
+
+    metadata = entry.extras.get("metadata") or {}
+    build = metadata.get("build_config") if isinstance(metadata, Mapping) else None
+    raw = build.get("profiles") if isinstance(build, Mapping) else None
+    if not raw:
+        return ()
+    bounds = []
+    try:
+        for item in raw:
+            profile = OptimizationProfile(
+                str(item["input"]), tuple(item["min"]), tuple(item["opt"]), tuple(item["max"])
+            )
+            bounds.append((profile.input_name, profile.min_shape, profile.max_shape))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InferenceError(
+            "engine metadata holds a malformed optimization profile",
+            path=str(entry.engine_path),
+        ) from exc
+    return tuple(bounds)
 
 
 def _check_profile_inputs(session: Any, config: BuildConfig, model_path: Path) -> None:
