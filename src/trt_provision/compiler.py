@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trt_provision._version import __version__
+from trt_provision.auto_precision import auto_identity, build_auto, decision_of, summary_line
 from trt_provision.config_json import build_config_to_json
 from trt_provision.errors import EngineGateError, TrtProvisionError
 from trt_provision.identity import compute_identity, model_sha256
@@ -38,6 +39,7 @@ from trt_provision.types import (
     EngineCompileSummary,
     EngineIdentity,
     HostCapabilities,
+    PrecisionMode,
     RuntimeTarget,
 )
 
@@ -90,6 +92,9 @@ class EngineCompiler:
 
     def identity_for(self, backbone: BackboneSpec) -> tuple[EngineIdentity, RuntimeTarget, str]:
         model_hash = model_sha256(backbone.model_path)
+        if backbone.build_config.precision is PrecisionMode.AUTO:
+            target = self._runtime.runtime_target(backbone.build_config)
+            return auto_identity(self, backbone, model_hash, target), target, model_hash
         calibration_key = (
             self._calibration.calibration_key(backbone, model_hash)
             if self._calibration is not None and backbone.build_config.precision.needs_calibration
@@ -223,6 +228,8 @@ class EngineCompiler:
 
     def _build(self, plan: _Plan) -> tuple[EngineCacheEntry, float]:
         backbone = plan.backbone
+        if backbone.build_config.precision is PrecisionMode.AUTO:
+            return build_auto(self, plan)  # builds each candidate through this method
         self._check_thermal()
         staged = self._store.staging_path(plan.identity)
         self._log.info(
@@ -298,6 +305,8 @@ class EngineCompiler:
     def _result(
         self, plan: _Plan, outcome: CompileOutcome, entry: EngineCacheEntry, seconds: float
     ) -> EngineCompileResult:
+        auto = decision_of(entry.engine_path) if plan.identity.precision is PrecisionMode.AUTO \
+            else None
         return EngineCompileResult(
             name=plan.backbone.name,
             identity=plan.identity,
@@ -305,4 +314,5 @@ class EngineCompiler:
             entry=entry,
             compile_seconds=seconds,
             total_seconds=time.perf_counter() - plan.started,
+            notes=(summary_line(auto),) if auto else (),
         )

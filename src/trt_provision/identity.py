@@ -61,7 +61,7 @@ _HEX_RE = re.compile(r"[0-9a-f]+")
 _FILENAME_RE = re.compile(
     r"(?P<model>[A-Za-z0-9][A-Za-z0-9_-]{0,63})"
     r"\.(?P<hash>[0-9a-f]{16})"
-    r"\.(?P<precision>fp32|fp16|int8|mixed)"
+    r"\.(?P<precision>fp32|fp16|int8|mixed|auto)"
     r"\.(?P<target>sm[0-9]{2,3}(?:\+|cc)?|cpu-[a-z0-9]+)"
     r"\.(?P<platform>jp[0-9]+(?:_[0-9]+)*|dgpu|host)"
     r"\.(?P<runtime>[a-z][a-z0-9]*)"

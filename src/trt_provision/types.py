@@ -34,12 +34,18 @@ DEFAULT_PINNED_KEYWORDS: tuple[str, ...] = ("router", "kan")
 
 
 class PrecisionMode(str, enum.Enum):
-    """Engine precision. ``MIXED`` is int8 with FP16-pinned sensitive layers."""
+    """Engine precision. ``MIXED`` is int8 with FP16-pinned sensitive layers.
+
+    ``AUTO`` is not a precision a strategy builds: the compiler builds the candidates this
+    host offers, judges and times them, and publishes the fastest that passes the gate
+    (``auto_precision.py``).
+    """
 
     FP32 = "fp32"
     FP16 = "fp16"
     INT8 = "int8"
     MIXED = "mixed"
+    AUTO = "auto"
 
     @property
     def needs_calibration(self) -> bool:

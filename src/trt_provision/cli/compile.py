@@ -40,6 +40,8 @@ def register(sub: Any) -> None:
         precision.add_argument(
             f"--{flag}", dest="precision", action="store_const", const=flag, help=f"{flag} engine"
         )
+    precision.add_argument("--precision", choices=("fp32", "fp16", "int8", "mixed", "auto"),
+                           help="engine precision; auto: the fastest candidate that passes")
     parser.add_argument("--min-shapes", help="e.g. input:1x3x224x224[,other:...]")
     parser.add_argument("--opt-shapes", help="optimization shapes, same syntax")
     parser.add_argument("--max-shapes", help="maximum shapes, same syntax")
