@@ -170,7 +170,10 @@ def read_sidecar(entry: EngineCacheEntry) -> dict[str, Any]:
         raw = fh.read(_MAX_SIDECAR_BYTES + 1)
     if len(raw) > _MAX_SIDECAR_BYTES:
         raise EngineBuildError("engine sidecar is too large", path=str(path))
-    data = json.loads(raw)
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise EngineBuildError("engine sidecar is not valid JSON", path=str(path)) from exc
     if not isinstance(data, dict):
         raise EngineBuildError("engine sidecar is not a JSON object", path=str(path))
     return data
@@ -408,7 +411,7 @@ def decision_of(engine: Path) -> dict[str, Any] | None:
         with open(engine.with_name(engine.name + ".json"), "rb") as fh:
             raw = fh.read(_MAX_SIDECAR_BYTES + 1)
         data = json.loads(raw) if len(raw) <= _MAX_SIDECAR_BYTES else None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a sidecar is outside input
         return None
     auto = data.get("auto") if isinstance(data, dict) else None
     return auto if isinstance(auto, dict) else None
