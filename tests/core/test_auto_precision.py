@@ -27,6 +27,7 @@ from trt_provision.types import (
     BuildConfig,
     CalibrationSpec,
     HostCapabilities,
+    OptimizationProfile,
     PrecisionMode,
     RuntimeTarget,
 )
@@ -288,6 +289,9 @@ def test_judge_refuses_what_was_not_measured_properly() -> None:
     assert not judge(PrecisionMode.INT8, nan)[0]
     assert not judge(PrecisionMode.INT8, {"accuracy": {"outputs": {}}})[0]
     assert not judge(PrecisionMode.INT8, {})[0]
+    nothing = {**good, "quantization": {"dequantize_nodes": 0}}
+    assert not judge(PrecisionMode.INT8, nothing)[0]
+    assert judge(PrecisionMode.INT8, {**good, "quantization": {"dequantize_nodes": 3}})[0]
     assert math.isclose(AUTO_MIN_COSINE, 0.999)
 
 
@@ -303,3 +307,34 @@ def test_decision_of_ignores_hostile_sidecars(tmp_path: Path) -> None:
     assert decision_of(engine) is None
     sidecar.write_text('{"auto": {"chosen": "int8", "speedup_vs_fp32": 1.9}}')
     assert summary_line(decision_of(engine) or {}) == "auto → int8, 1.90× fp32"
+
+
+def test_timing_feed_keeps_scalar_inputs_scalar(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from trt_provision.auto_precision import timing_feed
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
+         helper.make_node("Mul", ["x", "srf"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+    )
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    data = tmp_path / "cal.npz"
+    np.savez(data, x=np.ones((3, 2, 4), np.float32), sr=np.array([16000, 8000, 16000]))
+    config = BuildConfig(
+        calibration=CalibrationSpec(source=str(data)),
+        profiles=(OptimizationProfile("x", (1, 4), (2, 4), (8, 4)),),
+    )
+    feed = timing_feed(model, config)
+    assert feed["sr"].shape == () and int(feed["sr"]) == 16000
+    assert feed["x"].shape == (2, 4)
+    # Without data: seeded stand-ins at the opt shape.
+    plain = timing_feed(model, dataclasses.replace(config, calibration=None))
+    assert plain["x"].shape == (2, 4) and plain["sr"].shape == ()
