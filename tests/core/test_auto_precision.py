@@ -338,3 +338,48 @@ def test_timing_feed_keeps_scalar_inputs_scalar(tmp_path: Path) -> None:
     # Without data: seeded stand-ins at the opt shape.
     plain = timing_feed(model, dataclasses.replace(config, calibration=None))
     assert plain["x"].shape == (2, 4) and plain["sr"].shape == ()
+
+
+def test_auto_is_wired_for_tensorrt(tmp_path: Path, cache_dir: Path) -> None:
+    """On the TensorRT strategy (fake TensorRT and CUDA): fp32 and fp16 candidates are built
+    by the strategy, loaded and timed through it, and the choice is published."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from fakes.fake_cuda import FakeCudaRuntime
+    from fakes.fake_tensorrt import make_fake_tensorrt
+    from trt_provision.compiler import EngineCompiler
+    from trt_provision.gates.engine_gate import DefaultEngineGate
+    from trt_provision.runtimes.tensorrt import TensorrtOptions, TensorrtRuntime
+    from trt_provision.stores.local import LocalEngineStore
+    from trt_provision.types import BackboneSpec, EngineCompileRequest
+
+    model = tmp_path / "m.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["output"])], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["n", 192])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    cuda = FakeCudaRuntime()
+    trt = make_fake_tensorrt("10.16.1.11", cuda=cuda, recorder=cuda.recorder)
+    host = HostCapabilities(sm="sm87", trt_version="10.16.1.11")
+    gate = DefaultEngineGate(cache_root=cache_dir)
+    runtime = TensorrtRuntime(gate=gate, host=host, options=TensorrtOptions(optional_plugins=()),
+                              trt_module=trt, cuda_module=cuda)
+    compiler = EngineCompiler(runtime=runtime, store=LocalEngineStore(cache_dir), gate=gate,
+                              host=host)
+    profile = OptimizationProfile("input", (1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8))
+    backbone = BackboneSpec("m", model, BuildConfig(precision=PrecisionMode.AUTO,
+                                                    profiles=(profile,)))
+    result = compiler.compile_engines_for_corpus(EngineCompileRequest((backbone,))).results[0]
+    assert result.entry is not None and ".auto.sm87." in result.entry.engine_path.name
+    decision = decision_of(result.entry.engine_path)
+    assert decision is not None
+    assert decision["candidates"] == ["fp32", "fp16"]
+    assert set(decision["skipped"]) == {"int8", "mixed", "dla"}
+    rows = {r["precision"]: r for r in decision["table"]}
+    assert rows["fp32"]["median_ms"] is not None
+    assert decision["timing"]["input_shapes"] == {"input": [2, 3, 8, 8]}
+    # The fake FP16 graph records no accuracy: it cannot pass, so FP32 is kept.
+    assert rows["fp16"]["verdict"] == "refused" and decision["chosen"] == "fp32"
