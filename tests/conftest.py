@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,15 @@ def demo_models() -> dict[str, Path]:
     return {p.stem: p for p in sorted((EXAMPLES / "models").glob("*.onnx"))}
 
 
+@pytest.fixture
+def demo_configs() -> dict[str, Any]:
+    """Build config of each demo model as examples/demo.toml has it (with the profiles its
+    dynamic inputs need): model name -> BuildConfig."""
+    from trt_provision.config import load_manifest
+
+    return {b.name: b.build_config for b in load_manifest(EXAMPLES / "demo.toml").backbones}
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     # No test may read or write the user's real cache.
@@ -41,14 +51,17 @@ def cache_dir(tmp_path: Path) -> Path:
 
 
 def _hypothesis_profiles() -> None:
-    # CI runs one fixed sequence of examples, so a red run is reproducible; local runs explore.
-    import os
-
+    # The whole suite runs one fixed sequence of examples everywhere (laptop, CI, a loaded
+    # machine): a red run is reproducible and a green run stays green. No example database,
+    # so nothing learnt on one machine changes what another runs; no per-example deadline,
+    # so a slow machine is never a failure. `--hypothesis-profile=explore` explores on demand.
     from hypothesis import settings
 
-    settings.register_profile("ci", derandomize=True, print_blob=True)
-    if os.environ.get("CI"):
-        settings.load_profile("ci")
+    settings.register_profile(
+        "deterministic", derandomize=True, database=None, deadline=None, print_blob=True
+    )
+    settings.register_profile("explore", derandomize=False, database=None, deadline=None)
+    settings.load_profile("deterministic")
 
 
 _hypothesis_profiles()

@@ -2,8 +2,9 @@
 
 Candidates by runtime and host:
 
-* TensorRT      - fp32, fp16, and with calibration data int8 and mixed (DLA is not a
-  build option yet, so it is listed as skipped);
+* TensorRT      - fp32, fp16, and with calibration data int8 and mixed on the GPU (a DLA
+  engine's target names its core, which the auto identity cannot know before the choice:
+  DLA takes an explicit precision, and ``dla_core`` with ``auto`` is refused);
 * ONNX Runtime CPU  - fp32; int8 where the CPU has int8 dot-product instructions (VNNI,
   AMX, Arm dot-product / i8mm) and calibration data is given; fp16 only where the CPU EP has
   fp16 kernels (Arm with FP16 arithmetic) - elsewhere an FP16 graph is casts around FP32
@@ -126,7 +127,8 @@ def candidates_for(
             chosen += [PrecisionMode.INT8, PrecisionMode.MIXED]
         else:
             skipped += [("int8", no_data), ("mixed", no_data)]
-        skipped.append(("dla", "no DLA core is configured for this build"))
+        skipped.append(("dla", "DLA builds take an explicit precision (dla_core with fp16, "
+                               "int8 or mixed)"))
     return AutoCandidates(tuple(chosen), tuple(skipped))
 
 

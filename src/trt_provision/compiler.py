@@ -20,7 +20,12 @@ from typing import Any
 from trt_provision._version import __version__
 from trt_provision.auto_precision import auto_identity, build_auto, decision_of, summary_line
 from trt_provision.config_json import build_config_to_json
-from trt_provision.errors import EngineGateError, TrtProvisionError
+from trt_provision.errors import (
+    AccuracyGateError,
+    EngineBuildError,
+    EngineGateError,
+    TrtProvisionError,
+)
 from trt_provision.identity import compute_identity, model_sha256
 from trt_provision.seams import (
     CalibrationPlanner,
@@ -41,6 +46,7 @@ from trt_provision.types import (
     HostCapabilities,
     PrecisionMode,
     RuntimeTarget,
+    profile_problems,
 )
 
 __all__ = ["EngineCompiler", "ProgressCallback"]
@@ -58,6 +64,21 @@ class _Plan:
     model_hash: str
     reusable: EngineCacheEntry | None
     started: float
+    why_build: str = ""  # for --json notes: why this engine is (re)built
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A model whose identity could not even be computed (e.g. the model is missing)."""
+
+    backbone: BackboneSpec
+    error: BaseException
+    started: float
+
+
+def outcome_for(exc: BaseException) -> CompileOutcome:
+    """REFUSED for the accuracy gate, FAILED for anything else."""
+    return CompileOutcome.REFUSED if isinstance(exc, AccuracyGateError) else CompileOutcome.FAILED
 
 
 class EngineCompiler:
@@ -128,12 +149,21 @@ class EngineCompiler:
         workers = self._workers or min(len(request.backbones), os.cpu_count() or 4)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
             plans = list(
-                pool.map(lambda b: self._plan(b, request.force_rebuild), request.backbones)
+                pool.map(lambda b: self._plan_or_failure(b, request), request.backbones)
             )
-        # Phase 2 (sequential): fetch or build what is missing, in manifest order.
+        # Phase 2 (sequential): fetch or build what is missing, in manifest order. A model
+        # that fails is reported and the run goes on, unless the request says fail fast.
         results: list[EngineCompileResult] = []
         for plan in plans:
-            result = self._resolve(plan, request)
+            if isinstance(plan, _Failed):
+                result = self._failure(plan.backbone, None, plan.error, plan.started)
+            else:
+                try:
+                    result = self._resolve(plan, request)
+                except Exception as exc:
+                    if request.fail_fast:
+                        raise
+                    result = self._failure(plan.backbone, plan.identity, exc, plan.started)
             results.append(result)
             if progress is not None:
                 progress(result)
@@ -141,38 +171,104 @@ class EngineCompiler:
             results=tuple(results), wall_seconds=time.perf_counter() - started
         )
         self._log.info(
-            "finished provisioning in %.2f s: %d built, %d reused, %d fetched",
+            "finished provisioning in %.2f s: %d built, %d reused, %d fetched, %d failed, "
+            "%d refused",
             summary.wall_seconds,
             summary.built,
             summary.reused,
             summary.fetched,
+            summary.failed,
+            summary.refused,
             extra={
                 "event": "provision.finish",
                 "built": summary.built,
                 "reused": summary.reused,
                 "fetched": summary.fetched,
+                "failed": summary.failed,
+                "refused": summary.refused,
                 "seconds": summary.wall_seconds,
             },
         )
         return summary
+
+    def _plan_or_failure(
+        self, backbone: BackboneSpec, request: EngineCompileRequest
+    ) -> _Plan | _Failed:
+        started = time.perf_counter()
+        try:
+            return self._plan(backbone, request.force_rebuild)
+        except Exception as exc:
+            if request.fail_fast:
+                raise
+            return _Failed(backbone, exc, started)
+
+    def _failure(
+        self,
+        backbone: BackboneSpec,
+        identity: EngineIdentity | None,
+        exc: BaseException,
+        started: float,
+    ) -> EngineCompileResult:
+        """The result of a model that failed: its error named, the run going on."""
+        internal = not isinstance(exc, TrtProvisionError)
+        outcome = outcome_for(exc)
+        message = str(exc).replace("\n", " ")[:2000]
+        if internal:  # our bug: name it plainly; the traceback is there with -vv
+            self._log.error(
+                "internal error while provisioning %s (a bug in trt-provision, please report "
+                "it): %s: %s", backbone.name, type(exc).__name__, message,
+                extra={"event": "provision.model.internal_error", "model": backbone.name,
+                       "error": type(exc).__name__},
+            )
+            self._log.debug("traceback of the internal error", exc_info=exc)
+        else:
+            self._log.error(
+                "%s %s: %s: %s", backbone.name, outcome.value, type(exc).__name__, message,
+                extra={"event": f"provision.model.{outcome.value}", "model": backbone.name,
+                       "error": type(exc).__name__},
+            )
+        return EngineCompileResult(
+            name=backbone.name,
+            identity=identity,
+            outcome=outcome,
+            entry=None,
+            total_seconds=time.perf_counter() - started,
+            error_type=type(exc).__name__,
+            error=message,
+            internal=internal,
+        )
 
     # ------------------------------------------------------------------ steps
 
     def _plan(self, backbone: BackboneSpec, force: bool) -> _Plan:
         started = time.perf_counter()
         identity, target, model_hash = self.identity_for(backbone)
-        reusable = None if force else self._try_reuse(identity, target)
-        return _Plan(backbone, identity, target, model_hash, reusable, started)
+        if force:
+            return _Plan(backbone, identity, target, model_hash, None, started,
+                         "rebuilt: --force-rebuild")
+        why: list[str] = []
+        reusable = self._try_reuse(identity, target, why=why)
+        return _Plan(backbone, identity, target, model_hash, reusable, started,
+                     why[0] if why else "")
 
     def _try_reuse(
-        self, identity: EngineIdentity, target: RuntimeTarget, *, quiet: bool = False
+        self,
+        identity: EngineIdentity,
+        target: RuntimeTarget,
+        *,
+        quiet: bool = False,
+        why: list[str] | None = None,
     ) -> EngineCacheEntry | None:
         path = self._store.path_for(identity)
         if not path.exists() and not path.is_symlink():
+            if why is not None:
+                why.append("built: no engine in cache")
             return None
         try:
             entry = self._gate.validate(path, target)
         except EngineGateError as exc:
+            if why is not None:
+                why.append(f"rebuilt: cached engine did not verify ({exc.message})")
             if quiet:  # already reported by the first look
                 return None
             self._log.warning(
@@ -189,6 +285,8 @@ class EngineCompiler:
         name = plan.backbone.name
         if plan.reusable is not None:
             return self._result(plan, CompileOutcome.REUSED, plan.reusable, 0.0)
+        # A profile TensorRT would refuse is refused here for every strategy, dry run too.
+        self._check_profiles(plan.backbone)
         if request.dry_run:
             return EngineCompileResult(
                 name=name,
@@ -196,6 +294,8 @@ class EngineCompiler:
                 outcome=CompileOutcome.PLANNED,
                 entry=None,
                 total_seconds=time.perf_counter() - plan.started,
+                notes=(plan.why_build.replace("built:", "would be built:", 1),)
+                if plan.why_build else (),
             )
         with self._store.lock(plan.identity):
             # Another process may have published it while we waited for the lock.
@@ -208,7 +308,8 @@ class EngineCompiler:
                         plan.identity, self._store, self._gate, plan.target
                     )
                     if fetched is not None:
-                        return self._result(plan, CompileOutcome.FETCHED, fetched, 0.0)
+                        return self._result(plan, CompileOutcome.FETCHED, fetched, 0.0,
+                                            notes=("fetched from the remote store",))
             entry, seconds = self._build(plan)
             if self._sign is not None:
                 self._sign(entry)
@@ -220,7 +321,19 @@ class EngineCompiler:
                 entry.engine_path.name,
                 extra={"event": "engine.remote.upload", "uploaded": uploaded},
             )
-        return self._result(plan, CompileOutcome.BUILT, entry, seconds)
+        return self._result(plan, CompileOutcome.BUILT, entry, seconds,
+                            notes=(plan.why_build,) if plan.why_build else ())
+
+    def _check_profiles(self, backbone: BackboneSpec) -> None:
+        from trt_provision.calibration.data import model_input_specs
+
+        inputs = {spec.name: spec.shape for spec in model_input_specs(backbone.model_path)}
+        problems = profile_problems(backbone.build_config.profiles, inputs)
+        if problems:
+            raise EngineBuildError(
+                "optimization profiles do not fit the model: " + "; ".join(problems),
+                model=str(backbone.model_path),
+            )
 
     def _check_thermal(self) -> None:
         if self._max_temp is not None:
@@ -248,19 +361,7 @@ class EngineCompiler:
             entry = self._store.publish(
                 plan.identity, staged, self._metadata(plan, artifact.metadata, seconds)
             )
-        except TrtProvisionError as exc:
-            self._log.error(
-                "build of %s failed: %s",
-                backbone.name,
-                exc,
-                extra={
-                    "event": "engine.build.failed",
-                    "model": backbone.name,
-                    "error": type(exc).__name__,
-                },
-            )
-            raise
-        finally:
+        finally:  # a failure is reported once, by the caller (the model's result or raise)
             with contextlib.suppress(FileNotFoundError):
                 staged.unlink()
         self._log.info(
@@ -303,7 +404,12 @@ class EngineCompiler:
         return meta
 
     def _result(
-        self, plan: _Plan, outcome: CompileOutcome, entry: EngineCacheEntry, seconds: float
+        self,
+        plan: _Plan,
+        outcome: CompileOutcome,
+        entry: EngineCacheEntry,
+        seconds: float,
+        notes: tuple[str, ...] = (),
     ) -> EngineCompileResult:
         auto = decision_of(entry.engine_path) if plan.identity.precision is PrecisionMode.AUTO \
             else None
@@ -314,5 +420,5 @@ class EngineCompiler:
             entry=entry,
             compile_seconds=seconds,
             total_seconds=time.perf_counter() - plan.started,
-            notes=(summary_line(auto),) if auto else (),
+            notes=((summary_line(auto),) if auto else ()) + notes,
         )

@@ -68,6 +68,9 @@ _BUILD_KEYS = {
     "excluded_op_types",
     "min_cosine",
     "max_rel_error",
+    "dla_core",
+    "gpu_fallback",
+    "tf32",
 }
 _MODEL_KEYS = {"name", "path", "version"} | _BUILD_KEYS
 _CALIBRATION_KEYS = {
@@ -251,17 +254,72 @@ def _build_dict(path: Path, where: str, raw: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
-def load_manifest(path: Path) -> Manifest:
-    path = Path(path)
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a page of TOML; a large file is something else
+
+# Leading bytes of files users hand us by mistake where a manifest is expected.
+_BINARY_KINDS: tuple[tuple[bytes, str], ...] = (
+    (b"PK\x03\x04", "a zip archive (e.g. a NumPy .npz)"),
+    (b"\x93NUMPY", "a NumPy .npy array"),
+    (b"\x7fELF", "an executable"),
+    (b"TRTPCAL", "a calibration cache"),
+)
+
+
+def describe_binary(head: bytes, path: Path) -> str:
+    """What a file that is not text most likely is, for a one-line error."""
+    for magic, kind in _BINARY_KINDS:
+        if head.startswith(magic):
+            return kind
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return "an ONNX model"
+    if suffix in (".engine", ".plan", ".trt"):
+        return "an engine"
+    return "a binary file"
+
+
+def read_manifest_text(path: Path) -> str:
+    """The manifest's text: bounded in size and refused, naming what it is, when binary."""
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError as exc:
         raise ManifestError("manifest not found", file=str(path)) from exc
+    except IsADirectoryError as exc:
+        raise ManifestError(
+            "manifest is a directory; expected a TOML manifest file", file=str(path)
+        ) from exc
     except OSError as exc:
         raise ManifestError(f"cannot read manifest: {exc.strerror}", file=str(path)) from exc
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ManifestError(
+            f"file is too large for a manifest (over {MAX_MANIFEST_BYTES >> 20} MiB); "
+            "expected a TOML manifest",
+            file=str(path),
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            f"file is {describe_binary(raw[:16], path)}, not a TOML manifest",
+            file=str(path),
+        ) from exc
+    if "\x00" in text:
+        raise ManifestError(
+            f"file is {describe_binary(raw[:16], path)}, not a TOML manifest", file=str(path)
+        )
+    return text
+
+
+def load_manifest(path: Path) -> Manifest:
+    path = Path(path)
+    text = read_manifest_text(path)
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ManifestError(f"manifest is not valid TOML: {exc}", file=str(path)) from exc
+    except RecursionError as exc:  # deeply nested arrays: hostile input, not our bug
+        raise ManifestError("manifest is nested too deeply", file=str(path)) from exc
     _check_keys(path, "", data, _TOP_KEYS)
     try:
         settings = _settings(
@@ -274,6 +332,11 @@ def load_manifest(path: Path) -> Manifest:
     models = data.get("models", [])
     if not isinstance(models, list):
         raise _fail(path, "models", "an array of tables ([[models]])", models)
+    if not models:  # an empty run that "succeeds" hides a wrong file or a typo in [[models]]
+        raise ManifestError(
+            "manifest lists no models", file=str(path), key="models",
+            expected="at least one [[models]] table",
+        )
     backbones: list[BackboneSpec] = []
     seen: set[str] = set()
     for i, raw_model in enumerate(models):

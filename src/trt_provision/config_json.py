@@ -25,7 +25,7 @@ _FIELDS = frozenset({
     "precision", "workspace_mib", "profiles", "calibration", "timing_cache_path",
     "hardware_compatibility", "builder_optimization_level", "plugins",
     "fp16_pinned_keywords", "strict_precision_constraints", "strongly_typed",
-    "excluded_op_types", "min_cosine", "max_rel_error",
+    "excluded_op_types", "min_cosine", "max_rel_error", "dla_core", "gpu_fallback", "tf32",
 })
 _CALIBRATION_FIELDS = frozenset({
     "source", "dataset_version", "algorithm", "num_bins", "percentile", "governed", "max_batches",
@@ -61,6 +61,9 @@ def build_config_to_json(config: BuildConfig) -> dict[str, Any]:
         "excluded_op_types": list(config.excluded_op_types),
         "min_cosine": config.min_cosine,
         "max_rel_error": config.max_rel_error,
+        "dla_core": config.dla_core,
+        "gpu_fallback": config.gpu_fallback,
+        "tf32": config.tf32,
     }
 
 
@@ -231,6 +234,11 @@ def build_config_from_json(data: Mapping[str, Any], *, source: str = "<json>") -
         )
     if data.get("strongly_typed") is not None:
         kwargs["strongly_typed"] = _bool(source, "strongly_typed", data["strongly_typed"])
+    if data.get("dla_core") is not None:
+        kwargs["dla_core"] = _int(source, "dla_core", data["dla_core"])
+    for key in ("gpu_fallback", "tf32"):
+        if key in data:
+            kwargs[key] = _bool(source, key, data[key])
     for key in ("min_cosine", "max_rel_error"):
         if data.get(key) is not None:
             kwargs[key] = _finite(source, key, data[key])

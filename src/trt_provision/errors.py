@@ -17,7 +17,8 @@ values) and, when it wraps a third-party failure, the original exception as ``__
     ├── InferenceError                inference failed or got bad inputs
     ├── StoreError                    local or remote engine store failure
     ├── ThermalLimitError             the device is too hot to start a build
-    └── MissingDependencyError        an optional dependency is not installed
+    ├── MissingDependencyError        an optional dependency is not installed
+    └── UsageError                    a command-line argument is wrong (names the flag)
 
     InternalError                     a bug in trt-provision itself (exit code 3)
 """
@@ -42,6 +43,7 @@ __all__ = [
     "StoreError",
     "ThermalLimitError",
     "TrtProvisionError",
+    "UsageError",
 ]
 
 
@@ -116,6 +118,11 @@ class MissingDependencyError(TrtProvisionError):
         )
         self.module = module
         self.extra = extra
+
+
+class UsageError(TrtProvisionError):
+    """A command-line argument is wrong: the message names the flag as the user typed it
+    (the CLI prints it without a type name: a flag is not a manifest key)."""
 
 
 class InternalError(Exception):

@@ -8,7 +8,9 @@ Filename (fields joined by ``.``; versions written with ``_`` instead of ``.``):
 
 ``target`` is ``smNN`` (engine tied to one compute capability), ``smNN+`` (TensorRT
 AMPERE_PLUS hardware compatibility: any sm >= NN), ``smNNcc`` (SAME_COMPUTE_CAPABILITY) or
-``cpu-<isa>`` for CPU strategies. ``platform`` is ``jp<version>``, ``dgpu`` or ``host``.
+``cpu-<isa>`` for CPU strategies; a TensorRT engine built for a Jetson DLA core names it:
+``sm87-dla0`` (DLA engines are never hardware-compatible, so ``-dlaN`` follows a plain
+``smNN``). ``platform`` is ``jp<version>``, ``dgpu`` or ``host``.
 
 Runtime versions are normalised once, by :func:`normalize_runtime_version` (``RuntimeTarget``
 calls it), into ``<release>[+<local>]``: lowercase, the release part
@@ -54,7 +56,7 @@ DIGEST_CHARS = 12
 _MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _VERSION_RE = re.compile(r"[0-9][0-9a-z]*(\.[0-9a-z]+)*(\+[0-9a-z]+(\.[0-9a-z]+)*)?")
 MAX_VERSION_CHARS = 64
-_TARGET_RE = re.compile(r"sm[0-9]{2,3}(\+|cc)?|cpu-[a-z0-9]+")
+_TARGET_RE = re.compile(r"sm[0-9]{2,3}((\+|cc)|-dla[0-9]{1,2})?|cpu-[a-z0-9]+")
 _PLATFORM_RE = re.compile(r"jp[0-9]+(\.[0-9]+)*|dgpu|host")
 _RUNTIME_RE = re.compile(r"[a-z][a-z0-9]*")
 _HEX_RE = re.compile(r"[0-9a-f]+")
@@ -62,7 +64,7 @@ _FILENAME_RE = re.compile(
     r"(?P<model>[A-Za-z0-9][A-Za-z0-9_-]{0,63})"
     r"\.(?P<hash>[0-9a-f]{16})"
     r"\.(?P<precision>fp32|fp16|int8|mixed|auto)"
-    r"\.(?P<target>sm[0-9]{2,3}(?:\+|cc)?|cpu-[a-z0-9]+)"
+    r"\.(?P<target>sm[0-9]{2,3}(?:(?:\+|cc)|-dla[0-9]{1,2})?|cpu-[a-z0-9]+)"
     r"\.(?P<platform>jp[0-9]+(?:_[0-9]+)*|dgpu|host)"
     r"\.(?P<runtime>[a-z][a-z0-9]*)"
     r"-(?P<version>[0-9][0-9a-z]*(?:_[0-9a-z]+)*(?:\+[0-9a-z]+(?:_[0-9a-z]+)*)?)"
@@ -306,6 +308,11 @@ def build_option_payload(
             "min_cosine": config.min_cosine,
             "max_rel_error": config.max_rel_error,
         }
+    # Like the gate, these enter only when set: engines built without them keep their digest.
+    if config.tf32:
+        payload["tf32"] = True  # an fp32 engine that may compute in TF32 is another engine
+    if config.dla_core is not None:
+        payload["dla"] = {"core": config.dla_core, "gpu_fallback": config.gpu_fallback}
     return payload
 
 

@@ -19,6 +19,7 @@ from trt_provision.errors import EngineGateError
 
 __all__ = [
     "METADATA_FORMAT",
+    "PERF_SUFFIX",
     "format_sha256_line",
     "metadata_bytes",
     "parse_sha256_sidecar",
@@ -30,6 +31,9 @@ __all__ = [
 ]
 
 METADATA_FORMAT = 1
+# Measured latency lives beside the engine in its own file: the metadata sidecar is what a
+# fleet signature covers, so measuring an engine must never rewrite it.
+PERF_SUFFIX = ".perf.json"
 BLOCK_SIZE = 1 << 20  # 1 MiB: few syscalls, and each block is still in L2 when it is hashed
 MAX_SIDECAR_BYTES = 4096
 MAX_METADATA_BYTES = 16 << 20

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ __all__ = [
     "BackboneSpec",
     "BuildArtifact",
     "BuildConfig",
+    "CalibrationInput",
     "CalibrationSpec",
     "CompileOutcome",
     "EngineCacheEntry",
@@ -28,6 +29,8 @@ __all__ = [
     "PrecisionMode",
     "RuntimeTarget",
     "ThermalState",
+    "profile_problems",
+    "shape_outside_profile",
 ]
 
 DEFAULT_PINNED_KEYWORDS: tuple[str, ...] = ("router", "kan")
@@ -65,6 +68,12 @@ class CompileOutcome(str, enum.Enum):
     REUSED = "reused"
     FETCHED = "fetched"
     PLANNED = "planned"  # dry run: would be built
+    FAILED = "failed"  # the build (or its inputs) failed; the run went on with the next model
+    REFUSED = "refused"  # built, but the accuracy gate refused the converted graph
+
+    @property
+    def ok(self) -> bool:
+        return self not in (CompileOutcome.FAILED, CompileOutcome.REFUSED)
 
 
 MAX_SHAPE_DIM = 2**31 - 1  # what TensorRT and ONNX Runtime can address in one dimension
@@ -116,6 +125,85 @@ class OptimizationProfile:
             "opt": list(self.opt_shape),
             "max": list(self.max_shape),
         }
+
+
+def profile_problems(
+    profiles: tuple[OptimizationProfile, ...],
+    inputs: Mapping[str, tuple[int | None, ...]],
+) -> list[str]:
+    """What TensorRT would refuse in ``profiles`` for a model with these ``inputs``
+    (name -> dims, None for a dynamic dim); empty when every rule holds.
+
+    One place for every strategy, so a manifest that builds with ONNX Runtime on a laptop
+    also builds with TensorRT on the device. The rules are TensorRT's, from
+    ``IOptimizationProfile::setDimensions`` and ``IBuilderConfig::addOptimizationProfile``
+    in NvInfer.h (NVIDIA/TensorRT, include/NvInfer.h, tag v10.3.0):
+    - the profile names a network input (``setDimensions`` returns false otherwise);
+    - min, opt and max have the input's rank ("nbDims must match the input's");
+    - a dimension that is static in the network must equal that value in min, opt and
+      max ("the dimensions must match the network's for every non-wildcard dimension");
+    - min <= opt <= max in every dimension (checked when the profile is built);
+    - every input with a dynamic dimension is covered, else ``addOptimizationProfile``
+      fails ("the profile must define all dynamic inputs"; buildSerializedNetwork then
+      reports the network's dynamic inputs without a profile).
+    """
+    problems: list[str] = []
+    for p in profiles:
+        dims = inputs.get(p.input_name)
+        if dims is None:
+            problems.append(
+                f"profile names input {p.input_name!r}, which the model does not have "
+                f"(inputs: {', '.join(sorted(inputs)) or 'none'})"
+            )
+            continue
+        if len(p.min_shape) != len(dims):
+            problems.append(
+                f"profile {p.input_name!r} has rank {len(p.min_shape)}, the input has rank "
+                f"{len(dims)} {_dims_text(dims)}"
+            )
+            continue
+        for i, fixed in enumerate(dims):
+            if fixed is None:
+                continue
+            for label, shape in (("min", p.min_shape), ("opt", p.opt_shape),
+                                 ("max", p.max_shape)):
+                if shape[i] != fixed:
+                    problems.append(
+                        f"profile {p.input_name!r} {label} dim {i} is {shape[i]}, but that "
+                        f"dimension is static ({fixed}) in the model {_dims_text(dims)}"
+                    )
+                    break
+        for i, (lo, mid, hi) in enumerate(zip(p.min_shape, p.opt_shape, p.max_shape,
+                                              strict=True)):
+            if not lo <= mid <= hi:
+                problems.append(f"profile {p.input_name!r} dim {i} needs min <= opt <= max, "
+                                f"got {lo} / {mid} / {hi}")
+    named = {p.input_name for p in profiles}
+    for name, dims in inputs.items():
+        if any(d is None for d in dims) and name not in named:
+            problems.append(
+                f"input {name!r} {_dims_text(dims)} has dynamic dimensions and needs an "
+                f"optimization profile (min/opt/max)"
+            )
+    return problems
+
+
+def _dims_text(dims: tuple[int | None, ...]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+def shape_outside_profile(
+    profile: OptimizationProfile, shape: tuple[int, ...]
+) -> str | None:
+    """Why ``shape`` is outside the profile's [min, max] (None when inside): TensorRT's
+    ``IExecutionContext::setInputShape`` refuses such a shape, so every runtime does."""
+    if len(shape) != len(profile.min_shape):
+        return f"rank {len(shape)}, the profile's is {len(profile.min_shape)}"
+    for i, (lo, d, hi) in enumerate(zip(profile.min_shape, shape, profile.max_shape,
+                                        strict=True)):
+        if not lo <= d <= hi:
+            return f"dim {i} is {d}, the profile allows {lo}..{hi}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -177,6 +265,11 @@ class BuildConfig:
     excluded_op_types: tuple[str, ...] = ()
     min_cosine: float | None = None
     max_rel_error: float | None = None
+    # TensorRT on Jetson: build for this DLA core (None: the GPU); layers the DLA cannot run
+    # fall back to the GPU only with gpu_fallback. tf32: let an fp32 build use TF32 kernels.
+    dla_core: int | None = None
+    gpu_fallback: bool = False
+    tf32: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.precision, PrecisionMode):
@@ -201,12 +294,43 @@ class BuildConfig:
             raise ValueError(f"min_cosine must be in [-1, 1], got {self.min_cosine}")
         if self.max_rel_error is not None and self.max_rel_error < 0:
             raise ValueError(f"max_rel_error must be >= 0, got {self.max_rel_error}")
+        if self.dla_core is not None and (
+            isinstance(self.dla_core, bool) or not isinstance(self.dla_core, int)
+            or not 0 <= self.dla_core <= 15
+        ):
+            raise ValueError(f"dla_core must be an integer 0..15 or None, got {self.dla_core!r}")
+        if self.dla_core is not None and self.precision is PrecisionMode.AUTO:
+            # The auto engine is looked up before its winner is known, and a DLA engine's
+            # target names its core: the two cannot share one identity.
+            raise ValueError("dla_core needs an explicit precision (fp16, int8 or mixed), "
+                             "not auto")
+        if self.dla_core is not None and self.precision is PrecisionMode.FP32:
+            raise ValueError("dla_core needs precision fp16, int8 or mixed (DLA has no FP32)")
+        if self.gpu_fallback and self.dla_core is None:
+            raise ValueError("gpu_fallback applies only with dla_core")
+        if self.dla_core is not None and self.hardware_compatibility is not (
+            HardwareCompatibility.NONE
+        ):
+            raise ValueError("dla_core cannot be combined with hardware_compatibility")
 
     def profile_for(self, input_name: str) -> OptimizationProfile | None:
         for p in self.profiles:
             if p.input_name == input_name:
                 return p
         return None
+
+
+@dataclass(frozen=True)
+class CalibrationInput:
+    """INT8 calibration data for TensorRT's implicit (calibrator) path.
+
+    Produced by the calibration package, consumed by the TensorRT strategy; it lives here so
+    that neither package imports the other.
+    """
+
+    batches: Iterable[Mapping[str, Any]]
+    read_cache: Callable[[], bytes | None]
+    write_cache: Callable[[bytes], None]
 
 
 @dataclass(frozen=True)
@@ -304,6 +428,12 @@ class EngineIdentity:
         return HardwareCompatibility.NONE
 
     @property
+    def dla_core(self) -> int | None:
+        """The DLA core the engine was built for (target ``smNN-dlaK``), else None."""
+        _, sep, core = self.target.partition("-dla")
+        return int(core) if sep and core.isdigit() else None
+
+    @property
     def jetpack(self) -> str | None:
         return self.platform[2:] if self.platform.startswith("jp") else None
 
@@ -392,6 +522,9 @@ class EngineCompileRequest:
     force_rebuild: bool = False
     dry_run: bool = False
     use_remote: bool = True
+    # False: a model that fails is reported (FAILED/REFUSED) and the next one is provisioned;
+    # True: the first failure is raised and the models after it are not attempted.
+    fail_fast: bool = False
 
     def __post_init__(self) -> None:
         names = [b.name for b in self.backbones]
@@ -403,24 +536,34 @@ class EngineCompileRequest:
 @dataclass(frozen=True)
 class EngineCompileResult:
     name: str
-    identity: EngineIdentity
+    identity: EngineIdentity | None  # None when the model failed before its identity was known
     outcome: CompileOutcome
-    entry: EngineCacheEntry | None  # None only for a dry run
+    entry: EngineCacheEntry | None  # None for a dry run or a failed/refused model
     compile_seconds: float = 0.0
     total_seconds: float = 0.0
     notes: tuple[str, ...] = ()
+    # FAILED/REFUSED: the error's type name and one-line message; internal: our own bug.
+    error_type: str | None = None
+    error: str | None = None
+    internal: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "name": self.name,
             "outcome": self.outcome.value,
             "engine": str(self.entry.engine_path) if self.entry else None,
-            "filename": self.identity.filename,
+            "filename": self.identity.filename if self.identity else None,
             "sha256": self.entry.sha256 if self.entry else None,
             "compile_seconds": round(self.compile_seconds, 4),
             "total_seconds": round(self.total_seconds, 4),
             "notes": list(self.notes),
         }
+        if self.error is not None:
+            data["error_type"] = self.error_type
+            data["error"] = self.error
+            if self.internal:
+                data["internal_error"] = True
+        return data
 
 
 @dataclass(frozen=True)
@@ -448,6 +591,18 @@ class EngineCompileSummary:
         return self._count(CompileOutcome.PLANNED)
 
     @property
+    def failed(self) -> int:
+        return self._count(CompileOutcome.FAILED)
+
+    @property
+    def refused(self) -> int:
+        return self._count(CompileOutcome.REFUSED)
+
+    @property
+    def internal_errors(self) -> int:
+        return sum(1 for r in self.results if r.internal)
+
+    @property
     def cache_hit_ratio(self) -> float:
         """Share of engines that needed no build (reused locally or fetched)."""
         if not self.results:
@@ -460,6 +615,8 @@ class EngineCompileSummary:
             "reused": self.reused,
             "fetched": self.fetched,
             "planned": self.planned,
+            "failed": self.failed,
+            "refused": self.refused,
             "cache_hit_ratio": round(self.cache_hit_ratio, 4),
             "wall_seconds": round(self.wall_seconds, 4),
             "results": [r.to_dict() for r in self.results],

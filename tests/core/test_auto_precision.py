@@ -118,7 +118,7 @@ def test_auto_builds_judges_times_and_publishes_the_decision(
     if decision["chosen"] != "fp32":
         assert chosen["median_ms"] * MIN_SPEEDUP <= rows["fp32"]["median_ms"] * (1 + 1e-6)
         assert chosen["worst_cosine"] >= AUTO_MIN_COSINE
-    assert results["demo_cnn"]["notes"] == [summary_line(decision)]
+    assert results["demo_cnn"]["notes"][0] == summary_line(decision)
     # The published engine is the winner's engine, byte for byte.
     winner = cnn.parent / chosen["engine"]
     assert winner.read_bytes() == cnn.read_bytes()
@@ -147,7 +147,7 @@ def test_second_run_reuses_the_choice_without_timing_and_still_verifies(
     second = _provision(manifest, cache_dir, capsys)
     assert [r["outcome"] for r in second["results"]] == ["reused", "reused"]
     assert timed == []  # the cached choice is not timed again
-    assert second["results"][0]["notes"] == first["results"][0]["notes"]
+    assert second["results"][0]["notes"][0] == first["results"][0]["notes"][0]
     # A damaged cached choice is caught by verification and chosen afresh.
     data = bytearray(engine.read_bytes())
     data[-1] ^= 0xFF
@@ -182,7 +182,7 @@ def test_a_candidate_refused_by_the_gate_is_never_chosen(
     rows = _rows(engine)
     assert rows["int8"]["verdict"] == "refused"
     assert decision_of(engine)["chosen"] == "fp32"  # type: ignore[index]
-    assert data["results"][0]["notes"] == ["auto → fp32"]
+    assert data["results"][0]["notes"][0] == "auto → fp32"
 
 
 @pytest.mark.parametrize(
@@ -210,7 +210,7 @@ def test_fastest_passing_candidate_wins_and_never_one_slower_than_fp32(
     engine = Path(data["results"][0]["engine"])
     decision = decision_of(engine)
     assert decision is not None and decision["chosen"] == chosen
-    assert data["results"][0]["notes"] == [note]
+    assert data["results"][0]["notes"][0] == note
     verdicts = {r["precision"]: r["verdict"] for r in decision["table"]}
     assert verdicts[chosen] == "chosen"
     assert set(verdicts.values()) <= {"chosen", "slower"}
@@ -356,9 +356,9 @@ def test_auto_is_wired_for_tensorrt(tmp_path: Path, cache_dir: Path) -> None:
 
     model = tmp_path / "m.onnx"
     graph = helper.make_graph(
-        [helper.make_node("Flatten", ["input"], ["output"])], "g",
+        [helper.make_node("Relu", ["input"], ["output"])], "g",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 8, 8])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["n", 192])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["n", 3, 8, 8])],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
     cuda = FakeCudaRuntime()
@@ -383,3 +383,8 @@ def test_auto_is_wired_for_tensorrt(tmp_path: Path, cache_dir: Path) -> None:
     assert decision["timing"]["input_shapes"] == {"input": [2, 3, 8, 8]}
     # The fake FP16 graph records no accuracy: it cannot pass, so FP32 is kept.
     assert rows["fp16"]["verdict"] == "refused" and decision["chosen"] == "fp32"
+
+
+def test_dla_core_with_auto_is_a_user_error() -> None:
+    with pytest.raises(ValueError, match="explicit precision"):
+        BuildConfig(precision=PrecisionMode.AUTO, dla_core=0)

@@ -117,7 +117,7 @@ def test_user_errors_are_one_line_exit_1(cache_dir: Path, tmp_path: Path) -> Non
     assert "ModelError" in proc.stderr and "Traceback" not in proc.stderr
     proc = _cli(
         "compile",
-        str(tmp_path / "x.onnx"),
+        str(Path(__file__).resolve().parents[2] / "examples" / "models" / "demo_cnn.onnx"),
         "--min-shapes",
         "bad",
         "--opt-shapes",

@@ -9,11 +9,13 @@ from fakes.fake_remote import FakeRemote
 from fakes.fake_runtime import FakeRuntime
 from fakes.fake_thermal import FakeThermal
 from trt_provision.compiler import EngineCompiler
+from trt_provision.config import load_manifest
 from trt_provision.errors import EngineBuildError, ModelError, ThermalLimitError
 from trt_provision.gates.engine_gate import DefaultEngineGate
 from trt_provision.stores.local import LocalEngineStore
 from trt_provision.types import (
     BackboneSpec,
+    BuildConfig,
     CompileOutcome,
     EngineCompileRequest,
     HostCapabilities,
@@ -21,6 +23,8 @@ from trt_provision.types import (
 )
 
 pytestmark = pytest.mark.tier1
+
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.toml"
 
 
 def _compiler(cache: Path, runtime: FakeRuntime, **kw: object) -> EngineCompiler:
@@ -34,8 +38,10 @@ def _compiler(cache: Path, runtime: FakeRuntime, **kw: object) -> EngineCompiler
 
 
 def _request(models: dict[str, Path], **kw: object) -> EngineCompileRequest:
+    configs = {b.name: b.build_config for b in load_manifest(DEMO).backbones}
     return EngineCompileRequest(
-        backbones=tuple(BackboneSpec(n, p) for n, p in models.items()),
+        backbones=tuple(BackboneSpec(n, p, configs.get(n, BuildConfig()))
+                        for n, p in models.items()),
         **kw,  # type: ignore[arg-type]
     )
 
@@ -141,7 +147,7 @@ def test_failed_build_leaves_existing_good_engine_untouched(
     failing = FakeRuntime(fail_compile_with=EngineBuildError("boom", model="demo_cnn"))
     with pytest.raises(EngineBuildError, match="boom"):
         _compiler(cache_dir, failing).compile_engines_for_corpus(
-            _request(models, force_rebuild=True)
+            _request(models, force_rebuild=True, fail_fast=True)
         )
     after = {p.name: p.read_bytes() for p in entry.engine_path.parent.iterdir()}
     assert after == before  # same files (no temp left behind), same bytes
@@ -150,7 +156,7 @@ def test_failed_build_leaves_existing_good_engine_untouched(
 def test_missing_model_is_a_typed_error(cache_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelError):
         _compiler(cache_dir, FakeRuntime()).compile_engines_for_corpus(
-            _request({"ghost": tmp_path / "ghost.onnx"})
+            _request({"ghost": tmp_path / "ghost.onnx"}, fail_fast=True)
         )
 
 
@@ -192,7 +198,7 @@ def test_thermal_limit_refuses_to_start_a_build(
     runtime = FakeRuntime(thermal=hot)
     compiler = _compiler(cache_dir, runtime, max_temperature_c=85.0)
     with pytest.raises(ThermalLimitError, match="too hot"):
-        compiler.compile_engines_for_corpus(_request(demo_models))
+        compiler.compile_engines_for_corpus(_request(demo_models, fail_fast=True))
     assert runtime.count("compile_engine") == 0
     runtime.thermal = ThermalState(temperatures_c={"gpu": 60.0}, is_telemetry_available=True)
     assert compiler.compile_engines_for_corpus(_request(demo_models)).built == 3

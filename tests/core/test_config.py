@@ -125,7 +125,7 @@ def test_cache_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert resolve_cache_dir(tmp_path / "configured") == tmp_path / "alias"
     monkeypatch.setenv("TRT_PROVISION_CACHE_DIR", str(tmp_path / "primary"))
     assert resolve_cache_dir(tmp_path / "configured") == tmp_path / "primary"
-    manifest = load_manifest(_write(tmp_path, "[settings]\ncache_dir='x'\n"))
+    manifest = load_manifest(_write(tmp_path, "[settings]\ncache_dir='x'\n[[models]]\nname='m'\npath='m.onnx'\n"))
     assert manifest.settings.cache_dir == tmp_path / "primary"
 
 

@@ -7,6 +7,7 @@ import onnxruntime as ort
 import pytest
 
 from trt_provision.compiler import EngineCompiler
+from trt_provision.config import load_manifest
 from trt_provision.errors import EngineBuildError, EngineGateError, InferenceError
 from trt_provision.gates.engine_gate import DefaultEngineGate
 from trt_provision.host import probe_host
@@ -28,6 +29,12 @@ def runtime(cache_dir: Path) -> OnnxRuntimeRuntime:
     return OnnxRuntimeRuntime(host=probe_host(), gate=DefaultEngineGate(cache_root=cache_dir))
 
 
+_DEMO_CONFIGS = {
+    b.name: b.build_config
+    for b in load_manifest(Path(__file__).resolve().parents[2] / "examples" / "demo.toml").backbones
+}
+
+
 def _provision(
     runtime: OnnxRuntimeRuntime, cache: Path, models: dict[str, Path]
 ) -> dict[str, EngineCacheEntry]:
@@ -38,7 +45,7 @@ def _provision(
         host=probe_host(),
     )
     summary = compiler.compile_engines_for_corpus(
-        EngineCompileRequest(tuple(BackboneSpec(n, p) for n, p in models.items()))
+        EngineCompileRequest(tuple(BackboneSpec(n, p, _DEMO_CONFIGS[n]) for n, p in models.items()))
     )
     return {r.name: r.entry for r in summary.results if r.entry is not None}
 

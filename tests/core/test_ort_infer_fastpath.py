@@ -18,7 +18,13 @@ from trt_provision.gates.engine_gate import DefaultEngineGate
 from trt_provision.host import probe_host
 from trt_provision.runtimes.onnxruntime import OnnxRuntimeRuntime
 from trt_provision.stores.local import LocalEngineStore
-from trt_provision.types import BackboneSpec, EngineCacheEntry, EngineCompileRequest
+from trt_provision.types import (
+    BackboneSpec,
+    BuildConfig,
+    EngineCacheEntry,
+    EngineCompileRequest,
+    OptimizationProfile,
+)
 
 pytestmark = pytest.mark.tier1
 
@@ -31,8 +37,13 @@ def runtime(cache_dir: Path) -> OnnxRuntimeRuntime:
 def _entry(runtime: OnnxRuntimeRuntime, cache: Path, name: str, model: Path) -> EngineCacheEntry:
     compiler = EngineCompiler(runtime=runtime, store=LocalEngineStore(cache),
                               gate=DefaultEngineGate(cache_root=cache), host=probe_host())
+    inputs = ("token_ids", "mask") if name == "two_inputs" else ("features",)
+    width = 16 if name == "two_inputs" else 64
+    config = BuildConfig(profiles=tuple(
+        OptimizationProfile(i, (1, width), (2, width), (8, width)) for i in inputs
+    ))
     result = compiler.compile_engines_for_corpus(
-        EngineCompileRequest((BackboneSpec(name, model),))
+        EngineCompileRequest((BackboneSpec(name, model, config),))
     ).results[0]
     assert result.entry is not None
     return result.entry

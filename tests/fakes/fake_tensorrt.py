@@ -12,7 +12,22 @@ the real bindings by ``scripts/trt_api_surface.py``):
 
 Every call is appended to a shared :class:`Recorder` (``fake_state(trt).recorder``) and any
 call can be made to fail on demand (``recorder.fail("Builder.build_serialized_network")``).
-What the ONNX parser "finds" is described by a :class:`FakeModelSpec`.
+
+Behaviours that follow TensorRT (each cites its source where it is implemented):
+
+* the ONNX parser reads the model file it is given: layer names and types come from the
+  graph's nodes, tensor dtypes from its value infos (:func:`write_model` writes a graph from
+  a :class:`FakeModelSpec`); a DequantizeLinear whose input is not INT8 fails the parse;
+  an op with no importer is looked up among the registered plugin creators, else fails;
+* deprecated members warn (``DeprecationWarning``) from the version that deprecated them;
+* plugin creators exist only once ``init_libnvinfer_plugins`` (or ``load_library``) has
+  registered them, and an engine with plugin layers deserializes only then;
+* TF32 is on in a fresh builder config; OBEY_PRECISION_CONSTRAINTS fails a build that cannot
+  honour a layer's precision, PREFER falls back with a warning;
+* a builder or runtime created with another logger than the first one logs a warning.
+
+Which layers lack an FP16 kernel, ignore precision setters or cannot run on the DLA is a
+property of the device, not of the graph: it stays on the :class:`FakeModelSpec` by name.
 """
 
 from __future__ import annotations
@@ -20,6 +35,7 @@ from __future__ import annotations
 import functools
 import json
 import types
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +55,7 @@ __all__ = [
     "fake_state",
     "load_surface",
     "make_fake_tensorrt",
+    "write_model",
 ]
 
 SURFACE_DIR = Path(__file__).resolve().parent.parent / "data" / "trt_api"
@@ -158,6 +175,15 @@ class FakeLayerSpec:
     output_dtypes: tuple[str, ...] = ("FLOAT",)
     # False: TensorRT ignores precision set on this layer (the setter does not take).
     constrainable: bool = True
+    # False: no FP16 kernel exists for this layer (OBEY fails the build, PREFER falls back).
+    half_kernel: bool = True
+    # False: the DLA cannot run this layer (a DLA build needs GPU_FALLBACK).
+    dla_capable: bool = True
+    # The ONNX op this layer is written as (default: derived from ``type``).
+    op_type: str = ""
+    # The ONNX op's attributes / extra inputs ``write_model`` writes (dtype of its first
+    # input for DequantizeLinear, e.g. "INT32", and its zero point).
+    input_dtype: str = ""
 
 
 @dataclass(frozen=True)
@@ -182,7 +208,18 @@ class FakeTrtState:
     surface: ApiSurface
     recorder: Recorder
     model: FakeModelSpec = field(default_factory=FakeModelSpec)
+    # Creators libnvinfer_plugin provides; registered by init_libnvinfer_plugins.
     plugins: list[tuple[str, str, str]] = field(default_factory=list)
+    # Plugin libraries on disk (path -> creators); registered by load_library.
+    plugin_libraries: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
+    registered: set[tuple[str, str, str]] = field(default_factory=set)
+    dla_cores: int = 0
+    # Names of I/O tensors the parser marks as shape tensors (host memory).
+    shape_tensors: frozenset[str] = frozenset()
+    timing_cache_accepted: bool = True
+    timing_cache_combines: bool = True
+    first_logger: Any = None
+    warnings_logged: list[str] = field(default_factory=list)
     device_memory_bytes: int = 1 << 20
     build_returns_none: bool = False
     context_returns_none: bool = False
@@ -208,6 +245,51 @@ class FakeTrtState:
 
     def rec(self, name: str, *args: Any) -> None:
         self.recorder.record(name, *args)
+
+    def deprecated(self, member: str) -> None:
+        """Warn like ``utils::deprecateMember`` (python/src/utils.h of NVIDIA/TensorRT:
+        ``PyErr_WarnEx(PyExc_DeprecationWarning, ...)``) from the deprecating version on."""
+        entry = DEPRECATED_MEMBERS.get(member)
+        if entry is not None and _version_tuple(self.version) >= entry[0]:
+            (major, minor), successor = entry
+            warnings.warn(f"{member}: Deprecated in TensorRT {major}.{minor}. Superseded by "
+                          f"{successor}.", DeprecationWarning, stacklevel=3)
+
+    def log_warning(self, text: str) -> None:
+        self.warnings_logged.append(text)
+
+    def use_logger(self, logger: Any, who: str) -> None:
+        """TensorRT keeps the first logger of the process and warns about a different one
+        (NvInferRuntime.h, createInferRuntime/createInferBuilder; the core library logs
+        "The logger passed into ... differs from one already provided")."""
+        if self.first_logger is None:
+            self.first_logger = logger
+        elif logger is not self.first_logger:
+            self.log_warning(f"The logger passed into {who} differs from one already provided")
+
+
+# Member -> (the TensorRT version that deprecates it, what supersedes it), as the bindings
+# say (NVIDIA/TensorRT v10.16 python/src/infer/pyCore.cpp: int8_calibrator get/set,
+# set/get_calibration_profile "Deprecated in TensorRT 10.1. Superseded by explicit
+# quantization."; python/src/infer/pyGraph.cpp: the ILayer.precision *setter*,
+# precision_is_set, reset_precision, set_output_type, output_type_is_set "Deprecated in
+# TensorRT 10.12. Superseded by strong typing." The precision getter and get_output_type
+# are not deprecated).
+DEPRECATED_MEMBERS: dict[str, tuple[tuple[int, int], str]] = {
+    "IBuilderConfig.int8_calibrator": ((10, 1), "explicit quantization"),
+    "IBuilderConfig.set_calibration_profile": ((10, 1), "explicit quantization"),
+    "IBuilderConfig.get_calibration_profile": ((10, 1), "explicit quantization"),
+    "ILayer.precision": ((10, 12), "strong typing"),
+    "ILayer.precision_is_set": ((10, 12), "strong typing"),
+    "ILayer.reset_precision": ((10, 12), "strong typing"),
+    "ILayer.set_output_type": ((10, 12), "strong typing"),
+    "ILayer.output_type_is_set": ((10, 12), "strong typing"),
+}
+
+
+def _version_tuple(version: str) -> tuple[int, int]:
+    major, minor = [*version.split("."), "0"][:2]
+    return int(major), int(minor)
 
 
 def fake_state(trt: Any) -> FakeTrtState:
@@ -315,7 +397,7 @@ class _Tensor(_Obj):
 
     @property
     def is_shape_tensor(self) -> bool:
-        return False
+        return self._name in self._st.shape_tensors
 
 
 class _Layer(_Obj):
@@ -346,33 +428,38 @@ class _Layer(_Obj):
         return self._outputs[index]
 
     @property
-    def precision(self) -> Any:
+    def precision(self) -> Any:  # the getter is not deprecated, only the setter
         return self._precision if self._precision is not None else self._st.enum(
             "DataType", "FLOAT"
         )
 
     @precision.setter
     def precision(self, value: Any) -> None:
+        self._st.deprecated("ILayer.precision")
         self._st.rec("ILayer.precision", self._name, value)
         if self._constrainable:
             self._precision = value
 
     @property
     def precision_is_set(self) -> bool:
+        self._st.deprecated("ILayer.precision_is_set")
         return self._precision is not None
 
     def reset_precision(self) -> None:
+        self._st.deprecated("ILayer.reset_precision")
         self._precision = None
 
     def set_output_type(self, index: int, dtype: Any) -> None:
+        self._st.deprecated("ILayer.set_output_type")
         self._st.rec("ILayer.set_output_type", self._name, index, dtype)
         if self._constrainable:
             self._output_types[index] = dtype
 
-    def get_output_type(self, index: int) -> Any:
+    def get_output_type(self, index: int) -> Any:  # not deprecated
         return self._output_types.get(index, self._outputs[index].dtype)
 
     def output_type_is_set(self, index: int) -> bool:
+        self._st.deprecated("ILayer.output_type_is_set")
         return index in self._output_types
 
 
@@ -441,31 +528,12 @@ class _Network(_Obj):
         self._st.rec("INetworkDefinition.mark_output", tensor.name)
         self._outputs.append(tensor)
 
-    def _populate(self, spec: FakeModelSpec) -> None:
-        st = self._st
-        for t in spec.inputs:
-            self._inputs.append(
-                st.new("ITensor", name=t.name, shape=t.shape, dtype=st.enum("DataType", t.dtype))
-            )
-        for layer in spec.layers:
-            outs = [
-                st.new("ITensor", name=f"{layer.name}_out{i}", shape=(-1,),
-                       dtype=st.enum("DataType", dt))
-                for i, dt in enumerate(layer.output_dtypes)
-            ]
-            self._layers.append(
-                st.new("ILayer", name=layer.name, type=st.enum("LayerType", layer.type),
-                       outputs=outs, constrainable=layer.constrainable, output_types={})
-            )
-        for t in spec.outputs:
-            self._outputs.append(
-                st.new("ITensor", name=t.name, shape=t.shape, dtype=st.enum("DataType", t.dtype))
-            )
-
 
 class _ParserError(_Obj):
     _text: str
     _index: int
+    _node_name: str = ""
+    _op: str = "FakeOp"
 
     def desc(self) -> str:
         return self._text
@@ -477,36 +545,146 @@ class _ParserError(_Obj):
         return self._index
 
     def node_name(self) -> str:
-        return f"node_{self._index}"
+        return self._node_name or f"node_{self._index}"
 
     def node_operator(self) -> str:
-        return "FakeOp"
+        return self._op
+
+
+# ONNX op -> the layer the parser adds for it (onnx/onnx-tensorrt importers.cpp).
+_OP_LAYERS: dict[str, str] = {
+    "Conv": "CONVOLUTION", "MatMul": "MATRIX_MULTIPLY", "Gemm": "MATRIX_MULTIPLY",
+    "Add": "ELEMENTWISE", "Mul": "ELEMENTWISE", "Sub": "ELEMENTWISE", "Div": "ELEMENTWISE",
+    "Relu": "ACTIVATION", "Sigmoid": "ACTIVATION", "Tanh": "ACTIVATION",
+    "Softmax": "SOFTMAX", "Shape": "SHAPE", "Identity": "IDENTITY", "Cast": "CAST",
+    "QuantizeLinear": "QUANTIZE", "DequantizeLinear": "DEQUANTIZE", "Reshape": "SHUFFLE",
+    "Transpose": "SHUFFLE", "Gather": "GATHER", "Concat": "CONCATENATION",
+    "ReduceMean": "REDUCE", "TopK": "TOPK", "Slice": "SLICE",
+}
+_LAYER_OPS = {layer: op for op, layer in reversed(list(_OP_LAYERS.items()))}
+# ONNX TensorProto element type -> TensorRT DataType name.
+_ONNX_TYPES: dict[int, str] = {
+    1: "FLOAT", 2: "UINT8", 3: "INT8", 6: "INT32", 7: "INT64", 9: "BOOL", 10: "HALF",
+    16: "BF16", 17: "FP8", 22: "INT4",
+}
+_DQ_INPUTS = frozenset({"INT8", "FP8", "INT4"})
 
 
 class _OnnxParser(_Obj):
+    """Reads the ONNX graph it is given (onnx/onnx-tensorrt ModelImporter.cpp):
+
+    * one layer per node, named after the node and made unique with ``_<n>``
+      (ImporterContext.cpp, registerLayer / generateUniqueName); Constant nodes add none;
+    * layer output dtypes from the graph's value infos (Cast: its ``to``; Shape: INT64;
+      QuantizeLinear: INT8);
+    * DequantizeLinear takes only INT8/FP8/INT4 inputs (NvInfer.h, addDequantize): any other
+      input type is a parse error naming the node;
+    * an op without an importer is looked up among the registered plugin creators (the
+      parser's plugin fallback); not found, it is a parse error "No importer registered".
+    """
+
     def __init__(self, network: Any, logger: Any) -> None:
         self._st.rec("OnnxParser", network, logger)
         self._network = network
         self._errors: list[Any] = []
 
-    def _parse(self) -> bool:
-        spec = self._st.model
-        self._errors = [
-            self._st.new("ParserError", text=text, index=i)
-            for i, text in enumerate(spec.parser_errors)
-        ]
+    def _fail(self, text: str, index: int, node: str = "", op: str = "FakeOp") -> bool:
+        self._errors.append(self._st.new("ParserError", text=text, index=index,
+                                         node_name=node, op=op))
+        return False
+
+    def _parse(self, model: Any) -> bool:
+        st = self._st
+        self._errors = []
+        for i, text in enumerate(st.model.parser_errors):  # injected by a test
+            self._fail(text, i)
         if self._errors:
             return False
-        self._network._populate(spec)
+        graph = model.graph
+        types: dict[str, str] = {}
+        constants = {t.name: t for t in graph.initializer}
+        for t in graph.initializer:
+            types[t.name] = _ONNX_TYPES.get(t.data_type, "FLOAT")
+        for info in (*graph.input, *graph.value_info, *graph.output):
+            if info.type.HasField("tensor_type"):
+                types[info.name] = _ONNX_TYPES.get(info.type.tensor_type.elem_type, "FLOAT")
+        net = self._network
+        for info in graph.input:
+            if info.name in constants:
+                continue
+            dims = tuple(d.dim_value if d.dim_value > 0 else -1
+                         for d in info.type.tensor_type.shape.dim)
+            net._inputs.append(st.new("ITensor", name=info.name, shape=dims,
+                                      dtype=st.enum("DataType", types[info.name])))
+        registered = {name for name, _v, _ns in st.registered}
+        used: dict[str, int] = {}
+        for index, node in enumerate(graph.node):
+            if node.op_type == "Constant":
+                for attr in node.attribute:
+                    if attr.name == "value":
+                        types[node.output[0]] = _ONNX_TYPES.get(attr.t.data_type, "FLOAT")
+                continue
+            base = node.name or f"node_of_{node.output[0]}"
+            count = used.get(base, 0)
+            used[base] = count + 1
+            name = base if count == 0 else f"{base}_{count}"
+            layer_type = _OP_LAYERS.get(node.op_type)
+            plugin = None
+            if layer_type is None:
+                if node.op_type not in registered:
+                    return self._fail(f"No importer registered for op: {node.op_type}",
+                                      index, base, node.op_type)
+                layer_type, plugin = "PLUGIN_V2", node.op_type
+            if node.op_type == "DequantizeLinear":
+                found = types.get(node.input[0], "FLOAT")
+                if found not in _DQ_INPUTS:
+                    return self._fail(
+                        f"Dequantize input must be INT8, FP8 or INT4, got {found}",
+                        index, base, node.op_type)
+            out_types = []
+            for out in node.output:
+                if node.op_type == "Cast":
+                    to = next(a.i for a in node.attribute if a.name == "to")
+                    types[out] = _ONNX_TYPES.get(to, "FLOAT")
+                elif node.op_type == "Shape":
+                    types[out] = "INT64"
+                elif node.op_type == "QuantizeLinear":
+                    types[out] = "INT8"
+                out_types.append(types.setdefault(out, "FLOAT"))
+            outs = [st.new("ITensor", name=o, shape=(-1,), dtype=st.enum("DataType", t))
+                    for o, t in zip(node.output, out_types, strict=True)]
+            spec = {layer.name: layer for layer in st.model.layers}.get(name)
+            layer = st.new("ILayer", name=name, type=st.enum("LayerType", layer_type),
+                           outputs=outs, constrainable=spec.constrainable if spec else True,
+                           output_types={})
+            layer._plugin = plugin
+            net._layers.append(layer)
+        for info in graph.output:
+            dims = tuple(d.dim_value if d.dim_value > 0 else -1
+                         for d in info.type.tensor_type.shape.dim)
+            net._outputs.append(st.new("ITensor", name=info.name, shape=dims,
+                                       dtype=st.enum("DataType", types[info.name])))
         return True
 
     def parse_from_file(self, model: str) -> bool:
+        import onnx
+
         self._st.rec("OnnxParser.parse_from_file", model)
-        return self._parse()
+        try:
+            proto = onnx.load(model, load_external_data=False)
+        except Exception as exc:  # the parser reports an unreadable file as an error
+            return self._fail(f"Failed to parse ONNX model from file: {model}: {exc}", 0)
+        return self._parse(proto)
 
     def parse(self, model: bytes, path: str | None = None) -> bool:
+        import onnx
+
         self._st.rec("OnnxParser.parse", len(model))
-        return self._parse()
+        try:
+            proto = onnx.load_from_string(bytes(model))
+        except Exception as exc:
+            return self._fail(f"Failed to parse ONNX model: {exc}", 0)
+        return self._parse(proto)
 
     @property
     def num_errors(self) -> int:
@@ -517,6 +695,50 @@ class _OnnxParser(_Obj):
 
     def clear_errors(self) -> None:
         self._errors = []
+
+
+_TRT_TO_ONNX = {name: code for code, name in _ONNX_TYPES.items()}
+
+
+def write_model(spec: FakeModelSpec, path: Path) -> Path:
+    """An ONNX graph with the spec's inputs, one node per layer (named like the layer) and
+    its outputs, typed through value infos. It is what the fake parser reads; it is not
+    meant to run in ONNX Runtime."""
+    import onnx
+    from onnx import helper
+
+    def value(name: str, dtype: str, shape: Sequence[int]) -> Any:
+        dims = [d if d >= 0 else "N" for d in shape]
+        return helper.make_tensor_value_info(name, _TRT_TO_ONNX[dtype], dims)
+
+    inputs = [value(t.name, t.dtype, t.shape) for t in spec.inputs]
+    nodes: list[Any] = []
+    infos: list[Any] = []
+    inits: list[Any] = []
+    previous = spec.inputs[0].name if spec.inputs else ""
+    for layer in spec.layers:
+        op = layer.op_type or _LAYER_OPS.get(layer.type, "Identity")
+        outs = [f"{layer.name}_out{i}" for i in range(len(layer.output_dtypes))]
+        node_inputs = [previous]
+        attrs: dict[str, Any] = {}
+        if op == "DequantizeLinear":
+            dq_in = f"{layer.name}_q"
+            dtype = layer.input_dtype or "INT8"
+            inits.append(helper.make_tensor(dq_in, _TRT_TO_ONNX[dtype], [1], [1]))
+            inits.append(helper.make_tensor(f"{layer.name}_s", 1, [], [0.5]))
+            node_inputs = [dq_in, f"{layer.name}_s"]
+        elif op == "Cast":
+            attrs["to"] = _TRT_TO_ONNX[layer.output_dtypes[0]]
+        nodes.append(helper.make_node(op, node_inputs, outs, name=layer.name, **attrs))
+        infos += [value(o, dt, (-1,)) for o, dt in zip(outs, layer.output_dtypes, strict=True)]
+        previous = outs[0]
+    outputs = [value(t.name, t.dtype, t.shape) for t in spec.outputs]
+    graph = helper.make_graph(nodes, "fake", inputs, outputs, initializer=inits,
+                              value_info=infos)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
 
 
 class _Profile(_Obj):
@@ -558,7 +780,11 @@ class _TimingCache(_Obj):
         return self._st.new("IHostMemory", data=data)
 
     def combine(self, input_cache: Any, ignore_mismatch: bool) -> bool:
+        # False on a mismatched cache, leaving this one unchanged (NvInfer.h,
+        # ITimingCache::combine).
         self._st.rec("ITimingCache.combine", ignore_mismatch)
+        if not self._st.timing_cache_combines:
+            return False
         self._entries |= input_cache._entries
         return True
 
@@ -569,7 +795,10 @@ class _TimingCache(_Obj):
 
 class _BuilderConfig(_Obj):
     def _setup(self, **kwargs: Any) -> None:
-        self._flags: set[str] = set()
+        # TF32 is on in a fresh config (NvInfer.h, BuilderFlag::kTF32: "enabled by default").
+        self._flags: set[str] = {"TF32"} if hasattr(self._st.module.BuilderFlag, "TF32") else set()
+        self._device_type = self._st.enum("DeviceType", "GPU")
+        self._dla_core = -1
         self._pools: dict[str, int] = {}
         self._profiles: list[Any] = []
         self._level = 3
@@ -626,20 +855,42 @@ class _BuilderConfig(_Obj):
 
     @property
     def int8_calibrator(self) -> Any:
+        self._st.deprecated("IBuilderConfig.int8_calibrator")
         return self._calibrator
 
     @int8_calibrator.setter
     def int8_calibrator(self, value: Any) -> None:
+        self._st.deprecated("IBuilderConfig.int8_calibrator")
         self._st.rec("IBuilderConfig.int8_calibrator", value)
         self._calibrator = value
 
     def set_calibration_profile(self, profile: Any) -> bool:
+        self._st.deprecated("IBuilderConfig.set_calibration_profile")
         self._st.rec("IBuilderConfig.set_calibration_profile", dict(profile._shapes))
         self._calibration_profile = profile
         return True
 
     def get_calibration_profile(self) -> Any:
+        self._st.deprecated("IBuilderConfig.get_calibration_profile")
         return self._calibration_profile
+
+    @property
+    def default_device_type(self) -> Any:
+        return self._device_type
+
+    @default_device_type.setter
+    def default_device_type(self, value: Any) -> None:
+        self._st.rec("IBuilderConfig.default_device_type", value.name)
+        self._device_type = value
+
+    @property
+    def DLA_core(self) -> int:
+        return self._dla_core
+
+    @DLA_core.setter
+    def DLA_core(self, value: int) -> None:
+        self._st.rec("IBuilderConfig.DLA_core", value)
+        self._dla_core = int(value)
 
     @property
     def profiling_verbosity(self) -> Any:
@@ -656,7 +907,11 @@ class _BuilderConfig(_Obj):
         return self._st.new("ITimingCache", entries=entries)
 
     def set_timing_cache(self, cache: Any, ignore_mismatch: bool) -> bool:
+        # Returns false when the cache does not fit this device/version (NvInfer.h,
+        # IBuilderConfig::setTimingCache).
         self._st.rec("IBuilderConfig.set_timing_cache", ignore_mismatch)
+        if not self._st.timing_cache_accepted:
+            return False
         self._timing_cache = cache
         return True
 
@@ -667,6 +922,11 @@ class _BuilderConfig(_Obj):
 class _Builder(_Obj):
     def __init__(self, logger: Any) -> None:
         self._st.rec("Builder", logger)
+        self._st.use_logger(logger, "createInferBuilder")
+
+    @property
+    def num_DLA_cores(self) -> int:
+        return self._st.dla_cores
 
     def create_network(self, flags: int = 0) -> Any:
         self._st.rec("Builder.create_network", flags)
@@ -696,6 +956,8 @@ class _Builder(_Obj):
         st.rec("Builder.build_serialized_network", network, config)
         if st.build_returns_none:
             return None
+        if _fails_constraints(st, config, network) or _fails_dla(st, config, network):
+            return None
         calibration = None
         if "INT8" in config._flags and config._calibrator is not None:
             calibration = _drive_calibrator(st, config, network)
@@ -718,8 +980,49 @@ class _Builder(_Obj):
                 [layer.name, layer._precision.name if layer._precision is not None else None]
                 for layer in network._layers
             ],
+            "plugins": sorted({layer._plugin for layer in network._layers
+                               if getattr(layer, "_plugin", None)}),
+            "device_type": config._device_type.name,
+            "shape_io": sorted(t.name for t in network._inputs if t.is_shape_tensor),
+            "dla_core": config._dla_core,
         }
         return st.new("IHostMemory", data=ENGINE_MAGIC + json.dumps(blob).encode())
+
+
+def _fails_constraints(st: FakeTrtState, config: Any, network: Any) -> bool:
+    """A HALF constraint on a layer without an FP16 kernel: OBEY fails the build, PREFER
+    falls back to another precision with a warning (NvInfer.h, BuilderFlag::
+    kOBEY_PRECISION_CONSTRAINTS / kPREFER_PRECISION_CONSTRAINTS)."""
+    no_half = {layer.name for layer in st.model.layers if not layer.half_kernel}
+    for layer in network._layers:
+        if layer._precision is None or layer._precision.name != "HALF":
+            continue
+        if layer.name not in no_half:
+            continue
+        if "OBEY_PRECISION_CONSTRAINTS" in config._flags:
+            st.log_warning(f"[E] No implementation of layer {layer.name} obeys the requested "
+                           "constraints")
+            return True
+        st.log_warning(f"[W] Layer {layer.name}: precision constraint not met, falling back")
+        layer._precision = None
+    return False
+
+
+def _fails_dla(st: FakeTrtState, config: Any, network: Any) -> bool:
+    """Without GPU_FALLBACK a DLA build fails on a layer the DLA cannot run (NvInfer.h,
+    BuilderFlag::kGPU_FALLBACK)."""
+    if config._device_type.name != "DLA":
+        return False
+    if config._dla_core < 0 or config._dla_core >= st.dla_cores:
+        st.log_warning(f"[E] DLA core {config._dla_core} is not available")
+        return True
+    cannot = {layer.name for layer in st.model.layers if not layer.dla_capable}
+    if "GPU_FALLBACK" not in config._flags and any(
+        layer.name in cannot for layer in network._layers
+    ):
+        st.log_warning("[E] a layer cannot run on DLA and GPU fallback is off")
+        return True
+    return False
 
 
 def _drive_calibrator(st: FakeTrtState, config: Any, network: Any) -> dict[str, Any]:
@@ -731,6 +1034,9 @@ def _drive_calibrator(st: FakeTrtState, config: Any, network: Any) -> dict[str, 
     the bytes back into ``st.calibration_fed``.
     """
     calibrator = config._calibrator
+    # The batch size is asked for before the cache is read (NvInfer.h,
+    # IInt8Calibrator::getBatchSize is part of every calibration, cached or not).
+    calibrator.get_batch_size()
     cached = calibrator.read_calibration_cache()
     if cached:
         return {"from_cache": True, "batches": 0}
@@ -744,7 +1050,6 @@ def _drive_calibrator(st: FakeTrtState, config: Any, network: Any) -> dict[str, 
         shape = profile._shapes[t.name][1] if profile is not None else tuple(t.shape)
         expected[t.name] = (tuple(shape), np.dtype(_NP_TYPES[t.dtype.name]))
     names = [t.name for t in network._inputs]
-    calibrator.get_batch_size()
     batches = 0
     while True:
         pointers = calibrator.get_batch(names)
@@ -807,6 +1112,9 @@ class _Engine(_Obj):
     @property
     def num_optimization_profiles(self) -> int:
         return 1
+
+    def is_shape_inference_io(self, name: str) -> bool:
+        return name in self._blob.get("shape_io", [])
 
     @property
     def num_layers(self) -> int:
@@ -912,6 +1220,7 @@ def fake_output(inputs: Mapping[str, Any], shape: Sequence[int], dtype: Any) -> 
 class _Runtime(_Obj):
     def __init__(self, logger: Any) -> None:
         self._st.rec("Runtime", logger)
+        self._st.use_logger(logger, "createInferRuntime")
         self._host_code = False
 
     @property
@@ -928,7 +1237,16 @@ class _Runtime(_Obj):
         self._st.rec("Runtime.deserialize_cuda_engine", len(data))
         if not data.startswith(ENGINE_MAGIC):
             return None
-        return self._st.new("ICudaEngine", blob=json.loads(data[len(ENGINE_MAGIC):]))
+        blob = json.loads(data[len(ENGINE_MAGIC):])
+        # A plugin layer deserializes only through a registered creator; TensorRT logs the
+        # miss and returns null (Polygraphy's EngineFromBytes registers plugins first for
+        # this reason: tools/Polygraphy/polygraphy/backend/trt/loader.py).
+        registered = {name for name, _v, _ns in self._st.registered}
+        missing = [p for p in blob.get("plugins", []) if p not in registered]
+        if missing:
+            self._st.log_warning(f"[E] getPluginCreator could not find plugin {missing[0]}")
+            return None
+        return self._st.new("ICudaEngine", blob=blob)
 
 
 class _Creator(_Obj):
@@ -955,15 +1273,25 @@ class _Registry(_Obj):
         self._st.rec("IPluginRegistry.all_creators")
         return [
             self._st.new("IPluginCreator", name=n, version=v, namespace=ns)
-            for n, v, ns in self._st.plugins
+            for n, v, ns in sorted(self._st.registered)
         ]
 
     def get_creator(self, name: str, version: str, namespace: str = "") -> Any:
         self._st.rec("IPluginRegistry.get_creator", name, version, namespace)
-        for n, v, ns in self._st.plugins:
-            if (n, v, ns) == (name, version, namespace):
-                return self._st.new("IPluginCreator", name=n, version=v, namespace=ns)
+        if (name, version, namespace) in self._st.registered:
+            return self._st.new("IPluginCreator", name=name, version=version,
+                                namespace=namespace)
         return None
+
+    def load_library(self, plugin_path: str) -> Any:
+        """Registers the library's creators; None when it cannot be loaded (NvInfer.h,
+        IPluginRegistry::loadLibrary returns nullptr)."""
+        self._st.rec("IPluginRegistry.load_library", plugin_path)
+        creators = self._st.plugin_libraries.get(str(plugin_path))
+        if creators is None:
+            return None
+        self._st.registered.update(creators)
+        return object()
 
 
 class _Calibrator(_Obj):
@@ -1077,7 +1405,7 @@ def make_fake_tensorrt(version: str, *, cuda: Any = None, recorder: Recorder | N
     functions: dict[str, Callable[..., Any]] = {
         "get_plugin_registry": lambda: _registry(state),
         "init_libnvinfer_plugins": lambda logger, namespace: _init_plugins(state, namespace),
-        "nptype": lambda trt_type: _NP_TYPES[trt_type.name],
+        "nptype": lambda trt_type: _nptype(trt_type),
         "volume": lambda iterable: int(np.prod(list(iterable))),
     }
     for fname, fn in functions.items():
@@ -1087,8 +1415,20 @@ def make_fake_tensorrt(version: str, *, cuda: Any = None, recorder: Recorder | N
 
 
 def _init_plugins(state: FakeTrtState, namespace: str) -> bool:
+    # Registers libnvinfer_plugin's creators under ``namespace`` (NvInferPlugin.h,
+    # initLibNvInferPlugins).
     state.rec("init_libnvinfer_plugins", namespace)
+    state.registered.update((n, v, namespace) for n, v, _ns in state.plugins)
     return True
+
+
+def _nptype(trt_type: Any) -> Any:
+    """numpy has no BF16/FP8/INT4/FP4 type: ``trt.nptype`` raises TypeError for them
+    (python/src/utils.cpp of NVIDIA/TensorRT, nptype)."""
+    if trt_type.name not in _NP_TYPES:
+        raise TypeError(f"Could not resolve TensorRT datatype {trt_type.name} to an "
+                        "equivalent numpy datatype.")
+    return _NP_TYPES[trt_type.name]
 
 
 _CONSTANT_ENUMS = {

@@ -20,7 +20,9 @@ def test_random_kills_never_leave_an_accepted_wrong_engine() -> None:
     driver = load_script("reliability_crash")
     report = driver.run(trials=40, workers=2, seed=20240601)
     assert report["trials"] == 40
-    assert report["killed_mid_run"] >= 20  # the kills really land inside runs
+    # The kills really land inside runs. How many do depends on machine speed (a kill delay
+    # against a run's duration), so the bound is loose: a quarter, where about 3 in 4 land.
+    assert report["killed_mid_run"] >= 10
     assert report["failures"] == []
 
 
@@ -28,7 +30,7 @@ def test_random_kills_during_calibration_never_leave_a_trusted_half_cache() -> N
     driver = load_script("reliability_crash")
     report = driver.run_precision(trials=12, workers=2, seed=20240602)
     assert report["trials"] == 12
-    assert report["killed_mid_run"] >= 4  # about 3 in 4 kills land inside a run
+    assert report["killed_mid_run"] >= 2  # about 3 in 4 land; loose, as above
     assert report["failures"] == []
 
 

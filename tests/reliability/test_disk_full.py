@@ -93,7 +93,7 @@ def test_enospc_during_publish_keeps_previous_entry(
         hits = _fail_on(m, func, matches)
         with pytest.raises(StoreError) as info:
             wire_ort(cache_copy, host).compiler.compile_engines_for_corpus(
-                demo_request(force_rebuild=True)
+                demo_request(force_rebuild=True, fail_fast=True)
             )
     assert hits, "the fault was never injected"
     assert info.value.context.get("errno") == errno.ENOSPC
@@ -134,7 +134,8 @@ class _WritingRuntime(FakeRuntime):
 
 
 def test_enospc_while_staging_engine_keeps_previous_entry(
-    cache_dir: Path, demo_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+    cache_dir: Path, demo_models: dict[str, Path], demo_configs: dict[str, BuildConfig],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     compiler = EngineCompiler(
         runtime=_WritingRuntime(),
@@ -142,7 +143,9 @@ def test_enospc_while_staging_engine_keeps_previous_entry(
         gate=DefaultEngineGate(cache_root=cache_dir),
         host=HostCapabilities(sm="sm90"),
     )
-    request = EngineCompileRequest(tuple(BackboneSpec(n, p) for n, p in demo_models.items()))
+    request = EngineCompileRequest(
+        tuple(BackboneSpec(n, p, demo_configs[n]) for n, p in demo_models.items())
+    )
     first = compiler.compile_engines_for_corpus(request)
     assert first.built == 3
     before = snapshot(cache_dir)
@@ -160,7 +163,7 @@ def test_enospc_while_staging_engine_keeps_previous_entry(
         m.setattr(os, "write", fill_up)
         with pytest.raises(EngineBuildError):
             compiler.compile_engines_for_corpus(
-                EngineCompileRequest(request.backbones, force_rebuild=True)
+                EngineCompileRequest(request.backbones, force_rebuild=True, fail_fast=True)
             )
     assert len(written) > 2
     after = snapshot(cache_dir)

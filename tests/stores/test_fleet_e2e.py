@@ -44,6 +44,8 @@ path = "{models / 'demo_cnn.onnx'}"
 [[models]]
 name = "two_inputs"
 path = "{models / 'two_inputs.onnx'}"
+profiles = [{{ input = "token_ids", min = [1, 16], opt = [8, 16], max = [32, 16] }},
+            {{ input = "mask", min = [1, 16], opt = [8, 16], max = [32, 16] }}]
 """
     path = tmp_path / f"fleet-{len(list(tmp_path.glob('fleet-*.toml')))}.toml"
     path.write_text(text)

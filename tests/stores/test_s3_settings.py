@@ -112,6 +112,12 @@ def test_importing_the_store_does_not_import_boto3() -> None:
         ("max_attempts", True),
         ("connect_timeout_s", float("nan")),
         ("read_timeout_s", float("inf")),
+        ("get_deadline_s", 0),
+        ("get_deadline_s", float("inf")),
+        ("get_deadline_s", "60"),
+        ("min_rate_kib_s", -1),
+        ("min_rate_kib_s", float("nan")),
+        ("min_rate_kib_s", True),
     ],
 )
 def test_config_numbers_must_be_finite(key: str, value: object) -> None:
@@ -123,3 +129,28 @@ def test_config_numbers_must_be_finite(key: str, value: object) -> None:
 def test_config_numbers_convert() -> None:
     s = settings_from_config({"bucket": "b", "max_engine_mib": 2, "max_attempts": 5}, environ={})
     assert s is not None and s.max_engine_bytes == 2 << 20 and s.max_attempts == 5
+
+
+def test_transfer_limits_convert() -> None:
+    s = settings_from_config(
+        {"bucket": "b", "get_deadline_s": 90, "min_rate_kib_s": 16}, environ={}
+    )
+    assert s is not None and (s.get_deadline_s, s.min_rate_bytes_s) == (90, 16 << 10)
+    off = settings_from_config({"bucket": "b", "min_rate_kib_s": 0}, environ={})
+    assert off is not None and off.min_rate_bytes_s == 0
+
+
+def test_max_attempts_means_total_attempts_in_the_botocore_config() -> None:
+    """botocore's ``max_attempts`` counts retries only; ours is handed over as a total."""
+    pytest.importorskip("boto3")
+    store = S3EngineStore(S3Settings(bucket="b", endpoint="http://127.0.0.1:9", max_attempts=2))
+    retries = store.client().meta.config.retries
+    assert retries["total_max_attempts"] == 2 and "max_attempts" not in retries
+
+
+def test_store_constructor_bounds() -> None:
+    settings = S3Settings(bucket="b")
+    with pytest.raises(ValueError, match="part_bytes"):
+        S3EngineStore(settings, part_bytes=1 << 20)
+    with pytest.raises(ValueError, match="multipart_threshold"):
+        S3EngineStore(settings, multipart_threshold_bytes=6 << 30)

@@ -192,4 +192,4 @@ def test_gate_hash_throughput(tmp_path: Path, record: Record) -> None:
     seconds = time.perf_counter() - started
     record(engine_bytes=1 * GiB, validate_seconds=round(seconds, 4),
            gib_per_s=round(1 / seconds, 3))
-    assert seconds < 60
+    # A recorded figure, not a bound: speed targets live in scripts/bench_*.py.

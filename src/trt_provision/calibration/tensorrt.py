@@ -24,7 +24,7 @@ import logging
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from trt_provision.calibration.cache import CacheHeader, GovernedCalibrationCache, cache_path_for
 from trt_provision.calibration.data import Batch
@@ -35,10 +35,7 @@ from trt_provision.calibration.planner import (
     resolve_calibration_key,
 )
 from trt_provision.errors import CalibrationCacheError, TrtProvisionError
-from trt_provision.types import BuildConfig
-
-if TYPE_CHECKING:
-    from trt_provision.runtimes.tensorrt.runtime import CalibrationInput
+from trt_provision.types import BuildConfig, CalibrationInput
 
 __all__ = ["PAYLOAD_TRT_CACHE", "installed_tensorrt_version", "tensorrt_calibration_input"]
 
@@ -205,7 +202,6 @@ def tensorrt_calibration_input(
     """
     if not config.precision.needs_calibration:
         return None
-    from trt_provision.runtimes.tensorrt.runtime import CalibrationInput
 
     calibration_spec_of(config, str(model_path))  # no data configured: a clear error now
     source = _TrtCalibrationSource(

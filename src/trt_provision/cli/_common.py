@@ -11,9 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from trt_provision.config import Settings, resolve_cache_dir
-from trt_provision.errors import ManifestError
+from trt_provision.errors import UsageError
 
-__all__ = ["add_settings_args", "finite_float", "print_json", "settings_from_args"]
+__all__ = [
+    "add_settings_args",
+    "finite_float",
+    "print_json",
+    "require_dir",
+    "require_paths",
+    "settings_from_args",
+]
 
 
 def finite_float(value: Any, flag: str) -> float:
@@ -21,10 +28,29 @@ def finite_float(value: Any, flag: str) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError) as exc:
-        raise ManifestError("expected a number", key=flag, found=repr(value)[:40]) from exc
+        raise UsageError(f"{flag} expects a number, got {str(value)[:40]!r}") from exc
     if not math.isfinite(number):
-        raise ManifestError("expected a finite number", key=flag, found=repr(value)[:40])
+        raise UsageError(f"{flag} expects a finite number, got {str(value)[:40]!r}")
     return number
+
+
+def require_paths(*named: tuple[Path | str | None, str]) -> None:
+    """Every input path the user typed must exist: a typo is an error, never a silent
+    fallback. ``named`` pairs a path with the argument that named it (None: not given)."""
+    for path, flag in named:
+        if path is None:
+            continue
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise UsageError(f"{flag}: not found: {path}")
+
+
+def require_dir(path: Path, flag: str) -> None:
+    """An existing directory (e.g. a cache to verify): a missing one or a file is an error."""
+    if not path.exists():
+        raise UsageError(f"{flag}: directory not found: {path}")
+    if not path.is_dir():
+        raise UsageError(f"{flag}: not a directory: {path}")
 
 
 def add_settings_args(parser: argparse.ArgumentParser) -> None:

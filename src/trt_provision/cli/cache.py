@@ -23,6 +23,10 @@ def register(sub: Any) -> None:
     ls = actions.add_parser("ls", help="list cached engines (identity, size, last use)")
     add_settings_args(ls)
     ls.add_argument("--json", action="store_true", help="print JSON on stdout")
+    ls.add_argument(
+        "--wide", action="store_true",
+        help="also show hash, platform, runtime and the full engine filename",
+    )
     ls.set_defaults(func=run_ls)
 
     gc = actions.add_parser(
@@ -79,34 +83,40 @@ def run_ls(args: argparse.Namespace) -> int:
             }
         )
         return 0
+    _print_ls(settings.cache_dir, engines, wide=args.wide)
+    return 0
+
+
+def _print_ls(cache_dir: Path, engines: list[Any], *, wide: bool) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"engine cache {settings.cache_dir}")
-    for column in (
-        "model", "hash", "precision", "target", "platform", "runtime", "size", "last use", ""
-    ):
-        table.add_column(column)
+    # The default view fits 80 columns; --wide adds what tells engines of one model apart
+    # and never folds the filename (the output is as wide as it needs to be).
+    console = Console(width=max(Console().width, 400)) if wide else Console()
+    console.print(f"engine cache {escape(str(cache_dir))}", highlight=False)
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    columns = ["model", "precision", "target", "size", "last used", "state"]
+    if wide:
+        columns[3:3] = ["hash", "platform", "runtime"]
+        columns.append("file")
+    for column in columns:
+        table.add_column(column, justify="right" if column == "size" else "left",
+                         no_wrap=column in ("file", "last used", "size"), overflow="fold")
     for e in engines:
         p = e.parsed
-        flags = ("signed " if e.signed else "") + ("" if e.complete else "incomplete")
-        table.add_row(
-            p.model_name,
-            p.model_hash,
-            p.precision,
-            p.target,
-            p.platform,
-            f"{p.runtime}-{p.runtime_version}",
-            _human(e.size_bytes),
-            _when(e.last_used),
-            flags.strip(),
-        )
-    console = Console()
+        state = "incomplete" if not e.complete else ("signed" if e.signed else "ok")
+        row = [p.model_name, p.precision, p.target, _human(e.size_bytes), _when(e.last_used),
+               state]
+        if wide:
+            row[3:3] = [p.model_hash, p.platform, f"{p.runtime}-{p.runtime_version}"]
+            row.append(e.path.name)
+        table.add_row(*(escape(str(c)) for c in row))
     console.print(table)
     console.print(
         f"{len(engines)} engine(s), {_human(sum(e.size_bytes for e in engines))}", highlight=False
     )
-    return 0
 
 
 def host_targets_and_models(

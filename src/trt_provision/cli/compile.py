@@ -14,8 +14,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from trt_provision.cli._common import add_settings_args, print_json, settings_from_args
-from trt_provision.errors import ManifestError, StoreError, TrtProvisionError
+from trt_provision.cli._common import (
+    add_settings_args,
+    print_json,
+    require_paths,
+    settings_from_args,
+)
+from trt_provision.cli.trtexec_flags import add_compile_flags, build_options, parse_shapes
+from trt_provision.errors import ManifestError, StoreError, TrtProvisionError, UsageError
 
 __all__ = ["parse_shapes", "register"]
 
@@ -24,14 +30,21 @@ def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
         "compile",
         help="compile (or reuse) the engine of one ONNX model",
-        description="Compile, or reuse from the cache, the engine of one ONNX model.",
+        description=(
+            "Compile, or reuse from the cache, the engine of one ONNX model. trtexec's "
+            "spellings (--onnx, --saveEngine, --minShapes/--optShapes/--maxShapes, --shapes, "
+            "--memPoolSize, --timingCacheFile, --noTF32, --useDLACore, "
+            "--builderOptimizationLevel, --stronglyTyped, --calib, --verbose) are accepted "
+            "beside ours."
+        ),
     )
-    parser.add_argument("model", type=Path, help="ONNX model file")
+    parser.add_argument("model", type=Path, nargs="?", help="ONNX model file (or --onnx)")
     parser.add_argument(
         "out",
         type=Path,
         nargs="?",
-        help="also copy the engine and its sidecars into this directory",
+        help="also copy the engine and its sidecars into this directory (anywhere among "
+        "the options)",
     )
     parser.add_argument("--name", help="model name in the cache (default: from the file name)")
     parser.add_argument("--config", type=Path, help="build config JSON (flags below override it)")
@@ -42,42 +55,11 @@ def register(sub: Any) -> None:
         )
     precision.add_argument("--precision", choices=("fp32", "fp16", "int8", "mixed", "auto"),
                            help="engine precision; auto: the fastest candidate that passes")
-    parser.add_argument("--min-shapes", help="e.g. input:1x3x224x224[,other:...]")
-    parser.add_argument("--opt-shapes", help="optimization shapes, same syntax")
-    parser.add_argument("--max-shapes", help="maximum shapes, same syntax")
-    parser.add_argument("--workspace", type=int, metavar="MiB", help="builder workspace in MiB")
-    parser.add_argument("--calibration-data", help=".npz, a directory of .npy/.npz, or file.py:fn")
+    add_compile_flags(parser)
     parser.add_argument("--force-rebuild", action="store_true", help="ignore a cached engine")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     add_settings_args(parser)
-    parser.set_defaults(func=run)
-
-
-_SHAPE_RE = re.compile(r"([^:,]+):([0-9]+(?:x[0-9]+)*)")
-
-
-def parse_shapes(text: str, flag: str) -> dict[str, tuple[int, ...]]:
-    from trt_provision.types import MAX_SHAPE_DIM
-
-    shapes: dict[str, tuple[int, ...]] = {}
-    for part in text.split(","):
-        match = _SHAPE_RE.fullmatch(part.strip())
-        if match is None:
-            raise ManifestError(
-                "bad shape specification", key=flag, expected="name:1x3x224x224", found=part
-            )
-        digits = match.group(2).split("x")
-        # Length first: int() of thousands of digits is slow and then refused by Python.
-        dims = tuple(int(d) if len(d) <= 12 else MAX_SHAPE_DIM + 1 for d in digits)
-        if not all(1 <= d <= MAX_SHAPE_DIM for d in dims):
-            raise ManifestError(
-                "shape dimension out of range",
-                key=flag,
-                expected=f"each dimension in 1..{MAX_SHAPE_DIM}",
-                found=part.strip()[:80],
-            )
-        shapes[match.group(1)] = dims
-    return shapes
+    parser.set_defaults(func=run, late_positional="out")
 
 
 def _default_name(model: Path) -> str:
@@ -107,28 +89,7 @@ def _config_dict(args: argparse.Namespace) -> dict[str, Any]:
             raise ManifestError("build config must be a JSON object", file=str(args.config))
     if args.precision:
         data["precision"] = args.precision
-    if args.workspace is not None:
-        data["workspace_mib"] = args.workspace
-    given = {k: getattr(args, f"{k}_shapes") for k in ("min", "opt", "max")}
-    if any(given.values()):
-        if not all(given.values()):
-            raise ManifestError(
-                "--min-shapes, --opt-shapes and --max-shapes must be given together",
-                key="--min-shapes",
-            )
-        parsed = {k: parse_shapes(v, f"--{k}-shapes") for k, v in given.items()}
-        names = set(parsed["min"])
-        if names != set(parsed["opt"]) or names != set(parsed["max"]):
-            raise ManifestError("shape flags name different inputs", key="--opt-shapes")
-        data["profiles"] = [
-            {
-                "input": n,
-                "min": list(parsed["min"][n]),
-                "opt": list(parsed["opt"][n]),
-                "max": list(parsed["max"][n]),
-            }
-            for n in sorted(names)
-        ]
+    data.update(build_options(args))
     if args.calibration_data:
         cal = dict(data.get("calibration") or {})
         source = args.calibration_data
@@ -149,11 +110,61 @@ def run(args: argparse.Namespace) -> int:
         raise
 
 
+def _resolve_paths(args: argparse.Namespace) -> None:
+    """MODEL or --onnx (with --onnx the one positional is OUT_DIR); every input exists."""
+    if args.onnx is not None:
+        if args.model is not None and args.out is None:
+            args.model, args.out = None, args.model
+        if args.model is not None and Path(args.model) != Path(args.onnx):
+            raise UsageError(f"MODEL {args.model} and --onnx {args.onnx} name different models")
+        args.model = args.onnx
+    if args.model is None:
+        raise UsageError("no model given: name MODEL or --onnx=FILE")
+    if args.out is not None:
+        args.out = Path(args.out)
+    calibration = args.calibration_data
+    if calibration:
+        calibration = calibration.partition(".py:")[0] + (".py" if ".py:" in calibration else "")
+    require_paths(
+        (args.model, "MODEL" if args.onnx is None else "--onnx"),
+        (args.config, "--config"),
+        (calibration or None, "--calibration-data"),
+        (args.calib_cache, "--calib"),
+    )
+    if args.save_engine is not None and not Path(args.save_engine).parent.is_dir():
+        raise UsageError(
+            f"--saveEngine: directory {Path(args.save_engine).parent} does not exist"
+        )
+    if args.calib_cache is not None:
+        _refuse_calib_cache(Path(args.calib_cache))
+
+
+def _refuse_calib_cache(path: Path) -> None:
+    """Check a TensorRT calibration cache and say plainly that it cannot be used yet."""
+    from trt_provision.calibration.ranges import parse_trt_calibration_cache
+    from trt_provision.errors import CalibrationCacheError
+
+    try:
+        with open(path, "rb") as fh:
+            blob = fh.read((64 << 20) + 1)
+    except OSError as exc:
+        raise UsageError(f"--calib: cannot read {path}: {exc.strerror}") from exc
+    try:
+        parse_trt_calibration_cache(blob)
+    except CalibrationCacheError as exc:
+        raise UsageError(f"--calib: {path} is not a TensorRT calibration cache ({exc})") from exc
+    raise UsageError(
+        f"--calib: building from a TensorRT calibration cache is not supported yet ({path}); "
+        "calibrate from data with --calibration-data"
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
     from trt_provision.compose import wire
     from trt_provision.config_json import build_config_from_json
     from trt_provision.types import BackboneSpec, EngineCompileRequest
 
+    _resolve_paths(args)
     config = build_config_from_json(
         _config_dict(args), source=str(args.config) if args.config else "command line"
     )
@@ -166,13 +177,18 @@ def _run(args: argparse.Namespace) -> int:
     wired = wire(settings, use_remote=False)
     wired.store.ensure_writable()
     summary = wired.compiler.compile_engines_for_corpus(
-        EngineCompileRequest(backbones=(backbone,), force_rebuild=args.force_rebuild)
+        EngineCompileRequest(
+            backbones=(backbone,), force_rebuild=args.force_rebuild, fail_fast=True
+        )
     )
     result = summary.results[0]
-    assert result.entry is not None
+    if result.entry is None:  # pragma: no cover - fail_fast raises instead
+        raise StoreError("no engine was produced", model=backbone.name)
     copied: list[str] = []
     if args.out is not None:
         copied = _copy_out(result.entry.engine_path, Path(args.out))
+    if args.save_engine is not None:
+        copied += _save_engine(result.entry.engine_path, Path(args.save_engine))
     if args.json:
         data = result.to_dict()
         data["copied_to"] = copied
@@ -213,3 +229,39 @@ def _copy_out(engine: Path, out_dir: Path) -> list[str]:
             ) from exc
         copied.append(str(final))
     return copied
+
+
+def _save_engine(engine: Path, target: Path) -> list[str]:
+    """trtexec's --saveEngine: the engine at FILE, FILE.sha256 naming FILE (so
+    ``sha256sum -c`` works there) and the metadata (and signature) beside it."""
+    from trt_provision._fs import atomic_write_bytes, publish_file, temp_path_for
+    from trt_provision.integrity import format_sha256_line, parse_sha256_sidecar
+
+    digest = parse_sha256_sidecar(engine.with_name(engine.name + ".sha256"), engine.name)
+    sources = [(engine, target)]
+    for suffix in (".json", ".sig"):
+        side = engine.with_name(engine.name + suffix)
+        if side.exists():
+            sources.append((side, target.with_name(target.name + suffix)))
+    written = []
+    for src, final in sources:
+        tmp = temp_path_for(final)
+        try:
+            shutil.copyfile(src, tmp)
+            publish_file(tmp, final)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise StoreError(
+                f"cannot write --saveEngine file: {exc.strerror or exc}", path=str(final)
+            ) from exc
+        written.append(str(final))
+    sidecar = target.with_name(target.name + ".sha256")
+    try:
+        atomic_write_bytes(sidecar, format_sha256_line(digest, target.name).encode())
+    except OSError as exc:
+        raise StoreError(
+            f"cannot write --saveEngine file: {exc.strerror or exc}", path=str(sidecar)
+        ) from exc
+    written.insert(1, str(sidecar))
+    return written

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from trt_provision.cli._common import print_json
+from trt_provision.cli._common import print_json, require_paths
 
 __all__ = ["register"]
 
@@ -46,18 +46,25 @@ def register(sub: Any) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from trt_provision.errors import UsageError
     from trt_provision.trust import generate_keypair
 
-    public_path, public = generate_keypair(
-        args.private_key, args.public_key, overwrite=args.force
-    )
+    public = args.public_key or Path(f"{args.private_key}.pub")
+    if public.resolve() == args.private_key.resolve():
+        raise UsageError("--public-key must differ from PRIVATE_KEY")
+    for path in (args.private_key, public):
+        if path.exists() and not args.force:
+            raise UsageError(f"key file already exists: {path} (use --force to replace it)")
+    public_path, key = generate_keypair(args.private_key, args.public_key, overwrite=args.force)
     print(f"private key: {args.private_key} (keep it secret)")
-    print(f"public key:  {public_path} (key id {public.key_id})")
+    print(f"public key:  {public_path} (key id {key.key_id})")
     return 0
 
 
 def run_sign(args: argparse.Namespace) -> int:
     from trt_provision.trust import sign_engine
+
+    require_paths((args.key, "--key"), *((e, "ENGINE") for e in args.engines))
 
     for engine in args.engines:
         print(f"signed {sign_engine(engine, args.key)}")
@@ -68,11 +75,14 @@ def run_verify(args: argparse.Namespace) -> int:
     from trt_provision.errors import EngineGateError
     from trt_provision.trust import load_public_key, verify_engine
 
+    require_paths(*((p, "PUBLIC_KEY (--public-key)") for p in args.public_key))
     keys = [load_public_key(p) for p in args.public_key]
     rows: list[dict[str, Any]] = []
     for engine in args.engines:
         try:
-            rows.append({"engine": str(engine), "ok": True, "key_id": verify_engine(engine, keys)})
+            key_id = verify_engine(engine, keys)
+            _check_engine_bytes(engine)
+            rows.append({"engine": str(engine), "ok": True, "key_id": key_id})
         except EngineGateError as exc:
             rows.append({"engine": str(engine), "ok": False, "reason": str(exc)})
     if args.json:
@@ -82,3 +92,21 @@ def run_verify(args: argparse.Namespace) -> int:
             detail = f"key {row['key_id']}" if row["ok"] else row["reason"]
             print(f"{'OK ' if row['ok'] else 'BAD'}  {row['engine']}  ({detail})")
     return 0 if all(r["ok"] for r in rows) else 1
+
+
+def _check_engine_bytes(engine: Path) -> None:
+    """The signature covers the metadata, which carries the engine's sha256: a valid
+    signature vouches for the engine only when the engine's bytes hash to that value."""
+    from trt_provision.errors import EngineGateError
+    from trt_provision.integrity import read_metadata, sha256_file
+
+    expected = read_metadata(engine)["sha256"]
+    try:
+        actual, _ = sha256_file(engine)
+    except OSError as exc:
+        raise EngineGateError(f"engine unreadable: {exc.strerror}", path=str(engine)) from exc
+    if actual != expected:
+        raise EngineGateError(
+            "engine bytes do not match the signed metadata's sha256",
+            path=str(engine), expected=expected, found=actual,
+        )

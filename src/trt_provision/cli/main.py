@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from trt_provision._version import __version__
-from trt_provision.errors import TrtProvisionError
+from trt_provision.errors import TrtProvisionError, UsageError
 
 __all__ = ["COMMAND_MODULES", "EXIT_INTERNAL", "EXIT_OK", "EXIT_USER", "build_parser", "main"]
 
@@ -23,16 +23,51 @@ EXIT_INTERNAL = 3
 
 # Each module exposes register(subparsers) and sets func=callable(args) -> int.
 COMMAND_MODULES: tuple[str, ...] = (
-    "provision", "compile", "verify", "inspect", "probe", "cache", "remote", "keys"
+    "provision", "compile", "verify", "inspect", "probe", "cache", "remote", "keys",
+    "run",
 )
 
 log = logging.getLogger("trt_provision.cli")
+
+
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """A prefix of a flag is never that flag (``--calib`` is not ``--calibration-data``):
+    set on this parser and every subcommand's, including ones registered elsewhere."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _no_abbreviations(child)
+
+
+def _add_verbosity(parser: argparse.ArgumentParser) -> None:
+    """-v/-q after the subcommand too; counted apart and added up in main()."""
+    parser.add_argument(
+        "-v", "--verbose", dest="sub_verbose", action="count", default=argparse.SUPPRESS,
+        help="more log output (-vv for debug)",
+    )
+    parser.add_argument(
+        "-q", "--quiet", dest="sub_quiet", action="store_true", default=argparse.SUPPRESS,
+        help="only errors on stderr",
+    )
+
+
+def _all_subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found.append(child)
+                found.extend(_all_subparsers(child))
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trt-provision",
         description="Compile, or reuse from a verified cache, one engine per model for this host.",
+        epilog="Exit codes: 0 ok, 1 user error or a model that failed, 2 usage, 3 internal error.",
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"trt-provision {__version__}")
     parser.add_argument(
@@ -42,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"trt_provision.cli.{name}").register(sub)
+    for child in _all_subparsers(parser):
+        own = {o for a in child._actions for o in a.option_strings}
+        if not own & {"-v", "-q", "--verbose", "--quiet"} and not any(
+            isinstance(a, argparse._SubParsersAction) for a in child._actions
+        ):
+            _add_verbosity(child)
+    _no_abbreviations(parser)
     return parser
 
 
@@ -57,15 +99,34 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     root.propagate = False
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    args, extra = parser.parse_known_args(argv)
+    # A subcommand may take a trailing optional positional anywhere among its options
+    # (``compile MODEL --fp16 OUT_DIR``): argparse fills it too early, so it lands here.
+    late = getattr(args, "late_positional", None)
+    if (late and len(extra) == 1 and extra[0] and not extra[0].startswith("-")
+            and getattr(args, late) is None):
+        setattr(args, late, extra[0])
+        extra = []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
     except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for usage errors
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
-    _configure_logging(args.verbose, args.quiet)
+    verbose = args.verbose + getattr(args, "sub_verbose", 0)
+    quiet = args.quiet or getattr(args, "sub_quiet", False)
+    _configure_logging(verbose, quiet)
     try:
         return int(args.func(args))
+    except UsageError as exc:  # names the flag as typed; the type name would mean nothing
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER
     except TrtProvisionError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_USER

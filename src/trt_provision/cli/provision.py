@@ -8,7 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from trt_provision.cli._common import add_settings_args, print_json, settings_from_args
+from trt_provision.cli._common import (
+    add_settings_args,
+    print_json,
+    require_paths,
+    settings_from_args,
+)
 
 __all__ = ["register"]
 
@@ -26,6 +31,12 @@ def register(sub: Any) -> None:
         "--dry-run", action="store_true", help="show what would be built or reused; build nothing"
     )
     parser.add_argument("--force-rebuild", action="store_true", help="ignore cached engines")
+    parser.add_argument(
+        "--fail-fast",
+        action="store_true",
+        help="stop at the first model that fails (default: provision every model, report "
+        "each failure, exit 1 at the end)",
+    )
     parser.add_argument(
         "--remote",
         dest="remote",
@@ -48,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from trt_provision.config import load_manifest
     from trt_provision.types import EngineCompileRequest
 
+    require_paths((args.manifest, "MANIFEST"))
     manifest = load_manifest(args.manifest)
     settings = settings_from_args(args, manifest.settings)
     wired = wire(settings, use_remote=args.remote)
@@ -66,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         force_rebuild=args.force_rebuild,
         dry_run=args.dry_run,
         use_remote=args.remote,
+        fail_fast=args.fail_fast,
     )
     if args.json or not sys.stderr.isatty():
         summary = wired.compiler.compile_engines_for_corpus(request)
@@ -86,12 +99,15 @@ def run(args: argparse.Namespace) -> int:
                 )
 
             summary = wired.compiler.compile_engines_for_corpus(request, progress=advance)
+    code = exit_code(summary)
     if args.json:
         data = summary.to_dict()
         data["runtime"] = wired.runtime.current_runtime_label()
         data["cache_dir"] = str(settings.cache_dir)
+        data["exit_code"] = code
         print_json(data)
-        return 0
+        _final_line(summary, stdout=False)
+        return code
     from rich.console import Console
     from rich.table import Table
 
@@ -102,23 +118,59 @@ def run(args: argparse.Namespace) -> int:
     table.add_column("model", no_wrap=True, min_width=min(widest, 32))
     for column in ("outcome", "precision", "target", "runtime", "s"):
         table.add_column(column, no_wrap=True)
+    failures = []
     for r in summary.results:
         ident = r.identity
-        table.add_row(
-            r.name,
-            r.outcome.value.upper(),
-            ident.precision.value,
-            f"{ident.target} {ident.platform}",
-            f"{ident.runtime} {ident.runtime_version}",
-            f"{r.total_seconds:.2f}",
-        )
+        outcome = r.outcome.value.upper()
+        if ident is None:
+            table.add_row(r.name, outcome, "-", "-", "-", f"{r.total_seconds:.2f}")
+        else:
+            table.add_row(
+                r.name,
+                outcome,
+                ident.precision.value,
+                f"{ident.target} {ident.platform}",
+                f"{ident.runtime} {ident.runtime_version}",
+                f"{r.total_seconds:.2f}",
+            )
+        if r.error is not None:
+            failures.append(r)
     console = Console()
     console.print(table)
+    for r in failures:
+        console.print(
+            f"{r.name}: {r.outcome.value}: {r.error_type}: {r.error}", highlight=False,
+            markup=False, soft_wrap=True,
+        )
     console.print(
         f"built {summary.built}, reused {summary.reused}, fetched {summary.fetched}"
         + (f", planned {summary.planned}" if summary.planned else "")
+        + (f", failed {summary.failed}" if summary.failed else "")
+        + (f", refused {summary.refused}" if summary.refused else "")
         + f"; cache hit ratio {summary.cache_hit_ratio:.0%}; {summary.wall_seconds:.2f} s; "
         f"cache {settings.cache_dir}",
         highlight=False,
     )
-    return 0
+    _final_line(summary, stdout=False)
+    return code
+
+
+def exit_code(summary: Any) -> int:
+    """3 when a model hit a bug of ours, 1 when any model failed or was refused, else 0."""
+    if summary.internal_errors:
+        return 3
+    return 1 if summary.failed or summary.refused else 0
+
+
+def _final_line(summary: Any, *, stdout: bool) -> None:
+    """The one stderr line a failed run ends with (the table or JSON says which and why)."""
+    bad = [r for r in summary.results if r.error is not None]
+    if not bad:
+        return
+    names = ", ".join(f"{r.name} ({r.outcome.value})" for r in bad)
+    if summary.internal_errors:
+        line = (f"internal error (a bug in trt-provision, please report it) while "
+                f"provisioning: {names}")
+    else:
+        line = f"error: {len(bad)} of {len(summary.results)} model(s) not provisioned: {names}"
+    print(line, file=sys.stdout if stdout else sys.stderr)

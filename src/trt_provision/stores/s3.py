@@ -9,31 +9,42 @@ Layout under the bucket::
 
 Upload order is engine → .json → .sig → .sha256, each with a conditional put
 (``If-None-Match: *``), so the ``.sha256`` marks a complete object set and two devices
-racing never overwrite each other: the loser keeps its local engine. Fetch starts with the
-``.sha256``: an engine without it is treated as absent (an upload in progress or abandoned).
+racing never overwrite each other: the loser keeps its local engine. Engines above the
+single-PUT limit go up as a multipart upload whose completion is conditional too. Fetch
+starts with the ``.sha256``: an engine without it is treated as absent (an upload in progress
+or abandoned).
 
-Every remote fault (absent, unreachable, slow, 5xx, bad credentials, tampered bytes, untrusted
-signature) is logged with its reason and reported as "no engine" / "not uploaded"; nothing
-partial is ever published locally (temp file → verify → rename) or left remotely (an upload
-that fails halfway deletes what it put). This is the only module that imports boto3.
+Everything read from the bucket is hostile until checked: every GET runs under an overall
+deadline and a minimum transfer rate, every body is read up to a fixed bound (the engine up
+to the size its metadata declares, plus one byte), the signature is checked over the raw
+metadata bytes before they are parsed, and JSON is parsed with bounded depth. Every remote
+fault (absent, unreachable, slow, 5xx, bad credentials, tampered bytes, untrusted signature,
+anything unexpected) is logged with its reason and reported as "no engine" / "not
+uploaded"; after the first connection-level failure the remote is skipped for the rest of
+the run. Nothing partial is ever published locally (temp file → verify → rename) or left
+remotely (an upload that fails halfway deletes what it put). This is the only module that
+imports boto3.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import os
 import queue
+import re
+import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
+from trt_provision._bounded import BoundedInputError, loads_bounded
 from trt_provision._fs import fsync_dir, publish_file, write_temp_file
 from trt_provision._lazy import import_optional
 from trt_provision.errors import EngineGateError, ManifestError, StoreError, TrtProvisionError
@@ -45,6 +56,8 @@ __all__ = [
     "S3EngineStore",
     "S3Settings",
     "SignatureVerifier",
+    "redact_url",
+    "redact_urls",
     "remote_store_from_settings",
     "settings_from_config",
 ]
@@ -53,14 +66,22 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REGION = "us-east-1"
 CHUNK_BYTES = 8 << 20
-MAX_SINGLE_PUT_BYTES = 5 << 30  # S3's limit for one PUT
-MAX_SIDECAR_BYTES = 16 << 20
+MAX_SINGLE_PUT_BYTES = 5 << 30  # S3's limit for one PUT: larger engines go up in parts
+MIN_PART_BYTES = 5 << 20  # S3's smallest part (but the last)
+MAX_PARTS = 10_000
+DEFAULT_PART_BYTES = 64 << 20
+# Sidecar bounds: a sha256sum line, a metadata document of a few kB, one signature line.
+MAX_SHA_SIDECAR_BYTES = 4096
+MAX_METADATA_BYTES = 1 << 20
+MAX_SIGNATURE_BYTES = 1024  # as trust.MAX_SIGNATURE_BYTES
 SHA_SUFFIX = ".sha256"
 JSON_SUFFIX = ".json"
 SIG_SUFFIX = ".sig"
-
+RATE_WINDOW_S = 10.0
+UNAUTHENTICATED_WARNING = "remote engines are not authenticated; set public_key"
 
 _SYNC_EVERY = 32 << 20
+_POLL_S = 0.25
 
 
 class SignatureVerifier(Protocol):
@@ -77,12 +98,35 @@ def _env(environ: Mapping[str, str], *names: str) -> str | None:
     return None
 
 
+def redact_url(url: str) -> str:
+    """``scheme://host[:port]/path`` of ``url``: no credentials, query or fragment."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparseable URL>"
+    if not parts.scheme:
+        return "<URL>"
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact_urls(text: str) -> str:
+    """Every URL inside ``text`` redacted (for messages of third-party exceptions)."""
+    return _URL_RE.sub(lambda m: redact_url(m.group(0)), text)
+
+
 @dataclass(frozen=True)
 class S3Settings:
     """Where the shared store lives and how patiently to talk to it. Keys never print."""
 
     bucket: str
-    endpoint: str | None = None  # None: AWS S3 of ``region``
+    endpoint: str | None = field(default=None, repr=False)  # None: AWS S3 of ``region``
     prefix: str = ""
     region: str = DEFAULT_REGION
     access_key: str | None = field(default=None, repr=False)
@@ -91,9 +135,13 @@ class S3Settings:
     path_style: bool = True  # MinIO / SeaweedFS need it; AWS accepts it
     connect_timeout_s: float = 3.0
     read_timeout_s: float = 30.0
-    max_attempts: int = 3
+    max_attempts: int = 3  # total attempts per request, the first one included
     upload_enabled: bool = True
     max_engine_bytes: int = 64 << 30
+    # Every GET (sidecars and engine) ends within this many seconds...
+    get_deadline_s: float = 3600.0
+    # ...and is given up when slower than this (0: no rate check; the deadline still holds).
+    min_rate_bytes_s: int = 64 << 10
 
     def __post_init__(self) -> None:
         if not self.bucket or "/" in self.bucket:
@@ -103,7 +151,7 @@ class S3Settings:
             raise ManifestError(
                 "remote endpoint must be an http:// or https:// URL",
                 key="remote.endpoint",
-                found=self.endpoint.split("@")[-1],  # never echo credentials in a URL
+                found=redact_url(self.endpoint),  # never echo credentials in a URL
             )
         if self.endpoint is not None and "@" in self.endpoint:
             raise ManifestError(
@@ -114,21 +162,30 @@ class S3Settings:
                 "remote access key and secret key must be given together",
                 key="remote.access_key",
             )
-        if self.connect_timeout_s <= 0 or self.read_timeout_s <= 0:
-            raise ManifestError("remote timeouts must be > 0 seconds", key="remote.timeouts")
+        for name in ("connect_timeout_s", "read_timeout_s", "get_deadline_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise ManifestError(
+                    "remote timeouts must be finite and > 0 seconds", key=f"remote.{name}"
+                )
         if self.max_attempts < 1:
             raise ManifestError("remote max_attempts must be >= 1", key="remote.max_attempts")
         if self.max_engine_bytes < 1:
             raise ManifestError("remote max_engine_bytes must be >= 1", key="remote")
+        if self.min_rate_bytes_s < 0:
+            raise ManifestError("remote min_rate_kib_s must be >= 0", key="remote.min_rate_kib_s")
+
+    def __repr__(self) -> str:
+        return f"S3Settings({self.describe()})"
 
     @property
     def has_static_credentials(self) -> bool:
         return self.access_key is not None
 
     def describe(self) -> dict[str, Any]:
-        """What may be logged or printed: no credentials."""
+        """What may be logged or printed: no credentials, no query strings."""
         return {
-            "endpoint": self.endpoint or f"aws:{self.region}",
+            "endpoint": redact_url(self.endpoint) if self.endpoint else f"aws:{self.region}",
             "bucket": self.bucket,
             "prefix": self.prefix,
             "region": self.region,
@@ -182,6 +239,14 @@ class _Absent(Exception):
     """Internal: the object is not in the store."""
 
 
+class _TooSlow(Exception):
+    """Internal: a GET ran past its deadline or below the minimum rate (a connection fault)."""
+
+
+class _Conflict(Exception):
+    """Internal: a conditional request found the slot taken by another device."""
+
+
 def _error_code(exc: Any) -> tuple[str, int]:
     response = getattr(exc, "response", None) or {}
     code = str(response.get("Error", {}).get("Code", ""))
@@ -202,8 +267,20 @@ _AUTH_CODES = {
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 
 
+def _socket_of(body: Any) -> socket.socket | None:
+    """The socket under a botocore streaming body (urllib3 response → connection), if any."""
+    raw = getattr(body, "_raw_stream", None)
+    conn = getattr(raw, "connection", None) or getattr(raw, "_connection", None)
+    sock = getattr(conn, "sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
 class S3EngineStore:
-    """``RemoteEngineStore`` over an S3-compatible bucket; failures are logged, not raised."""
+    """``RemoteEngineStore`` over an S3-compatible bucket; failures are logged, not raised.
+
+    One instance serves one run: after the first connection-level failure it stops talking
+    to the server (one WARN) until a new instance is made.
+    """
 
     def __init__(
         self,
@@ -212,13 +289,33 @@ class S3EngineStore:
         trust: SignatureVerifier | None = None,
         client: Any = None,
         chunk_bytes: int = CHUNK_BYTES,
+        multipart_threshold_bytes: int = MAX_SINGLE_PUT_BYTES,
+        part_bytes: int = DEFAULT_PART_BYTES,
+        rate_window_s: float = RATE_WINDOW_S,
     ) -> None:
         if chunk_bytes < 64 << 10:
             raise ValueError(f"chunk_bytes must be >= 64 KiB, got {chunk_bytes}")
+        if not 1 <= multipart_threshold_bytes <= MAX_SINGLE_PUT_BYTES:
+            raise ValueError(
+                f"multipart_threshold_bytes must be in 1..{MAX_SINGLE_PUT_BYTES}, "
+                f"got {multipart_threshold_bytes}"
+            )
+        if not MIN_PART_BYTES <= part_bytes <= MAX_SINGLE_PUT_BYTES:
+            raise ValueError(f"part_bytes must be in 5 MiB..5 GiB, got {part_bytes}")
+        if rate_window_s <= 0:
+            raise ValueError(f"rate_window_s must be > 0, got {rate_window_s}")
         self._settings = settings
         self._trust = trust
         self._client = client
         self._chunk = chunk_bytes
+        self._multipart_threshold = multipart_threshold_bytes
+        self._part_bytes = part_bytes
+        self._rate_window = rate_window_s
+        self._state_lock = threading.Lock()
+        # The body of the response botocore is parsing on this thread (see client()).
+        self._parsing = threading.local()
+        self._offline: str | None = None  # why the remote is skipped for this run
+        self._warned: set[str] = set()
 
     def __repr__(self) -> str:
         return f"S3EngineStore({self._settings!r})"
@@ -226,6 +323,11 @@ class S3EngineStore:
     @property
     def settings(self) -> S3Settings:
         return self._settings
+
+    @property
+    def offline_reason(self) -> str | None:
+        """Why this run stopped using the remote, or None while it is in use."""
+        return self._offline
 
     # ------------------------------------------------------------------ keys
 
@@ -247,7 +349,9 @@ class S3EngineStore:
             config = config_mod.Config(
                 connect_timeout=s.connect_timeout_s,
                 read_timeout=s.read_timeout_s,
-                retries={"max_attempts": s.max_attempts, "mode": "standard"},
+                # botocore's ``max_attempts`` counts retries; ``total_max_attempts`` counts
+                # the first request too, which is what our setting's name promises.
+                retries={"total_max_attempts": s.max_attempts, "mode": "standard"},
                 s3={"addressing_style": "path" if s.path_style else "auto"},
                 # Servers other than AWS reject or mangle the default CRC trailers.
                 request_checksum_calculation="when_required",
@@ -260,16 +364,45 @@ class S3EngineStore:
                 aws_session_token=s.session_token,
                 region_name=s.region,
             )
-            self._client = session.client("s3", endpoint_url=s.endpoint, config=config)
+            client = session.client("s3", endpoint_url=s.endpoint, config=config)
+            # When botocore's parser raises on a hostile header (a malformed Content-Length
+            # is a ValueError), the response it was parsing is dropped unclosed, socket
+            # included: remember it so the GET that failed can close it.
+            client.meta.events.register(
+                "before-parse.s3.GetObject", self._remember_response_body
+            )
+            self._client = client
         return self._client
+
+    def _remember_response_body(self, response_dict: Any = None, **_: Any) -> None:
+        if isinstance(response_dict, dict):
+            self._parsing.body = response_dict.get("body")
 
     @staticmethod
     def _botocore_errors() -> tuple[type[BaseException], ...]:
         exc = import_optional("botocore.exceptions", "remote")
         return (exc.BotoCoreError, exc.ClientError)
 
+    @classmethod
+    def _remote_errors(cls) -> tuple[type[BaseException], ...]:
+        return (*cls._botocore_errors(), _TooSlow)
+
+    @staticmethod
+    def _is_connection_level(exc: BaseException) -> bool:
+        """Faults of the connection, not of one object: worth giving up the remote for."""
+        if isinstance(exc, _TooSlow | ConnectionError | TimeoutError | socket.timeout):
+            return True
+        errors = import_optional("botocore.exceptions", "remote")
+        return isinstance(
+            exc, errors.ConnectionError | errors.HTTPClientError | errors.IncompleteReadError
+        )
+
     def _reason(self, exc: BaseException) -> str:
-        """A one-line reason without secrets (botocore messages carry none)."""
+        """A one-line reason without secrets or URLs."""
+        if isinstance(exc, _TooSlow):
+            return str(exc)
+        if isinstance(exc, _Conflict):
+            return "another device wrote the same object meanwhile"
         code, status = _error_code(exc)
         name = type(exc).__name__
         if code in _AUTH_CODES or status == 403:
@@ -291,28 +424,157 @@ class S3EngineStore:
             return "download interrupted"
         if code:
             return f"{code} ({status})"
-        return name
+        if isinstance(exc, OSError) and exc.strerror:
+            return exc.strerror
+        # The message may quote what the server sent: no URLs, no control characters.
+        detail = "".join(c if c.isprintable() else "?" for c in redact_urls(str(exc))[:200])
+        return f"{name}: {detail}" if detail else name
 
-    # ------------------------------------------------------------------ small objects
+    # ------------------------------------------------------------------ run state
 
-    def _get_small(self, key: str) -> bytes:
+    def _warn_once(self, topic: str, message: str, *args: Any, **extra: Any) -> None:
+        with self._state_lock:
+            first = topic not in self._warned
+            self._warned.add(topic)
+        log.log(logging.WARNING if first else logging.DEBUG, message, *args, extra=extra)
+
+    def _go_offline(self, reason: str) -> bool:
+        """Stop using the remote for this run; True for the first caller."""
+        with self._state_lock:
+            first = self._offline is None
+            if first:
+                self._offline = reason
+        return first
+
+    # ------------------------------------------------------------------ bounded GET
+
+    def _timed_get(
+        self,
+        key: str,
+        limit: int,
+        on_head: Callable[[int | None], None],
+        on_chunk: Callable[[bytes], None],
+    ) -> int:
+        """GET ``key`` reading at most ``limit + 1`` body bytes; return how many were read.
+
+        A helper thread does the blocking socket work; this thread hands each chunk to
+        ``on_chunk`` and enforces the deadline and the minimum rate, so a server that sends
+        one byte just inside the read timeout, forever, still ends within the deadline. When
+        either limit is hit the socket is shut down under the helper (it then fails at once)
+        and the GET raises _TooSlow.
+        """
+        s = self._settings
+        events: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=4)
+        cancel = threading.Event()
+        bodies: list[Any] = []
+        client = self.client()
+
+        def put(item: tuple[str, Any]) -> None:
+            while not cancel.is_set():
+                try:
+                    events.put(item, timeout=_POLL_S)
+                    return
+                except queue.Full:
+                    continue
+
+        def fetch() -> None:
+            body = None
+            self._parsing.body = None
+            try:
+                response = client.get_object(Bucket=s.bucket, Key=key)
+                body = response["Body"]
+                bodies.append(body)
+                length = response.get("ContentLength")
+                put(("head", length))
+                total = 0
+                while total <= limit and not cancel.is_set():
+                    chunk = body.read(min(self._chunk, limit + 1 - total))
+                    if not chunk:
+                        break
+                    total += len(chunk)
+                    put(("data", chunk))
+                put(("end", None))
+            except BaseException as exc:  # handed to the caller's thread, which decides
+                put(("error", exc))
+            finally:
+                if body is None:
+                    body = getattr(self._parsing, "body", None)
+                self._parsing.body = None
+                if body is not None:
+                    with contextlib.suppress(Exception):
+                        body.close()
+
+        worker = threading.Thread(target=fetch, name="s3-get", daemon=True)
+        started = time.monotonic()
+        deadline = started + s.get_deadline_s
+        # The rate is judged from one connect + read timeout after the start on: the
+        # latency of a first answer (or of a retried one) is not a slow transfer.
+        mark_time = started + s.connect_timeout_s + s.read_timeout_s
+        mark_bytes, total = 0, 0
+        worker.start()
         try:
-            response = self.client().get_object(Bucket=self._settings.bucket, Key=key)
+            while True:
+                now = time.monotonic()
+                if now >= deadline:
+                    raise _TooSlow(
+                        f"transfer exceeded the {s.get_deadline_s:g} s deadline "
+                        f"({total} bytes received)"
+                    )
+                elapsed = now - mark_time
+                if s.min_rate_bytes_s and elapsed >= self._rate_window:
+                    progress = total - mark_bytes
+                    # One read may be in flight: count it as if it had just arrived, so only
+                    # a transfer that is certainly too slow is given up.
+                    in_flight = min(self._chunk, limit + 1 - total)
+                    if progress >= s.min_rate_bytes_s * elapsed:
+                        mark_time, mark_bytes = now, total
+                    elif progress + in_flight < s.min_rate_bytes_s * elapsed:
+                        raise _TooSlow(
+                            f"transfer slower than {s.min_rate_bytes_s / 1024:g} KiB/s "
+                            f"({progress} bytes in {elapsed:.1f} s)"
+                        )
+                try:
+                    kind, value = events.get(timeout=min(_POLL_S, max(deadline - now, 0.001)))
+                except queue.Empty:
+                    continue
+                if kind == "head":
+                    on_head(None if value is None else int(value))
+                elif kind == "data":
+                    total += len(value)
+                    on_chunk(value)
+                elif kind == "error":
+                    raise value
+                else:
+                    return total
+        finally:
+            cancel.set()
+            if worker.is_alive():
+                # Wake a read blocked on the socket; a request still waiting for its headers
+                # has no socket we can reach and ends with its read timeout or the process.
+                sock = _socket_of(bodies[0]) if bodies else None
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                worker.join(timeout=_POLL_S)
+
+    def _get_small(self, key: str, limit: int) -> bytes:
+        """A sidecar: at most ``limit`` bytes, under the GET deadline and rate."""
+        parts: list[bytes] = []
+
+        def on_head(length: int | None) -> None:
+            if length is not None and length > limit:
+                raise _Refused(f"sidecar {key} is too large ({length} bytes)")
+
+        try:
+            total = self._timed_get(key, limit, on_head, parts.append)
         except self._botocore_errors() as exc:
             code, status = _error_code(exc)
             if code in _ABSENT_CODES or status == 404:
                 raise _Absent(key) from exc
             raise
-        body = response["Body"]
-        try:
-            if int(response.get("ContentLength") or 0) > MAX_SIDECAR_BYTES:
-                raise _Refused(f"sidecar {key} is too large")
-            data: bytes = body.read(MAX_SIDECAR_BYTES + 1)
-        finally:
-            body.close()
-        if len(data) > MAX_SIDECAR_BYTES:
+        if total > limit:
             raise _Refused(f"sidecar {key} is too large")
-        return data
+        return b"".join(parts)
 
     # ------------------------------------------------------------------ fetch
 
@@ -323,9 +585,26 @@ class S3EngineStore:
         gate: EngineGate,
         expected: RuntimeTarget,
     ) -> EngineCacheEntry | None:
-        """Download, verify and publish ``identity`` locally; None (logged) when unusable."""
+        """Download, verify and publish ``identity`` locally; None (logged) when unusable.
+
+        Never raises (but KeyboardInterrupt and the like): whatever goes wrong with one
+        model's fetch, the caller builds that model locally.
+        """
         key = self.key_for(identity)
         where = self._where(key)
+        if self._offline is not None:
+            log.debug(
+                "remote store skipped for the rest of this run: %s",
+                self._offline,
+                extra={"event": "remote.fetch.skipped", "key": key},
+            )
+            return None
+        if self._trust is None:
+            self._warn_once(
+                "unauthenticated",
+                UNAUTHENTICATED_WARNING,
+                event="remote.unauthenticated",
+            )
         started = time.monotonic()
         log.info(
             "fetching %s",
@@ -366,19 +645,10 @@ class S3EngineStore:
             )
             return None
         except Exception as exc:
-            # botocore's timeouts are also OSErrors: classify them first.
-            if isinstance(exc, self._botocore_errors()):
-                reason = self._reason(exc)
-            elif isinstance(exc, OSError):
-                reason = exc.strerror or type(exc).__name__
-            else:
-                raise
-            log.warning(
-                "remote engine %s not fetched: %s",
-                where,
-                reason,
-                extra={"event": "remote.fetch.failed", "key": key, "reason": reason},
-            )
+            # Whatever else: botocore faults (its timeouts are also OSErrors), a malformed
+            # header botocore cannot parse (ValueError), a bug in a third-party parser. One
+            # model's fetch failing never ends the run: that model is built locally.
+            self._log_failure("remote engine %s not fetched", where, key, exc, "remote.fetch")
             return None
         seconds = time.monotonic() - started
         log.info(
@@ -395,6 +665,26 @@ class S3EngineStore:
         )
         return entry
 
+    def _log_failure(
+        self, message: str, subject: str, key: str, exc: BaseException, event: str
+    ) -> None:
+        reason = self._reason(exc)
+        extra: dict[str, Any] = {"event": f"{event}.failed", "key": key, "reason": reason}
+        connection = False
+        with contextlib.suppress(TrtProvisionError):
+            connection = self._is_connection_level(exc)
+        if connection and self._go_offline(reason):
+            extra["offline"] = True
+            log.warning(
+                message + ": %s; not using the remote store for the rest of this run",
+                subject,
+                reason,
+                extra=extra,
+            )
+            return
+        log.warning(message + ": %s", subject, reason, extra=extra)
+        log.debug("remote failure detail", exc_info=exc, extra={"event": f"{event}.detail"})
+
     def _fetch(
         self,
         identity: EngineIdentity,
@@ -405,24 +695,26 @@ class S3EngineStore:
     ) -> EngineCacheEntry:
         name = identity.filename
         # The .sha256 goes up last: without it the object set is incomplete, i.e. absent.
-        sha_bytes = self._get_small(key + SHA_SUFFIX)
+        sha_bytes = self._get_small(key + SHA_SUFFIX, MAX_SHA_SIDECAR_BYTES)
         try:
-            meta_bytes = self._get_small(key + JSON_SUFFIX)
+            meta_bytes = self._get_small(key + JSON_SUFFIX, MAX_METADATA_BYTES)
         except _Absent as exc:
             raise _Refused("metadata sidecar missing", event="remote.fetch.incomplete") from exc
         try:
-            sig_bytes: bytes | None = self._get_small(key + SIG_SUFFIX)
+            sig_bytes: bytes | None = self._get_small(key + SIG_SUFFIX, MAX_SIGNATURE_BYTES)
         except _Absent:
             sig_bytes = None
+        # The signature covers the raw metadata bytes: where one is required, nothing of the
+        # metadata is parsed before it verifies.
+        if self._trust is not None:
+            self._trust.check_bytes(meta_bytes, sig_bytes, self._where(key))
         final = local.path_for(identity)
         staged = local.staging_path(identity)
         temps: list[Path] = [staged]
         try:
             claimed = self._claimed_digest(final, sha_bytes, temps)
             metadata = self._check_metadata(identity, meta_bytes, claimed)
-            if self._trust is not None:
-                self._trust.check_bytes(meta_bytes, sig_bytes, self._where(key))
-            size = self._download(key, staged, claimed, metadata.get("size_bytes"))
+            size = self._download(key, staged, claimed, metadata["size_bytes"])
             self._publish(final, staged, claimed, meta_bytes, sig_bytes, temps)
         finally:
             for tmp in temps:
@@ -452,14 +744,15 @@ class S3EngineStore:
         except EngineGateError as exc:
             raise _Refused(f"sha256 sidecar unusable: {exc.message}") from exc
 
-    @staticmethod
     def _check_metadata(
-        identity: EngineIdentity, meta_bytes: bytes, claimed: str
+        self, identity: EngineIdentity, meta_bytes: bytes, claimed: str
     ) -> dict[str, Any]:
         try:
-            metadata = json.loads(meta_bytes)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _Refused("metadata sidecar is not valid JSON") from exc
+            metadata = loads_bounded(
+                meta_bytes, max_bytes=MAX_METADATA_BYTES, what="metadata sidecar"
+            )
+        except BoundedInputError as exc:
+            raise _Refused(str(exc)) from exc
         if not isinstance(metadata, dict):
             raise _Refused("metadata sidecar is not a JSON object")
         if metadata.get("engine") != identity.filename:
@@ -468,91 +761,64 @@ class S3EngineStore:
             raise _Refused("metadata and sha256 sidecars disagree (tampered?)")
         if metadata.get("identity") != identity.to_dict():
             raise _Refused("metadata identity does not match the requested identity")
+        declared = metadata.get("size_bytes")
+        if isinstance(declared, bool) or not isinstance(declared, int) or declared < 1:
+            raise _Refused("metadata sidecar declares no valid engine size")
+        if declared > self._settings.max_engine_bytes:
+            raise _Refused(
+                f"engine is larger than the configured limit ({declared} bytes declared)"
+            )
         return metadata
 
-    def _download(
-        self, key: str, staged: Path, claimed: str, expected_size: object
-    ) -> int:
-        response = self.client().get_object(Bucket=self._settings.bucket, Key=key)
-        body = response["Body"]
+    def _download(self, key: str, staged: Path, claimed: str, declared: int) -> int:
+        """Stream the engine into ``staged`` while hashing it: one pass over the bytes.
+
+        Reading stops one byte past the size the (checked) metadata declares, with or
+        without a Content-Length header, so a lying server cannot fill the disk.
+        """
+        digest = hashlib.sha256()
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        unsynced = 0
+
+        def on_head(length: int | None) -> None:
+            if length is not None and length != declared:
+                raise _Refused(f"engine size {length} differs from its metadata ({declared})")
+
+        def on_chunk(chunk: bytes) -> None:
+            nonlocal unsynced
+            digest.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+            unsynced += len(chunk)
+            if unsynced >= _SYNC_EVERY:
+                # Flush while the socket is still being read, so the final fsync has little
+                # left to do instead of the whole engine.
+                os.fdatasync(fd)
+                unsynced = 0
+
         try:
-            length = int(response.get("ContentLength") or 0)
-            if length > self._settings.max_engine_bytes:
-                raise _Refused(
-                    f"engine is larger than the configured limit ({length} bytes)"
-                )
-            if isinstance(expected_size, int) and length and length != expected_size:
-                raise _Refused(
-                    f"engine size {length} differs from its metadata ({expected_size})"
-                )
-            digest, size = self._stream_to_file(body, staged)
+            size = self._timed_get(key, declared, on_head, on_chunk)
+            if size == declared:
+                os.fsync(fd)
         finally:
-            body.close()
+            os.close(fd)
         if size == 0:
             raise _Refused("engine object is empty")
-        if digest != claimed:
+        if size != declared:
+            raise _Refused(
+                f"engine object is {'larger' if size > declared else 'smaller'} than its "
+                f"metadata declares ({declared} bytes)",
+                event="remote.fetch.corrupt",
+            )
+        found = digest.hexdigest()
+        if found != claimed:
             raise _Refused(
                 f"engine sha256 does not match its sidecar (tampered or corrupt): "
-                f"expected {claimed[:16]}…, found {digest[:16]}…",
+                f"expected {claimed[:16]}…, found {found[:16]}…",
                 event="remote.fetch.corrupt",
             )
         return size
-
-    def _stream_to_file(self, body: Any, staged: Path) -> tuple[str, int]:
-        """Write the body to ``staged`` while hashing it: one pass over the bytes.
-
-        The socket is read on this thread while a helper thread hashes and writes the
-        previous chunks (both release the GIL), so hashing costs almost no wall time.
-        """
-        digest = hashlib.sha256()
-        limit = self._settings.max_engine_bytes
-        chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
-        failure: list[BaseException] = []
-        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-
-        def sink() -> None:
-            # Always consume up to the None marker, so the reader never blocks on put().
-            unsynced = 0
-            while (chunk := chunks.get()) is not None:
-                if failure:
-                    continue
-                try:
-                    digest.update(chunk)
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    unsynced += len(chunk)
-                    if unsynced >= _SYNC_EVERY:
-                        # Flush while the socket is still being read, so the final fsync
-                        # has little left to do instead of the whole engine.
-                        os.fdatasync(fd)
-                        unsynced = 0
-                except BaseException as exc:
-                    failure.append(exc)
-            if not failure:
-                try:
-                    os.fsync(fd)
-                except BaseException as exc:
-                    failure.append(exc)
-
-        writer = threading.Thread(target=sink, name="s3-fetch-writer", daemon=True)
-        writer.start()
-        size = 0
-        try:
-            try:
-                while not failure and (chunk := body.read(self._chunk)):
-                    size += len(chunk)
-                    if size > limit:
-                        raise _Refused("engine is larger than the configured limit")
-                    chunks.put(chunk)
-            finally:
-                chunks.put(None)
-                writer.join()
-        finally:
-            os.close(fd)
-        if failure:
-            raise failure[0]
-        return digest.hexdigest(), size
 
     @staticmethod
     def _publish(
@@ -592,12 +858,32 @@ class S3EngineStore:
 
     # ------------------------------------------------------------------ upload
 
+    def _refuses_unsigned(self) -> bool:
+        """Whether this host's own trust policy would refuse an unsigned engine."""
+        if self._trust is None:
+            return False
+        try:
+            self._trust.check_bytes(b"{}", None, "unsigned engine")
+        except EngineGateError:
+            return True
+        return False
+
     def upload(self, entry: EngineCacheEntry) -> bool:
-        """Conditional put of a locally published engine; False when not uploaded."""
+        """Conditional put of a locally published engine; False when not uploaded.
+
+        Never raises (but KeyboardInterrupt and the like).
+        """
         key = self.key_for(entry.identity)
         where = self._where(key)
         if not self._settings.upload_enabled:
             log.debug("upload disabled", extra={"event": "remote.upload.disabled", "key": key})
+            return False
+        if self._offline is not None:
+            log.debug(
+                "remote store skipped for the rest of this run: %s",
+                self._offline,
+                extra={"event": "remote.upload.skipped", "key": key},
+            )
             return False
         started = time.monotonic()
         try:
@@ -618,6 +904,11 @@ class S3EngineStore:
                 extra={"event": "remote.upload.failed", "key": key, "reason": exc.message},
             )
             return False
+        except Exception as exc:
+            self._log_failure(
+                "engine %s not uploaded", entry.identity.filename, key, exc, "remote.upload"
+            )
+            return False
         if uploaded:
             seconds = time.monotonic() - started
             log.info(
@@ -634,7 +925,7 @@ class S3EngineStore:
             )
         return uploaded
 
-    def _upload(self, entry: EngineCacheEntry, key: str) -> bool:
+    def _read_local(self, entry: EngineCacheEntry) -> tuple[bytes, bytes, bytes | None, int]:
         engine = entry.engine_path
         try:
             sha_bytes = engine.with_name(engine.name + SHA_SUFFIX).read_bytes()
@@ -650,20 +941,37 @@ class S3EngineStore:
             raise _Refused(f"local signature unreadable: {exc.strerror}") from exc
         if not sha_bytes.startswith(entry.sha256.encode()):
             raise _Refused("local sha256 sidecar does not match the engine entry")
-        if size > MAX_SINGLE_PUT_BYTES:
-            raise _Refused(f"engine is larger than one S3 PUT allows ({size} bytes)")
-        errors = self._botocore_errors()
+        return sha_bytes, meta_bytes, sig_bytes, size
+
+    def _upload(self, entry: EngineCacheEntry, key: str) -> bool:
+        sha_bytes, meta_bytes, sig_bytes, size = self._read_local(entry)
+        if size > self._settings.max_engine_bytes:
+            # No device of the fleet would fetch it.
+            raise _Refused(f"engine is larger than the configured limit ({size} bytes)")
+        if sig_bytes is None and self._refuses_unsigned():
+            # An unsigned engine would hold the slot for good, and every device that requires
+            # signatures (this one included) would refuse it and rebuild forever.
+            self._warn_once(
+                "unsigned-upload",
+                "engine %s not uploaded: it is unsigned and this host's trust policy "
+                "requires signatures (set signing_key to sign what this host builds)",
+                entry.identity.filename,
+                event="remote.upload.unsigned",
+                key=key,
+            )
+            return False
+        errors: tuple[type[BaseException], ...] = (*self._botocore_errors(), _Conflict)
         put: list[str] = []
         try:
             try:
-                with open(engine, "rb") as fh:
-                    self._put(key, fh, size)
-            except errors as exc:
-                code, status = _error_code(exc)
-                if code in _CONFLICT_CODES or status in (409, 412):
-                    self._log_lost_race(entry, key)
-                    return False
-                raise
+                self._put_engine(key, entry.engine_path, size, {"IfNoneMatch": "*"})
+            except _Conflict:
+                if sig_bytes is not None and self._replace_unsigned(
+                    entry, key, size, meta_bytes, sig_bytes, sha_bytes
+                ):
+                    return True
+                self._log_lost_race(entry, key)
+                return False
             put.append(key)
             for suffix, data in (
                 (JSON_SUFFIX, meta_bytes),
@@ -671,7 +979,7 @@ class S3EngineStore:
                 (SHA_SUFFIX, sha_bytes),
             ):
                 if data is not None:
-                    self._put(key + suffix, data, len(data))
+                    self._put(key + suffix, data, {"IfNoneMatch": "*"})
                     put.append(key + suffix)
         except errors as exc:
             self._roll_back(put)
@@ -683,20 +991,168 @@ class S3EngineStore:
             ) from exc
         return True
 
-    def _put(self, key: str, body: Any, length: int) -> None:
-        self.client().put_object(
-            Bucket=self._settings.bucket,
-            Key=key,
-            Body=body,
-            ContentLength=length,
-            IfNoneMatch="*",
+    def _conditional(self, call: Callable[[], Any]) -> Any:
+        """Run a conditional request; a precondition failure becomes _Conflict."""
+        try:
+            return call()
+        except self._botocore_errors() as exc:
+            code, status = _error_code(exc)
+            if code in _CONFLICT_CODES or status in (409, 412):
+                raise _Conflict(code or str(status)) from exc
+            raise
+
+    def _request(self, operation: str, **params: Any) -> Any:
+        """One request other than a GET, under the deadline too.
+
+        A helper thread does the blocking I/O, so a server that trickles the answer to a
+        PUT or HEAD cannot hold the run; past the deadline the helper is left to the
+        server's mercy (the remote is then skipped for the run, so one helper at most).
+        """
+        method = getattr(self.client(), operation)
+        outcome: list[tuple[bool, Any]] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome.append((True, method(Bucket=self._settings.bucket, **params)))
+            except BaseException as exc:  # handed to the caller's thread
+                outcome.append((False, exc))
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name=f"s3-{operation}", daemon=True).start()
+        deadline = self._settings.get_deadline_s
+        if not done.wait(deadline):
+            raise _TooSlow(f"{operation} exceeded the {deadline:g} s deadline")
+        ok, value = outcome[0]
+        if ok:
+            return value
+        raise value
+
+    def _put(self, key: str, data: bytes, condition: Mapping[str, str]) -> Any:
+        return self._conditional(
+            lambda: self._request(
+                "put_object", Key=key, Body=data, ContentLength=len(data), **condition
+            )
         )
+
+    def _put_engine(self, key: str, path: Path, size: int, condition: Mapping[str, str]) -> None:
+        """One PUT, or a multipart upload above the threshold; both conditional."""
+        if size <= self._multipart_threshold:
+            with open(path, "rb") as fh:
+                self._conditional(
+                    lambda: self._request(
+                        "put_object", Key=key, Body=fh, ContentLength=size, **condition
+                    )
+                )
+            return
+        part_bytes = max(self._part_bytes, -(-size // MAX_PARTS))
+        upload_id = self._request("create_multipart_upload", Key=key)["UploadId"]
+        try:
+            parts: list[dict[str, Any]] = []
+            with open(path, "rb") as fh:
+                while data := fh.read(part_bytes):
+                    number = len(parts) + 1
+                    response = self._request(
+                        "upload_part",
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=data,
+                        ContentLength=len(data),
+                    )
+                    parts.append({"ETag": response["ETag"], "PartNumber": number})
+            # Check, then complete conditionally. The completion carries the same condition
+            # as a single PUT (AWS S3 and SeaweedFS honour it); the check before it keeps a
+            # server that ignores conditions on completion from overwriting a slot filled
+            # during the part uploads, leaving only the moment between check and completion.
+            if condition.get("IfNoneMatch") == "*" and self._head(key) is not None:
+                raise _Conflict("slot filled during the multipart upload")
+            self._conditional(
+                lambda: self._request(
+                    "complete_multipart_upload",
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                    **condition,
+                )
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._request("abort_multipart_upload", Key=key, UploadId=upload_id)
+            raise
+
+    def _head(self, key: str) -> dict[str, Any] | None:
+        """HEAD of ``key``, None when absent."""
+        try:
+            response: dict[str, Any] = self._request("head_object", Key=key)
+        except self._botocore_errors() as exc:
+            code, status = _error_code(exc)
+            if code in _ABSENT_CODES or status == 404:
+                return None
+            raise
+        return response
+
+    def _replace_unsigned(
+        self,
+        entry: EngineCacheEntry,
+        key: str,
+        size: int,
+        meta_bytes: bytes,
+        sig_bytes: bytes,
+        sha_bytes: bytes,
+    ) -> bool:
+        """Replace a complete *unsigned* object set by this signed one; False to keep it.
+
+        The slot is claimed by a conditional put of the ``.sig``: of several signed devices
+        only one proceeds, and a slot that already holds a signature (another device's
+        signed engine, or a signed upload in progress) is never touched. The ``.sha256``
+        (the completion mark) is removed first, so fetchers see the slot absent while the
+        engine and metadata are rewritten, and put back last.
+        """
+        sha_head = self._head(key + SHA_SUFFIX)
+        if sha_head is None or self._head(key + SIG_SUFFIX) is not None:
+            return False  # an upload in progress, or already signed: keep it
+        engine_head = self._head(key)
+        json_head = self._head(key + JSON_SUFFIX)
+        if engine_head is None or json_head is None:
+            return False
+        try:
+            self._put(key + SIG_SUFFIX, sig_bytes, {"IfNoneMatch": "*"})
+        except _Conflict:
+            return False  # another signed device claimed it first
+        done: list[str] = []
+        try:
+            self._conditional(
+                lambda: self._request(
+                    "delete_object",
+                    Key=key + SHA_SUFFIX,
+                    IfMatch=sha_head["ETag"],
+                )
+            )
+            done.append("sha")
+            self._put_engine(key, entry.engine_path, size, {"IfMatch": engine_head["ETag"]})
+            self._put(key + JSON_SUFFIX, meta_bytes, {"IfMatch": json_head["ETag"]})
+            self._put(key + SHA_SUFFIX, sha_bytes, {"IfNoneMatch": "*"})
+        except BaseException:
+            # Without its .sha256 the slot reads as absent; clear it so a later upload can
+            # fill it instead of finding a half-replaced set forever.
+            self._roll_back(
+                [key + SIG_SUFFIX, *([key, key + JSON_SUFFIX] if done else [])]
+            )
+            raise
+        log.info(
+            "replaced the unsigned remote engine %s with this host's signed one",
+            entry.identity.filename,
+            extra={"event": "remote.upload.replaced_unsigned", "key": key},
+        )
+        return True
 
     def _log_lost_race(self, entry: EngineCacheEntry, key: str) -> None:
         complete = True
         try:
-            self.client().head_object(Bucket=self._settings.bucket, Key=key + SHA_SUFFIX)
-        except self._botocore_errors():
+            complete = self._head(key + SHA_SUFFIX) is not None
+        except self._remote_errors():
             complete = False
         log.info(
             "remote store already holds %s (%s); keeping the local engine",
@@ -709,8 +1165,8 @@ class S3EngineStore:
         """Remove what this upload put, so no partial object set stays behind."""
         for key in reversed(keys):
             try:
-                self.client().delete_object(Bucket=self._settings.bucket, Key=key)
-            except self._botocore_errors() as exc:
+                self._request("delete_object", Key=key)
+            except self._remote_errors() as exc:
                 log.warning(
                     "could not remove partial upload %s: %s",
                     self._where(key),
@@ -723,17 +1179,11 @@ class S3EngineStore:
     def exists(self, identity: EngineIdentity) -> bool:
         """Whether a complete object set is present (its .sha256 exists)."""
         try:
-            self.client().head_object(
-                Bucket=self._settings.bucket, Key=self.key_for(identity) + SHA_SUFFIX
-            )
-        except self._botocore_errors() as exc:
-            code, status = _error_code(exc)
-            if code in _ABSENT_CODES or status == 404:
-                return False
+            return self._head(self.key_for(identity) + SHA_SUFFIX) is not None
+        except self._remote_errors() as exc:
             raise StoreError(
                 f"remote store check failed: {self._reason(exc)}", key=self.key_for(identity)
             ) from exc
-        return True
 
 
 def _remove_engine_files(final: Path) -> None:
@@ -745,7 +1195,6 @@ def _remove_engine_files(final: Path) -> None:
             path.unlink()
     with contextlib.suppress(OSError):
         fsync_dir(final.parent)
-
 
 
 _CONFIG_KEYS = {
@@ -761,6 +1210,8 @@ _CONFIG_KEYS = {
     "max_attempts": "max_attempts",
     "upload": "upload_enabled",
     "max_engine_mib": "max_engine_bytes",
+    "get_deadline_s": "get_deadline_s",
+    "min_rate_kib_s": "min_rate_bytes_s",
 }
 
 
@@ -789,7 +1240,7 @@ def settings_from_config(
         if key in ("path_style", "upload"):
             if not isinstance(value, bool):
                 raise ManifestError("expected true or false", key=f"remote.{key}")
-        elif key in ("connect_timeout_s", "read_timeout_s", "max_engine_mib"):
+        elif key in ("connect_timeout_s", "read_timeout_s", "max_engine_mib", "get_deadline_s"):
             if (
                 isinstance(value, bool)
                 or not isinstance(value, int | float)
@@ -805,6 +1256,19 @@ def settings_from_config(
                         f"expected a number of MiB below {_MAX_MIB}", key=f"remote.{key}"
                     )
                 value = int(value * (1 << 20))
+        elif key == "min_rate_kib_s":
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or not 0 <= value < _MAX_MIB
+            ):
+                raise ManifestError(
+                    "expected a finite number >= 0 (0: no minimum rate)",
+                    key=f"remote.{key}",
+                    found=repr(value)[:40],
+                )
+            value = int(value * 1024)
         elif key == "max_attempts":
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ManifestError(
@@ -825,10 +1289,10 @@ def remote_store_from_settings(
     settings = settings_from_config(table, environ)
     if settings is None:
         return None
+    described = settings.describe()
     log.debug(
         "remote store %s",
-        settings.describe(),
-        extra={"event": "remote.configured", **{f"remote_{k}": v for k, v in
-                                                 settings.describe().items()}},
+        described,
+        extra={"event": "remote.configured", **{f"remote_{k}": v for k, v in described.items()}},
     )
     return S3EngineStore(settings, trust=trust)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
@@ -10,3 +11,12 @@ _ROOT = _HERE.parents[2]
 for _p in (_HERE, _ROOT / "tests", _ROOT / "src"):
     if str(_p) not in sys.path:
         sys.path.append(str(_p))
+
+
+import pytest  # noqa: E402 - after the path set-up above
+from trt_rig import Rig, rig_factory  # noqa: E402
+
+
+@pytest.fixture
+def make_rig(tmp_path: Path) -> Callable[..., Rig]:
+    return rig_factory(tmp_path)

@@ -158,7 +158,7 @@ def test_int8_from_calibration_batches_then_from_the_cache(
     second = runtime.compile_engine(model, config, tmp_path / "int8-again.engine")
     assert second.metadata["calibration"]["batches"] == 0
     assert len(fed) == fed_first  # the cache hit fed no batch
-    assert second.build_seconds < first.build_seconds
+    # The cache hit is proven by the batch count above; build time is a benchmark figure.
 
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     feeds = {name: arr[:batch] for name, arr in np.load(npz).items()}

@@ -6,12 +6,22 @@ import os
 import time
 from collections.abc import Callable
 from ctypes import c_char as ctypes_char
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from trt_rig import (
+    HALF_SPEC,
+    PROFILE,
+    QDQ_SPEC,
+    TRT10,
+    RecordingGate,
+    Rig,
+    _entry,
+    _qdq_converter,
+)
 
 from fakes.fake_cuda import FakeCudaRuntime, cudaError_t
 from fakes.fake_tensorrt import (
@@ -22,6 +32,7 @@ from fakes.fake_tensorrt import (
     fake_output,
     fake_state,
     make_fake_tensorrt,
+    write_model,
 )
 from trt_provision.errors import (
     CalibrationCacheError,
@@ -31,7 +42,6 @@ from trt_provision.errors import (
     MissingDependencyError,
     OutOfMemoryError,
 )
-from trt_provision.identity import compute_identity
 from trt_provision.runtimes.tensorrt import (
     CalibrationInput,
     NetworkSource,
@@ -40,117 +50,15 @@ from trt_provision.runtimes.tensorrt import (
 )
 from trt_provision.types import (
     BuildConfig,
-    EngineCacheEntry,
     HardwareCompatibility,
     HostCapabilities,
     OptimizationProfile,
     PluginSpec,
     PrecisionMode,
-    RuntimeTarget,
     ThermalState,
 )
 
 pytestmark = pytest.mark.tier1
-
-TRT10 = ("10.3.0", "10.16.1.11")
-PROFILE = OptimizationProfile("input", (1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8))
-HALF_SPEC = FakeModelSpec(
-    layers=(
-        FakeLayerSpec("conv1"),
-        FakeLayerSpec("router_gate", "MATRIX_MULTIPLY", ("HALF",)),
-        FakeLayerSpec("router_shape", "SHAPE", ("INT64",)),
-    )
-)
-
-
-@dataclass
-class RecordingGate:
-    refuse: bool = False
-    calls: list[tuple[Path, RuntimeTarget]] = field(default_factory=list)
-
-    def validate(self, engine_path: Path, expected: RuntimeTarget) -> EngineCacheEntry:
-        self.calls.append((engine_path, expected))
-        if self.refuse:
-            raise EngineGateError("refused by test gate", path=str(engine_path))
-        return _entry(engine_path, expected)
-
-
-@dataclass
-class CountingBudget:
-    capacity: int = 1 << 30
-    predicted: int = 1 << 20
-    reserved: dict[int, int] = field(default_factory=dict)
-    next_id: int = 1
-
-    def predicted_bytes(self, entry: EngineCacheEntry) -> int:
-        return self.predicted
-
-    def reserve(self, entry: EngineCacheEntry) -> int:
-        if sum(self.reserved.values()) + self.predicted > self.capacity:
-            raise OutOfMemoryError("budget exhausted", needed=self.predicted)
-        rid, self.next_id = self.next_id, self.next_id + 1
-        self.reserved[rid] = self.predicted
-        return rid
-
-    def release(self, reservation: int) -> None:
-        del self.reserved[reservation]
-
-
-def _entry(path: Path, target: RuntimeTarget, config: BuildConfig | None = None) -> EngineCacheEntry:
-    ident = compute_identity(
-        model_name="demo", model_hash="ab" * 32, config=config or BuildConfig(), target=target
-    )
-    return EngineCacheEntry(engine_path=path, sha256="cd" * 32, identity=ident)
-
-
-@dataclass
-class Rig:
-    trt: Any
-    cuda: FakeCudaRuntime
-    runtime: TensorrtRuntime
-    gate: RecordingGate
-    budget: CountingBudget
-    tmp: Path
-
-    @property
-    def state(self) -> Any:
-        return fake_state(self.trt)
-
-    @property
-    def calls(self) -> list[str]:
-        return self.cuda.recorder.names
-
-    def build(self, config: BuildConfig | None = None, name: str = "e.engine") -> Any:
-        cfg = config or BuildConfig(profiles=(PROFILE,))
-        return self.runtime.compile_engine(self.tmp / "m.onnx", cfg, self.tmp / name)
-
-    def load(self, config: BuildConfig | None = None) -> Any:
-        cfg = config or BuildConfig(profiles=(PROFILE,))
-        self.build(cfg)
-        self.cuda.recorder.clear()
-        return self.runtime.deserialize_engine(
-            _entry(self.tmp / "e.engine", self.runtime.runtime_target(cfg), cfg)
-        )
-
-
-@pytest.fixture
-def make_rig(tmp_path: Path) -> Callable[..., Rig]:
-    def make(version: str = "10.16.1.11", *, host: HostCapabilities | None = None,
-             options: TensorrtOptions | None = None, thermal: Any = None) -> Rig:
-        cuda = FakeCudaRuntime()
-        trt = make_fake_tensorrt(version, cuda=cuda, recorder=cuda.recorder)
-        if version.startswith("11."):
-            fake_state(trt).model = HALF_SPEC
-        gate, budget = RecordingGate(), CountingBudget()
-        runtime = TensorrtRuntime(
-            gate=gate, budget=budget, thermal=thermal,
-            host=host or HostCapabilities(sm="sm87"),
-            options=options or TensorrtOptions(optional_plugins=()),
-            trt_module=trt, cuda_module=cuda,
-        )
-        return Rig(trt, cuda, runtime, gate, budget, tmp_path)
-
-    return make
 
 
 # --------------------------------------------------------------------------- identity
@@ -218,7 +126,7 @@ def test_trt11_strict_fails_when_the_graph_lacks_fp16_on_pinned_layers(
     rig = make_rig("11.4.0.106")
     rig.state.model = FakeModelSpec()  # router/kan layers carry FLOAT
     with pytest.raises(EngineBuildError, match="does not carry FP16"):
-        rig.build(BuildConfig(precision=PrecisionMode.MIXED, profiles=(PROFILE,)))
+        rig.build(BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,)))
 
 
 def test_strongly_typed_can_be_forced_on_trt10(make_rig: Callable[..., Rig]) -> None:
@@ -238,7 +146,8 @@ def test_weak_path_refused_on_trt11(make_rig: Callable[..., Rig]) -> None:
 
 
 def test_int8_on_trt11_goes_strong_without_a_calibrator(make_rig: Callable[..., Rig]) -> None:
-    rig = make_rig("11.4.0.106")
+    rig = make_rig("11.4.0.106", options=TensorrtOptions(optional_plugins=(),
+                                                         precision_converter=_qdq_converter()))
     art = rig.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,)))
     assert art.metadata["trt_path"] == "strong"
     assert "calibration" not in art.metadata
@@ -384,7 +293,7 @@ def test_int8_weak_path_feeds_batches_and_writes_the_cache(
     cache: dict[str, bytes] = {}
     batches = [{"input": np.full((2, 3, 8, 8), i, np.float32)} for i in range(3)]
     rig = make_rig(version, options=TensorrtOptions(optional_plugins=(),
-                                                    calibration=_calibration(batches, cache)))
+                                                    int8_quantization="implicit", calibration=_calibration(batches, cache)))
     meta = rig.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,))).metadata
     assert meta["calibration"] == {"batches": 3}
     assert [b["input"][0, 0, 0, 0] for b in rig.state.calibration_fed] == [0, 1, 2]
@@ -405,7 +314,7 @@ def test_int8_calibrates_at_the_opt_shapes_of_the_calibration_profile(
                                            dtype=np.float32).reshape(n, 3, 8, 8)})
         start += n
     rig = make_rig(version, options=TensorrtOptions(optional_plugins=(),
-                                                    calibration=_calibration(batches, {})))
+                                                    int8_quantization="implicit", calibration=_calibration(batches, {})))
     with caplog.at_level("INFO", logger="trt_provision"):
         meta = rig.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,))).metadata
     (call,) = rig.cuda.recorder.calls_to("IBuilderConfig.set_calibration_profile")
@@ -425,7 +334,7 @@ def test_calibration_batch_with_other_inner_dims_is_refused(make_rig: Callable[.
     batches = [{"input": np.zeros((2, 3, 8, 8), np.float32)},
                {"input": np.zeros((2, 3, 4, 4), np.float32)}]
     rig = make_rig("10.3.0", options=TensorrtOptions(optional_plugins=(),
-                                                     calibration=_calibration(batches, {})))
+                                                     int8_quantization="implicit", calibration=_calibration(batches, {})))
     with pytest.raises(CalibrationCacheError, match="opt") as info:
         rig.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,)))
     ctx = info.value.context
@@ -438,7 +347,7 @@ def test_calibration_needs_one_opt_batch_size_for_all_inputs(
     make_rig: Callable[..., Rig],
 ) -> None:
     rig = make_rig("10.3.0", options=TensorrtOptions(optional_plugins=(),
-                                                     calibration=_calibration([], {})))
+                                                     int8_quantization="implicit", calibration=_calibration([], {})))
     rig.state.model = FakeModelSpec(inputs=(FakeTensorSpec("a", (-1, 4)),
                                             FakeTensorSpec("b", (-1, 4))))
     profiles = (OptimizationProfile("a", (1, 4), (2, 4), (4, 4)),
@@ -473,14 +382,16 @@ class _RawCalibrator:
         pass
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the calibrator API on 10.3
 @pytest.mark.parametrize("case", ["exact", "short", "no_profile"])
-def test_fake_builder_checks_what_the_calibrator_feeds(case: str) -> None:
+def test_fake_builder_checks_what_the_calibrator_feeds(case: str, tmp_path: Path) -> None:
     cuda = FakeCudaRuntime()
     trt = make_fake_tensorrt("10.3.0", cuda=cuda)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
-    assert trt.OnnxParser(network, logger).parse_from_file("m.onnx")
+    model = write_model(FakeModelSpec(), tmp_path / "m.onnx")
+    assert trt.OnnxParser(network, logger).parse_from_file(str(model))
     config = builder.create_builder_config()
     config.set_flag(trt.BuilderFlag.INT8)
     profile = builder.create_optimization_profile()
@@ -502,7 +413,7 @@ def test_fake_builder_checks_what_the_calibrator_feeds(case: str) -> None:
 def test_int8_cache_hit_feeds_no_batches(make_rig: Callable[..., Rig]) -> None:
     cache = {"data": b"table"}
     rig = make_rig("10.3.0", options=TensorrtOptions(
-        optional_plugins=(), calibration=_calibration([{"input": np.zeros((1, 3, 8, 8), np.float32)}],
+        optional_plugins=(), int8_quantization="implicit", calibration=_calibration([{"input": np.zeros((1, 3, 8, 8), np.float32)}],
                                                       cache)))
     meta = rig.build(BuildConfig(precision=PrecisionMode.MIXED, profiles=(PROFILE,))).metadata
     assert meta["calibration"] == {"batches": 0}
@@ -517,7 +428,7 @@ def test_int8_without_calibration_data_fails(make_rig: Callable[..., Rig]) -> No
 def test_calibration_batch_error_surfaces_after_the_build(make_rig: Callable[..., Rig]) -> None:
     batches = [{"wrong_name": np.zeros((1, 3, 8, 8), np.float32)}]
     rig = make_rig("10.3.0", options=TensorrtOptions(optional_plugins=(),
-                                                     calibration=_calibration(batches, {})))
+                                                     int8_quantization="implicit", calibration=_calibration(batches, {})))
     with pytest.raises(CalibrationCacheError, match="lacks network inputs"):
         rig.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,)))
     assert rig.cuda.live == {}
@@ -536,8 +447,10 @@ def test_required_plugin_missing_fails_before_building(make_rig: Callable[..., R
 
 
 def test_plugins_found_and_optional_absent_are_reported(make_rig: Callable[..., Rig]) -> None:
-    rig = make_rig(options=TensorrtOptions())  # DecodeNMS optional by default
-    rig.state.plugins = [("TilePack", "1", ""), ("TileSSMScan", "2", "tile")]
+    library = Path("/opt/plugins/libtile.so")
+    rig = make_rig(options=TensorrtOptions(plugin_libraries=(library,)))  # DecodeNMS optional
+    rig.state.plugins = [("TilePack", "1", "")]  # libnvinfer_plugin's own
+    rig.state.plugin_libraries = {str(library): [("TileSSMScan", "2", "tile")]}
     cfg = BuildConfig(profiles=(PROFILE,), plugins=(
         PluginSpec("TilePack"), PluginSpec("TileSSMScan", "2", "tile")))
     report = {p["name"]: p for p in rig.build(cfg).metadata["plugins"]}
@@ -978,6 +891,9 @@ def test_staged_views_with_several_inputs(make_rig: Callable[..., Rig]) -> None:
 # --------------------------------------------------------------------------- trtexec builder
 
 _FAKE_TRTEXEC = """#!/bin/sh
+# Every trtexec run starts with the banner naming its TensorRT (NV_TENSORRT_VERSION).
+echo "&&&& RUNNING TensorRT.trtexec [TensorRT v$FAKE_TRTEXEC_TRT] # trtexec $*"
+if [ "$1" = "--help" ]; then echo "=== Model Options ==="; exit 0; fi
 printf '%s\\n' "$@" > "$FAKE_TRTEXEC_ARGV"
 case "$FAKE_TRTEXEC_MODE" in
   fail)
@@ -1026,13 +942,20 @@ def fake_trtexec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeTrtexec
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
     monkeypatch.setenv("FAKE_TRTEXEC_ARGV", str(argv_file))
     monkeypatch.setenv("FAKE_TRTEXEC_MODE", "ok")
+    monkeypatch.setenv("FAKE_TRTEXEC_TRT", "101601")
     return FakeTrtexec(binary, argv_file)
+
+
+def _banner_number(version: str) -> str:
+    major, minor, patch = (int(p) for p in version.split(".")[:3])
+    return str(major * 10000 + minor * 100 + patch)
 
 
 def _trtexec_rig(make_rig: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch,
                  version: str = "10.16.1.11", **options: Any) -> Rig:
     """A rig whose fake trtexec copies an engine the fake TensorRT can deserialize."""
     rig = make_rig(version, options=TensorrtOptions(optional_plugins=(), **options))
+    monkeypatch.setenv("FAKE_TRTEXEC_TRT", _banner_number(version))
     reference = rig.runtime.compile_network(_identity_net(), BuildConfig(),
                                             rig.tmp / "reference.engine")
     monkeypatch.setenv("FAKE_TRTEXEC_ENGINE", str(reference.staged_path))
@@ -1088,7 +1011,7 @@ def test_trtexec_int8_reads_the_calibration_cache(
 ) -> None:
     cache = {"data": b"calibration-table"}
     rig = _trtexec_rig(make_rig, monkeypatch, "10.3.0", builder="trtexec",
-                       calibration=_calibration([], cache))
+                       int8_quantization="implicit", calibration=_calibration([], cache))
     cfg = BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,), fp16_pinned_keywords=())
     meta = rig.build(cfg).metadata
     argv = fake_trtexec.argv
@@ -1104,7 +1027,7 @@ def test_trtexec_mixed_passes_fp16_and_int8(
     make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rig = _trtexec_rig(make_rig, monkeypatch, "10.3.0", builder="trtexec",
-                       calibration=_calibration([], {"data": b"table"}))
+                       int8_quantization="implicit", calibration=_calibration([], {"data": b"table"}))
     rig.build(BuildConfig(precision=PrecisionMode.MIXED, profiles=(PROFILE,),
                           fp16_pinned_keywords=()))
     assert {"--fp16", "--int8"} <= set(fake_trtexec.argv)
@@ -1131,15 +1054,14 @@ def test_trtexec_with_converter_needs_no_tensorrt_module(
     seen: list[Path] = []
 
     def convert(model: Path, cfg: BuildConfig, workdir: Path) -> tuple[Path, dict[str, Any]]:
-        converted = workdir / "m.fp16.onnx"
-        converted.write_bytes(b"fp16")
+        converted = write_model(HALF_SPEC, workdir / "m.fp16.onnx")
         seen.append(converted)
         return converted, {"converted": True}
 
     def no_tensorrt(module: str, extra: str | None = None) -> Any:
         raise MissingDependencyError(module, extra or "tensorrt")
 
-    monkeypatch.setattr("trt_provision.runtimes.tensorrt.runtime.import_optional", no_tensorrt)
+    monkeypatch.setattr("trt_provision.runtimes.tensorrt._context.import_optional", no_tensorrt)
     runtime = TensorrtRuntime(
         gate=RecordingGate(), host=HostCapabilities(sm="sm87", trt_version="11.4.0.106"),
         options=TensorrtOptions(optional_plugins=(), builder="trtexec",
@@ -1147,7 +1069,7 @@ def test_trtexec_with_converter_needs_no_tensorrt_module(
         cuda_module=FakeCudaRuntime(),
     )
     cfg = BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,), strongly_typed=True)
-    art = runtime.compile_engine(reference.tmp / "m.onnx", cfg, reference.tmp / "x.engine")
+    art = runtime.compile_engine(reference.model, cfg, reference.tmp / "x.engine")
     argv = fake_trtexec.argv
     assert len(seen) == 1 and f"--onnx={seen[0]}" in argv and "--stronglyTyped" in argv
     assert art.metadata["converted"] is True and art.metadata["builder"] == "trtexec"
@@ -1173,17 +1095,16 @@ def test_trtexec_timeout_kills_its_process_group(
 ) -> None:
     rig = _trtexec_rig(make_rig, monkeypatch, builder="trtexec", trtexec_timeout_s=1.0)
     monkeypatch.setenv("FAKE_TRTEXEC_MODE", "hang")
-    started = time.monotonic()
     with pytest.raises(EngineBuildError, match="timed out") as info:
         rig.build(BuildConfig(profiles=(PROFILE,)))
-    assert time.monotonic() - started < 20
     assert info.value.context["timeout_s"] == 1.0
     child = int(Path(str(fake_trtexec.argv_file) + ".child").read_text())
     assert not _alive(child)
 
 
-def _alive(pid: int, within_s: float = 5.0) -> bool:
-    """Whether ``pid`` still runs after up to ``within_s`` (signals land asynchronously)."""
+def _alive(pid: int, within_s: float = 60.0) -> bool:
+    """Whether ``pid`` still runs after up to ``within_s`` (signals land asynchronously; the
+    bound is only a hang guard: a dead process returns at once)."""
     deadline = time.monotonic() + within_s
     while True:
         try:
@@ -1234,8 +1155,7 @@ def test_strong_path_parses_the_precision_carrying_graph(make_rig: Callable[...,
     seen: list[tuple[Path, str, Path]] = []
 
     def convert(model: Path, cfg: BuildConfig, workdir: Path) -> tuple[Path, dict[str, Any]]:
-        converted = workdir / "m.qdq.onnx"
-        converted.write_bytes(b"qdq")
+        converted = write_model(QDQ_SPEC, workdir / "m.qdq.onnx")
         seen.append((model, cfg.precision.value, workdir))
         return converted, {"calibration_key": "k" * 64, "accuracy": {"outputs": {}}}
 

@@ -31,9 +31,13 @@ PATH_FEATURES: dict[str, tuple[tuple[str, str | None], ...]] = {
     "weak": (
         ("BuilderFlag", "FP16"),
         ("BuilderFlag", "OBEY_PRECISION_CONSTRAINTS"),
+        ("BuilderFlag", "PREFER_PRECISION_CONSTRAINTS"),
         ("ILayer", "precision"),
         ("ILayer", "set_output_type"),
     ),
+    # INT8 on the weak path from an explicitly quantized (Q/DQ) graph: the flag alone.
+    "weak_int8_flag": (("BuilderFlag", "INT8"),),
+    # INT8 on the weak path through a calibrator (implicit quantization).
     "weak_int8": (("BuilderFlag", "INT8"), ("IBuilderConfig", "int8_calibrator")),
     "int8_calibrator": (("IInt8EntropyCalibrator2", None),),
     "strong": (("NetworkDefinitionCreationFlag", "STRONGLY_TYPED"),),

@@ -121,8 +121,12 @@ class CalibrationFeeder:
         read_cache: ReadCache,
         write_cache: WriteCache,
         buffers: CudaBuffers,
+        batch_size: int | None = None,
     ) -> None:
-        self._iter: Iterator[Mapping[str, np.ndarray[Any, Any]]] = iter(batches)
+        # The iterator is created lazily: a cache hit must not start reading data.
+        self._batches = batches
+        self._iter: Iterator[Mapping[str, np.ndarray[Any, Any]]] | None = None
+        self._batch_size = batch_size
         self._read_cache = read_cache
         self._write_cache = write_cache
         self._buffers = buffers
@@ -134,10 +138,17 @@ class CalibrationFeeder:
 
     def _peek(self) -> Mapping[str, np.ndarray[Any, Any]] | None:
         if self._peeked is None and not self._done:
+            if self._iter is None:
+                self._iter = iter(self._batches)
             self._peeked = next(self._iter, None)
         return self._peeked
 
     def batch_size(self) -> int:
+        """TensorRT asks for this whether or not the cache is used (NvInfer.h,
+        IInt8Calibrator::getBatchSize): answered from the calibration shape, reading no
+        data; only without one (a caller that passes none) is the first batch peeked."""
+        if self._batch_size is not None:
+            return self._batch_size
         try:
             first = self._peek()
             if not first:

@@ -2,12 +2,18 @@
 
 Two precision paths, chosen by what the loaded TensorRT offers (see ``_paths``):
 
-* **weak** (TensorRT 10): FP16/INT8 builder flags; layers whose names contain a pinned
-  keyword are set to HALF with HALF outputs under OBEY_PRECISION_CONSTRAINTS.
+* **weak** (TensorRT 10): FP16/INT8 builder flags; pinned layers are set to HALF with HALF
+  outputs under OBEY_PRECISION_CONSTRAINTS (``strict_precision_constraints``) or
+  PREFER_PRECISION_CONSTRAINTS (not strict: TensorRT may ignore a constraint it cannot meet).
 * **strong** (TensorRT 10 optional, TensorRT 11 only): a STRONGLY_TYPED network; precision
   comes from the (Q/DQ- or cast-carrying) ONNX graph itself.
 
-Either way every matched layer gets an evidence record for the metadata sidecar.
+**Pinned** means one thing on both paths: in int8 and mixed builds a pinned layer computes
+in FP16 (weak: layer precision HALF through the constraints; strong: the prepared graph has
+the node in FP16 and does not quantize it); in fp16 builds it is FP16 like every other
+layer. A layer is pinned when it comes from one of the model's own nodes (not a cast or
+Q/DQ node a converter inserted, whatever its name) whose name contains a pinned keyword.
+Either way every pinned layer gets an evidence record for the metadata sidecar.
 """
 
 from __future__ import annotations
@@ -15,13 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trt_provision.errors import EngineBuildError
 from trt_provision.runtimes.tensorrt._paths import path_available, trt_path
+from trt_provision.runtimes.tensorrt.onnx_graph import layer_node
 from trt_provision.types import BuildConfig, PrecisionMode
 
 __all__ = [
@@ -78,14 +85,23 @@ class LayerEvidence:
         }
 
 
-def choose_precision_path(trt: Any, build_config: BuildConfig) -> str:
-    """``"weak"`` or ``"strong"`` from the request and what this TensorRT offers."""
+def choose_precision_path(
+    trt: Any, build_config: BuildConfig, *, implicit_int8: bool = False
+) -> str:
+    """``"weak"`` or ``"strong"`` from the request and what this TensorRT offers.
+
+    ``implicit_int8``: INT8 on the weak path goes through a calibrator (else through an
+    explicitly quantized Q/DQ graph, which needs only the INT8 builder flag).
+    """
     weak = path_available(trt, "weak")
     strong = path_available(trt, "strong")
     needs_int8 = build_config.precision.needs_calibration
-    weak_int8 = weak and path_available(trt, "weak_int8") and path_available(
-        trt, "int8_calibrator"
-    )
+    if implicit_int8:
+        weak_int8 = weak and path_available(trt, "weak_int8") and path_available(
+            trt, "int8_calibrator"
+        )
+    else:
+        weak_int8 = weak and path_available(trt, "weak_int8_flag")
     if build_config.strongly_typed is True:
         if not strong:
             raise EngineBuildError(
@@ -165,6 +181,36 @@ def _matched_keyword(name: str, keywords: tuple[str, ...]) -> str | None:
     return next((k for k in keywords if k in lowered), None)
 
 
+# Type conversions, not computation: converters insert them around pinned nodes with names
+# derived from those nodes, so their names say nothing about what is pinned.
+_NOT_PINNABLE_OPS = frozenset({"Cast", "CastLike", "QuantizeLinear", "DequantizeLinear"})
+
+
+@dataclass(frozen=True)
+class ModelNodes:
+    """The model's own ONNX nodes (name -> op type) and those reading dequantized tensors.
+
+    ``nodes`` is None for a network built by code: every layer then is the model's own.
+    """
+
+    nodes: Mapping[str, str] | None = None
+    quantized: frozenset[str] = frozenset()
+
+    def pinned_keyword(self, layer_name: str, keywords: tuple[str, ...]) -> str | None:
+        if self.nodes is None:
+            return _matched_keyword(layer_name, keywords)
+        node = layer_node(layer_name, self.nodes)
+        if node is None or self.nodes[node] in _NOT_PINNABLE_OPS:
+            return None
+        return _matched_keyword(node, keywords)
+
+    def is_quantized(self, layer_name: str) -> bool:
+        if self.nodes is None:
+            return False
+        node = layer_node(layer_name, self.nodes)
+        return node is not None and node in self.quantized
+
+
 def _pinning_applies(build_config: BuildConfig) -> bool:
     return build_config.precision is not PrecisionMode.FP32 and bool(
         build_config.fp16_pinned_keywords
@@ -173,9 +219,11 @@ def _pinning_applies(build_config: BuildConfig) -> bool:
 
 @trt_path("weak")
 def apply_weak_precision(
-    trt: Any, network: Any, config: Any, build_config: BuildConfig
+    trt: Any, network: Any, config: Any, build_config: BuildConfig,
+    own: ModelNodes | None = None,
 ) -> tuple[list[str], list[LayerEvidence]]:
     """Set builder flags and pin matched layers to HALF; return (flags, evidence)."""
+    own = own or ModelNodes()
     flags: list[str] = []
     precision = build_config.precision
     if precision in (PrecisionMode.FP16, PrecisionMode.MIXED):
@@ -194,13 +242,19 @@ def apply_weak_precision(
     half = trt.DataType.HALF
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        keyword = _matched_keyword(layer.name, build_config.fp16_pinned_keywords)
+        keyword = own.pinned_keyword(layer.name, build_config.fp16_pinned_keywords)
         if keyword is None:
             continue
         evidence.append(_pin_layer(layer, keyword, half))
     if any(e.applied for e in evidence):
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        flags.append("OBEY_PRECISION_CONSTRAINTS")
+        # OBEY fails the build when a constraint cannot be met; PREFER lets TensorRT fall
+        # back (with a warning): what strict_precision_constraints=false asks for.
+        if build_config.strict_precision_constraints:
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+            flags.append("OBEY_PRECISION_CONSTRAINTS")
+        else:
+            config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+            flags.append("PREFER_PRECISION_CONSTRAINTS")
     failed = [e for e in evidence if e.applicable and not e.applied]
     if failed:
         details = [f"{e.layer}: {e.reason}" for e in failed]
@@ -238,32 +292,45 @@ def _pin_layer(layer: Any, keyword: str, half: Any) -> LayerEvidence:
     )
 
 
-def strong_precision_evidence(network: Any, build_config: BuildConfig) -> list[LayerEvidence]:
-    """On a strongly typed network precision is the graph's: record what the layers carry."""
+def strong_precision_evidence(
+    network: Any, build_config: BuildConfig, own: ModelNodes | None = None
+) -> list[LayerEvidence]:
+    """On a strongly typed network precision is the graph's: record what the layers carry.
+
+    A pinned layer is in place when it carries FP16 and, in int8/mixed builds, its node does
+    not read a dequantized tensor (it computes in FP16, not INT8).
+    """
+    own = own or ModelNodes()
     evidence: list[LayerEvidence] = []
     if not _pinning_applies(build_config):
         return evidence
+    quantizing = build_config.precision.needs_calibration
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        keyword = _matched_keyword(layer.name, build_config.fp16_pinned_keywords)
+        keyword = own.pinned_keyword(layer.name, build_config.fp16_pinned_keywords)
         if keyword is None:
             continue
         types = {
             str(layer.get_output(j).dtype).rsplit(".", 1)[-1] for j in range(layer.num_outputs)
         }
-        is_half = types == {"HALF"}
         applicable = not (types & _NON_FLOAT_TYPES)
+        quantized = quantizing and own.is_quantized(layer.name)
+        is_half = types == {"HALF"} and not quantized
+        if is_half:
+            reason = ""
+        elif quantized:
+            reason = "graph quantizes this node (its inputs are dequantized INT8)"
+        else:
+            reason = "graph does not carry FP16 for this layer"
         evidence.append(
             LayerEvidence(
-                layer.name, keyword, "HALF" if is_half else ",".join(sorted(types)) or None,
-                is_half, reason="" if is_half else "graph does not carry FP16 for this layer",
-                applicable=applicable,
+                layer.name, keyword,
+                "HALF" if types == {"HALF"} else ",".join(sorted(types)) or None,
+                is_half, reason=reason, applicable=applicable,
             )
         )
     failed = [e for e in evidence if e.applicable and not e.applied]
-    if failed and build_config.strict_precision_constraints and build_config.precision in (
-        PrecisionMode.MIXED, PrecisionMode.FP16,
-    ):
+    if failed and build_config.strict_precision_constraints:
         raise EngineBuildError(
             "strongly typed model does not carry FP16 on pinned layers "
             "(strict_precision_constraints)",

@@ -51,13 +51,23 @@ class TimingCacheFile:
         self.path = Path(path)
         self.loaded_bytes = 0
 
-    def attach(self, config: Any) -> Any:
-        """Create the config's timing cache from disk (empty if absent) and set it."""
+    def attach(self, config: Any) -> Any | None:
+        """Create the config's timing cache from disk (empty if absent) and set it.
+
+        None when TensorRT refuses it (``set_timing_cache`` returns False, e.g. a cache from
+        another device or version: NvInfer.h, ``IBuilderConfig::setTimingCache``): the build
+        then runs without a cache and the file on disk is left as it is.
+        """
         with _locked(self.path):
             data = self.path.read_bytes() if self.path.exists() else b""
         self.loaded_bytes = len(data)
         timing_cache = config.create_timing_cache(data)
-        config.set_timing_cache(timing_cache, False)
+        if timing_cache is None or not config.set_timing_cache(timing_cache, False):
+            log.warning(
+                "TensorRT refused the timing cache; building without it",
+                extra={"event": "trt.timing_cache.refused", "path": str(self.path)},
+            )
+            return None
         return timing_cache
 
     def merge_back(self, config: Any, timing_cache: Any) -> int:
@@ -65,7 +75,14 @@ class TimingCacheFile:
         with _locked(self.path):
             on_disk = self.path.read_bytes() if self.path.exists() else b""
             merged = config.create_timing_cache(on_disk)
-            merged.combine(timing_cache, False)
+            if merged is None or not merged.combine(timing_cache, False):
+                # combine returns False on a mismatched cache (NvInfer.h,
+                # ITimingCache::combine): keep what is on disk rather than overwrite it.
+                log.warning(
+                    "TensorRT could not merge the timing cache; the file is left as it is",
+                    extra={"event": "trt.timing_cache.merge_failed", "path": str(self.path)},
+                )
+                return 0
             data = bytes(merged.serialize())
             atomic_write_bytes(self.path, data)
         log.info(

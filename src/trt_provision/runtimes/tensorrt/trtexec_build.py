@@ -13,8 +13,18 @@ builder):
   ``--builderOptimizationLevel``, ``--hardwareCompatibilityLevel``, ``--timingCacheFile``;
 * strong: ``--stronglyTyped`` and no precision flag (precision comes from the graph);
 * weak: ``--fp16`` for FP16; ``--fp16 --int8`` for INT8 and MIXED (the flags the Python
-  builder sets for them) with ``--calib=<cache>``,
-  since trtexec reads an existing calibration cache but cannot feed calibration batches.
+  builder sets for them): on an explicitly quantized (Q/DQ) graph nothing more; on the
+  implicit calibrator path with ``--calib=<cache>``, since trtexec reads an existing
+  calibration cache but cannot feed calibration batches.
+* fp32 without ``tf32``: ``--noTF32`` (trtexec, like TensorRT, enables TF32 by default:
+  samples/common/sampleOptions.cpp of NVIDIA/TensorRT, ``--noTF32``).
+* DLA: ``--useDLACore=N`` and, with ``gpu_fallback``, ``--allowGPUFallback``.
+
+trtexec silently pins a missing dynamic dimension to 1 when no shapes are given
+(sampleOptions.cpp / sampleEngines.cpp: "Dynamic dimensions required for input ... set to
+1"), so a dynamic input without a profile is refused before trtexec runs. The binary's own
+TensorRT version (the ``[TensorRT vMMmmpp]`` banner every trtexec run prints) must equal the
+version the engine identity records.
   ``--best`` is never used: it lets TensorRT pick any precision, which the identity of the
   engine would not record.
 
@@ -30,20 +40,27 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trt_provision.errors import EngineBuildError
 from trt_provision.runtimes.tensorrt.subprocess_build import DEFAULT_TIMEOUT_S, run_group
-from trt_provision.types import BuildConfig, HardwareCompatibility, PrecisionMode
+from trt_provision.runtimes.tensorrt.timing_cache import locked_timing_cache, timing_cache_path
+from trt_provision.types import BuildArtifact, BuildConfig, HardwareCompatibility, PrecisionMode
+
+if TYPE_CHECKING:
+    from trt_provision.runtimes.tensorrt._context import TrtContext
 
 __all__ = [
+    "JETPACK_TRTEXEC",
     "TrtexecCommandFromConfig",
     "build_with_trtexec",
     "find_trtexec",
+    "parse_trtexec_version",
     "trtexec_error_lines",
+    "trtexec_version",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,13 +73,63 @@ _HW_LEVELS: dict[HardwareCompatibility, str] = {
 _ERROR_LINE = re.compile(r"\[E\]|\bERROR\b|Error\[\d+\]|&&&& FAILED")
 
 
-def find_trtexec(configured: Path | None = None) -> Path | None:
-    """The configured binary when it is executable, else ``trtexec`` on PATH, else None."""
+# Where JetPack installs trtexec; it is not on PATH there.
+JETPACK_TRTEXEC = Path("/usr/src/tensorrt/bin/trtexec")
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def find_trtexec(
+    configured: Path | None = None, *, jetpack_path: Path = JETPACK_TRTEXEC
+) -> Path | None:
+    """The configured binary when it is executable, else ``trtexec`` on PATH, else JetPack's
+    ``/usr/src/tensorrt/bin/trtexec``, else None. The choice is logged."""
     if configured is not None:
         path = Path(configured)
-        return path if path.is_file() and os.access(path, os.X_OK) else None
-    found = shutil.which("trtexec")
-    return Path(found) if found else None
+        found: Path | None = path if _executable(path) else None
+        how = "configured"
+    elif (on_path := shutil.which("trtexec")) is not None:
+        found, how = Path(on_path), "PATH"
+    else:
+        found = jetpack_path if _executable(jetpack_path) else None
+        how = "JetPack location"
+    if found is not None:
+        log.info("using trtexec %s (%s)", found, how,
+                 extra={"event": "trt.trtexec.found", "path": str(found), "found_by": how})
+    return found
+
+
+_BANNER = re.compile(r"\[TensorRT v(\d+)\]")
+
+
+def parse_trtexec_version(output: str) -> str | None:
+    """``[TensorRT v101600]`` -> ``"10.16.0"``; None when the banner is absent.
+
+    The number is ``NV_TENSORRT_VERSION`` (NvInferVersion.h): ``major*10000 + minor*100 +
+    patch`` from TensorRT 10 on, ``major*1000 + minor*100 + patch`` before.
+    """
+    match = _BANNER.search(output)
+    if match is None:
+        return None
+    number = int(match.group(1))
+    if number >= 100000:
+        major, rest = divmod(number, 10000)
+    else:
+        major, rest = divmod(number, 1000)
+    minor, patch = divmod(rest, 100)
+    return f"{major}.{minor}.{patch}"
+
+
+def trtexec_version(binary: Path, *, timeout: float = 120.0) -> str | None:
+    """The TensorRT version the binary itself was built with (from ``trtexec --help``)."""
+    try:
+        _code, stdout, stderr = run_group((str(binary), "--help"), timeout,
+                                          what="trtexec --help", context={"binary": str(binary)})
+    except EngineBuildError:
+        return None
+    return parse_trtexec_version(stdout.decode(errors="replace") + stderr.decode(errors="replace"))
 
 
 def _shape_spec(pairs: Sequence[tuple[str, tuple[int, ...]]]) -> str:
@@ -91,6 +158,7 @@ class TrtexecCommandFromConfig:
         *,
         timing_cache: Path | None = None,
         calibration_cache: Path | None = None,
+        explicit_int8: bool = False,
     ) -> TrtexecCommandFromConfig:
         cfg = build_config
         args = [str(binary), f"--onnx={model_path}", f"--saveEngine={staged_path}",
@@ -103,7 +171,9 @@ class TrtexecCommandFromConfig:
                 # INT8 too: the Python builder sets FP16 with INT8 (an FP16 fallback for
                 # layers without INT8 kernels); one name, one engine semantics.
                 flags.append("--fp16")
-            if cfg.precision.needs_calibration:
+            if cfg.precision.needs_calibration and explicit_int8:
+                flags.append("--int8")  # the Q/DQ graph carries the scales
+            elif cfg.precision.needs_calibration:
                 if calibration_cache is None:
                     raise EngineBuildError(
                         "trtexec cannot calibrate from batches; INT8 on the weakly typed path "
@@ -112,6 +182,12 @@ class TrtexecCommandFromConfig:
                 flags.append(f"--calib={calibration_cache}")
         else:
             raise EngineBuildError(f"unknown precision path {precision_path!r}")
+        if cfg.precision is PrecisionMode.FP32 and not cfg.tf32:
+            flags.append("--noTF32")
+        if cfg.dla_core is not None:
+            flags.append(f"--useDLACore={cfg.dla_core}")
+            if cfg.gpu_fallback:
+                flags.append("--allowGPUFallback")
         args += flags
         if cfg.profiles:
             for option, attr in (("--minShapes", "min_shape"), ("--optShapes", "opt_shape"),
@@ -171,3 +247,181 @@ def build_with_trtexec(
         "builder_command": list(command.argv),
         "builder_warnings": [ln.strip() for ln in output.splitlines() if "[W]" in ln][:50],
     }
+
+
+class NotExpressible(Exception):
+    """A build the trtexec command line cannot express (``builder="auto"`` falls back)."""
+
+
+class TrtexecBuilder:
+    """Delegates an ONNX build to trtexec; the tensorrt module is optional here."""
+
+    def __init__(self, ctx: TrtContext) -> None:
+        self._ctx = ctx
+        self._versions: dict[Path, str | None] = {}
+
+    def delegate(
+        self, model_path: Path, build_config: BuildConfig, staged_path: Path
+    ) -> BuildArtifact | None:
+        """Build with trtexec when the options ask for it; None means: use the Python builder."""
+        options = self._ctx.options
+        mode = options.builder
+        binary = find_trtexec(options.trtexec_path)
+        if binary is None:
+            if mode == "trtexec":
+                raise EngineBuildError(
+                    "builder='trtexec' but no executable trtexec was found",
+                    configured=str(options.trtexec_path or ""),
+                    searched=f"PATH, {JETPACK_TRTEXEC}")
+            return None
+        try:
+            return self._build(binary, model_path, build_config, staged_path)
+        except NotExpressible as exc:
+            if mode == "trtexec":
+                raise EngineBuildError(f"this build cannot be delegated to trtexec: {exc}",
+                                       model=str(model_path)) from exc
+            log.info("build not delegated to trtexec",
+                     extra={"event": "trt.trtexec.fallback", "reason": str(exc)})
+            return None
+
+    def precision_path(self, trt: Any | None, build_config: BuildConfig) -> str:
+        from trt_provision.runtimes.tensorrt.network import choose_precision_path
+
+        if trt is not None:
+            # The same choice (and the same refusals) as the Python builder: a weakly typed
+            # build on a TensorRT without that path (TRT 11) is an EngineBuildError.
+            return choose_precision_path(trt, build_config,
+                                         implicit_int8=self._ctx.implicit_int8(trt))
+        path = path_from_config(build_config)
+        if path is None:
+            raise NotExpressible(
+                "without the tensorrt module the precision path is unknown; set strongly_typed")
+        return path
+
+    def _check_version(self, binary: Path) -> str:
+        expected = self._ctx.version()
+        if binary not in self._versions:  # one `trtexec --help` per binary and run
+            self._versions[binary] = trtexec_version(binary)
+        found = self._versions[binary]
+        if found is None:
+            raise EngineBuildError("cannot read the TensorRT version of trtexec",
+                                   trtexec=str(binary))
+        if tuple(expected.split(".")[:3]) != tuple(found.split(".")[:3]):
+            raise EngineBuildError(
+                "trtexec was built with another TensorRT than the one this run uses",
+                trtexec=str(binary), trtexec_version=found, trt_version=expected)
+        return found
+
+    def _build(
+        self, binary: Path, model_path: Path, build_config: BuildConfig, staged_path: Path
+    ) -> BuildArtifact:
+        from trt_provision.runtimes.tensorrt.builder import (
+            AMPERE_SM,
+            check_plugins,
+            write_synced,
+        )
+        from trt_provision.runtimes.tensorrt.loader import memory_stamp
+        from trt_provision.runtimes.tensorrt.onnx_graph import dynamic_inputs
+
+        ctx = self._ctx
+        started = time.monotonic()
+        trt = ctx.optional_trt()
+        path = self.precision_path(trt, build_config)
+        implicit = trt is not None and ctx.implicit_int8(trt)
+        reduced = build_config.precision is not PrecisionMode.FP32
+        if (path == "weak" and reduced and build_config.fp16_pinned_keywords
+                and build_config.strict_precision_constraints):
+            raise NotExpressible("FP16-pinned layers need the Python builder (layer names)")
+        uncovered = [n for n in dynamic_inputs(model_path) if build_config.profile_for(n) is None]
+        if uncovered:
+            # trtexec would pin the missing dimensions to 1 and build anyway.
+            raise EngineBuildError("dynamic inputs need an optimization profile",
+                                   inputs=uncovered, model=str(model_path))
+        if (build_config.hardware_compatibility is HardwareCompatibility.AMPERE_PLUS
+                and ctx.sm_number() < AMPERE_SM):
+            raise EngineBuildError(
+                "hardware_compatibility ampere_plus needs an Ampere or newer build GPU",
+                device_sm=ctx.device_sm())
+        version = self._check_version(binary)
+        plugins: list[dict[str, Any]] = []
+        if trt is not None:
+            plugins = check_plugins(ctx, trt, build_config.plugins)
+        elif build_config.plugins:
+            raise NotExpressible("the plugin check needs the tensorrt module")
+
+        calib_file: Path | None = None
+        if path == "weak" and build_config.precision.needs_calibration and implicit:
+            calib_file = self._calibration_cache_file(model_path, build_config, staged_path,
+                                                      write_synced)
+        cache_path: Path | None = None
+        cache_dir = build_config.timing_cache_path or ctx.options.timing_cache_dir
+        if cache_dir is not None:
+            cache_path = timing_cache_path(cache_dir, ctx.version(), ctx.device_sm())
+        command = TrtexecCommandFromConfig.build(
+            binary, model_path, staged_path, build_config, path,
+            timing_cache=cache_path, calibration_cache=calib_file,
+            explicit_int8=not implicit)
+        timeout = ctx.options.trtexec_timeout_s
+        try:
+            if cache_path is not None:
+                with locked_timing_cache(cache_path):  # trtexec reads and rewrites the file
+                    facts = build_with_trtexec(command, staged_path, timeout=timeout)
+            else:
+                facts = build_with_trtexec(command, staged_path, timeout=timeout)
+        finally:
+            if calib_file is not None:
+                calib_file.unlink(missing_ok=True)
+        data = staged_path.read_bytes()
+        stamp: dict[str, Any]
+        if trt is not None:
+            ctx.register_plugins(trt)
+            stamp = memory_stamp(trt, ctx.logger(trt), data, integrated=ctx.integrated)
+        else:
+            stamp = {"memory_stamp": "unavailable: the tensorrt module is not installed"}
+        seconds = time.monotonic() - started
+        metadata: dict[str, Any] = {
+            "trt_version": ctx.version(),
+            "trtexec_binary": str(binary),
+            "trtexec_version": version,
+            "trt_path": path,
+            "int8_quantization": (None if not build_config.precision.needs_calibration
+                                  else "implicit" if calib_file is not None else "explicit"),
+            "builder_flags": list(command.precision_flags),
+            "layer_precision": [],
+            "plugins": plugins,
+            "hardware_compatibility": build_config.hardware_compatibility.value,
+            "builder_optimization_level": build_config.builder_optimization_level,
+            "workspace_bytes": build_config.workspace_mib << 20,
+            "timing_cache": str(cache_path) if cache_path else None,
+            "engine_bytes": len(data),
+            "model": str(model_path),
+            **stamp,
+            **facts,
+        }
+        if calib_file is not None:
+            metadata["calibration"] = {"batches": 0, "from_cache": True}
+        return BuildArtifact(staged_path=staged_path, build_seconds=seconds, metadata=metadata)
+
+    def _calibration_cache_file(
+        self, model_path: Path, build_config: BuildConfig, staged_path: Path,
+        write: Callable[[Path, bytes], None],
+    ) -> Path:
+        provider = self._ctx.options.calibration
+        data = provider(model_path, build_config) if provider else None
+        cache = data.read_cache() if data is not None else None
+        if not cache:
+            raise NotExpressible("INT8 needs an existing calibration cache for trtexec")
+        target = staged_path.with_name(staged_path.name + ".calib")
+        write(target, cache)
+        return target
+
+
+def path_from_config(build_config: BuildConfig) -> str | None:
+    """The precision path the build config alone decides; None when only TensorRT can."""
+    if build_config.strongly_typed is True:
+        return "strong"
+    if build_config.strongly_typed is False:
+        return "weak"
+    if build_config.precision is PrecisionMode.FP32:
+        return "weak"  # no precision flag at all: the same engine on either path
+    return None

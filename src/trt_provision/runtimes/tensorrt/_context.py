@@ -1,0 +1,107 @@
+"""What the builders, the loader and the runner share: modules, version, device, options."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trt_provision._lazy import import_optional
+from trt_provision.errors import MissingDependencyError
+from trt_provision.runtimes.tensorrt._paths import path_available
+from trt_provision.runtimes.tensorrt._process import (
+    ensure_plugins,
+    shared_logger,
+    version_at_least,
+)
+from trt_provision.runtimes.tensorrt.cuda_buffers import device_compute_capability, load_cudart
+from trt_provision.runtimes.tensorrt.options import TensorrtOptions
+from trt_provision.types import HostCapabilities
+
+__all__ = ["TrtContext"]
+
+# The Python bindings deprecate the calibrator API from this version on (python/src/infer/
+# pyCore.cpp of NVIDIA/TensorRT v10.3.0: int8_calibrator, set_calibration_profile).
+CALIBRATOR_DEPRECATED_SINCE = (10, 1)
+
+
+class TrtContext:
+    """Lazily loaded tensorrt / cudart and the facts every part of the strategy agrees on."""
+
+    def __init__(
+        self,
+        options: TensorrtOptions,
+        host: HostCapabilities | None,
+        trt_module: Any | None,
+        cuda_module: Any | None,
+    ) -> None:
+        self.options = options
+        self.host = host
+        self._trt_module = trt_module
+        self._cuda_module = cuda_module
+        self._sm: str | None = host.sm.rstrip("+") if host and host.sm else None
+        self._version: str | None = None
+
+    def trt(self) -> Any:
+        if self._trt_module is None:
+            self._trt_module = import_optional("tensorrt", "tensorrt")
+        return self._trt_module
+
+    def optional_trt(self) -> Any | None:
+        try:
+            return self.trt()
+        except MissingDependencyError:
+            return None
+
+    def cuda(self) -> Any:
+        if self._cuda_module is None:
+            self._cuda_module = load_cudart()
+        return self._cuda_module
+
+    def version(self) -> str:
+        """The one TensorRT version of this run: the importable module's, else the host's.
+
+        Fixed at the first answer, so the identity, the timing cache and the trtexec check
+        all see the same value.
+        """
+        if self._version is None:
+            trt = self.optional_trt()
+            if trt is not None:
+                self._version = str(trt.__version__)
+            elif self.host is not None and self.host.trt_version:
+                self._version = self.host.trt_version
+            else:
+                self.trt()  # raises the MissingDependencyError naming the extra
+                raise AssertionError("unreachable")
+        return self._version
+
+    def device_sm(self) -> str:
+        if self._sm is None:
+            major, minor = device_compute_capability(self.cuda())
+            self._sm = f"sm{major}{minor}"
+        return self._sm
+
+    def sm_number(self) -> int:
+        return int(self.device_sm()[2:].rstrip("+").removesuffix("cc"))
+
+    @property
+    def integrated(self) -> bool:
+        """A Jetson-style GPU sharing RAM with the host (pinned host memory counts too)."""
+        return bool(self.host and (self.host.gpu_integrated or self.host.jetpack))
+
+    def logger(self, trt: Any) -> Any:
+        return shared_logger(trt)
+
+    def register_plugins(self, trt: Any) -> None:
+        ensure_plugins(trt, self.options.plugin_namespace, self.options.plugin_libraries)
+
+    def implicit_int8(self, trt: Any | None) -> bool:
+        """Whether weakly typed INT8 calibrates through a calibrator (implicit quantization).
+
+        Explicit quantization (a Q/DQ graph) is taken wherever the calibrator API is
+        deprecated or gone; the calibrator only below 10.1 or when asked for.
+        """
+        choice = self.options.int8_quantization
+        if choice != "auto":
+            return choice == "implicit"
+        if trt is None or not path_available(trt, "int8_calibrator"):
+            return False
+        return not version_at_least(self.version(), CALIBRATOR_DEPRECATED_SINCE)

@@ -1,0 +1,225 @@
+"""A small hostile S3 server on 127.0.0.1, for what a real server (SeaweedFS) cannot be made
+to do: trickle bytes, send a malformed or no Content-Length, drop connections.
+
+Path-style requests only (``/<bucket>/<key>``); signatures are not checked. Objects live in a
+dict; each key can be given a ``mode`` that changes how its GET is answered. The server and
+every trickling handler stop when the fixture stops the server.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+# GET modes
+NORMAL = "normal"
+TRICKLE_BODY = "trickle-body"  # honest headers, then one byte per interval, forever
+# status line, then one header byte per interval, forever (GET, HEAD and PUT)
+TRICKLE_HEADERS = "trickle-headers"
+BAD_LENGTH = "bad-length"  # ``Content-Length: 12abc``
+NO_LENGTH = "no-length"  # no Content-Length; the object, then zero bytes until stopped
+DROP = "drop"  # read the request, close without an answer
+ERROR_503 = "503"
+
+
+@dataclass
+class FakeS3:
+    """State shared with the handlers: objects, modes and what was asked for."""
+
+    objects: dict[str, bytes] = field(default_factory=dict)
+    modes: dict[str, str] = field(default_factory=dict)
+    default_mode: str = NORMAL
+    interval_s: float = 0.05
+    requests: Counter[tuple[str, str]] = field(default_factory=Counter)
+    bytes_sent: Counter[str] = field(default_factory=Counter)
+    stop: threading.Event = field(default_factory=threading.Event)
+    endpoint: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def put(self, key: str, data: bytes, mode: str | None = None) -> None:
+        with self.lock:
+            self.objects[key] = data
+            if mode is not None:
+                self.modes[key] = mode
+
+    def count(self, method: str, suffix: str = "") -> int:
+        with self.lock:
+            return sum(n for (m, k), n in self.requests.items() if m == method and k.endswith(
+                suffix))
+
+
+def _handler(state: FakeS3) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _key(self) -> str:
+            path = unquote(urlsplit(self.path).path).lstrip("/")
+            return path.partition("/")[2]  # drop the bucket
+
+        def _mode(self, key: str) -> str:
+            with state.lock:
+                return state.modes.get(key, state.default_mode)
+
+        def _record(self, key: str) -> None:
+            with state.lock:
+                state.requests[(self.command, key)] += 1
+
+        def _send(self, data: bytes, key: str) -> None:
+            self.wfile.write(data)
+            self.wfile.flush()
+            with state.lock:
+                state.bytes_sent[key] += len(data)
+
+        def _reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None
+                   ) -> None:
+            self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if body and self.command != "HEAD":
+                self.wfile.write(body)
+
+        def _error(self, status: int, code: str) -> None:
+            self._reply(status, f"<Error><Code>{code}</Code><Message>{code}</Message></Error>"
+                        .encode(), {"Content-Type": "application/xml"})
+
+        def _drain(self) -> bytes:
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length else b""
+
+        def _trickle(self, key: str, unit: bytes) -> None:
+            while not state.stop.wait(state.interval_s):
+                try:
+                    self._send(unit, key)
+                except OSError:
+                    return  # the client gave up and closed or shut down the socket
+
+        def _trickle_headers(self, key: str) -> None:
+            self.close_connection = True
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            self._trickle(key, b"a")
+
+        def do_GET(self) -> None:
+            key = self._key()
+            self._record(key)
+            mode = self._mode(key)
+            with state.lock:
+                data = state.objects.get(key)
+            if mode == DROP:
+                self.close_connection = True
+                return
+            if mode == ERROR_503:
+                self._error(503, "ServiceUnavailable")
+                return
+            if data is None:
+                self._error(404, "NoSuchKey")
+                return
+            if mode == TRICKLE_HEADERS:
+                self._trickle_headers(key)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("ETag", '"0123456789abcdef0123456789abcdef"')
+            if mode == BAD_LENGTH:
+                self.send_header("Content-Length", f"{len(data)}abc")
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            elif mode == NO_LENGTH:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            else:
+                self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if mode == TRICKLE_BODY:
+                self.close_connection = True
+                self._trickle(key, b"\0")
+                return
+            try:
+                self._send(data, key)
+                if mode == NO_LENGTH:
+                    # An endless body: only a reader that stops on its own bound ends it.
+                    block = b"\0" * (64 << 10)
+                    while not state.stop.is_set():
+                        self._send(block, key)
+            except OSError:
+                return
+
+        def do_HEAD(self) -> None:
+            key = self._key()
+            self._record(key)
+            with state.lock:
+                data = state.objects.get(key)
+            if self._mode(key) == DROP:
+                self.close_connection = True
+                return
+            if self._mode(key) == TRICKLE_HEADERS:
+                self._trickle_headers(key)
+                return
+            if data is None:
+                self._reply(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("ETag", '"0123456789abcdef0123456789abcdef"')
+            self.end_headers()
+
+        def do_PUT(self) -> None:
+            key = self._key()
+            self._record(key)
+            body = self._drain()
+            if self._mode(key) == DROP:
+                self.close_connection = True
+                return
+            if self._mode(key) == TRICKLE_HEADERS:
+                self._trickle_headers(key)
+                return
+            with state.lock:
+                exists = key in state.objects
+                if self.headers.get("If-None-Match") == "*" and exists:
+                    conflict = True
+                else:
+                    conflict = False
+                    state.objects[key] = body
+            if conflict:
+                self._error(412, "PreconditionFailed")
+            else:
+                self._reply(200, headers={"ETag": '"0123456789abcdef0123456789abcdef"'})
+
+        def do_DELETE(self) -> None:
+            key = self._key()
+            self._record(key)
+            with state.lock:
+                state.objects.pop(key, None)
+            self._reply(204)
+
+    return Handler
+
+
+def serve() -> Iterator[FakeS3]:
+    """Start the server in a thread; stop it (and every trickle) when the generator ends."""
+    state = FakeS3()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    state.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield state
+    finally:
+        state.stop.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+        # Give handler threads that were trickling a moment to notice the stop.
+        time.sleep(state.interval_s * 2)
