@@ -26,7 +26,6 @@ data version and the candidate set.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import shutil
 import statistics
@@ -35,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trt_provision._bounded import loads_bounded
 from trt_provision.errors import AccuracyGateError, EngineBuildError, TrtProvisionError
 from trt_provision.identity import compute_identity
 from trt_provision.types import (
@@ -173,9 +173,9 @@ def read_sidecar(entry: EngineCacheEntry) -> dict[str, Any]:
     if len(raw) > _MAX_SIDECAR_BYTES:
         raise EngineBuildError("engine sidecar is too large", path=str(path))
     try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise EngineBuildError("engine sidecar is not valid JSON", path=str(path)) from exc
+        data = loads_bounded(raw, max_bytes=_MAX_SIDECAR_BYTES, what="engine sidecar")
+    except ValueError as exc:  # BoundedInputError is one
+        raise EngineBuildError(f"engine sidecar is not usable: {exc}", path=str(path)) from exc
     if not isinstance(data, dict):
         raise EngineBuildError("engine sidecar is not a JSON object", path=str(path))
     return data
@@ -424,8 +424,8 @@ def decision_of(engine: Path) -> dict[str, Any] | None:
     try:
         with open(engine.with_name(engine.name + ".json"), "rb") as fh:
             raw = fh.read(_MAX_SIDECAR_BYTES + 1)
-        data = json.loads(raw) if len(raw) <= _MAX_SIDECAR_BYTES else None
-    except (OSError, ValueError, RecursionError):  # a sidecar is outside input
+        data = loads_bounded(raw, max_bytes=_MAX_SIDECAR_BYTES, what="engine sidecar")
+    except (OSError, ValueError):  # a sidecar is outside input; BoundedInputError included
         return None
     auto = data.get("auto") if isinstance(data, dict) else None
     return auto if isinstance(auto, dict) else None
