@@ -81,6 +81,16 @@ def outcome_for(exc: BaseException) -> CompileOutcome:
     return CompileOutcome.REFUSED if isinstance(exc, AccuracyGateError) else CompileOutcome.FAILED
 
 
+def _python_calibration_loader(backbone: BackboneSpec) -> bool:
+    """Whether the calibration key of ``backbone`` needs data from a ``file.py:fn`` loader."""
+    config = backbone.build_config
+    spec = config.calibration
+    if not config.precision.needs_calibration or spec is None or spec.source is None:
+        return False
+    source = str(spec.source)
+    return spec.dataset_version is None and (".py:" in source or source.endswith(".py"))
+
+
 class EngineCompiler:
     """Compiles, or reuses from cache, one engine per backbone for this host."""
 
@@ -111,15 +121,21 @@ class EngineCompiler:
 
     # ------------------------------------------------------------------ public
 
-    def identity_for(self, backbone: BackboneSpec) -> tuple[EngineIdentity, RuntimeTarget, str]:
+    def identity_for(
+        self, backbone: BackboneSpec, *, unresolved_calibration: str | None = None
+    ) -> tuple[EngineIdentity, RuntimeTarget, str]:
+        """``unresolved_calibration``: a stand-in calibration key, so no calibration data
+        is loaded (a dry run with a Python loader)."""
         model_hash = model_sha256(backbone.model_path)
         if backbone.build_config.precision is PrecisionMode.AUTO:
             target = self._runtime.runtime_target(backbone.build_config)
             return auto_identity(self, backbone, model_hash, target), target, model_hash
         calibration_key = (
             self._calibration.calibration_key(backbone, model_hash)
-            if self._calibration is not None and backbone.build_config.precision.needs_calibration
-            else None
+            if self._calibration is not None
+            and backbone.build_config.precision.needs_calibration
+            and unresolved_calibration is None
+            else unresolved_calibration
         )
         target = self._runtime.runtime_target(backbone.build_config)
         identity = compute_identity(
@@ -196,7 +212,7 @@ class EngineCompiler:
     ) -> _Plan | _Failed:
         started = time.perf_counter()
         try:
-            return self._plan(backbone, request.force_rebuild)
+            return self._plan(backbone, request)
         except Exception as exc:
             if request.fail_fast:
                 raise
@@ -240,10 +256,24 @@ class EngineCompiler:
 
     # ------------------------------------------------------------------ steps
 
-    def _plan(self, backbone: BackboneSpec, force: bool) -> _Plan:
+    def _plan(self, backbone: BackboneSpec, request: EngineCompileRequest) -> _Plan:
         started = time.perf_counter()
+        if request.dry_run and _python_calibration_loader(backbone):
+            # A file.py:fn source is Python code: a dry run never executes it. Without its
+            # data the calibration key (and so the identity) is unknown: planned, not reused.
+            self._log.warning(
+                "dry run: not executing the calibration loader of %s; a real run decides "
+                "whether its engine is reused",
+                backbone.name,
+                extra={"event": "provision.dry_run.loader_skipped", "model": backbone.name},
+            )
+            identity, target, model_hash = self.identity_for(
+                backbone, unresolved_calibration="dry-run-unresolved"
+            )
+            return _Plan(backbone, identity, target, model_hash, None, started,
+                         "planned: the calibration loader is not executed in a dry run")
         identity, target, model_hash = self.identity_for(backbone)
-        if force:
+        if request.force_rebuild:
             return _Plan(backbone, identity, target, model_hash, None, started,
                          "rebuilt: --force-rebuild")
         why: list[str] = []

@@ -90,7 +90,7 @@ def build_trust(settings: Settings, *, remote: bool = False) -> TrustCheck | Non
 
 
 def build_store(settings: Settings) -> LocalEngineStore:
-    return LocalEngineStore(settings.cache_dir)
+    return LocalEngineStore(settings.cache_dir, private=settings.private_cache)
 
 
 def build_gate(settings: Settings) -> EngineGate:
@@ -173,6 +173,8 @@ def wire(
             options=TensorrtOptions(
                 timing_cache_dir=Path(settings.cache_dir) / ".timing",
                 allow_engine_host_code=settings.allow_engine_host_code,
+                plugin_namespace=settings.plugin_namespace,
+                plugin_libraries=settings.plugin_libraries,
                 calibration=_tensorrt_calibration(calibration_dir, host.trt_version),
                 precision_converter=_strong_precision_converter(calibration_dir),
             ),

@@ -42,6 +42,7 @@ TRUST_LEVELS = ("auto", "off", "verify-if-signed", "require")
 _TOP_KEYS = {"settings", "defaults", "models", "remote"}
 _SETTINGS_KEYS = {
     "cache_dir",
+    "private_cache",
     "runtime",
     "ort_provider",
     "max_temperature_c",
@@ -52,6 +53,8 @@ _SETTINGS_KEYS = {
     "public_key",
     "signing_key",
     "allow_engine_host_code",
+    "plugin_namespace",
+    "plugin_libraries",
 }
 _BUILD_KEYS = {
     "precision",
@@ -120,8 +123,14 @@ class Settings:
     signing_key: Path | None = None  # private key: sign engines this host builds
     # Version-compatible TensorRT engines embed host code: only with an explicit opt-in.
     allow_engine_host_code: bool = False
+    # Cache directories 0700 and files 0600 instead of 0755 / 0644.
+    private_cache: bool = False
     # The [remote] table may hold credentials (secret_key): never in a repr or a log line.
     remote: Mapping[str, Any] | None = field(default=None, repr=False)
+    # TensorRT plugins: the namespace TensorRT's own plugins register under, and shared
+    # libraries with more creators, loaded once per process before any build or load.
+    plugin_namespace: str = ""
+    plugin_libraries: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -224,11 +233,28 @@ def _settings(path: Path, raw: Mapping[str, Any], remote: Any) -> Settings:
                 raw["allow_engine_host_code"],
             )
         kwargs["allow_engine_host_code"] = raw["allow_engine_host_code"]
+    if "private_cache" in raw:
+        if not isinstance(raw["private_cache"], bool):
+            raise _fail(path, "settings.private_cache", "true or false", raw["private_cache"])
+        kwargs["private_cache"] = raw["private_cache"]
     for key in ("public_key", "signing_key"):
         if key in raw:
             if not isinstance(raw[key], str) or not raw[key]:
                 raise _fail(path, f"settings.{key}", "a path string", raw[key])
             kwargs[key] = (base / Path(raw[key]).expanduser()).resolve()
+    if "plugin_namespace" in raw:
+        if not isinstance(raw["plugin_namespace"], str):
+            raise _fail(path, "settings.plugin_namespace", "a string", raw["plugin_namespace"])
+        kwargs["plugin_namespace"] = raw["plugin_namespace"]
+    if "plugin_libraries" in raw:
+        libraries = raw["plugin_libraries"]
+        if not isinstance(libraries, list) or not all(
+            isinstance(p, str) and p for p in libraries
+        ):
+            raise _fail(path, "settings.plugin_libraries", "a list of path strings", libraries)
+        kwargs["plugin_libraries"] = tuple(
+            (base / Path(p).expanduser()).resolve() for p in libraries
+        )
     if remote is not None:
         kwargs["remote"] = dict(_table(path, "remote", remote))
     return Settings(**kwargs)

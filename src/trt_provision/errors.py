@@ -109,10 +109,11 @@ class ThermalLimitError(TrtProvisionError):
 class MissingDependencyError(TrtProvisionError):
     """An optional dependency is missing; the message names the pip extra that provides it."""
 
-    def __init__(self, module: str, extra: str) -> None:
+    def __init__(self, module: str, extra: str, *, advice: str | None = None) -> None:
+        # advice: how to install it where a pip extra is not the way (TensorRT on Jetson).
+        how = advice or f"pip install 'trt-provision[{extra}]'"
         super().__init__(
-            f"optional dependency '{module}' is not installed; "
-            f"install it with: pip install 'trt-provision[{extra}]'",
+            f"optional dependency '{module}' is not installed; install it with: {how}",
             module=module,
             extra=extra,
         )

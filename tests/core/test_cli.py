@@ -159,6 +159,15 @@ def _command_names() -> set[str]:
     return set(sub.choices)
 
 
+def _host_has_thermal_telemetry() -> bool:
+    from trt_provision.host import probe_host
+    from trt_provision.thermal import choose_thermal_publisher
+
+    return choose_thermal_publisher(probe_host()).thermal_state().is_telemetry_available
+
+
+# On a GPU host (NVML) or a Jetson the limit of 1 °C is exceeded and the build refused.
+@pytest.mark.skipif(_host_has_thermal_telemetry(), reason="this host has thermal telemetry")
 def test_max_temp_without_telemetry_warns_and_builds(cache_dir: Path, demo_dir: Path) -> None:
     proc = _cli("provision", str(demo_dir / "demo.toml"), "--json", "--max-temp", "1",
                 cache=cache_dir)

@@ -453,7 +453,7 @@ def test_run_engine_on_the_tensorrt_strategy(
     assert "1 run(s) recorded" in out
 
 
-@pytest.mark.parametrize("kind", ["fifo", "symlink", "wrong-engine", "not-json"])
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "wrong-engine", "not-json", "deep"])
 def test_a_planted_measurements_sidecar_is_refused_and_replaced(
     capsys: pytest.CaptureFixture[str], engines: dict[str, Path], tmp_path: Path, kind: str
 ) -> None:
@@ -468,10 +468,14 @@ def test_a_planted_measurements_sidecar_is_refused_and_replaced(
     elif kind == "wrong-engine":
         perf.write_text(json.dumps({"format": 1, "engine": "other.engine", "sha256": "x",
                                     "runs": []}))
+    elif kind == "deep":
+        perf.write_bytes(b"[" * 30_000 + b"]" * 30_000)  # small, but nested past any parser
     else:
         perf.write_bytes(b"\xff\xfe not json")
     rc, out, _err = _cli(capsys, "inspect", str(engine), "--json")
     assert rc == 0 and "measurements_error" in json.loads(out)
+    if kind == "deep":
+        assert "nested deeper" in json.loads(out)["measurements_error"]
     rc, _out, err = _cli(capsys, "run", str(engine), "--iterations", "1", "--no-compare")
     assert rc == 0, err
     assert perf.is_file() and not perf.is_symlink()

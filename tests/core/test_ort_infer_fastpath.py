@@ -109,3 +109,20 @@ def test_release_lets_the_session_go(
     assert inner() is None, "a released handle must not keep its session alive"
     with pytest.raises(InferenceError, match="released"):
         runtime.infer(handle, {"features": np.zeros((1, 64), np.float32)})
+
+
+def test_profile_bounds_are_checked_per_input_in_the_same_pass(
+    runtime: OnnxRuntimeRuntime, cache_dir: Path, demo_models: dict[str, Path]
+) -> None:
+    entry = _entry(runtime, cache_dir, "two_inputs", demo_models["two_inputs"])
+    handle = runtime.deserialize_engine(entry)
+    ok = {"token_ids": np.zeros((8, 16), np.int64), "mask": np.ones((8, 16), bool)}
+    runtime.infer(handle, ok)  # the profile's max: fine
+    with pytest.raises(InferenceError, match="outside the engine's optimization profile") as info:
+        runtime.infer(handle, {**ok, "mask": np.ones((9, 16), bool)})
+    assert info.value.context == {"input": "mask", "found": [9, 16], "min": [1, 16],
+                                  "max": [8, 16]}
+    # A wrong dtype is still named as such, whatever the shape.
+    with pytest.raises(InferenceError, match="dtype mismatch"):
+        runtime.infer(handle, {**ok, "token_ids": np.zeros((9, 16), np.int32)})
+    runtime.release_engine(handle)

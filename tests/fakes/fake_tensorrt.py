@@ -560,7 +560,21 @@ _OP_LAYERS: dict[str, str] = {
     "QuantizeLinear": "QUANTIZE", "DequantizeLinear": "DEQUANTIZE", "Reshape": "SHUFFLE",
     "Transpose": "SHUFFLE", "Gather": "GATHER", "Concat": "CONCATENATION",
     "ReduceMean": "REDUCE", "TopK": "TOPK", "Slice": "SLICE",
+    "Flatten": "SHUFFLE", "Unsqueeze": "SHUFFLE", "Squeeze": "SHUFFLE",
+    "GlobalAveragePool": "POOLING", "AveragePool": "POOLING", "MaxPool": "POOLING",
+    "Max": "ELEMENTWISE", "Min": "ELEMENTWISE", "Pow": "ELEMENTWISE",
+    "ReduceSum": "REDUCE", "ReduceMax": "REDUCE", "Clip": "ACTIVATION",
+    "Exp": "UNARY", "Log": "UNARY", "Sqrt": "UNARY", "Abs": "UNARY", "Neg": "UNARY",
+    "Erf": "UNARY", "Where": "SELECT", "Resize": "RESIZE", "Pad": "PADDING",
+    "BatchNormalization": "SCALE", "LayerNormalization": "NORMALIZATION",
 }
+# Importers of the demo corpus's remaining ops (onnx/onnx-tensorrt, onnxOpImporters.cpp,
+# release/10.x): GlobalAveragePool goes through globalPoolingHelper to addReduce(kAVG),
+# ReduceSum to addReduce, Max to addElementWise(kMAX), Flatten and Unsqueeze to addShuffle.
+_OP_LAYERS.update({
+    "GlobalAveragePool": "REDUCE", "ReduceSum": "REDUCE", "Max": "ELEMENTWISE",
+    "Flatten": "SHUFFLE", "Unsqueeze": "SHUFFLE",
+})
 _LAYER_OPS = {layer: op for op, layer in reversed(list(_OP_LAYERS.items()))}
 # ONNX TensorProto element type -> TensorRT DataType name.
 _ONNX_TYPES: dict[int, str] = {

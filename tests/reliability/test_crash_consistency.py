@@ -108,7 +108,7 @@ def test_gc_removes_calibration_temp_files_left_by_a_kill(tmp_path: Path) -> Non
         " payload_kind='ranges-json'), b'payload')\n"
     )
     proc = subprocess.run([sys.executable, "-c", child, str(directory)], capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=300)
     assert proc.returncode == 9, proc.stderr
     leftovers = [p for p in directory.iterdir() if p.name.startswith(".tmp-")]
     assert leftovers, sorted(p.name for p in directory.iterdir())

@@ -373,7 +373,10 @@ def test_directory_in_place_of_engine_is_refused_and_build_fails_typed(
     presented = engine_is_a_directory(cache_copy, tmp_path)
     with pytest.raises(EngineGateError):
         wired.gate.validate(presented, target)
+    summary = wired.compiler.compile_engines_for_corpus(demo_request())
+    (failed,) = [r for r in summary.results if r.outcome is not CompileOutcome.REUSED]
+    assert failed.outcome is CompileOutcome.FAILED and failed.error_type == "StoreError"
     with pytest.raises(StoreError):
-        wired.compiler.compile_engines_for_corpus(demo_request())
+        wired.compiler.compile_engines_for_corpus(demo_request(fail_fast=True))
     assert presented.is_dir()
     assert [p for p in presented.parent.iterdir() if p.name.startswith(".tmp-")] == []

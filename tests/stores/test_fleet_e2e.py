@@ -40,6 +40,7 @@ precision = "fp32"
 [[models]]
 name = "demo_cnn"
 path = "{models / 'demo_cnn.onnx'}"
+profiles = [{{ input = "image", min = [1, 3, 32, 32], opt = [4, 3, 32, 32], max = [8, 3, 32, 32] }}]
 
 [[models]]
 name = "two_inputs"

@@ -542,14 +542,18 @@ precision = "fp32"
 [[models]]
 name = "demo_cnn"
 path = "{models / 'demo_cnn.onnx'}"
+profiles = [{{ input = "image", min = [1, 3, 32, 32], opt = [4, 3, 32, 32], max = [8, 3, 32, 32] }}]
 
 [[models]]
 name = "two_inputs"
 path = "{models / 'two_inputs.onnx'}"
+profiles = [{{ input = "token_ids", min = [1, 16], opt = [8, 16], max = [32, 16] }},
+            {{ input = "mask", min = [1, 16], opt = [8, 16], max = [32, 16] }}]
 
 [[models]]
 name = "dynamic_mlp"
 path = "{models / 'dynamic_mlp.onnx'}"
+profiles = [{{ input = "features", min = [1, 64], opt = [16, 64], max = [64, 64] }}]
 """)
     # The honest engines, built once without the remote, become the bucket's object sets.
     assert main(["provision", str(manifest), "--cache-dir", str(tmp_path / "a"),

@@ -19,6 +19,8 @@ __all__ = [
     "print_json",
     "require_dir",
     "require_paths",
+    "require_runtime",
+    "runtime_problems",
     "settings_from_args",
 ]
 
@@ -82,3 +84,41 @@ def settings_from_args(args: argparse.Namespace, base: Settings | None = None) -
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
+
+
+# What the TensorRT strategy imports, the package that provides it and the extra that
+# brings it (pyproject.toml: tensorrt = ["tensorrt", "cuda-python"]).
+_TENSORRT_NEEDS = (("tensorrt", "tensorrt"), ("cuda", "cuda-python"))
+
+
+def runtime_problems(settings: Settings) -> list[str]:
+    """What keeps the configured runtime from loading here (empty when nothing does)."""
+    from trt_provision._lazy import is_available
+
+    if settings.runtime != "tensorrt":
+        return []
+    return [
+        f"{package} is not installed (no module '{module}')"
+        for module, package in _TENSORRT_NEEDS
+        if not is_available(module)
+    ]
+
+
+def require_runtime(settings: Settings) -> None:
+    """Refuse ``runtime = tensorrt`` up front, naming what is missing and the extra."""
+    from trt_provision.errors import MissingDependencyError
+
+    problems = runtime_problems(settings)
+    if problems:
+        missing = next(m for m, _ in _TENSORRT_NEEDS if any(f"'{m}'" in p for p in problems))
+        from trt_provision._lazy import extra_for, install_line
+
+        exc = MissingDependencyError(missing, extra_for("tensorrt"))
+        exc.message = (
+            "runtime 'tensorrt' (--runtime or the manifest's settings.runtime) cannot load: "
+            + "; ".join(problems)
+            + "; install both with: " + install_line("tensorrt")
+        )
+        exc.args = (exc.message,)
+        exc.context = {}
+        raise exc

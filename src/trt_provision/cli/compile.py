@@ -18,6 +18,7 @@ from trt_provision.cli._common import (
     add_settings_args,
     print_json,
     require_paths,
+    require_runtime,
     settings_from_args,
 )
 from trt_provision.cli.trtexec_flags import add_compile_flags, build_options, parse_shapes
@@ -165,15 +166,25 @@ def _run(args: argparse.Namespace) -> int:
     from trt_provision.types import BackboneSpec, EngineCompileRequest
 
     _resolve_paths(args)
-    config = build_config_from_json(
-        _config_dict(args), source=str(args.config) if args.config else "command line"
-    )
+    try:
+        config = build_config_from_json(
+            _config_dict(args), source=str(args.config) if args.config else "command line"
+        )
+    except ManifestError as exc:
+        if args.config is not None:
+            raise
+        # Only flags set these values: name them as flags, not as a manifest key.
+        detail = str(exc.context.get("expected") or exc.context.get("found") or "")
+        raise UsageError(
+            f"compile options: {exc.message}" + (f" ({detail})" if detail else "")
+        ) from exc
     backbone = BackboneSpec(
         name=args.name or _default_name(args.model),
         model_path=Path(args.model).resolve(),
         build_config=config,
     )
     settings = settings_from_args(args)
+    require_runtime(settings)
     wired = wire(settings, use_remote=False)
     wired.store.ensure_writable()
     summary = wired.compiler.compile_engines_for_corpus(

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
-from trt_provision.cli._common import add_settings_args, print_json, settings_from_args
+from trt_provision.cli._common import (
+    add_settings_args,
+    print_json,
+    runtime_problems,
+    settings_from_args,
+)
 
 __all__ = ["register"]
 
@@ -23,21 +29,40 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from trt_provision.compose import choose_runtime_label, wire
+    from trt_provision.errors import MissingDependencyError
 
     settings = settings_from_args(args)
-    wired = wire(settings, use_remote=False)
+    # A runtime that cannot load here is a finding, not a failure: say what is missing and
+    # probe the rest of the host with ONNX Runtime.
+    problems = runtime_problems(settings)
+    usable = dataclasses.replace(settings, runtime="onnxruntime") if problems else settings
+    try:
+        wired = wire(usable, use_remote=False)
+    except MissingDependencyError as exc:
+        problems.append(exc.message)
+        usable = dataclasses.replace(settings, runtime="onnxruntime")
+        wired = wire(usable, use_remote=False)
     data: dict[str, Any] = {
         "host": wired.host.to_dict(),
         "runtime": choose_runtime_label(settings, wired.host),
-        "runtime_target": vars(wired.runtime.runtime_target(_default_config())),
+        "runtime_usable": not problems,
+        "runtime_problems": problems,
+        "runtime_target": None
+        if problems
+        else vars(wired.runtime.runtime_target(_default_config())),
         "thermal": wired.runtime.thermal_state().to_dict(),
         "memory_budget": _budget(wired.budget),
         "cache_dir": str(settings.cache_dir),
     }
+    if problems:
+        from trt_provision._lazy import install_line
+
+        data["fix"] = install_line("tensorrt", wired.host.cuda_driver_version)
     if args.json:
         print_json(data)
         return 0
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="trt-provision probe", show_header=False)
@@ -45,7 +70,11 @@ def run(args: argparse.Namespace) -> int:
         if key == "cpu_isa":
             value = f"{len(value)} flags"
         table.add_row(key, str(value))
-    table.add_row("runtime", data["runtime"])
+    table.add_row("runtime", data["runtime"] + ("" if not problems else " (cannot load here)"))
+    for problem in problems:
+        table.add_row("missing", escape(problem))
+    if problems:
+        table.add_row("fix", escape(data["fix"]))
     table.add_row("engine target", str(data["runtime_target"]))
     table.add_row("thermal", str(data["thermal"]))
     table.add_row("memory budget", str(data["memory_budget"]))

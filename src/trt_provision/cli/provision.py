@@ -12,6 +12,7 @@ from trt_provision.cli._common import (
     add_settings_args,
     print_json,
     require_paths,
+    require_runtime,
     settings_from_args,
 )
 
@@ -62,9 +63,10 @@ def run(args: argparse.Namespace) -> int:
     require_paths((args.manifest, "MANIFEST"))
     manifest = load_manifest(args.manifest)
     settings = settings_from_args(args, manifest.settings)
+    require_runtime(settings)
     wired = wire(settings, use_remote=args.remote)
     if not args.dry_run:
-        wired.store.ensure_writable()
+        wired.store.ensure_usable()  # a read-only cache still serves reuse
         # Temp files of killed runs are never trusted; the next run tidies them away.
         removed = wired.store.clean_temp_files()
         if removed:
@@ -106,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         data["cache_dir"] = str(settings.cache_dir)
         data["exit_code"] = code
         print_json(data)
-        _final_line(summary, stdout=False)
+        _final_line(summary)
         return code
     from rich.console import Console
     from rich.table import Table
@@ -151,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         f"cache {settings.cache_dir}",
         highlight=False,
     )
-    _final_line(summary, stdout=False)
+    _final_line(summary)
     return code
 
 
@@ -162,7 +164,7 @@ def exit_code(summary: Any) -> int:
     return 1 if summary.failed or summary.refused else 0
 
 
-def _final_line(summary: Any, *, stdout: bool) -> None:
+def _final_line(summary: Any) -> None:
     """The one stderr line a failed run ends with (the table or JSON says which and why)."""
     bad = [r for r in summary.results if r.error is not None]
     if not bad:
@@ -173,4 +175,4 @@ def _final_line(summary: Any, *, stdout: bool) -> None:
                 f"provisioning: {names}")
     else:
         line = f"error: {len(bad)} of {len(summary.results)} model(s) not provisioned: {names}"
-    print(line, file=sys.stdout if stdout else sys.stderr)
+    print(line, file=sys.stderr)

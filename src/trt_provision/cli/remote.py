@@ -7,7 +7,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from trt_provision.cli._common import add_settings_args, print_json, settings_from_args
+from trt_provision.cli._common import (
+    add_settings_args,
+    print_json,
+    require_paths,
+    require_runtime,
+    settings_from_args,
+)
 
 __all__ = ["register", "remote_for"]
 
@@ -74,8 +80,10 @@ def _wire(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from trt_provision.compose import wire
     from trt_provision.config import load_manifest
 
+    require_paths((args.manifest, "MANIFEST"), (getattr(args, "sign_key", None), "--sign-key"))
     manifest = load_manifest(args.manifest)
     settings = settings_from_args(args, manifest.settings)
+    require_runtime(settings)
     wired = wire(settings, use_remote=True)
     return manifest, wired, remote_for(settings, wired)
 

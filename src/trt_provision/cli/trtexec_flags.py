@@ -116,9 +116,9 @@ def profiles_from_shapes(
         return [_profile(n, d, d, d) for n, d in static.items()]
     missing = [k for k, v in given.items() if v is None]
     if missing:
-        flags = ", ".join(f"--{k}Shapes (--{k}-shapes)" for k in missing)
+        flags = ", ".join(f"--{k}-shapes (--{k}Shapes)" for k in missing)
         raise UsageError(
-            f"shape flags: {flags} missing; give min, opt and max together, "
+            f"{flags}: missing; give min, opt and max shapes together, "
             "or opt alone for a static profile"
         )
     parsed = {k: parse_shapes(str(v), f"--{k}-shapes (--{k}Shapes)") for k, v in given.items()}

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
-from trt_provision.cli._common import add_settings_args, print_json, settings_from_args
+from trt_provision.cli._common import (
+    add_settings_args,
+    print_json,
+    require_dir,
+    settings_from_args,
+)
 
 __all__ = ["register"]
 
@@ -28,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from trt_provision.types import RuntimeTarget
 
     settings = settings_from_args(args)
+    # A typo in --cache-dir must not read as "0 checked, 0 bad": the cache must exist.
+    require_dir(Path(settings.cache_dir), "--cache-dir" if args.cache_dir else "cache directory")
     store = build_store(settings)
     gate = build_gate(settings)
     report: list[dict[str, Any]] = []

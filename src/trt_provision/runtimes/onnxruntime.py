@@ -8,6 +8,7 @@ provider and CPU ISA, so the identity names the EP (``ortcpu``/``ortcuda``), the
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from trt_provision._fs import no_space_left
 from trt_provision.errors import EngineBuildError, InferenceError
 from trt_provision.host import cpu_isa_level
 from trt_provision.seams import EngineGate, EngineHandle, MemoryBudget, ThermalStatePublisher
@@ -71,8 +73,15 @@ class OnnxRuntimeEngineHandle:
     inputs: tuple[_InputSpec, ...]
     output_names: list[str]
     owner: int
-    checks: tuple[tuple[str, np.dtype[Any], int, tuple[tuple[int, int], ...]], ...] = ()
+    # Per input: name, dtype, rank, (dim, size) of static dims, (dim, min, max) of the
+    # profiled dynamic dims - everything infer checks, resolved once at load.
+    checks: tuple[
+        tuple[str, np.dtype[Any], int, tuple[tuple[int, int], ...],
+              tuple[tuple[int, int, int], ...]], ...
+    ] = ()
     run: Any = None  # the session's run entry point, resolved once at load
+    # (input, min, max) of the engine's optimization profile, from its metadata
+    bounds: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
     reservation: int | None = None
     released: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -156,6 +165,15 @@ class OnnxRuntimeRuntime:
                     str(prepared.model_path), sess_options=options, providers=[self._provider]
                 )
             except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+                # A full disk while ORT writes the staged engine surfaces as "Protobuf
+                # serialization failed": name the real cause.
+                if no_space_left(staged_path.parent):
+                    raise EngineBuildError(
+                        "cannot write the staged engine: no space left on device",
+                        model=str(model_path),
+                        path=str(staged_path.parent),
+                        errno=errno.ENOSPC,
+                    ) from exc
                 raise EngineBuildError(
                     f"ONNX Runtime could not build the model: {type(exc).__name__}: {exc}",
                     model=str(model_path),
@@ -185,6 +203,7 @@ class OnnxRuntimeRuntime:
     def deserialize_engine(self, entry: EngineCacheEntry) -> EngineHandle:
         # Gate and budget before any ORT call: a refused engine never reaches the runtime.
         verified = self._gate.validate(entry.engine_path, self.runtime_target(BuildConfig()))
+        bounds = _profile_bounds(verified)
         reservation = self._budget.reserve(verified) if self._budget is not None else None
         try:
             options = self._session_options("ORT_DISABLE_ALL")  # already optimized at build
@@ -213,8 +232,12 @@ class OnnxRuntimeRuntime:
             inputs=inputs,
             output_names=outputs,
             owner=id(self),
-            checks=tuple((i.name, i.dtype, len(i.shape), i.static_dims) for i in inputs),
+            checks=tuple(
+                (i.name, i.dtype, len(i.shape), i.static_dims, _ranged(i, bounds))
+                for i in inputs
+            ),
             run=self._run_entry(session),
+            bounds=bounds,
             reservation=reservation,
         )
 
@@ -248,7 +271,7 @@ class OnnxRuntimeRuntime:
         # The class test comes first: only a real ndarray reaches the attribute reads (no
         # duck-typed object's properties run here), and numpy's builtin dtypes are
         # singletons, so ``is`` settles the common case before the slower ``==``.
-        for name, dtype, rank, fixed in h.checks:
+        for name, dtype, rank, fixed, ranged in h.checks:
             value = inputs.get(name)
             if value.__class__ is not np.ndarray:
                 if value is None:
@@ -257,11 +280,16 @@ class OnnxRuntimeRuntime:
             vdtype = value.dtype
             if (vdtype is not dtype and vdtype != dtype) or value.ndim != rank:
                 self._explain(h, name, value)
-            if fixed:
+            if fixed or ranged:
                 shape = value.shape
                 for i, d in fixed:
                     if shape[i] != d:
                         self._explain(h, name, value)
+                # As TensorRT's setInputShape: a shape outside the profile the engine was
+                # built for is refused, so what runs here also runs on the device.
+                for i, lo, hi in ranged:
+                    if not lo <= shape[i] <= hi:
+                        self._outside(h, name, shape)
         if len(inputs) != len(h.checks):
             unknown = sorted(set(inputs) - {c[0] for c in h.checks})
             raise InferenceError("unknown input names", found=unknown)
@@ -273,6 +301,14 @@ class OnnxRuntimeRuntime:
                 path=str(h.entry.engine_path),
             ) from exc
         return dict(zip(h.output_names, results, strict=True))
+
+    @staticmethod
+    def _outside(h: OnnxRuntimeEngineHandle, name: str, shape: tuple[int, ...]) -> None:
+        lo, hi = next((lo, hi) for n, lo, hi in h.bounds if n == name)
+        raise InferenceError(
+            "input shape outside the engine's optimization profile",
+            input=name, found=list(shape), min=list(lo), max=list(hi),
+        )
 
     @staticmethod
     def _explain(h: OnnxRuntimeEngineHandle, name: str, value: Any) -> None:
@@ -306,6 +342,48 @@ class OnnxRuntimeRuntime:
         if self._thermal is None:
             return ThermalState()
         return self._thermal.thermal_state()
+
+
+def _ranged(
+    spec: _InputSpec, bounds: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]
+) -> tuple[tuple[int, int, int], ...]:
+    """(dim, min, max) of the input's dynamic dims its profile bounds (static dims are
+    checked for equality already, and a profile cannot disagree with them: the build
+    refuses that)."""
+    for name, lo, hi in bounds:
+        if name == spec.name:
+            return tuple(
+                (i, lo[i], hi[i])
+                for i, d in enumerate(spec.shape[: min(len(lo), len(hi))])
+                if d is None
+            )
+    return ()
+
+
+def _profile_bounds(
+    entry: EngineCacheEntry,
+) -> tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]:
+    """The [min, max] of each profiled input, from the gate-checked metadata sidecar."""
+    from trt_provision.types import OptimizationProfile
+
+    metadata = entry.extras.get("metadata") or {}
+    build = metadata.get("build_config") if isinstance(metadata, Mapping) else None
+    raw = build.get("profiles") if isinstance(build, Mapping) else None
+    if not raw:
+        return ()
+    bounds = []
+    try:
+        for item in raw:
+            profile = OptimizationProfile(
+                str(item["input"]), tuple(item["min"]), tuple(item["opt"]), tuple(item["max"])
+            )
+            bounds.append((profile.input_name, profile.min_shape, profile.max_shape))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InferenceError(
+            "engine metadata holds a malformed optimization profile",
+            path=str(entry.engine_path),
+        ) from exc
+    return tuple(bounds)
 
 
 def _check_profile_inputs(session: Any, config: BuildConfig, model_path: Path) -> None:

@@ -570,3 +570,38 @@ def test_manifest_accepts_the_new_build_keys(tmp_path: Path) -> None:
     cfg = loaded.backbones[0].build_config
     assert (cfg.dla_core, cfg.gpu_fallback, cfg.tf32) == (1, True, False)
 
+
+
+def test_fake_parser_reads_the_demo_models(demo_models: dict[str, Path]) -> None:
+    """Every node of the bundled models becomes a layer named after it, dtypes from the graph."""
+    if not demo_models:
+        pytest.skip("no demo models")
+    for path in demo_models.values():
+        trt = make_fake_tensorrt("10.16.1.11")
+        logger = trt.Logger(trt.Logger.WARNING)
+        network = trt.Builder(logger).create_network(0)
+        parser = trt.OnnxParser(network, logger)
+        assert parser.parse_from_file(str(path)), [parser.get_error(i).desc()
+                                                   for i in range(parser.num_errors)]
+        graph = onnx.load(str(path), load_external_data=False).graph
+        names = [n.name for n in graph.node if n.op_type != "Constant"]
+        assert [network.get_layer(i).name for i in range(network.num_layers)] == names
+        inputs = {i.name for i in graph.input} - {t.name for t in graph.initializer}
+        assert {network.get_input(i).name for i in range(network.num_inputs)} == inputs
+
+
+def test_manifest_configures_plugin_namespace_and_libraries(tmp_path: Path) -> None:
+    from trt_provision.config import load_manifest
+    from trt_provision.errors import ManifestError
+
+    write_model(FakeModelSpec(), tmp_path / "m.onnx")
+    models = '[[models]]\nname = "m"\npath = "m.onnx"\n'
+    manifest = tmp_path / "m.toml"
+    manifest.write_text('[settings]\nplugin_namespace = "acme"\n'
+                        'plugin_libraries = ["plugins/libscan.so"]\n' + models)
+    settings = load_manifest(manifest).settings
+    assert settings.plugin_namespace == "acme"
+    assert settings.plugin_libraries == ((tmp_path / "plugins" / "libscan.so").resolve(),)
+    manifest.write_text("[settings]\nplugin_libraries = \"libscan.so\"\n" + models)
+    with pytest.raises(ManifestError, match="plugin_libraries"):
+        load_manifest(manifest)
