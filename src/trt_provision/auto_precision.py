@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from trt_provision._bounded import loads_bounded
 from trt_provision.errors import AccuracyGateError, EngineBuildError, TrtProvisionError
 from trt_provision.identity import compute_identity
+from trt_provision.integrity import sha256_file
 from trt_provision.types import (
     BackboneSpec,
     BuildConfig,
@@ -368,7 +369,10 @@ def build_auto(compiler: EngineCompiler, plan: _Plan) -> tuple[EngineCacheEntry,
             round(fp32_s / seconds, 3) if seconds and fp32_s else None
         )
         if row["verdict"] == "pass":
-            row["verdict"] = "chosen" if row["precision"] == winner.value else "slower"
+            row["verdict"] = (
+                "chosen" if row["precision"] == winner.value
+                else "not timed" if seconds is None else "slower"
+            )
     entry, meta, _ = by_precision[winner.value]
     decision = {
         "chosen": winner.value,
@@ -386,6 +390,11 @@ def build_auto(compiler: EngineCompiler, plan: _Plan) -> tuple[EngineCacheEntry,
     )
     staged = compiler._store.staging_path(plan.identity)
     shutil.copyfile(entry.engine_path, staged)
+    if sha256_file(staged)[0] != entry.sha256:
+        # The winner changed on disk after it was verified: publish nothing.
+        staged.unlink(missing_ok=True)
+        raise EngineBuildError("the chosen candidate engine changed after verification",
+                               path=str(entry.engine_path))
     # The winner's own build facts (IO, accuracy, calibration...) describe this copy too;
     # what the compiler and the store write is written afresh for the auto identity.
     inherited = {k: v for k, v in meta.items() if k not in _OWN_KEYS}
