@@ -1236,6 +1236,21 @@ class _Runtime(_Obj):
         self._st.rec("Runtime", logger)
         self._st.use_logger(logger, "createInferRuntime")
         self._host_code = False
+        self._dla_core = -1
+
+    @property
+    def DLA_core(self) -> int:
+        return self._dla_core
+
+    @DLA_core.setter
+    def DLA_core(self, value: int) -> None:
+        # The DLA core a deserialized engine executes on; -1 until set, and setting it does
+        # nothing on a device without DLA cores (NVIDIA/TensorRT v10.3.0 include/
+        # NvInferRuntime.h, IRuntime::setDLACore / getDLACore). trtexec sets it before every
+        # deserialize of a DLA engine (samples/common/sampleEngines.cpp, BuildEnvironment).
+        self._st.rec("Runtime.DLA_core", int(value))
+        if self._st.dla_cores > 0:
+            self._dla_core = int(value)
 
     @property
     def engine_host_code_allowed(self) -> bool:
@@ -1260,7 +1275,7 @@ class _Runtime(_Obj):
         if missing:
             self._st.log_warning(f"[E] getPluginCreator could not find plugin {missing[0]}")
             return None
-        return self._st.new("ICudaEngine", blob=blob)
+        return self._st.new("ICudaEngine", blob=blob, runtime_dla_core=self._dla_core)
 
 
 class _Creator(_Obj):
@@ -1437,11 +1452,11 @@ def _init_plugins(state: FakeTrtState, namespace: str) -> bool:
 
 
 def _nptype(trt_type: Any) -> Any:
-    """numpy has no BF16/FP8/INT4/FP4 type: ``trt.nptype`` raises TypeError for them
-    (python/src/utils.cpp of NVIDIA/TensorRT, nptype)."""
+    """numpy has no BF16/FP8/INT4/FP4 type: ``trt.nptype`` maps seven types and raises
+    TypeError for any other (NVIDIA/TensorRT v10.3.0..v11.1
+    python/packaging/bindings_wheel/tensorrt/__init__.py, nptype)."""
     if trt_type.name not in _NP_TYPES:
-        raise TypeError(f"Could not resolve TensorRT datatype {trt_type.name} to an "
-                        "equivalent numpy datatype.")
+        raise TypeError("Could not resolve TensorRT datatype to an equivalent numpy datatype.")
     return _NP_TYPES[trt_type.name]
 
 

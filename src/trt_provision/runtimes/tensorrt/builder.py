@@ -43,11 +43,14 @@ from trt_provision.types import (
     PrecisionMode,
 )
 
-__all__ = ["PythonBuilder", "check_plugins", "write_synced"]
+__all__ = ["PythonBuilder", "check_hardware_compatibility", "check_plugins", "write_synced"]
 
 log = logging.getLogger(__name__)
 
 AMPERE_SM = 80
+# SAME_COMPUTE_CAPABILITY "is only supported for engines built on NVIDIA Turing and later
+# GPUs" (NVIDIA/TensorRT v10.16 include/NvInfer.h, HardwareCompatibilityLevel).
+TURING_SM = 75
 
 Populate = Callable[[Any, Any, Any], dict[str, Any]]
 
@@ -149,7 +152,8 @@ class PythonBuilder:
         if cache_file is not None:
             cache_file.merge_back(config, timing_cache)
         ctx.register_plugins(trt)  # the stamp deserializes: plugins first
-        stamp = memory_stamp(trt, logger, data, integrated=ctx.integrated)
+        stamp = memory_stamp(trt, logger, data, integrated=ctx.integrated,
+                             dla_core=build_config.dla_core)
         metadata: dict[str, Any] = {
             "builder": "python",
             "trt_version": ctx.version(),
@@ -333,19 +337,29 @@ def set_hardware_compatibility(
     trt: Any, config: Any, level: HardwareCompatibility, device_sm: int
 ) -> None:
     if level is HardwareCompatibility.AMPERE_PLUS:
-        if device_sm < AMPERE_SM:
-            # TensorRT refuses AMPERE_PLUS below sm80 (NvInfer.h, HardwareCompatibilityLevel:
-            # "supported on Ampere and later"); say so before the build does.
-            raise EngineBuildError(
-                "hardware_compatibility ampere_plus needs an Ampere or newer build GPU",
-                device_sm=f"sm{device_sm}")
+        # TensorRT refuses AMPERE_PLUS below sm80 (NvInfer.h, HardwareCompatibilityLevel:
+        # "supported on Ampere and later"); say so before the build does.
+        check_hardware_compatibility(level, device_sm)
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     elif level is HardwareCompatibility.SAME_COMPUTE_CAPABILITY:
         if not hasattr(trt.HardwareCompatibilityLevel, "SAME_COMPUTE_CAPABILITY"):
             raise EngineBuildError(
                 "this TensorRT has no SAME_COMPUTE_CAPABILITY hardware compatibility level"
             )
+        check_hardware_compatibility(level, device_sm)
         _set_same_compute_capability(trt, config)
+
+
+def check_hardware_compatibility(level: HardwareCompatibility, device_sm: int) -> None:
+    """Refuse a level the build GPU cannot produce, before any build (both builders)."""
+    if level is HardwareCompatibility.AMPERE_PLUS and device_sm < AMPERE_SM:
+        raise EngineBuildError(
+            "hardware_compatibility ampere_plus needs an Ampere or newer build GPU",
+            device_sm=f"sm{device_sm}")
+    if level is HardwareCompatibility.SAME_COMPUTE_CAPABILITY and device_sm < TURING_SM:
+        raise EngineBuildError(
+            "hardware_compatibility same_compute_capability needs a Turing or newer build GPU",
+            device_sm=f"sm{device_sm}")
 
 
 @trt_path("same_compute_capability")

@@ -316,7 +316,7 @@ class TrtexecBuilder:
         self, binary: Path, model_path: Path, build_config: BuildConfig, staged_path: Path
     ) -> BuildArtifact:
         from trt_provision.runtimes.tensorrt.builder import (
-            AMPERE_SM,
+            check_hardware_compatibility,
             check_plugins,
             write_synced,
         )
@@ -337,11 +337,8 @@ class TrtexecBuilder:
             # trtexec would pin the missing dimensions to 1 and build anyway.
             raise EngineBuildError("dynamic inputs need an optimization profile",
                                    inputs=uncovered, model=str(model_path))
-        if (build_config.hardware_compatibility is HardwareCompatibility.AMPERE_PLUS
-                and ctx.sm_number() < AMPERE_SM):
-            raise EngineBuildError(
-                "hardware_compatibility ampere_plus needs an Ampere or newer build GPU",
-                device_sm=ctx.device_sm())
+        if build_config.hardware_compatibility is not HardwareCompatibility.NONE:
+            check_hardware_compatibility(build_config.hardware_compatibility, ctx.sm_number())
         version = self._check_version(binary)
         plugins: list[dict[str, Any]] = []
         if trt is not None:
@@ -375,7 +372,8 @@ class TrtexecBuilder:
         stamp: dict[str, Any]
         if trt is not None:
             ctx.register_plugins(trt)
-            stamp = memory_stamp(trt, ctx.logger(trt), data, integrated=ctx.integrated)
+            stamp = memory_stamp(trt, ctx.logger(trt), data, integrated=ctx.integrated,
+                                 dla_core=build_config.dla_core)
         else:
             stamp = {"memory_stamp": "unavailable: the tensorrt module is not installed"}
         seconds = time.monotonic() - started

@@ -1,0 +1,134 @@
+"""What the bindings' contract demands beyond the member names: identity, DLA, compatibility.
+
+Each test would fail on the code before its fix; the fake behaviour it relies on cites the
+TensorRT source in tests/fakes/fake_tensorrt.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from trt_rig import PROFILE, Rig, _entry, _qdq_converter
+
+from trt_provision.errors import EngineBuildError
+from trt_provision.identity import compute_identity
+from trt_provision.runtimes.tensorrt import CalibrationInput, TensorrtOptions
+from trt_provision.types import BuildConfig, HardwareCompatibility, HostCapabilities, PrecisionMode
+
+pytestmark = pytest.mark.tier1
+
+INT8 = BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,), fp16_pinned_keywords=())
+
+
+def _cached_calibration(model: Path, config: BuildConfig) -> CalibrationInput:
+    return CalibrationInput(batches=[], read_cache=lambda: b"table", write_cache=lambda _: None)
+
+
+def _digest(rig: Rig, cfg: BuildConfig) -> str:
+    target = rig.runtime.runtime_target(cfg)
+    return compute_identity(model_name="m", model_hash="ab" * 32, config=cfg,
+                            target=target).options_digest
+
+
+# --------------------------------------------------------------------------- INT8 mode
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "10.16.1.11"])
+def test_int8_quantization_mode_is_part_of_the_engine_identity(
+    make_rig: Callable[..., Rig], version: str,
+) -> None:
+    """An engine calibrated through the implicit calibrator must not be reused for an explicit
+    (Q/DQ) request of the same build config on the same TensorRT, nor the other way round."""
+    implicit = make_rig(version, options=TensorrtOptions(
+        optional_plugins=(), int8_quantization="implicit", calibration=_cached_calibration))
+    explicit = make_rig(version, options=TensorrtOptions(
+        optional_plugins=(), int8_quantization="explicit", precision_converter=_qdq_converter()))
+    auto = make_rig(version, options=TensorrtOptions(optional_plugins=()))
+    assert _digest(implicit, INT8) != _digest(explicit, INT8)
+    # "auto" resolves to explicit quantization from 10.1 on: the same engine, the same digest.
+    assert _digest(auto, INT8) == _digest(explicit, INT8)
+    # What the digest says is what the builder records in the sidecar.
+    assert implicit.build(INT8).metadata["int8_quantization"] == "implicit"
+    assert explicit.build(INT8, "x.engine").metadata["int8_quantization"] == "explicit"
+    assert dict(implicit.runtime.runtime_target(INT8).build_options) == {
+        "int8_quantization": "implicit"}
+
+
+def test_int8_mode_leaves_other_digests_and_filenames_alone(
+    make_rig: Callable[..., Rig],
+) -> None:
+    implicit = make_rig(options=TensorrtOptions(optional_plugins=(), int8_quantization="implicit"))
+    explicit = make_rig(options=TensorrtOptions(optional_plugins=(), int8_quantization="explicit"))
+    fp16 = BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,))
+    assert _digest(implicit, fp16) == _digest(explicit, fp16)
+    assert implicit.runtime.runtime_target(fp16).build_options == ()
+    # The target compares (gate, filenames) without the options.
+    assert implicit.runtime.runtime_target(INT8) == explicit.runtime.runtime_target(INT8)
+
+
+def test_int8_mode_on_tensorrt_11_is_always_explicit(make_rig: Callable[..., Rig]) -> None:
+    """TRT 11 has no calibrator: even a forced "implicit" builds from the Q/DQ graph."""
+    rig = make_rig("11.4.0.106", options=TensorrtOptions(optional_plugins=(),
+                                                         int8_quantization="implicit"))
+    assert dict(rig.runtime.runtime_target(INT8).build_options) == {
+        "int8_quantization": "explicit"}
+
+
+# --------------------------------------------------------------------------- DLA
+
+
+def test_loader_runs_a_dla_engine_on_the_core_its_identity_names(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """IRuntime::setDLACore picks the core a deserialized engine executes on (trtexec sets it
+    before every load); without it the engine named ``-dla1`` would not run on core 1."""
+    rig = make_rig(host=HostCapabilities(sm="sm87", jetpack="6.2"))
+    rig.state.dla_cores = 2
+    cfg = BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,), dla_core=1,
+                      gpu_fallback=True, fp16_pinned_keywords=())
+    rig.build(cfg)
+    # The memory stamp read right after the build deserializes on that core too.
+    assert [c.args for c in rig.state.recorder.calls_to("Runtime.DLA_core")] == [(1,)]
+    rig.state.recorder.clear()
+    handle = rig.runtime.deserialize_engine(
+        _entry(rig.tmp / "e.engine", rig.runtime.runtime_target(cfg), cfg))
+    assert [c.args for c in rig.state.recorder.calls_to("Runtime.DLA_core")] == [(1,)]
+    assert handle._engine._runtime_dla_core == 1
+    rig.runtime.release_engine(handle)
+
+
+def test_gpu_engine_load_leaves_the_runtime_dla_core_unset(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    rig.state.dla_cores = 2
+    handle = rig.load()
+    assert rig.state.recorder.calls_to("Runtime.DLA_core") == []
+    assert handle._engine._runtime_dla_core == -1
+    rig.runtime.release_engine(handle)
+
+
+# --------------------------------------------------------------------------- compatibility
+
+
+@pytest.mark.parametrize("builder", ["python", "trtexec"])
+def test_same_compute_capability_refused_below_turing(
+    make_rig: Callable[..., Rig], builder: str, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """NvInfer.h (v10.16): SAME_COMPUTE_CAPABILITY is only supported for engines built on
+    Turing and later GPUs; refused by name before any build, as AMPERE_PLUS below sm80 is."""
+    trtexec = tmp_path / "trtexec"
+    trtexec.write_text("#!/bin/sh\nexit 99\n")
+    trtexec.chmod(0o755)
+    rig = make_rig("10.16.1.11", host=HostCapabilities(sm="sm72"),
+                   options=TensorrtOptions(optional_plugins=(), builder=builder,
+                                           trtexec_path=trtexec))
+    cfg = BuildConfig(profiles=(PROFILE,),
+                      hardware_compatibility=HardwareCompatibility.SAME_COMPUTE_CAPABILITY)
+    with pytest.raises(EngineBuildError, match="Turing or newer"):
+        rig.build(cfg)
+    assert rig.state.recorder.calls_to("Builder.build_serialized_network") == []
+    ok = make_rig("10.16.1.11", host=HostCapabilities(sm="sm75"))
+    assert ok.build(cfg, "ok.engine").metadata["hardware_compatibility"] == (
+        HardwareCompatibility.SAME_COMPUTE_CAPABILITY.value)
