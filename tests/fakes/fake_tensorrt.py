@@ -970,7 +970,8 @@ class _Builder(_Obj):
         st.rec("Builder.build_serialized_network", network, config)
         if st.build_returns_none:
             return None
-        if _fails_constraints(st, config, network) or _fails_dla(st, config, network):
+        if (_fails_strong_typing(st, config, network) or _fails_constraints(st, config, network)
+                or _fails_dla(st, config, network)):
             return None
         calibration = None
         if "INT8" in config._flags and config._calibrator is not None:
@@ -1001,6 +1002,31 @@ class _Builder(_Obj):
             "dla_core": config._dla_core,
         }
         return st.new("IHostMemory", data=ENGINE_MAGIC + json.dumps(blob).encode())
+
+
+# Precision flags TensorRT refuses on a strongly typed network.
+_TYPING_FLAGS = ("FP16", "INT8", "BF16", "FP8", "INT4", "FP4")
+
+
+def _fails_strong_typing(st: FakeTrtState, config: Any, network: Any) -> bool:
+    """A strongly typed network takes its precision from the graph: a precision builder flag
+    is an API usage error and the build returns null (trtexec drops them with "not allowed if
+    graph is strongly typed": NVIDIA/TensorRT v10.3.0 samples/common/sampleOptions.cpp,
+    BuildOptions::parse; the builder's own check "Parameter check failed, condition:
+    !config.getFlag(BuilderFlag::kFP16)" is quoted in NVIDIA/TensorRT-RTX#2). Setting layer
+    precision or output types is not allowed either (include/NvInfer.h v10.16,
+    NetworkDefinitionCreationFlag::kSTRONGLY_TYPED)."""
+    strong = getattr(st.module.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strong is None or not network._flags & (1 << int(strong)):
+        return False
+    flags = sorted(set(_TYPING_FLAGS) & config._flags)
+    pinned = [layer.name for layer in network._layers
+              if layer._precision is not None or layer._output_types]
+    if flags or pinned:
+        st.log_warning(f"[E] Error Code 3: API Usage Error (strongly typed network with "
+                       f"precision flags {flags} / layer precision on {pinned})")
+        return True
+    return False
 
 
 def _fails_constraints(st: FakeTrtState, config: Any, network: Any) -> bool:

@@ -6,12 +6,15 @@ TensorRT source in tests/fakes/fake_tensorrt.py.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from trt_rig import PROFILE, Rig, _entry, _qdq_converter
 
+from fakes.fake_tensorrt import make_fake_tensorrt
 from trt_provision.errors import EngineBuildError
 from trt_provision.identity import compute_identity
 from trt_provision.runtimes.tensorrt import CalibrationInput, TensorrtOptions
@@ -132,3 +135,49 @@ def test_same_compute_capability_refused_below_turing(
     ok = make_rig("10.16.1.11", host=HostCapabilities(sm="sm75"))
     assert ok.build(cfg, "ok.engine").metadata["hardware_compatibility"] == (
         HardwareCompatibility.SAME_COMPUTE_CAPABILITY.value)
+
+
+# --------------------------------------------------------------------------- strong typing
+
+
+def _strong_network(version: str) -> tuple[Any, Any, Any]:
+    trt = make_fake_tensorrt(version)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flag = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flag)
+    x = network.add_input("x", trt.float32, (1, 4))
+    network.mark_output(network.add_identity(x).get_output(0))
+    return trt, builder, network
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "10.16.1.11"])
+def test_fake_refuses_precision_flags_and_layer_precision_on_a_strong_network(
+    version: str,
+) -> None:
+    """The fake must not let a strongly typed build with FP16/INT8 flags or layer precision
+    through: TensorRT fails it as an API usage error."""
+    trt, builder, network = _strong_network(version)
+    config = builder.create_builder_config()
+    assert builder.build_serialized_network(network, config) is not None
+    config.set_flag(trt.BuilderFlag.FP16)
+    assert builder.build_serialized_network(network, config) is None
+    config.clear_flag(trt.BuilderFlag.FP16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # deprecated from 10.12 on
+        network.get_layer(0).precision = trt.float16
+    assert builder.build_serialized_network(network, config) is None
+
+
+@pytest.mark.parametrize("precision", [PrecisionMode.FP16, PrecisionMode.INT8])
+def test_strong_builds_set_no_precision_flag_even_on_dla(
+    make_rig: Callable[..., Rig], precision: PrecisionMode,
+) -> None:
+    rig = make_rig("10.16.1.11", options=TensorrtOptions(
+        optional_plugins=(), precision_converter=_qdq_converter()))
+    rig.state.dla_cores = 1
+    cfg = BuildConfig(precision=precision, profiles=(PROFILE,), strongly_typed=True,
+                      dla_core=0, gpu_fallback=True)
+    meta = rig.build(cfg).metadata
+    assert meta["trt_path"] == "strong"
+    assert not {"FP16", "INT8"} & set(meta["builder_flags"])
