@@ -181,3 +181,27 @@ def test_strong_builds_set_no_precision_flag_even_on_dla(
     meta = rig.build(cfg).metadata
     assert meta["trt_path"] == "strong"
     assert not {"FP16", "INT8"} & set(meta["builder_flags"])
+
+
+@pytest.mark.parametrize("builder", ["auto", "trtexec"])
+def test_strong_dla_build_is_not_delegated_to_trtexec_10(
+    make_rig: Callable[..., Rig], builder: str, tmp_path: Path,
+) -> None:
+    """trtexec 10.x adds kFP16 to every --useDLACore build without --int8, which the strongly
+    typed network refuses: "auto" builds with Python instead, "trtexec" says why not."""
+    ran = tmp_path / "ran"
+    trtexec = tmp_path / "trtexec"
+    trtexec.write_text(f"#!/bin/sh\ntouch {ran}\nexit 99\n")
+    trtexec.chmod(0o755)
+    rig = make_rig("10.16.1.11", options=TensorrtOptions(
+        optional_plugins=(), builder=builder, trtexec_path=trtexec,
+        precision_converter=_qdq_converter()))
+    rig.state.dla_cores = 1
+    cfg = BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,), strongly_typed=True,
+                      dla_core=0, gpu_fallback=True)
+    if builder == "auto":
+        assert rig.build(cfg).metadata["builder"] == "python"
+    else:
+        with pytest.raises(EngineBuildError, match=r"cannot be delegated.*typed"):
+            rig.build(cfg)
+    assert not ran.exists()

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trt_provision.errors import EngineBuildError
+from trt_provision.runtimes.tensorrt._process import parse_trt_version
 from trt_provision.runtimes.tensorrt.subprocess_build import DEFAULT_TIMEOUT_S, run_group
 from trt_provision.runtimes.tensorrt.timing_cache import locked_timing_cache, timing_cache_path
 from trt_provision.types import BuildArtifact, BuildConfig, HardwareCompatibility, PrecisionMode
@@ -332,6 +333,13 @@ class TrtexecBuilder:
         if (path == "weak" and reduced and build_config.fp16_pinned_keywords
                 and build_config.strict_precision_constraints):
             raise NotExpressible("FP16-pinned layers need the Python builder (layer names)")
+        if (path == "strong" and build_config.dla_core is not None
+                and parse_trt_version(ctx.version())[0] < 11):
+            # trtexec 10.x sets BuilderFlag::kFP16 for every --useDLACore build without
+            # --int8 (samples/common/sampleEngines.cpp, v10.3.0 and v10.16), a precision flag
+            # a strongly typed network refuses; the Python builder sets none.
+            raise NotExpressible("trtexec 10.x adds --fp16 to DLA builds, which a strongly "
+                                 "typed network refuses")
         uncovered = [n for n in dynamic_inputs(model_path) if build_config.profile_for(n) is None]
         if uncovered:
             # trtexec would pin the missing dimensions to 1 and build anyway.
