@@ -1056,6 +1056,14 @@ def _fails_dla(st: FakeTrtState, config: Any, network: Any) -> bool:
     if config._dla_core < 0 or config._dla_core >= st.dla_cores:
         st.log_warning(f"[E] DLA core {config._dla_core} is not available")
         return True
+    # DLA layers need min == opt == max (NvInferRuntime.h v10.3.0, IOptimizationProfile::
+    # setDimensions: "If run on DLA, minimum, optimum, and maximum dimensions must to be the
+    # same"): without GPU fallback a ranged profile cannot build.
+    ranged = [name for profile in config._profiles for name, (lo, opt, hi)
+              in profile._shapes.items() if not lo == opt == hi]
+    if ranged and "GPU_FALLBACK" not in config._flags:
+        st.log_warning(f"[E] DLA needs static shapes; inputs with a shape range: {ranged}")
+        return True
     cannot = {layer.name for layer in st.model.layers if not layer.dla_capable}
     if "GPU_FALLBACK" not in config._flags and any(
         layer.name in cannot for layer in network._layers

@@ -205,3 +205,46 @@ def test_strong_dla_build_is_not_delegated_to_trtexec_10(
         with pytest.raises(EngineBuildError, match=r"cannot be delegated.*typed"):
             rig.build(cfg)
     assert not ran.exists()
+
+
+@pytest.mark.parametrize("builder", ["python", "trtexec"])
+def test_dla_without_fallback_refuses_a_shape_range_before_building(
+    make_rig: Callable[..., Rig], builder: str, tmp_path: Path,
+) -> None:
+    """DLA layers need min == opt == max (NvInferRuntime.h); without GPU fallback a ranged
+    profile is refused by name before any build, by both builders."""
+    trtexec = tmp_path / "trtexec"
+    trtexec.write_text("#!/bin/sh\nexit 99\n")
+    trtexec.chmod(0o755)
+    rig = make_rig("10.3.0", options=TensorrtOptions(optional_plugins=(), builder=builder,
+                                                     trtexec_path=trtexec))
+    rig.state.dla_cores = 2
+    cfg = BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,), dla_core=1,
+                      fp16_pinned_keywords=())
+    with pytest.raises(EngineBuildError, match="min == opt == max") as err:
+        rig.build(cfg)
+    assert err.value.context["inputs"] == ["input"]
+    assert rig.state.recorder.calls_to("Builder.build_serialized_network") == []
+
+
+def test_fake_dla_build_fails_on_a_shape_range_without_fallback(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig()
+    rig.state.dla_cores = 1
+    trt = rig.trt
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    x = network.add_input("x", trt.float32, (-1, 4))
+    network.mark_output(network.add_identity(x).get_output(0))
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    profile.set_shape("x", (1, 4), (2, 4), (4, 4))
+    config.add_optimization_profile(profile)
+    config.set_flag(trt.BuilderFlag.FP16)
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = 0
+    assert builder.build_serialized_network(network, config) is None
+    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    assert builder.build_serialized_network(network, config) is not None

@@ -43,7 +43,13 @@ from trt_provision.types import (
     PrecisionMode,
 )
 
-__all__ = ["PythonBuilder", "check_hardware_compatibility", "check_plugins", "write_synced"]
+__all__ = [
+    "PythonBuilder",
+    "check_dla_profiles",
+    "check_hardware_compatibility",
+    "check_plugins",
+    "write_synced",
+]
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +310,7 @@ def _apply_dla(trt: Any, builder: Any, config: Any, build_config: BuildConfig) -
     if core >= available:
         raise EngineBuildError("dla_core is out of range for this device",
                                dla_core=core, num_dla_cores=available)
+    check_dla_profiles(build_config)
     config.default_device_type = trt.DeviceType.DLA
     config.DLA_core = core
     flags = [f"DLA_CORE_{core}"]
@@ -311,6 +318,20 @@ def _apply_dla(trt: Any, builder: Any, config: Any, build_config: BuildConfig) -
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
         flags.append("GPU_FALLBACK")
     return flags
+
+
+def check_dla_profiles(build_config: BuildConfig) -> None:
+    """Without GPU fallback every layer runs on the DLA, which needs min == opt == max
+    (NVIDIA/TensorRT v10.3.0 include/NvInferRuntime.h, IOptimizationProfile::setDimensions:
+    "If run on DLA, minimum, optimum, and maximum dimensions must to be the same")."""
+    if build_config.dla_core is None or build_config.gpu_fallback:
+        return
+    ranged = sorted(p.input_name for p in build_config.profiles
+                    if not p.min_shape == p.opt_shape == p.max_shape)
+    if ranged:
+        raise EngineBuildError(
+            "a DLA build without gpu_fallback needs min == opt == max in every profile",
+            inputs=ranged, dla_core=build_config.dla_core)
 
 
 def _calibration_targets(

@@ -317,6 +317,7 @@ class TrtexecBuilder:
         self, binary: Path, model_path: Path, build_config: BuildConfig, staged_path: Path
     ) -> BuildArtifact:
         from trt_provision.runtimes.tensorrt.builder import (
+            check_dla_profiles,
             check_hardware_compatibility,
             check_plugins,
             write_synced,
@@ -347,6 +348,7 @@ class TrtexecBuilder:
                                    inputs=uncovered, model=str(model_path))
         if build_config.hardware_compatibility is not HardwareCompatibility.NONE:
             check_hardware_compatibility(build_config.hardware_compatibility, ctx.sm_number())
+        check_dla_profiles(build_config)
         version = self._check_version(binary)
         plugins: list[dict[str, Any]] = []
         if trt is not None:
