@@ -248,3 +248,12 @@ def test_fake_dla_build_fails_on_a_shape_range_without_fallback(
     assert builder.build_serialized_network(network, config) is None
     config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
     assert builder.build_serialized_network(network, config) is not None
+
+
+def test_memory_stamp_refuses_a_refused_max_shape(make_rig: Callable[..., Rig]) -> None:
+    """set_input_shape returns bool (pyCore.cpp): output sizes read after a refused shape are
+    not the max-shape sizes the budget must reserve."""
+    rig = make_rig()
+    rig.state.set_input_shape_returns = False
+    with pytest.raises(EngineBuildError, match="refused the max input shape"):
+        rig.build()

@@ -135,8 +135,11 @@ def memory_stamp(
         for name in names:
             if engine.get_tensor_mode(name) == input_mode:
                 hi = tuple(engine.get_tensor_profile_shape(name, 0)[2])
-                if context is not None:
-                    context.set_input_shape(name, hi)
+                if context is not None and not context.set_input_shape(name, hi):
+                    # Output sizes read after a refused shape would be the wrong ones.
+                    raise EngineBuildError(
+                        "TensorRT refused the max input shape of the freshly built engine",
+                        input=name, shape=list(hi))
         for name in names:
             itemsize = check_io_dtype(trt, name, engine.get_tensor_dtype(name)).itemsize
             if engine.get_tensor_mode(name) == input_mode:
