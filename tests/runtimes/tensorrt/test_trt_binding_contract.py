@@ -257,3 +257,22 @@ def test_memory_stamp_refuses_a_refused_max_shape(make_rig: Callable[..., Rig]) 
     rig.state.set_input_shape_returns = False
     with pytest.raises(EngineBuildError, match="refused the max input shape"):
         rig.build()
+
+
+def test_trtexec_before_10_9_is_not_asked_for_same_compute_capability(
+    make_rig: Callable[..., Rig], tmp_path: Path,
+) -> None:
+    """trtexec 10.3 throws "Unknown hardwareCompatibilityLevel" for sameComputeCapability
+    (sampleOptions.cpp v10.3.0: none and ampere+ only): refused by name before it runs."""
+    ran = tmp_path / "ran"
+    trtexec = tmp_path / "trtexec"
+    trtexec.write_text('#!/bin/sh\necho "&&&& RUNNING TensorRT.trtexec [TensorRT v100300]"\n'
+                       f'[ "$1" = "--help" ] && exit 0\ntouch {ran}\nexit 99\n')
+    trtexec.chmod(0o755)
+    rig = make_rig("10.3.0", options=TensorrtOptions(optional_plugins=(), builder="trtexec",
+                                                     trtexec_path=trtexec))
+    cfg = BuildConfig(profiles=(PROFILE,),
+                      hardware_compatibility=HardwareCompatibility.SAME_COMPUTE_CAPABILITY)
+    with pytest.raises(EngineBuildError, match="sameComputeCapability"):
+        rig.build(cfg)
+    assert not ran.exists()

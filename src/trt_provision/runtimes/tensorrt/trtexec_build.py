@@ -74,6 +74,9 @@ _HW_LEVELS: dict[HardwareCompatibility, str] = {
 _ERROR_LINE = re.compile(r"\[E\]|\bERROR\b|Error\[\d+\]|&&&& FAILED")
 
 
+# The first trtexec with --hardwareCompatibilityLevel=sameComputeCapability.
+SAME_CC_SINCE = (10, 9)
+
 # Where JetPack installs trtexec; it is not on PATH there.
 JETPACK_TRTEXEC = Path("/usr/src/tensorrt/bin/trtexec")
 
@@ -350,6 +353,13 @@ class TrtexecBuilder:
             check_hardware_compatibility(build_config.hardware_compatibility, ctx.sm_number())
         check_dla_profiles(build_config)
         version = self._check_version(binary)
+        if (build_config.hardware_compatibility is HardwareCompatibility.SAME_COMPUTE_CAPABILITY
+                and parse_trt_version(version)[:2] < SAME_CC_SINCE):
+            # trtexec before 10.9 knows only none and ampere+ and throws on anything else
+            # (samples/common/sampleOptions.cpp, v10.3.0 .. v10.8.0).
+            raise EngineBuildError(
+                f"trtexec {version} has no --hardwareCompatibilityLevel=sameComputeCapability "
+                "(TensorRT 10.9 or newer)", trtexec=str(binary))
         plugins: list[dict[str, Any]] = []
         if trt is not None:
             plugins = check_plugins(ctx, trt, build_config.plugins)
