@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from trt_rig import PROFILE, Rig, _entry, _qdq_converter
+from trt_rig import PROFILE, RecordingGate, Rig, _entry, _qdq_converter
 
-from fakes.fake_tensorrt import make_fake_tensorrt
-from trt_provision.errors import EngineBuildError
+from fakes.fake_cuda import FakeCudaRuntime
+from fakes.fake_tensorrt import FakeModelSpec, make_fake_tensorrt, write_model
+from trt_provision.errors import EngineBuildError, MissingDependencyError
 from trt_provision.identity import compute_identity
-from trt_provision.runtimes.tensorrt import CalibrationInput, TensorrtOptions
+from trt_provision.runtimes.tensorrt import CalibrationInput, TensorrtOptions, TensorrtRuntime
 from trt_provision.types import BuildConfig, HardwareCompatibility, HostCapabilities, PrecisionMode
 
 pytestmark = pytest.mark.tier1
@@ -275,4 +276,32 @@ def test_trtexec_before_10_9_is_not_asked_for_same_compute_capability(
                       hardware_compatibility=HardwareCompatibility.SAME_COMPUTE_CAPABILITY)
     with pytest.raises(EngineBuildError, match="sameComputeCapability"):
         rig.build(cfg)
+    assert not ran.exists()
+
+
+def test_trtexec_11_is_not_given_weak_precision_flags_without_the_module(
+    make_rig: Callable[..., Rig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """trtexec 11 has no --fp16 (sampleOptions.cpp v11.1); without the tensorrt module the
+    config alone picks the weak path for strongly_typed=False: refused before it runs."""
+    ran = tmp_path / "ran"
+    trtexec = tmp_path / "trtexec"
+    trtexec.write_text('#!/bin/sh\necho "&&&& RUNNING TensorRT.trtexec [TensorRT v110400]"\n'
+                       f'[ "$1" = "--help" ] && exit 0\ntouch {ran}\nexit 99\n')
+    trtexec.chmod(0o755)
+
+    def no_tensorrt(module: str, extra: str | None = None) -> Any:
+        raise MissingDependencyError(module, extra or "tensorrt")
+
+    monkeypatch.setattr("trt_provision.runtimes.tensorrt._context.import_optional", no_tensorrt)
+    runtime = TensorrtRuntime(
+        gate=RecordingGate(), host=HostCapabilities(sm="sm87", trt_version="11.4.0.106"),
+        options=TensorrtOptions(optional_plugins=(), builder="trtexec", trtexec_path=trtexec),
+        cuda_module=FakeCudaRuntime(),
+    )
+    model = write_model(FakeModelSpec(), tmp_path / "m.onnx")
+    cfg = BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,), strongly_typed=False,
+                      fp16_pinned_keywords=())
+    with pytest.raises(EngineBuildError, match="no weakly typed precision flags"):
+        runtime.compile_engine(model, cfg, tmp_path / "x.engine")
     assert not ran.exists()

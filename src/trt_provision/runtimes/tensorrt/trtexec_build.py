@@ -353,6 +353,13 @@ class TrtexecBuilder:
             check_hardware_compatibility(build_config.hardware_compatibility, ctx.sm_number())
         check_dla_profiles(build_config)
         version = self._check_version(binary)
+        if path == "weak" and reduced and parse_trt_version(version)[0] >= 11:
+            # trtexec 11 has no --fp16 and no --calib (samples/common/sampleOptions.cpp,
+            # v11.1): without the tensorrt module the config alone chose the weak path.
+            raise EngineBuildError(
+                f"trtexec {version} has no weakly typed precision flags; set strongly_typed "
+                "and prepare the precision-carrying graph", trtexec=str(binary),
+                precision=build_config.precision.value)
         if (build_config.hardware_compatibility is HardwareCompatibility.SAME_COMPUTE_CAPABILITY
                 and parse_trt_version(version)[:2] < SAME_CC_SINCE):
             # trtexec before 10.9 knows only none and ampere+ and throws on anything else
