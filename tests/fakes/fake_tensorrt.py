@@ -1301,6 +1301,14 @@ class _Runtime(_Obj):
         if not data.startswith(ENGINE_MAGIC):
             return None
         blob = json.loads(data[len(ENGINE_MAGIC):])
+        if blob.get("version") != self._st.version:
+            # A plan deserializes only in the TensorRT version that built it (no
+            # VERSION_COMPATIBLE here): TensorRT logs a serialization version mismatch and
+            # returns null (NVIDIA TensorRT Developer Guide, "Version Compatibility";
+            # NvInferRuntime.h v10.3.0, IRuntime::deserializeCudaEngine returns nullptr).
+            self._st.log_warning(f"[E] engine plan built by TensorRT {blob.get('version')} "
+                                 f"is not compatible with {self._st.version}")
+            return None
         # A plugin layer deserializes only through a registered creator; TensorRT logs the
         # miss and returns null (Polygraphy's EngineFromBytes registers plugins first for
         # this reason: tools/Polygraphy/polygraphy/backend/trt/loader.py).

@@ -16,7 +16,7 @@ from trt_rig import PROFILE, RecordingGate, Rig, _entry, _qdq_converter
 
 from fakes.fake_cuda import FakeCudaRuntime
 from fakes.fake_tensorrt import FakeModelSpec, make_fake_tensorrt, write_model
-from trt_provision.errors import EngineBuildError, MissingDependencyError
+from trt_provision.errors import EngineBuildError, InferenceError, MissingDependencyError
 from trt_provision.identity import compute_identity
 from trt_provision.runtimes.tensorrt import CalibrationInput, TensorrtOptions, TensorrtRuntime
 from trt_provision.types import BuildConfig, HardwareCompatibility, HostCapabilities, PrecisionMode
@@ -305,3 +305,18 @@ def test_trtexec_11_is_not_given_weak_precision_flags_without_the_module(
     with pytest.raises(EngineBuildError, match="no weakly typed precision flags"):
         runtime.compile_engine(model, cfg, tmp_path / "x.engine")
     assert not ran.exists()
+
+
+def test_fake_refuses_a_plan_from_another_tensorrt_version(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """A plan deserializes only in the TensorRT that built it; the loader turns the null
+    into an InferenceError (after the gate, which checks the version by name first)."""
+    old = make_rig("10.3.0")
+    old.build()
+    new = make_rig("10.16.1.11")
+    cfg = BuildConfig(profiles=(PROFILE,))
+    with pytest.raises(InferenceError, match="could not deserialize"):
+        new.runtime.deserialize_engine(
+            _entry(old.tmp / "e.engine", new.runtime.runtime_target(cfg), cfg))
+    assert new.budget.reserved == {}
