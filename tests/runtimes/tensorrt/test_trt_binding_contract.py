@@ -320,3 +320,12 @@ def test_fake_refuses_a_plan_from_another_tensorrt_version(
         new.runtime.deserialize_engine(
             _entry(old.tmp / "e.engine", new.runtime.runtime_target(cfg), cfg))
     assert new.budget.reserved == {}
+
+
+def test_no_dla_cores_refusal_names_the_tensorrt_version(make_rig: Callable[..., Rig]) -> None:
+    """TensorRT 10.8..11.3 report no DLA cores even on Orin: the refusal says so."""
+    rig = make_rig("10.16.1.11", host=HostCapabilities(sm="sm87", jetpack="6.2"))
+    with pytest.raises(EngineBuildError, match="no DLA support") as err:
+        rig.build(BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,), dla_core=0,
+                              gpu_fallback=True))
+    assert err.value.context["trt_version"] == "10.16.1.11"

@@ -305,8 +305,13 @@ def _apply_dla(trt: Any, builder: Any, config: Any, build_config: BuildConfig) -
                                dla_core=core)
     available = int(builder.num_DLA_cores)
     if available == 0:
-        raise EngineBuildError("dla_core is set but this device has no DLA cores",
-                               dla_core=core)
+        # Not only a GPU without DLA: TensorRT 10.7 was the last 10.x with DLA, 11.0 to 11.3
+        # have none and 11.4.0 only on Windows on ARM (TensorRT 11.4 docs, "Working with
+        # DLA"); JetPack 6.2's TensorRT 10.3 has it.
+        raise EngineBuildError(
+            "dla_core is set but TensorRT reports no DLA cores (the device has none, or this "
+            "TensorRT has no DLA support: 10.8 to 11.3 have none)", dla_core=core,
+            trt_version=str(getattr(trt, "__version__", "")))
     if core >= available:
         raise EngineBuildError("dla_core is out of range for this device",
                                dla_core=core, num_dla_cores=available)
