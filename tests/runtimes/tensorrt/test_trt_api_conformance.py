@@ -269,3 +269,28 @@ def test_several_tags_are_checked_against_every_version_any_of_them_reaches() ->
     violations = check_uses(scan_source(snippet))
     assert {(v.use.expr, v.version) for v in violations} == {
         ("trt.BuilderFlag.FP16", "11.4.0.106"), ("trt.DataType.HALF", "(unknown path tag ())")}
+
+
+def test_scanner_checks_properties_against_methods_and_setters() -> None:
+    """def_property / def_property_readonly in the bindings: a property is never called, a
+    read-only one is never assigned, and a method is never assigned to."""
+    found = {
+        (v.use.expr, v.reason) for v in check_uses(scan_source(textwrap.dedent(
+            """
+            def f(trt, builder, config, engine, context):
+                n = builder.num_DLA_cores()            # property called
+                engine.num_io_tensors = 3              # read-only property assigned
+                setattr(builder, "num_DLA_cores", 2)   # the same through setattr
+                config.set_flag = None                 # a method assigned to
+                config.DLA_core = 0                    # settable: fine
+                k = builder.num_DLA_cores              # read: fine
+                context.execute_async_v3(0)            # a method called: fine
+            """)))
+    }
+    reasons = {expr: reason for expr, reason in found}
+    assert reasons["builder.num_DLA_cores"] == "Builder.num_DLA_cores is a property, not a method"
+    assert reasons["engine.num_io_tensors"] == "a read-only property is assigned"
+    assert reasons["setattr(builder, 'num_DLA_cores')"] == "a read-only property is assigned"
+    assert reasons["config.set_flag"] == "a method is assigned to"
+    assert set(reasons) == {"builder.num_DLA_cores", "engine.num_io_tensors",
+                            "setattr(builder, 'num_DLA_cores')", "config.set_flag"}
