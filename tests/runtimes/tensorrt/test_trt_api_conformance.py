@@ -60,6 +60,28 @@ def test_fake_exposes_nothing_the_real_surface_lacks(version: str) -> None:
 
 
 @pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+def test_fake_members_have_the_kind_and_setter_of_the_real_ones(version: str) -> None:
+    """A fake method where the binding has a property (or a setter the binding lacks) would
+    let code through that fails on TensorRT."""
+    surface = load_surface(version)
+    trt = make_fake_tensorrt(version)
+    for name in surface.classes:
+        cls = getattr(trt, name, None) if "." not in name else None
+        if cls is None:
+            continue
+        for member, info in surface.classes[name]["members"].items():
+            impl = inspect.getattr_static(cls, member, None)
+            if impl is None or member.startswith("_") or info.get("kind") == "attribute":
+                continue
+            if info.get("kind") == "property":
+                assert isinstance(impl, property), (name, member)
+                if not info.get("settable"):
+                    assert impl.fset is None, (name, member, "setter the binding lacks")
+            elif info.get("kind") == "method":
+                assert callable(impl) and not isinstance(impl, property), (name, member)
+
+
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
 def test_fake_carries_every_class_and_enum_of_its_surface(version: str) -> None:
     surface = load_surface(version)
     trt = make_fake_tensorrt(version)
