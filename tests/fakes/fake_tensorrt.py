@@ -970,8 +970,8 @@ class _Builder(_Obj):
         st.rec("Builder.build_serialized_network", network, config)
         if st.build_returns_none:
             return None
-        if (_fails_strong_typing(st, config, network) or _fails_constraints(st, config, network)
-                or _fails_dla(st, config, network)):
+        if (_fails_profiles(st, config, network) or _fails_strong_typing(st, config, network)
+                or _fails_constraints(st, config, network) or _fails_dla(st, config, network)):
             return None
         calibration = None
         if "INT8" in config._flags and config._calibrator is not None:
@@ -1002,6 +1002,26 @@ class _Builder(_Obj):
             "dla_core": config._dla_core,
         }
         return st.new("IHostMemory", data=ENGINE_MAGIC + json.dumps(blob).encode())
+
+
+def _fails_profiles(st: FakeTrtState, config: Any, network: Any) -> bool:
+    """Profiles are fully validated at build time: rank equal to the input's, and a static
+    network dimension equal in min, opt and max; a dynamic input needs a profile
+    (NvInferRuntime.h v10.3.0, IOptimizationProfile::setDimensions conditions (1)-(3);
+    NvInfer.h, IBuilderConfig::addOptimizationProfile)."""
+    for tensor in network._inputs:
+        dims = tuple(tensor.shape)
+        shapes = [p._shapes[tensor.name] for p in config._profiles if tensor.name in p._shapes]
+        if not shapes and any(d < 0 for d in dims):
+            st.log_warning(f"[E] dynamic input {tensor.name} has no optimization profile")
+            return True
+        for triple in shapes:
+            for shape in triple:
+                if len(shape) != len(dims) or any(
+                        d >= 0 and s != d for s, d in zip(shape, dims, strict=True)):
+                    st.log_warning(f"[E] profile {shape} of {tensor.name} does not fit {dims}")
+                    return True
+    return False
 
 
 # Precision flags TensorRT refuses on a strongly typed network.

@@ -329,3 +329,45 @@ def test_no_dla_cores_refusal_names_the_tensorrt_version(make_rig: Callable[...,
         rig.build(BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,), dla_core=0,
                               gpu_fallback=True))
     assert err.value.context["trt_version"] == "10.16.1.11"
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+def test_profile_against_a_static_network_dimension_is_refused_by_name(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """A network callback is not checked by the compiler's profile rules: the builder says
+    which dimension is static before TensorRT's build-time validation fails."""
+    from trt_provision.runtimes.tensorrt import NetworkSource
+    from trt_provision.types import OptimizationProfile
+
+    def build(network: Any, trt: Any) -> None:
+        x = network.add_input("x", trt.float32, (-1, 4))
+        network.mark_output(network.add_identity(x).get_output(0))
+
+    rig = make_rig()
+    cfg = BuildConfig(profiles=(OptimizationProfile("x", (1, 3), (2, 3), (4, 3)),))
+    with pytest.raises(EngineBuildError, match="static dimension") as err:
+        rig.runtime.compile_network(NetworkSource("n", build), cfg, rig.tmp / "n.engine")
+    assert err.value.context["dims"] == [1]
+    assert rig.state.recorder.calls_to("Builder.build_serialized_network") == []
+
+
+def test_fake_validates_profiles_at_build_time(make_rig: Callable[..., Rig]) -> None:
+    trt = make_rig().trt
+    builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
+    network = builder.create_network(0)
+    x = network.add_input("x", trt.float32, (-1, 4))
+    network.mark_output(network.add_identity(x).get_output(0))
+    config = builder.create_builder_config()
+    assert builder.build_serialized_network(network, config) is None  # dynamic, no profile
+    profile = builder.create_optimization_profile()
+    profile.set_shape("x", (1, 3), (2, 3), (4, 3))
+    config.add_optimization_profile(profile)
+    assert builder.build_serialized_network(network, config) is None  # 3 is not the static 4
+    good = builder.create_builder_config()
+    ok = builder.create_optimization_profile()
+    ok.set_shape("x", (1, 4), (2, 4), (4, 4))
+    good.add_optimization_profile(ok)
+    assert builder.build_serialized_network(network, good) is not None

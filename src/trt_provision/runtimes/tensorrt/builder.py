@@ -414,10 +414,19 @@ def _add_profiles(
         return None
     profile = builder.create_optimization_profile()
     for spec in build_config.profiles:
-        rank = len(inputs[spec.input_name])
-        if len(spec.min_shape) != rank:
+        dims = inputs[spec.input_name]
+        if len(spec.min_shape) != len(dims):
             raise EngineBuildError("profile rank differs from the input's", input=spec.input_name,
-                                   rank=rank, profile_rank=len(spec.min_shape))
+                                   rank=len(dims), profile_rank=len(spec.min_shape))
+        # A static network dimension must be the same in min, opt and max
+        # (NvInferRuntime.h v10.3.0, IOptimizationProfile::setDimensions, condition (3));
+        # TensorRT finds out only when the build fails.
+        fixed = [i for i, d in enumerate(dims) if d >= 0
+                 and not spec.min_shape[i] == spec.opt_shape[i] == spec.max_shape[i] == d]
+        if fixed:
+            raise EngineBuildError(
+                "profile differs from the network in a static dimension", input=spec.input_name,
+                network_shape=list(dims), dims=fixed)
         profile.set_shape(spec.input_name, spec.min_shape, spec.opt_shape, spec.max_shape)
     config.add_optimization_profile(profile)
     return profile
