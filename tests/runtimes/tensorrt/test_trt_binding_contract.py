@@ -18,8 +18,19 @@ from fakes.fake_cuda import FakeCudaRuntime
 from fakes.fake_tensorrt import FakeModelSpec, make_fake_tensorrt, write_model
 from trt_provision.errors import EngineBuildError, InferenceError, MissingDependencyError
 from trt_provision.identity import compute_identity
-from trt_provision.runtimes.tensorrt import CalibrationInput, TensorrtOptions, TensorrtRuntime
-from trt_provision.types import BuildConfig, HardwareCompatibility, HostCapabilities, PrecisionMode
+from trt_provision.runtimes.tensorrt import (
+    CalibrationInput,
+    NetworkSource,
+    TensorrtOptions,
+    TensorrtRuntime,
+)
+from trt_provision.types import (
+    BuildConfig,
+    HardwareCompatibility,
+    HostCapabilities,
+    OptimizationProfile,
+    PrecisionMode,
+)
 
 pytestmark = pytest.mark.tier1
 
@@ -339,9 +350,6 @@ def test_profile_against_a_static_network_dimension_is_refused_by_name(
 ) -> None:
     """A network callback is not checked by the compiler's profile rules: the builder says
     which dimension is static before TensorRT's build-time validation fails."""
-    from trt_provision.runtimes.tensorrt import NetworkSource
-    from trt_provision.types import OptimizationProfile
-
     def build(network: Any, trt: Any) -> None:
         x = network.add_input("x", trt.float32, (-1, 4))
         network.mark_output(network.add_identity(x).get_output(0))
