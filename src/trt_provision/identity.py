@@ -352,6 +352,7 @@ def compute_identity(
         target=target.target,
         platform=target.platform,
         options_digest=build_option_digest(
-            config, calibration_key=calibration_key, runtime_options=runtime_options
+            config, calibration_key=calibration_key,
+            runtime_options={**dict(target.build_options), **(runtime_options or {})},
         ),
     )

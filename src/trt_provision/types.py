@@ -389,6 +389,9 @@ class RuntimeTarget:
     runtime_version: str  # e.g. "10.3.0"
     target: str  # "sm87", "sm80+", "sm90cc", or "cpu-avx2"
     platform: str  # "jp6.2", "dgpu" or "host"
+    # Runtime-level choices that change the engine built for one BuildConfig (e.g. TensorRT's
+    # INT8 quantization mode): they enter the options digest, not the filename or the gate.
+    build_options: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         # Installed versions come from the environment (e.g. "1.19.0+cpu"): normalise them
