@@ -24,6 +24,7 @@ __all__ = [
     "extra_for",
     "import_optional",
     "install_advice",
+    "install_line",
     "is_available",
 ]
 
@@ -117,6 +118,14 @@ def install_advice(module: str, extra: str, *, root: Path = Path("/")) -> str:
             f"venv made with --system-site-packages, then pip install 'trt-provision[{cuda}]'"
         )
     return f"pip install 'trt-provision[{extra}]'"
+
+
+def install_line(family: str, cuda_version: str | None = None) -> str:
+    """How to install an extra family on this host: ``install_line("tensorrt", "13.0")`` →
+    ``pip install 'trt-provision[tensorrt-cu13]'`` (JetPack's way on Jetson).
+    ``cuda_version``: the driver's CUDA version where known (NVML), else read from the host."""
+    match = re.match(r"(\d+)", cuda_version or "")
+    return install_advice(family, extra_for(family, int(match.group(1)) if match else None))
 
 
 def import_optional(module: str, extra: str | None = None) -> ModuleType:

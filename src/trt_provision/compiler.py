@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trt_provision._version import __version__
+from trt_provision.auto_precision import auto_identity, build_auto, decision_of, summary_line
 from trt_provision.config_json import build_config_to_json
 from trt_provision.errors import (
     AccuracyGateError,
@@ -43,6 +44,7 @@ from trt_provision.types import (
     EngineCompileSummary,
     EngineIdentity,
     HostCapabilities,
+    PrecisionMode,
     RuntimeTarget,
     profile_problems,
 )
@@ -79,6 +81,16 @@ def outcome_for(exc: BaseException) -> CompileOutcome:
     return CompileOutcome.REFUSED if isinstance(exc, AccuracyGateError) else CompileOutcome.FAILED
 
 
+def _python_calibration_loader(backbone: BackboneSpec) -> bool:
+    """Whether the calibration key of ``backbone`` needs data from a ``file.py:fn`` loader."""
+    config = backbone.build_config
+    spec = config.calibration
+    if not config.precision.needs_calibration or spec is None or spec.source is None:
+        return False
+    source = str(spec.source)
+    return spec.dataset_version is None and (".py:" in source or source.endswith(".py"))
+
+
 class EngineCompiler:
     """Compiles, or reuses from cache, one engine per backbone for this host."""
 
@@ -109,12 +121,21 @@ class EngineCompiler:
 
     # ------------------------------------------------------------------ public
 
-    def identity_for(self, backbone: BackboneSpec) -> tuple[EngineIdentity, RuntimeTarget, str]:
+    def identity_for(
+        self, backbone: BackboneSpec, *, unresolved_calibration: str | None = None
+    ) -> tuple[EngineIdentity, RuntimeTarget, str]:
+        """``unresolved_calibration``: a stand-in calibration key, so no calibration data
+        is loaded (a dry run with a Python loader)."""
         model_hash = model_sha256(backbone.model_path)
+        if backbone.build_config.precision is PrecisionMode.AUTO:
+            target = self._runtime.runtime_target(backbone.build_config)
+            return auto_identity(self, backbone, model_hash, target), target, model_hash
         calibration_key = (
             self._calibration.calibration_key(backbone, model_hash)
-            if self._calibration is not None and backbone.build_config.precision.needs_calibration
-            else None
+            if self._calibration is not None
+            and backbone.build_config.precision.needs_calibration
+            and unresolved_calibration is None
+            else unresolved_calibration
         )
         target = self._runtime.runtime_target(backbone.build_config)
         identity = compute_identity(
@@ -191,7 +212,7 @@ class EngineCompiler:
     ) -> _Plan | _Failed:
         started = time.perf_counter()
         try:
-            return self._plan(backbone, request.force_rebuild)
+            return self._plan(backbone, request)
         except Exception as exc:
             if request.fail_fast:
                 raise
@@ -235,10 +256,24 @@ class EngineCompiler:
 
     # ------------------------------------------------------------------ steps
 
-    def _plan(self, backbone: BackboneSpec, force: bool) -> _Plan:
+    def _plan(self, backbone: BackboneSpec, request: EngineCompileRequest) -> _Plan:
         started = time.perf_counter()
+        if request.dry_run and _python_calibration_loader(backbone):
+            # A file.py:fn source is Python code: a dry run never executes it. Without its
+            # data the calibration key (and so the identity) is unknown: planned, not reused.
+            self._log.warning(
+                "dry run: not executing the calibration loader of %s; a real run decides "
+                "whether its engine is reused",
+                backbone.name,
+                extra={"event": "provision.dry_run.loader_skipped", "model": backbone.name},
+            )
+            identity, target, model_hash = self.identity_for(
+                backbone, unresolved_calibration="dry-run-unresolved"
+            )
+            return _Plan(backbone, identity, target, model_hash, None, started,
+                         "planned: the calibration loader is not executed in a dry run")
         identity, target, model_hash = self.identity_for(backbone)
-        if force:
+        if request.force_rebuild:
             return _Plan(backbone, identity, target, model_hash, None, started,
                          "rebuilt: --force-rebuild")
         why: list[str] = []
@@ -336,6 +371,8 @@ class EngineCompiler:
 
     def _build(self, plan: _Plan) -> tuple[EngineCacheEntry, float]:
         backbone = plan.backbone
+        if backbone.build_config.precision is PrecisionMode.AUTO:
+            return build_auto(self, plan)  # builds each candidate through this method
         self._check_thermal()
         staged = self._store.staging_path(plan.identity)
         self._log.info(
@@ -404,6 +441,8 @@ class EngineCompiler:
         seconds: float,
         notes: tuple[str, ...] = (),
     ) -> EngineCompileResult:
+        auto = decision_of(entry.engine_path) if plan.identity.precision is PrecisionMode.AUTO \
+            else None
         return EngineCompileResult(
             name=plan.backbone.name,
             identity=plan.identity,
@@ -411,5 +450,5 @@ class EngineCompiler:
             entry=entry,
             compile_seconds=seconds,
             total_seconds=time.perf_counter() - plan.started,
-            notes=notes,
+            notes=((summary_line(auto),) if auto else ()) + notes,
         )

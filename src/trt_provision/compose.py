@@ -90,7 +90,7 @@ def build_trust(settings: Settings, *, remote: bool = False) -> TrustCheck | Non
 
 
 def build_store(settings: Settings) -> LocalEngineStore:
-    return LocalEngineStore(settings.cache_dir)
+    return LocalEngineStore(settings.cache_dir, private=settings.private_cache)
 
 
 def build_gate(settings: Settings) -> EngineGate:

@@ -42,6 +42,7 @@ TRUST_LEVELS = ("auto", "off", "verify-if-signed", "require")
 _TOP_KEYS = {"settings", "defaults", "models", "remote"}
 _SETTINGS_KEYS = {
     "cache_dir",
+    "private_cache",
     "runtime",
     "ort_provider",
     "max_temperature_c",
@@ -126,6 +127,8 @@ class Settings:
     signing_key: Path | None = None  # private key: sign engines this host builds
     # Version-compatible TensorRT engines embed host code: only with an explicit opt-in.
     allow_engine_host_code: bool = False
+    # Cache directories 0700 and files 0600 instead of 0755 / 0644.
+    private_cache: bool = False
     # The [remote] table may hold credentials (secret_key): never in a repr or a log line.
     remote: Mapping[str, Any] | None = field(default=None, repr=False)
     # TensorRT plugins: the namespace TensorRT's own plugins register under, and shared
@@ -234,6 +237,10 @@ def _settings(path: Path, raw: Mapping[str, Any], remote: Any) -> Settings:
                 raw["allow_engine_host_code"],
             )
         kwargs["allow_engine_host_code"] = raw["allow_engine_host_code"]
+    if "private_cache" in raw:
+        if not isinstance(raw["private_cache"], bool):
+            raise _fail(path, "settings.private_cache", "true or false", raw["private_cache"])
+        kwargs["private_cache"] = raw["private_cache"]
     for key in ("public_key", "signing_key"):
         if key in raw:
             if not isinstance(raw[key], str) or not raw[key]:

@@ -63,7 +63,7 @@ _HEX_RE = re.compile(r"[0-9a-f]+")
 _FILENAME_RE = re.compile(
     r"(?P<model>[A-Za-z0-9][A-Za-z0-9_-]{0,63})"
     r"\.(?P<hash>[0-9a-f]{16})"
-    r"\.(?P<precision>fp32|fp16|int8|mixed)"
+    r"\.(?P<precision>fp32|fp16|int8|mixed|auto)"
     r"\.(?P<target>sm[0-9]{2,3}(?:(?:\+|cc)|-dla[0-9]{1,2})?|cpu-[a-z0-9]+)"
     r"\.(?P<platform>jp[0-9]+(?:_[0-9]+)*|dgpu|host)"
     r"\.(?P<runtime>[a-z][a-z0-9]*)"
@@ -363,6 +363,7 @@ def compute_identity(
         target=target.target,
         platform=target.platform,
         options_digest=build_option_digest(
-            config, calibration_key=calibration_key, runtime_options=runtime_options
+            config, calibration_key=calibration_key,
+            runtime_options={**dict(target.build_options), **(runtime_options or {})},
         ),
     )

@@ -9,21 +9,34 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from trt_provision._fs import atomic_write_bytes
+from trt_provision._bounded import BoundedInputError
+from trt_provision._bounded import loads_bounded as _loads_bounded
+from trt_provision._fs import atomic_write_bytes, untrusted_reason
 from trt_provision.errors import EngineGateError
 
 __all__ = [
+    "MAX_METADATA_BYTES",
+    "MAX_SIDECAR_BYTES",
+    "MAX_SIGNATURE_FILE_BYTES",
     "METADATA_FORMAT",
     "PERF_SUFFIX",
+    "SIDECAR_SUFFIXES",
     "format_sha256_line",
+    "loads_bounded",
     "metadata_bytes",
+    "parse_metadata_bytes",
+    "parse_sha256_bytes",
     "parse_sha256_sidecar",
+    "read_cache_file",
     "read_metadata",
+    "read_sidecar_json",
     "sha256_file",
     "update_from_file",
     "write_metadata",
@@ -37,6 +50,9 @@ PERF_SUFFIX = ".perf.json"
 BLOCK_SIZE = 1 << 20  # 1 MiB: few syscalls, and each block is still in L2 when it is hashed
 MAX_SIDECAR_BYTES = 4096
 MAX_METADATA_BYTES = 16 << 20
+MAX_SIGNATURE_FILE_BYTES = 4096  # one ASCII line; the trust policy refuses anything longer
+# Every sidecar an engine may have.
+SIDECAR_SUFFIXES = (".sha256", ".json", ".sig", PERF_SUFFIX)
 
 _LINE_RE = re.compile(r"([0-9a-f]{64}) [ *](.+)")
 
@@ -70,16 +86,71 @@ def write_sha256_sidecar(engine_path: Path, digest: str) -> Path:
     return sidecar
 
 
-def parse_sha256_sidecar(sidecar: Path, engine_name: str) -> str:
-    """Return the digest a sidecar claims for ``engine_name``; EngineGateError if unusable."""
+def read_cache_file(path: Path, cap: int, *, what: str, root: Path | None = None) -> bytes:
+    """Read a small file of the cache with every check an engine gets; EngineGateError if not.
+
+    A regular file (a symlink only when it resolves inside ``root``; FIFOs, devices and
+    sockets refused without blocking), owned by this user or root and not writable by
+    others (``_fs.untrusted_reason``), at most ``cap`` bytes: the descriptor is checked
+    with ``fstat`` and at most ``cap + 1`` bytes are read, so ``/dev/zero`` or a file that
+    grows meanwhile costs nothing.
+    """
+    where = str(path)
     try:
-        raw = sidecar.read_bytes()[: MAX_SIDECAR_BYTES + 1]
+        st = os.lstat(path)
     except FileNotFoundError as exc:
-        raise EngineGateError("sha256 sidecar missing", path=str(sidecar)) from exc
+        raise EngineGateError(f"{what} missing", path=where) from exc
     except OSError as exc:
-        raise EngineGateError(
-            f"sha256 sidecar unreadable: {exc.strerror}", path=str(sidecar)
-        ) from exc
+        raise EngineGateError(f"{what} unreadable: {exc.strerror}", path=where) from exc
+    target = path
+    if stat.S_ISLNK(st.st_mode):
+        target = Path(os.path.realpath(path))
+        real_root = Path(os.path.realpath(root)) if root is not None else None
+        if real_root is None or real_root not in target.parents:
+            raise EngineGateError(
+                f"{what} is a symlink pointing outside the cache", path=where, found=str(target)
+            )
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(target, flags)
+    except FileNotFoundError as exc:
+        raise EngineGateError(f"{what} symlink is dangling", path=where) from exc
+    except OSError as exc:
+        raise EngineGateError(f"{what} unreadable: {exc.strerror}", path=where) from exc
+    try:
+        fst = os.fstat(fd)
+        if not stat.S_ISREG(fst.st_mode):
+            raise EngineGateError(f"{what} is not a regular file", path=where)
+        if fst.st_size > cap:
+            raise EngineGateError(f"{what} too large", path=where, found=fst.st_size)
+        untrusted = untrusted_reason(target, fst)
+        if untrusted is not None:
+            raise EngineGateError(f"{what} {untrusted[0]}", path=where, fix=untrusted[1])
+        chunks: list[bytes] = []
+        left = cap + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as exc:
+        raise EngineGateError(f"{what} unreadable: {exc.strerror}", path=where) from exc
+    finally:
+        os.close(fd)
+    raw = b"".join(chunks)
+    if len(raw) > cap:
+        raise EngineGateError(f"{what} too large", path=where, found=f"> {cap} bytes")
+    return raw
+
+
+def parse_sha256_sidecar(sidecar: Path, engine_name: str, *, root: Path | None = None) -> str:
+    """Return the digest a sidecar claims for ``engine_name``; EngineGateError if unusable."""
+    raw = read_cache_file(sidecar, MAX_SIDECAR_BYTES, what="sha256 sidecar", root=root)
+    return parse_sha256_bytes(raw, sidecar, engine_name)
+
+
+def parse_sha256_bytes(raw: bytes, sidecar: Path, engine_name: str) -> str:
     if len(raw) > MAX_SIDECAR_BYTES:
         raise EngineGateError("sha256 sidecar too large", path=str(sidecar))
     try:
@@ -104,6 +175,28 @@ def parse_sha256_sidecar(sidecar: Path, engine_name: str) -> str:
     return match.group(1)
 
 
+def loads_bounded(
+    raw: bytes, where: str, what: str = "metadata sidecar", cap: int = MAX_METADATA_BYTES
+) -> Any:
+    """``_bounded.loads_bounded`` (size and nesting checked before ``json.loads``) with its
+    refusal as an EngineGateError."""
+    try:
+        return _loads_bounded(raw, max_bytes=cap, what=what)
+    except BoundedInputError as exc:
+        reason = str(exc).removeprefix(what).strip()
+        raise EngineGateError(f"{what} {reason}", path=where) from exc
+
+
+def read_sidecar_json(
+    engine_path: Path, suffix: str, *, cap: int = MAX_METADATA_BYTES, root: Path | None = None
+) -> Any:
+    """Read and parse a JSON sidecar (e.g. ``.perf.json``) with the bounded, checked read."""
+    path = engine_path.with_name(engine_path.name + suffix)
+    what = f"{suffix} sidecar"
+    raw = read_cache_file(path, cap, what=what, root=root)
+    return loads_bounded(raw, str(path), what, cap)
+
+
 def metadata_bytes(metadata: Mapping[str, Any]) -> bytes:
     return (json.dumps(metadata, indent=2, sort_keys=True, default=str) + "\n").encode()
 
@@ -114,24 +207,18 @@ def write_metadata(engine_path: Path, metadata: Mapping[str, Any]) -> Path:
     return path
 
 
-def read_metadata(engine_path: Path) -> dict[str, Any]:
+def read_metadata(engine_path: Path, *, root: Path | None = None) -> dict[str, Any]:
     """Load and structurally check the metadata sidecar of ``engine_path``."""
     path = engine_path.with_name(engine_path.name + ".json")
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_METADATA_BYTES + 1)
-    except FileNotFoundError as exc:
-        raise EngineGateError("metadata sidecar missing", path=str(path)) from exc
-    except OSError as exc:
-        raise EngineGateError(
-            f"metadata sidecar unreadable: {exc.strerror}", path=str(path)
-        ) from exc
+    raw = read_cache_file(path, MAX_METADATA_BYTES, what="metadata sidecar", root=root)
+    return parse_metadata_bytes(raw, path, engine_path.name)
+
+
+def parse_metadata_bytes(raw: bytes, path: Path, engine_name: str) -> dict[str, Any]:
+    """Parse (bounded depth) and structurally check metadata sidecar bytes."""
     if len(raw) > MAX_METADATA_BYTES:
         raise EngineGateError("metadata sidecar too large", path=str(path))
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EngineGateError(f"metadata sidecar is not valid JSON: {exc}", path=str(path)) from exc
+    data = loads_bounded(raw, str(path))
     if not isinstance(data, dict):
         raise EngineGateError("metadata sidecar is not a JSON object", path=str(path))
     for key, kind in (("format", int), ("engine", str), ("sha256", str), ("identity", dict)):
@@ -149,11 +236,11 @@ def read_metadata(engine_path: Path) -> dict[str, Any]:
             expected=METADATA_FORMAT,
             found=data["format"],
         )
-    if data["engine"] != engine_path.name:
+    if data["engine"] != engine_name:
         raise EngineGateError(
             "metadata sidecar is for another file",
             path=str(path),
-            expected=engine_path.name,
+            expected=engine_name,
             found=data["engine"],
         )
     return data

@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 
-from trt_provision._bounded import BoundedInputError, loads_bounded
 from trt_provision._fs import atomic_write_bytes
 from trt_provision.errors import (
     EngineGateError,
@@ -44,7 +43,7 @@ from trt_provision.errors import (
     ModelError,
     StoreError,
 )
-from trt_provision.integrity import PERF_SUFFIX, read_metadata
+from trt_provision.integrity import PERF_SUFFIX, loads_bounded, read_cache_file, read_metadata
 from trt_provision.model_info import ModelInfo, describe_model
 from trt_provision.seams import InferenceRuntime, MemoryBudget
 from trt_provision.types import (
@@ -779,32 +778,15 @@ def read_perf_sidecar(engine_path: Path) -> dict[str, Any] | None:
     than :data:`MAX_PERF_BYTES`, not our JSON shape, or for another file."""
     path = perf_sidecar_path(Path(engine_path))
     where = str(path)
-    # No symlinks, and never block: a FIFO planted under this name must not hang a reader.
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return None
-    except OSError as exc:
-        raise StoreError(
-            f"measurements sidecar unreadable (a symlink?): {exc.strerror}", path=where
-        ) from exc
+    # The checks every sidecar gets (integrity.read_cache_file): no symlink, no FIFO or
+    # device, owned by us or root and not writable by others, bounded size and nesting.
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise StoreError("measurements sidecar is not a regular file", path=where)
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            raw = fh.read(MAX_PERF_BYTES + 1)
-    except OSError as exc:
-        raise StoreError(f"measurements sidecar unreadable: {exc.strerror}", path=where) from exc
-    finally:
-        os.close(fd)
-    if len(raw) > MAX_PERF_BYTES:
-        raise StoreError("measurements sidecar too large", path=where,
-                         expected=f"<= {MAX_PERF_BYTES} bytes")
-    try:
-        data = loads_bounded(raw, max_bytes=MAX_PERF_BYTES, what="measurements sidecar")
-    except BoundedInputError as exc:
-        raise StoreError(str(exc), path=where) from exc
+        raw = read_cache_file(path, MAX_PERF_BYTES, what="measurements sidecar")
+        data = loads_bounded(raw, where, "measurements sidecar", MAX_PERF_BYTES)
+    except EngineGateError as exc:
+        raise StoreError(exc.message, **exc.context) from exc
     if not (isinstance(data, dict) and data.get("format") == PERF_FORMAT
             and isinstance(data.get("runs"), list)
             and all(isinstance(r, dict) for r in data["runs"])

@@ -593,30 +593,27 @@ def _sizes(directory: Path) -> dict[str, int]:
 
 
 def _cache_checks(
-    trt: Wired, backbone: BackboneSpec, calibration: CalibrationSpec | None,
-    inputs: Mapping[str, Any], engines: Mapping[tuple[str, str, str], EngineCacheEntry],
+    trt: Wired, backbone: BackboneSpec, key: tuple[str, str, str],
+    calibration: CalibrationSpec | None, inputs: Mapping[str, Any],
+    engines: Mapping[tuple[str, str, str], EngineCacheEntry],
 ) -> list[CheckResult]:
-    """Rebuild one INT8 engine from scratch: the calibration cache must be read back (no
-    new calibration, files unchanged) and the timing cache must survive and be reused."""
+    """Rebuild one engine from scratch (``key``: model, precision, typed path): the timing
+    cache must survive and be reused; for an INT8 engine, the calibration cache must also be
+    read back (no new calibration, files unchanged)."""
     cache_root = Path(trt.settings.cache_dir)
     calib_dir, timing_dir = cache_root / ".calibration", cache_root / ".timing"
-    first = next((engines[k] for k in engines
-                  if k[0] == backbone.name and k[1] == PrecisionMode.INT8.value), None)
-    if calibration is None or first is None:
-        reason = "no INT8 engine of this model was built"
-        return [CheckResult("calibration-cache", "skipped", reason),
-                CheckResult("timing-cache", "skipped", reason)]
+    first = engines[key]
+    int8 = key[1] == PrecisionMode.INT8.value
     calib_before, timing_before = _snapshot(calib_dir), _sizes(timing_dir)
     first_meta = _metadata(first)  # read now: the rebuild replaces this very engine
-    strongly = first_meta.get("trt_path") == "strong"
-    variant = _variant(backbone, PrecisionMode.INT8, strongly, calibration)
+    variant = _variant(backbone, PrecisionMode(key[1]), key[2] == "strong", calibration)
+    names = ["calibration-cache", "timing-cache"] if int8 else ["timing-cache"]
     try:
         before = _run(trt, first, inputs)
         entry, seconds = _compile(trt, variant, force=True)
         again = _run(trt, entry, inputs)
     except Exception as exc:
-        return [CheckResult("calibration-cache", "error", _short(exc)),
-                CheckResult("timing-cache", "error", _short(exc))]
+        return [CheckResult(name, "error", _short(exc)) for name in names]
     meta = _metadata(entry)
     calib_after, timing_after = _snapshot(calib_dir), _sizes(timing_dir)
     agreement = compare_outputs(before, again)
@@ -659,7 +656,30 @@ def _cache_checks(
     else:
         timing = CheckResult("timing-cache", "pass",
                              f"{len(timing_after)} file(s), reused by the rebuild", timing_facts)
-    return [calib, timing]
+    timing.facts["rebuilt"] = "/".join(key)
+    return [calib, timing] if int8 else [timing]
+
+
+def _rebuild_checks(
+    trt: Wired, backbones: Sequence[BackboneSpec], manifest_dir: Path,
+    inputs: Mapping[str, Mapping[str, Any]],
+    engines: Mapping[tuple[str, str, str], EngineCacheEntry],
+) -> list[CheckResult]:
+    """Calibration and timing cache through one rebuild: of an INT8 engine where one was
+    built, else (timing cache only) of the first engine built."""
+    by_name = {b.name: b for b in backbones}
+    int8 = [k for k in engines if k[1] == PrecisionMode.INT8.value]
+    key = int8[0] if int8 else next(iter(engines), None)
+    if key is None:
+        return [CheckResult("calibration-cache", "skipped", "no engine was built"),
+                CheckResult("timing-cache", "skipped", "no engine was built")]
+    backbone = by_name[key[0]]
+    checks = _cache_checks(trt, backbone, key, _calibration_for(backbone, manifest_dir),
+                           inputs[key[0]], engines)
+    if not int8:
+        checks.insert(0, CheckResult("calibration-cache", "skipped",
+                                     "no INT8 engine was built"))
+    return checks
 
 
 def _recalibrated(calibration: Any) -> bool:
@@ -823,12 +843,7 @@ def _run_cases(
         return
     smallest = min(prepared, key=lambda b: b.model_path.stat().st_size)
     report.checks.append(_plugin_check(trt, smallest, all_inputs[smallest.name]))
-    with_calibration = [b for b in prepared if _calibration_for(b, manifest_dir) is not None]
-    if with_calibration and PrecisionMode.INT8 in precisions:
-        target = with_calibration[0]
-        report.checks.extend(_cache_checks(
-            trt, target, _calibration_for(target, manifest_dir), all_inputs[target.name],
-            engines))
+    report.checks.extend(_rebuild_checks(trt, prepared, manifest_dir, all_inputs, engines))
     report.checks.append(_polygraphy_check(prepared, all_inputs, ours_fp32))
 
 

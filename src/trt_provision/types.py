@@ -37,12 +37,18 @@ DEFAULT_PINNED_KEYWORDS: tuple[str, ...] = ("router", "kan")
 
 
 class PrecisionMode(str, enum.Enum):
-    """Engine precision. ``MIXED`` is int8 with FP16-pinned sensitive layers."""
+    """Engine precision. ``MIXED`` is int8 with FP16-pinned sensitive layers.
+
+    ``AUTO`` is not a precision a strategy builds: the compiler builds the candidates this
+    host offers, judges and times them, and publishes the fastest that passes the gate
+    (``auto_precision.py``).
+    """
 
     FP32 = "fp32"
     FP16 = "fp16"
     INT8 = "int8"
     MIXED = "mixed"
+    AUTO = "auto"
 
     @property
     def needs_calibration(self) -> bool:
@@ -315,6 +321,11 @@ class BuildConfig:
             or not 0 <= self.dla_core <= 15
         ):
             raise ValueError(f"dla_core must be an integer 0..15 or None, got {self.dla_core!r}")
+        if self.dla_core is not None and self.precision is PrecisionMode.AUTO:
+            # The auto engine is looked up before its winner is known, and a DLA engine's
+            # target names its core: the two cannot share one identity.
+            raise ValueError("dla_core needs an explicit precision (fp16, int8 or mixed), "
+                             "not auto")
         if self.dla_core is not None and self.precision is PrecisionMode.FP32:
             raise ValueError("dla_core needs precision fp16, int8 or mixed (DLA has no FP32)")
         if self.gpu_fallback and self.dla_core is None:
@@ -400,6 +411,9 @@ class RuntimeTarget:
     runtime_version: str  # e.g. "10.3.0"
     target: str  # "sm87", "sm80+", "sm90cc", or "cpu-avx2"
     platform: str  # "jp6.2", "dgpu" or "host"
+    # Runtime-level choices that change the engine built for one BuildConfig (e.g. TensorRT's
+    # INT8 quantization mode): they enter the options digest, not the filename or the gate.
+    build_options: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         # Installed versions come from the environment (e.g. "1.19.0+cpu"): normalise them

@@ -112,3 +112,12 @@ def test_pyproject_declares_each_extra_with_bounded_pins() -> None:
     assert "[tensorrt]" not in readme and "[cuda]" not in readme
     for name in ("tensorrt-cu12", "tensorrt-cu13", "cuda-cu12", "cuda-cu13"):
         assert re.search(rf"trt-provision\[([\w-]+,)*{name}[,\]]", readme), name
+
+
+@pytest.mark.skipif(Path("/etc/nv_tegra_release").exists(), reason="Jetson: JetPack advice")
+def test_install_line_follows_the_driver_cuda_version() -> None:
+    from trt_provision._lazy import install_line
+
+    assert install_line("tensorrt", "12.6") == "pip install 'trt-provision[tensorrt-cu12]'"
+    assert install_line("tensorrt", "13.0") == "pip install 'trt-provision[tensorrt-cu13]'"
+    assert install_line("cuda", "12.2") == "pip install 'trt-provision[cuda-cu12]'"

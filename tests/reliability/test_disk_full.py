@@ -196,3 +196,60 @@ def test_cli_reports_disk_full_as_user_error(
         k: v for k, v in before.items() if not k.startswith(".locks")
     }
     assert _temp_files(cache_copy) == []
+
+
+class _FullDiskOrt:
+    """Stand-in for the ``onnxruntime`` module whose InferenceSession, asked to save the
+    optimized model, writes part of it and fails the way ONNX Runtime 1.x does on a full
+    disk (measured on a 4 KiB tmpfs: ``InvalidProtobuf`` "Protobuf serialization failed",
+    the partial file left behind)."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def InferenceSession(self, path: str, sess_options: Any = None, **kw: Any) -> Any:
+        target = getattr(sess_options, "optimized_model_filepath", "")
+        if target:
+            Path(target).write_bytes(b"\x08\x07" * 100)  # a partial protobuf
+            raise RuntimeError(
+                "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Protobuf serialization failed."
+            )
+        return self._real.InferenceSession(path, sess_options=sess_options, **kw)
+
+
+@pytest.mark.parametrize("disk_full", [True, False])
+def test_onnx_runtime_failing_to_save_on_a_full_disk_is_reported_as_enospc(
+    cache_copy: Path, host: HostCapabilities, monkeypatch: pytest.MonkeyPatch, disk_full: bool
+) -> None:
+    """Injected: the stand-in above plus a filesystem that refuses to allocate (ENOSPC from
+    posix_fallocate). The real thing on a small tmpfs is in test_local_attacks.py."""
+    import onnxruntime
+
+    from trt_provision.runtimes import onnxruntime as ort_module
+
+    before = snapshot(cache_copy)
+    with monkeypatch.context() as m:
+        m.setattr(ort_module, "_ort", lambda: _FullDiskOrt(onnxruntime))
+        if disk_full:
+            def no_room(fd: int, offset: int, length: int) -> None:
+                raise _enospc()
+
+            m.setattr(os, "posix_fallocate", no_room)
+        with pytest.raises(EngineBuildError) as info:
+            wire_ort(cache_copy, host).compiler.compile_engines_for_corpus(
+                demo_request(force_rebuild=True, fail_fast=True)
+            )
+    if disk_full:
+        assert "no space left on device" in str(info.value)
+        assert info.value.context["errno"] == errno.ENOSPC
+    else:  # a save failure with room to spare keeps ONNX Runtime's own words
+        assert "Protobuf serialization failed" in str(info.value)
+        assert "no space left" not in str(info.value)
+    after = snapshot(cache_copy)
+    assert {k: v for k, v in after.items() if not k.startswith(".locks")} == {
+        k: v for k, v in before.items() if not k.startswith(".locks")
+    }
+    assert _temp_files(cache_copy) == []

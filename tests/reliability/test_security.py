@@ -224,3 +224,75 @@ def test_no_secret_in_logs_or_errors_of_a_failing_remote_fetch(
     assert caplog.records, "the failing fetch logged nothing"
     for text in texts:
         assert SECRET not in text
+
+
+# ------------------------------------------------------------------ file.py:fn calibration
+
+
+def _loader_manifest(tmp_path: Path) -> tuple[Path, Path]:
+    """An INT8 manifest whose calibration data comes from a Python loader that leaves a
+    marker file when it runs."""
+    import textwrap
+
+    from reliability._support import ROOT
+
+    marker = tmp_path / "loader-ran"
+    (tmp_path / "loader.py").write_text(textwrap.dedent(f"""
+        from pathlib import Path
+        import numpy as np
+
+        def load():
+            Path({str(marker)!r}).write_text("executed")
+            return dict(np.load({str(ROOT / "examples" / "calibration" / "demo_cnn.npz")!r}))
+    """))
+    manifest = tmp_path / "loader.toml"
+    manifest.write_text(textwrap.dedent(f"""
+        [settings]
+        runtime = "onnxruntime"
+        cache_dir = "cache"
+
+        [[models]]
+        name = "demo_cnn"
+        path = {str(ROOT / "examples" / "models" / "demo_cnn.onnx")!r}
+        precision = "int8"
+        calibration = {{ data = "loader.py:load" }}
+        [[models.profiles]]
+        input = "image"
+        min = [1, 3, 32, 32]
+        opt = [4, 3, 32, 32]
+        max = [8, 3, 32, 32]
+    """))
+    return manifest, marker
+
+
+def test_dry_run_never_executes_a_python_calibration_loader(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    manifest, marker = _loader_manifest(tmp_path)
+    dry = subprocess.run(
+        [sys.executable, "-m", "trt_provision", "provision", str(manifest), "--dry-run",
+         "--no-remote", "--json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert not marker.exists()
+    assert [r["outcome"] for r in json.loads(dry.stdout)["results"]] == ["planned"]
+    assert "not executing the calibration loader of demo_cnn" in dry.stderr
+    # Control: a real run does execute it (the test can tell the two apart).
+    real = subprocess.run(
+        [sys.executable, "-m", "trt_provision", "provision", str(manifest), "--no-remote",
+         "--json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert real.returncode == 0, real.stderr
+    assert marker.read_text() == "executed"
+    marker.unlink()
+    # Later dry runs still do not, even with the engine in the cache.
+    again = subprocess.run(
+        [sys.executable, "-m", "trt_provision", "provision", str(manifest), "--dry-run",
+         "--no-remote", "--json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert again.returncode == 0 and not marker.exists()

@@ -111,11 +111,13 @@ def require_runtime(settings: Settings) -> None:
     problems = runtime_problems(settings)
     if problems:
         missing = next(m for m, _ in _TENSORRT_NEEDS if any(f"'{m}'" in p for p in problems))
-        exc = MissingDependencyError(missing, "tensorrt")
+        from trt_provision._lazy import extra_for, install_line
+
+        exc = MissingDependencyError(missing, extra_for("tensorrt"))
         exc.message = (
             "runtime 'tensorrt' (--runtime or the manifest's settings.runtime) cannot load: "
             + "; ".join(problems)
-            + "; install both with: pip install 'trt-provision[tensorrt]'"
+            + "; install both with: " + install_line("tensorrt")
         )
         exc.args = (exc.message,)
         exc.context = {}

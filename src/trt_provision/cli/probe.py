@@ -55,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
         "cache_dir": str(settings.cache_dir),
     }
     if problems:
-        data["fix"] = "pip install 'trt-provision[tensorrt]'"
+        from trt_provision._lazy import install_line
+
+        data["fix"] = install_line("tensorrt", wired.host.cuda_driver_version)
     if args.json:
         print_json(data)
         return 0

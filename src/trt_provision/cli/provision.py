@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     require_runtime(settings)
     wired = wire(settings, use_remote=args.remote)
     if not args.dry_run:
-        wired.store.ensure_writable()
+        wired.store.ensure_usable()  # a read-only cache still serves reuse
         # Temp files of killed runs are never trusted; the next run tidies them away.
         removed = wired.store.clean_temp_files()
         if removed:

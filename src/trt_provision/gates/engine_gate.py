@@ -3,34 +3,52 @@ built for this host and runtime, and trusted.
 
 Order of checks (cheapest first; nothing after a refusal runs):
 
+0. the directories: the model directory is a real directory (never a symlink), and it, the
+   cache directory and every directory above it are owned by this user or root and not
+   writable by others (``_fs.untrusted_reason``: the rule ssh applies to ``~/.ssh``);
 1. the engine file: present, a regular file (a symlink only when it stays inside the cache
-   directory), not empty, not larger than the configured limit;
+   directory), owned and writable as above, not empty, not larger than the configured limit;
 2. the filename: runtime label, platform (JetPack / dGPU), GPU target (``sm80+`` runs on any
    sm >= 80) and runtime version;
-3. the sidecars: ``.sha256`` and ``.json`` are regular files inside the cache; the metadata
-   parses, names this file, carries the identity the filename encodes and the size the file
-   has; a version-compatible engine is refused unless host code is allowed;
-4. the two sidecars agree on the digest, then the trust policy (signatures) runs;
-5. last, the engine bytes are read once, through the descriptor whose size was checked, and
-   hashed.
+3. the sidecars (``.sha256``, ``.json``, and ``.sig`` when a trust policy runs) are read
+   through ``integrity.read_cache_file``: regular files inside the cache, owned as above,
+   size-bounded; a trust policy that can check raw bytes checks the signature now, before
+   the metadata is parsed;
+4. the metadata parses (bounded depth), names this file, carries the identity the filename
+   encodes and the size the file has; a version-compatible engine is refused unless host
+   code is allowed; the two sidecars agree on the digest;
+5. the engine bytes are read once, through the descriptor whose size was checked, and
+   hashed;
+6. an ONNX Runtime engine is an ONNX file: external-data locations that leave the cache
+   directory (absolute, ``..``, a symlink out) are refused before ONNX Runtime opens it.
 
-Nothing here imports a runtime, NVML or numpy.
+Nothing here imports a runtime, NVML, numpy or onnx.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import mmap
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
+from trt_provision._fs import untrusted_chain, untrusted_reason
 from trt_provision.errors import EngineGateError, InvalidNameError
 from trt_provision.identity import ParsedEngineName, parse_engine_filename
-from trt_provision.integrity import BLOCK_SIZE, parse_sha256_sidecar, read_metadata
+from trt_provision.integrity import (
+    BLOCK_SIZE,
+    MAX_METADATA_BYTES,
+    MAX_SIDECAR_BYTES,
+    MAX_SIGNATURE_FILE_BYTES,
+    parse_metadata_bytes,
+    parse_sha256_bytes,
+    read_cache_file,
+)
 from trt_provision.types import EngineCacheEntry, EngineIdentity, PrecisionMode, RuntimeTarget
 
 __all__ = [
@@ -45,12 +63,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ENGINE_BYTES = 64 << 30
-# Sidecars are tiny; anything bigger is not ours (and /dev/zero behind a symlink is endless).
-_MAX_SIDECAR_FILE_BYTES = 16 << 20
+# Runtimes whose engines are ONNX files (ONNX Runtime's optimized models).
+ONNX_ENGINE_RUNTIMES = frozenset({"ortcpu", "ortcuda"})
 
 
 class TrustCheck(Protocol):
-    """Signature policy hook: raise EngineGateError when the engine is not trusted."""
+    """Signature policy hook: raise EngineGateError when the engine is not trusted.
+
+    A hook that also has ``check_bytes(metadata: bytes, signature: bytes | None, where)``
+    gets the sidecar bytes the gate read (bounded, checked), before they are parsed.
+    """
 
     def check(self, engine_path: Path, metadata: Mapping[str, Any]) -> None: ...
 
@@ -185,21 +207,31 @@ class DefaultEngineGate:
     ) -> EngineCacheEntry:
         where = str(engine_path)
         facts = self._check_file(engine_path)
+        self._check_directories(engine_path)
         try:
             parsed = parse_engine_filename(engine_path.name)
         except InvalidNameError as exc:
             raise EngineGateError("not an engine filename", path=where) from exc
         version_differs = self._check_host(parsed, expected, where)
         sha_path = engine_path.with_name(engine_path.name + ".sha256")
-        self._check_sidecar_file(sha_path, "sha256 sidecar")
-        self._check_sidecar_file(
-            engine_path.with_name(engine_path.name + ".json"), "metadata sidecar"
+        meta_path = engine_path.with_name(engine_path.name + ".json")
+        sha_raw = read_cache_file(
+            sha_path, MAX_SIDECAR_BYTES, what="sha256 sidecar", root=self._root
         )
-        metadata = read_metadata(engine_path)
+        meta_raw = read_cache_file(
+            meta_path, MAX_METADATA_BYTES, what="metadata sidecar", root=self._root
+        )
+        check_bytes: Callable[[bytes, bytes | None, str], None] | None = getattr(
+            self._trust, "check_bytes", None
+        )
+        if check_bytes is not None:
+            # The signature covers the metadata bytes: check it before parsing them.
+            check_bytes(meta_raw, self._read_signature(engine_path), where)
+        metadata = parse_metadata_bytes(meta_raw, meta_path, engine_path.name)
         identity = self._identity_from_metadata(metadata, parsed, where)
         self._check_version_compatibility(metadata, parsed, expected, version_differs, where)
         self._check_recorded_size(metadata, facts.size, where)
-        claimed = parse_sha256_sidecar(sha_path, engine_path.name)
+        claimed = parse_sha256_bytes(sha_raw, sha_path, engine_path.name)
         if metadata["sha256"] != claimed:
             raise EngineGateError(
                 "metadata and sha256 sidecars disagree",
@@ -207,7 +239,7 @@ class DefaultEngineGate:
                 expected=claimed,
                 found=metadata["sha256"],
             )
-        if self._trust is not None:
+        if self._trust is not None and check_bytes is None:
             self._trust.check(engine_path, metadata)
         actual = known_sha256 if known_sha256 is not None else self._hash_once(facts, where)
         if actual != claimed:
@@ -217,6 +249,8 @@ class DefaultEngineGate:
                 expected=claimed,
                 found=actual,
             )
+        if parsed.runtime in ONNX_ENGINE_RUNTIMES:
+            self._check_onnx_external_data(engine_path, facts, where)
         return EngineCacheEntry(
             engine_path=engine_path,
             sha256=actual,
@@ -256,6 +290,9 @@ class DefaultEngineGate:
                 ) from exc
         if not stat.S_ISREG(st.st_mode):
             raise EngineGateError("engine is not a regular file", path=where)
+        untrusted = untrusted_reason(target, st)
+        if untrusted is not None:
+            raise EngineGateError(f"engine {untrusted[0]}", path=where, fix=untrusted[1])
         if self._root is not None and not self._inside_root(engine_path.resolve()):
             raise EngineGateError(
                 "engine is outside the cache directory", path=where, expected=str(self._root)
@@ -271,31 +308,81 @@ class DefaultEngineGate:
             )
         return _FileFacts(path=target, size=st.st_size, device=st.st_dev, inode=st.st_ino)
 
-    def _check_sidecar_file(self, sidecar: Path, what: str) -> None:
-        """Sidecars must be small regular files; a symlink may not leave the cache."""
-        where = str(sidecar)
+    def _check_directories(self, engine_path: Path) -> None:
+        """The model directory is real and trusted; so is every directory down to the cache."""
+        model_dir = engine_path.parent
         try:
-            st = os.lstat(sidecar)
-        except FileNotFoundError as exc:
-            raise EngineGateError(f"{what} missing", path=where) from exc
+            st = os.lstat(model_dir)
         except OSError as exc:
-            raise EngineGateError(f"{what} unreadable: {exc.strerror}", path=where) from exc
+            raise EngineGateError(
+                f"model directory unreadable: {exc.strerror}", path=str(model_dir)
+            ) from exc
         if stat.S_ISLNK(st.st_mode):
-            target = sidecar.resolve()
-            if not self._inside_root(target):
+            raise EngineGateError(
+                "model directory is a symlink; the cache never follows one",
+                path=str(model_dir),
+                fix=f"remove the symlink {model_dir}",
+            )
+        untrusted = untrusted_reason(model_dir, st)
+        if untrusted is not None:
+            raise EngineGateError(
+                f"model directory {untrusted[0]}", path=str(model_dir), fix=untrusted[1]
+            )
+        if self._root is not None:
+            found = untrusted_chain(self._root)
+            if found is not None:
                 raise EngineGateError(
-                    f"{what} is a symlink pointing outside the cache",
-                    path=where,
-                    found=str(target),
+                    f"cache directory or a directory above it {found[1]}",
+                    path=str(found[0]),
+                    fix=found[2],
                 )
-            try:
-                st = os.stat(target)
-            except OSError as exc:
-                raise EngineGateError(f"{what} symlink is dangling", path=where) from exc
-        if not stat.S_ISREG(st.st_mode):
-            raise EngineGateError(f"{what} is not a regular file", path=where)
-        if st.st_size > _MAX_SIDECAR_FILE_BYTES:
-            raise EngineGateError(f"{what} too large", path=where, found=st.st_size)
+
+    def _read_signature(self, engine_path: Path) -> bytes | None:
+        sig = engine_path.with_name(engine_path.name + ".sig")
+        if not os.path.lexists(sig):
+            return None
+        return read_cache_file(sig, MAX_SIGNATURE_FILE_BYTES, what="signature", root=self._root)
+
+    def _check_onnx_external_data(self, engine_path: Path, facts: _FileFacts, where: str) -> None:
+        """Refuse an ONNX engine whose external data would be read from outside the cache.
+
+        The protobuf wire format is walked over a read-only map of the file, skipping
+        tensor payloads by their length, so the cost is the number of graph fields, not
+        the size of the weights."""
+        try:
+            fd = os.open(facts.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            raise EngineGateError(f"engine unreadable: {exc.strerror}", path=where) from exc
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino, st.st_size) != (facts.device, facts.inode, facts.size):
+                raise EngineGateError("engine changed while it was being checked", path=where)
+            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
+                try:
+                    locations = list(_external_locations(mapped))
+                except _TooDeep as exc:
+                    raise EngineGateError(
+                        "engine's graphs nest too deeply to check", path=where
+                    ) from exc
+                except _NotProtobuf:
+                    # Not parseable as protobuf: ONNX Runtime cannot parse it either, so it
+                    # reads no external data; it refuses the file when it loads it.
+                    return
+        except OSError as exc:
+            raise EngineGateError(f"engine unreadable: {exc.strerror}", path=where) from exc
+        finally:
+            os.close(fd)
+        base = Path(os.path.realpath(engine_path.parent))
+        inside = self._root if self._root is not None else base
+        for location in locations:
+            reason = _location_escapes(location, base, inside)
+            if reason is not None:
+                raise EngineGateError(
+                    f"engine's external data {reason}",
+                    path=where,
+                    expected=f"a file inside {inside}",
+                    found=location,
+                )
 
     @staticmethod
     def _check_host(parsed: ParsedEngineName, expected: RuntimeTarget, where: str) -> bool:
@@ -435,3 +522,120 @@ class DefaultEngineGate:
                 found=ParsedEngineName.of(identity).to_dict(),
             )
         return identity
+
+
+class _NotProtobuf(ValueError):
+    """The bytes are not a valid protobuf message."""
+
+
+class _TooDeep(ValueError):
+    """Messages nested deeper than the walker follows (ONNX Runtime's parser might not)."""
+
+
+# Where tensors can sit in an ONNX ModelProto (field numbers from onnx/onnx.proto3): for
+# each message kind, the length-delimited fields that hold a message worth entering.
+_CHILDREN: dict[str, dict[int, str]] = {
+    "model": {7: "graph", 20: "training", 25: "function"},
+    "training": {1: "graph", 2: "graph"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},
+    "function": {7: "node", 11: "attribute"},
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse",
+                  23: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},
+    "tensor": {},
+    "entry": {},
+}
+_TENSOR_EXTERNAL_DATA = 13  # repeated StringStringEntryProto (key = 1, value = 2)
+_TENSOR_DATA_LOCATION = 14  # enum; EXTERNAL = 1
+_MAX_NESTING = 100  # protobuf's default recursion limit
+
+
+def _varint(data: Any, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise _NotProtobuf("truncated or over-long varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(data: Any, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """(field, wire type, value or payload start, payload end) of one message's fields."""
+    groups = 0
+    while pos < end:
+        key, pos = _varint(data, pos, end)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos, end)
+            if not groups:
+                yield field, wire, value, pos
+            continue
+        if wire == 2:
+            length, pos = _varint(data, pos, end)
+            start, pos = pos, pos + length
+        elif wire in (1, 5):
+            start, pos = pos, pos + (8 if wire == 1 else 4)
+        elif wire == 3:  # a (deprecated) group: protobuf skips it as an unknown field
+            groups += 1
+            continue
+        elif wire == 4 and groups:
+            groups -= 1
+            continue
+        else:
+            raise _NotProtobuf(f"wire type {wire}")
+        if pos > end:
+            raise _NotProtobuf("field runs past its message")
+        if not groups:
+            yield field, wire, start, pos
+    if pos != end or groups:
+        raise _NotProtobuf("message ends inside a field")
+
+
+def _external_locations(data: Any) -> Iterator[str]:
+    """Every external-data location of every tensor of a serialized ONNX model: in
+    initializers, sparse initializers, node attributes, subgraphs (If/Loop/Scan),
+    functions and training graphs. A tensor marked EXTERNAL without a location yields
+    ""."""
+    stack: list[tuple[str, int, int, int]] = [("model", 0, len(data), 0)]
+    while stack:
+        kind, start, end, depth = stack.pop()
+        if depth > _MAX_NESTING:
+            raise _TooDeep("nested too deeply")
+        external = False
+        locations: list[str] = []
+        for field, wire, a, b in _fields(data, start, end):
+            if wire == 0:
+                external |= kind == "tensor" and field == _TENSOR_DATA_LOCATION and a == 1
+            elif wire == 2:
+                child = _CHILDREN[kind].get(field)
+                if child is not None:
+                    stack.append((child, a, b, depth + 1))
+                elif kind == "tensor" and field == _TENSOR_EXTERNAL_DATA:
+                    entry = {f: bytes(data[x:y]) for f, w, x, y in _fields(data, a, b) if w == 2}
+                    if entry.get(1) == b"location":
+                        locations.append(entry.get(2, b"").decode("utf-8", "replace"))
+        if kind == "tensor":
+            if external and not locations:
+                yield ""
+            yield from locations
+
+
+def _location_escapes(location: str, base: Path, inside: Path) -> str | None:
+    """Why an external-data location (relative to the engine's directory ``base``) is not a
+    path inside ``inside``, or None."""
+    if not location or "\x00" in location or "\\" in location:
+        return "has an empty or malformed location"
+    pure = PurePosixPath(location)
+    if pure.is_absolute():
+        return "location is an absolute path"
+    if ".." in pure.parts:
+        return "location climbs out with '..'"
+    real = Path(os.path.realpath(base / pure))
+    if Path(os.path.realpath(inside)) not in real.parents:
+        return "location leaves the cache directory (through a symlink)"
+    return None

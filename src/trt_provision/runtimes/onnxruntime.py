@@ -8,6 +8,7 @@ provider and CPU ISA, so the identity names the EP (``ortcpu``/``ortcuda``), the
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from trt_provision._fs import no_space_left
 from trt_provision.errors import EngineBuildError, InferenceError
 from trt_provision.host import cpu_isa_level
 from trt_provision.seams import EngineGate, EngineHandle, MemoryBudget, ThermalStatePublisher
@@ -75,7 +77,13 @@ class OnnxRuntimeEngineHandle:
     inputs: tuple[_InputSpec, ...]
     output_names: list[str]
     owner: int
-    checks: tuple[tuple[str, np.dtype[Any], int, tuple[tuple[int, int], ...]], ...] = ()
+    # Per input: name, dtype, rank, (dim, size) of static dims, (dim, min, max) of the
+    # profiled dynamic dims - everything infer checks, resolved once at load.
+    checks: tuple[
+        tuple[str, np.dtype[Any], int, tuple[tuple[int, int], ...],
+              tuple[tuple[int, int, int], ...]], ...
+    ] = ()
+    run: Any = None  # the session's run entry point, resolved once at load
     # (input, min, max) of the engine's optimization profile, from its metadata
     bounds: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
     reservation: int | None = None
@@ -167,6 +175,15 @@ class OnnxRuntimeRuntime:
                     str(prepared_path), sess_options=options, providers=[self._provider]
                 )
             except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+                # A full disk while ORT writes the staged engine surfaces as "Protobuf
+                # serialization failed": name the real cause.
+                if no_space_left(staged_path.parent):
+                    raise EngineBuildError(
+                        "cannot write the staged engine: no space left on device",
+                        model=str(model_path),
+                        path=str(staged_path.parent),
+                        errno=errno.ENOSPC,
+                    ) from exc
                 raise EngineBuildError(
                     f"ONNX Runtime could not build the model: {type(exc).__name__}: {exc}",
                     model=str(model_path),
@@ -225,10 +242,30 @@ class OnnxRuntimeRuntime:
             inputs=inputs,
             output_names=outputs,
             owner=id(self),
-            checks=tuple((i.name, i.dtype, len(i.shape), i.static_dims) for i in inputs),
+            checks=tuple(
+                (i.name, i.dtype, len(i.shape), i.static_dims, _ranged(i, bounds))
+                for i in inputs
+            ),
+            run=self._run_entry(session),
             bounds=bounds,
             reservation=reservation,
         )
+
+    def _run_entry(self, session: Any) -> Any:
+        """``session.run`` minus the wrapper's per-call checks, where that is safe.
+
+        ``InferenceSession.run`` re-lists the model inputs, checks OrtValue ownership and
+        graph-capture options on every call (~4 µs, more than the model on tiny graphs).
+        ``infer`` has already checked every name, dtype and rank, and only numpy arrays get
+        through, so those checks cannot fail here. On the CPU EP the compiled session's own
+        ``run(names, feed, options)`` is then the same call. The CUDA EP keeps the wrapper:
+        it is where ORT's EP-failure fallback lives.
+        """
+        inner = getattr(session, "_sess", None)
+        run = getattr(inner, "run", None)
+        if self._provider != "CPUExecutionProvider" or not callable(run):
+            return lambda names, feed: session.run(names, feed)
+        return lambda names, feed: run(names, feed, None)
 
     def _own(self, handle: EngineHandle) -> OnnxRuntimeEngineHandle:
         if not isinstance(handle, OnnxRuntimeEngineHandle) or handle.owner != id(self):
@@ -241,41 +278,47 @@ class OnnxRuntimeRuntime:
         h = self._own(handle)
         # One tight pass over precomputed (name, dtype, rank, fixed dims): these checks run
         # on every call, so they must cost next to nothing next to session.run.
-        for name, dtype, rank, fixed in h.checks:
+        # The class test comes first: only a real ndarray reaches the attribute reads (no
+        # duck-typed object's properties run here), and numpy's builtin dtypes are
+        # singletons, so ``is`` settles the common case before the slower ``==``.
+        for name, dtype, rank, fixed, ranged in h.checks:
             value = inputs.get(name)
-            if value is None:
-                raise InferenceError("missing input", input=name)
-            try:
-                ok = value.dtype == dtype and value.ndim == rank
-            except AttributeError:
-                ok = False
-            if not ok or value.__class__ is not np.ndarray:
+            if value.__class__ is not np.ndarray:
+                if value is None:
+                    raise InferenceError("missing input", input=name)
                 self._explain(h, name, value)
-            shape = value.shape
-            for i, d in fixed:
-                if shape[i] != d:
-                    self._explain(h, name, value)
+            vdtype = value.dtype
+            if (vdtype is not dtype and vdtype != dtype) or value.ndim != rank:
+                self._explain(h, name, value)
+            if fixed or ranged:
+                shape = value.shape
+                for i, d in fixed:
+                    if shape[i] != d:
+                        self._explain(h, name, value)
+                # As TensorRT's setInputShape: a shape outside the profile the engine was
+                # built for is refused, so what runs here also runs on the device.
+                for i, lo, hi in ranged:
+                    if not lo <= shape[i] <= hi:
+                        self._outside(h, name, shape)
         if len(inputs) != len(h.checks):
             unknown = sorted(set(inputs) - {c[0] for c in h.checks})
             raise InferenceError("unknown input names", found=unknown)
-        # As TensorRT's setInputShape: a shape outside the profile the engine was built for
-        # is refused, so what runs here also runs on the device.
-        for name, lo, hi in h.bounds:
-            shape = inputs[name].shape
-            for a, d, b in zip(lo, shape, hi, strict=False):
-                if not a <= d <= b:
-                    raise InferenceError(
-                        "input shape outside the engine's optimization profile",
-                        input=name, found=list(shape), min=list(lo), max=list(hi),
-                    )
         try:
-            results = h.session.run(h.output_names, inputs)
+            results = h.run(h.output_names, inputs)
         except Exception as exc:
             raise InferenceError(
                 f"inference failed: {type(exc).__name__}: {exc}",
                 path=str(h.entry.engine_path),
             ) from exc
         return dict(zip(h.output_names, results, strict=True))
+
+    @staticmethod
+    def _outside(h: OnnxRuntimeEngineHandle, name: str, shape: tuple[int, ...]) -> None:
+        lo, hi = next((lo, hi) for n, lo, hi in h.bounds if n == name)
+        raise InferenceError(
+            "input shape outside the engine's optimization profile",
+            input=name, found=list(shape), min=list(lo), max=list(hi),
+        )
 
     @staticmethod
     def _explain(h: OnnxRuntimeEngineHandle, name: str, value: Any) -> None:
@@ -301,6 +344,7 @@ class OnnxRuntimeRuntime:
                 return
             handle.released = True
             handle.session = None
+            handle.run = None  # it holds the session too
             if handle.reservation is not None and self._budget is not None:
                 self._budget.release(handle.reservation)
 
@@ -308,6 +352,22 @@ class OnnxRuntimeRuntime:
         if self._thermal is None:
             return ThermalState()
         return self._thermal.thermal_state()
+
+
+def _ranged(
+    spec: _InputSpec, bounds: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]
+) -> tuple[tuple[int, int, int], ...]:
+    """(dim, min, max) of the input's dynamic dims its profile bounds (static dims are
+    checked for equality already, and a profile cannot disagree with them: the build
+    refuses that)."""
+    for name, lo, hi in bounds:
+        if name == spec.name:
+            return tuple(
+                (i, lo[i], hi[i])
+                for i, d in enumerate(spec.shape[: min(len(lo), len(hi))])
+                if d is None
+            )
+    return ()
 
 
 def _profile_bounds(

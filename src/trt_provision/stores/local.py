@@ -4,6 +4,14 @@ Publishing moves a fully written staged file into place (fsync → rename → fs
 only then writes the ``.sha256`` and ``.json`` sidecars, each atomically. A reader that
 races a publish sees either no engine, or an engine whose sidecars do not verify yet (not
 reusable), never a half engine with a valid sidecar.
+
+Another local user must not be able to steer us: directories are created ``0755`` (``0700``
+for a private cache) whatever the umask, and nothing is written into a cache directory,
+model directory or lock directory that is a symlink, owned by another user or writable by
+others (``_fs.untrusted_reason``). Lock files are opened with ``O_NOFOLLOW``.
+
+A read-only cache (a device image, a cache shared read-only) serves reuse: nothing is
+written unless a build or fetch needs it, and then the error says write access is needed.
 """
 
 from __future__ import annotations
@@ -13,17 +21,24 @@ import errno
 import fcntl
 import logging
 import os
-import shutil
+import stat
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from trt_provision._fs import (
+    DIR_MODE,
+    FILE_MODE,
+    PRIVATE_DIR_MODE,
+    PRIVATE_FILE_MODE,
     TEMP_PREFIX,
     fsync_dir,
-    iter_temp_files,
+    make_dirs,
     publish_file,
+    temp_path_for,
+    untrusted_chain,
+    untrusted_reason,
     write_temp_file,
 )
 from trt_provision.errors import StoreError
@@ -36,28 +51,106 @@ __all__ = ["LocalEngineStore"]
 log = logging.getLogger(__name__)
 
 LOCK_DIR = ".locks"
+_NO_WRITE_ACCESS = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 class LocalEngineStore:
-    """Engine cache directory with per-identity fcntl locks and atomic publish."""
+    """Engine cache directory with per-identity fcntl locks and atomic publish.
 
-    def __init__(self, root: Path) -> None:
+    ``private``: directories ``0700`` and files ``0600`` (default ``0755`` / ``0644``).
+    """
+
+    def __init__(self, root: Path, *, private: bool = False) -> None:
         self._root = Path(root)
+        self._dir_mode = PRIVATE_DIR_MODE if private else DIR_MODE
+        self._file_mode = PRIVATE_FILE_MODE if private else FILE_MODE
 
     @property
     def root(self) -> Path:
         return self._root
 
+    # ------------------------------------------------------------------ checks
+
+    def ensure_usable(self) -> None:
+        """Create the cache directory when it is missing and check nobody else can change
+        it; StoreError otherwise. A read-only cache passes: reuse needs no write access."""
+        if not os.path.lexists(self._root):
+            try:
+                make_dirs(self._root, self._dir_mode)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create cache directory: {exc.strerror}", path=str(self._root)
+                ) from exc
+        if not self._root.is_dir():
+            raise StoreError("cache directory is not a directory", path=str(self._root))
+        self._check_root()
+
     def ensure_writable(self) -> None:
-        """Create the cache directory and prove it is writable, or raise StoreError."""
-        try:
-            self._root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
+        """``ensure_usable``, and prove the cache directory is writable (a build follows)."""
+        self.ensure_usable()
+        if not self.writable():
             raise StoreError(
-                f"cannot create cache directory: {exc.strerror}", path=str(self._root)
-            ) from exc
-        if not os.access(self._root, os.W_OK | os.X_OK):
-            raise StoreError("cache directory is not writable", path=str(self._root))
+                "cache directory is not writable: building or fetching an engine needs write "
+                "access",
+                path=str(self._root),
+                fix="make it writable, or point --cache-dir at a writable directory",
+            )
+
+    def writable(self) -> bool:
+        return os.access(self._root, os.W_OK | os.X_OK)
+
+    def _check_root(self) -> None:
+        found = untrusted_chain(self._root)
+        if found is not None:
+            raise StoreError(
+                f"cache directory or a directory above it {found[1]}; another local user "
+                f"could swap engines",
+                path=str(found[0]),
+                fix=found[2],
+            )
+
+    def _check_own_dir(self, directory: Path, what: str) -> None:
+        """``directory`` (which exists) is a real directory nobody else can write."""
+        try:
+            st = os.lstat(directory)
+        except OSError as exc:
+            raise StoreError(f"cannot read {what}: {exc.strerror}", path=str(directory)) from exc
+        if stat.S_ISLNK(st.st_mode):
+            raise StoreError(
+                f"{what} is a symlink; refusing to write through it",
+                path=str(directory),
+                fix=f"remove the symlink {directory}",
+            )
+        if not stat.S_ISDIR(st.st_mode):
+            raise StoreError(f"{what} is not a directory", path=str(directory))
+        untrusted = untrusted_reason(directory, st)
+        if untrusted is not None:
+            raise StoreError(f"{what} {untrusted[0]}", path=str(directory), fix=untrusted[1])
+
+    def _own_dir(self, directory: Path, what: str) -> Path:
+        """Create (exact mode) or check a directory of the cache before writing into it."""
+        self._check_root()
+        try:
+            make_dirs(directory, self._dir_mode)
+        except OSError as exc:
+            if exc.errno in _NO_WRITE_ACCESS:
+                raise self._read_only(exc) from exc
+            if exc.errno != errno.ENOTDIR:
+                raise StoreError(
+                    f"cannot create {what}: {exc.strerror}", path=str(directory)
+                ) from exc
+        self._check_own_dir(directory, what)
+        return directory
+
+    def _read_only(self, exc: OSError) -> StoreError:
+        return StoreError(
+            "cache directory is read-only: building or fetching an engine needs write access",
+            path=str(self._root),
+            fix="make it writable, or point --cache-dir at a writable directory",
+            errno=exc.errno,
+        )
+
+    # ------------------------------------------------------------------ layout
 
     def path_for(self, identity: EngineIdentity) -> Path:
         return self._root / identity.model_name / identity.filename
@@ -65,15 +158,34 @@ class LocalEngineStore:
     @contextlib.contextmanager
     def lock(self, identity: EngineIdentity) -> Iterator[None]:
         """Exclusive inter-process lock for one identity (build + publish)."""
-        lock_dir = self._root / LOCK_DIR
+        lock_dir = self._own_dir(self._root / LOCK_DIR, "lock directory")
+        lock_path = lock_dir / (identity.filename + ".lock")
         try:
-            lock_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock_dir / (identity.filename + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+            # O_NOFOLLOW: a planted (even dangling) symlink is refused, its target never made.
+            fd = os.open(
+                lock_path,
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                self._file_mode,
+            )
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StoreError(
+                    "lock file is a symlink; refusing to follow it",
+                    path=str(lock_path),
+                    fix=f"remove {lock_path}",
+                ) from exc
+            if exc.errno in _NO_WRITE_ACCESS:
+                raise self._read_only(exc) from exc
             raise StoreError(
-                f"cannot create lock file: {exc.strerror}", path=str(lock_dir)
+                f"cannot create lock file: {exc.strerror}", path=str(lock_path)
             ) from exc
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StoreError(
+                    "lock file is not a regular file",
+                    path=str(lock_path),
+                    fix=f"remove {lock_path}",
+                )
             started = time.monotonic()
             fcntl.flock(fd, fcntl.LOCK_EX)
             waited = time.monotonic() - started
@@ -84,27 +196,39 @@ class LocalEngineStore:
                     identity.filename,
                     extra={"event": "engine.lock.waited", "seconds": waited},
                 )
-            yield
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
     def staging_path(self, identity: EngineIdentity) -> Path:
+        """A fresh temp name beside the final engine (``.tmp-<pid>-<nonce>-<filename>``), in
+        a model directory that is real and ours, so nobody can plant a link at it."""
         final = self.path_for(identity)
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(
-                f"cannot create model directory: {exc.strerror}", path=str(final.parent)
-            ) from exc
-        return final.with_name(f"{TEMP_PREFIX}{os.getpid()}-{time.time_ns()}-{final.name}")
+        self._own_dir(final.parent, "model directory")
+        return temp_path_for(final)
 
     def publish(
         self, identity: EngineIdentity, staged_path: Path, metadata: Mapping[str, Any]
     ) -> EngineCacheEntry:
         final = self.path_for(identity)
-        if not staged_path.is_file() or staged_path.stat().st_size == 0:
+        self._check_root()
+        self._check_own_dir(final.parent, "model directory")
+        if staged_path.parent != final.parent:
+            raise StoreError(
+                "staged engine is not in its model directory",
+                path=str(staged_path),
+                expected=str(final.parent),
+            )
+        try:
+            st = os.lstat(staged_path)
+        except FileNotFoundError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_size == 0:
             raise StoreError("staged engine is missing or empty", path=str(staged_path))
+        self._set_mode(staged_path)
         digest, size = sha256_file(staged_path)
         full = dict(metadata)
         full.update(
@@ -123,8 +247,8 @@ class LocalEngineStore:
         temps: list[Path] = []
         try:
             sha_line = format_sha256_line(digest, final.name).encode()
-            temps.append(write_temp_file(sha_final, sha_line))
-            temps.append(write_temp_file(json_final, metadata_bytes(full)))
+            temps.append(write_temp_file(sha_final, sha_line, self._file_mode))
+            temps.append(write_temp_file(json_final, metadata_bytes(full), self._file_mode))
             # A signature of the engine being replaced would not verify for the new one and
             # would make a trust-checking gate refuse it forever: it goes first.
             with contextlib.suppress(FileNotFoundError):
@@ -148,7 +272,23 @@ class LocalEngineStore:
             extras={"metadata": full},
         )
 
+    def _set_mode(self, staged_path: Path) -> None:
+        """The cache's file mode or stricter for the staged engine, whatever wrote it (a
+        runtime may create it group/world-writable under umask 0)."""
+        try:
+            fd = os.open(staged_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) & self._file_mode)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot publish engine: {exc.strerror}", path=str(staged_path)
+            ) from exc
+
     def iter_engines(self) -> Iterator[Path]:
+        """Every engine-named file one level under the root (symlinked model directories
+        included, so ``verify`` reports them; the gate refuses them)."""
         if not self._root.is_dir():
             return
         for model_dir in sorted(self._root.iterdir()):
@@ -159,37 +299,11 @@ class LocalEngineStore:
                     yield path
 
     def clean_temp_files(self) -> list[Path]:
-        """Remove temp files and work dirs left by killed runs (their writer pid is gone)."""
-        removed: list[Path] = []
-        if not self._root.is_dir():
-            return removed
-        dirs = [self._root, *(d for d in self._root.iterdir() if d.is_dir())]
-        for directory in dirs:
-            for tmp in iter_temp_files(directory):
-                # A live writer's temp is never removed, however long its build takes.
-                if _writer_alive(tmp.name):
-                    continue
-                with contextlib.suppress(FileNotFoundError):
-                    if tmp.is_dir() and not tmp.is_symlink():
-                        shutil.rmtree(tmp)
-                    else:
-                        tmp.unlink()
-                    removed.append(tmp)
-        return removed
+        """Remove temp files and work dirs left by killed runs: only names our schema
+        proves are ours, whose writer pid is gone (``maintenance.stale_temps``). A
+        read-only or untrusted cache is left alone."""
+        from trt_provision.stores.maintenance import remove_paths, stale_temps
 
-
-def _writer_alive(temp_name: str) -> bool:
-    """Temp names carry the writer's pid: ``.tmp-<pid>-<nonce>-<name>``."""
-    try:
-        pid = int(temp_name[len(TEMP_PREFIX) :].split("-", 1)[0])
-    except ValueError:
-        return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError as exc:
-        return exc.errno == errno.EPERM
-    return True
+        if not self._root.is_dir() or not self.writable() or untrusted_chain(self._root):
+            return []
+        return remove_paths(self._root, stale_temps(self._root))

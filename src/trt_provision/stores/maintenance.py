@@ -6,22 +6,44 @@ The compiler never deletes; only these functions do, and ``gc`` first returns a 
 Superseded for this host means: built for a runtime, runtime version, platform or target
 that none of the host's expected :class:`RuntimeTarget`s accepts, or built from an older
 hash of a model the manifest still lists. Orphan sidecars (their engine is gone) and
-temp files of dead writers go too. Files that do not follow the engine naming schema are
-never touched.
+temp files of dead writers go too.
+
+What may be deleted is decided by our naming schema alone (a mistaken ``--cache-dir``
+pointing at a user's directory must lose nothing):
+
+- an engine: a regular file in ``<root>/<model>/`` whose name parses as an engine filename
+  (``identity.parse_engine_filename``) for that same model;
+- a sidecar: ``<engine filename><suffix>`` for a suffix in ``SIDECAR_SUFFIXES``, where the
+  engine filename parses as above (``projects/app.engine.json`` does not);
+- a temp file: a regular file whose name parses as ``.tmp-<pid>-<nonce>-<final>``
+  (``_fs.parse_temp_name``), whose writer pid is gone, and, in a model directory, whose
+  final name is an engine or sidecar name of that model;
+- a build work directory ``.tmp-<pid>-<ort|trt>-<mkdtemp suffix>`` of a dead writer, owned by
+  this user: the only directories ever removed recursively.
+
+Nothing is deleted through a symlink, outside the cache directory, or in a cache another
+user can write (``StoreError``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
-import time
+import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trt_provision._fs import TEMP_PREFIX
+from trt_provision._fs import (
+    TEMP_PREFIX,
+    iter_temp_files,
+    parse_temp_name,
+    untrusted_chain,
+    writer_alive,
+)
 from trt_provision.errors import InvalidNameError, StoreError
 from trt_provision.gates.engine_gate import target_accepts
 from trt_provision.identity import (
@@ -30,7 +52,7 @@ from trt_provision.identity import (
     ParsedEngineName,
     parse_engine_filename,
 )
-from trt_provision.stores.local import _writer_alive
+from trt_provision.integrity import SIDECAR_SUFFIXES
 from trt_provision.types import RuntimeTarget
 
 __all__ = [
@@ -42,12 +64,117 @@ __all__ = [
     "clear_cache",
     "list_engines",
     "plan_gc",
+    "remove_paths",
+    "stale_temps",
 ]
 
 log = logging.getLogger(__name__)
 
-SIDECAR_SUFFIXES = (".sha256", ".json", ".sig")
 DEFAULT_TEMP_GRACE_S = 3600.0
+# Dot-directories of the cache where calibration and timing caches write temp files.
+AUX_DIRS = (".calibration", ".timing")
+
+
+def _owner_name(name: str) -> str | None:
+    """The engine filename a file name stands for: itself, or the owner of a sidecar."""
+    if name.endswith(ENGINE_SUFFIX):
+        return name
+    # Longest suffix first: ".perf.json" before ".json".
+    for suffix in sorted(SIDECAR_SUFFIXES, key=len, reverse=True):
+        if name.endswith(ENGINE_SUFFIX + suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _engine_name_of(name: str, model: str) -> ParsedEngineName | None:
+    """The parsed engine filename ``name`` stands for (itself, or the owner of a sidecar),
+    when it is an engine of ``model``; None otherwise."""
+    owner = _owner_name(name)
+    if owner is None:
+        return None
+    try:
+        parsed = parse_engine_filename(owner)
+    except InvalidNameError:
+        return None
+    return parsed if parsed.model_name == model else None
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
+def _check_trusted(root: Path) -> None:
+    if not root.is_dir():
+        return
+    found = untrusted_chain(root)
+    if found is not None:
+        raise StoreError(
+            f"cache directory or a directory above it {found[1]}; refusing to delete in it",
+            path=str(found[0]),
+            fix=found[2],
+        )
+
+
+def stale_temps(root: Path) -> list[Path]:
+    """Temp files and work directories of dead writers that our naming proves are ours, in
+    the model directories and the calibration/timing directories of ``root``."""
+    root = Path(root)
+    found: list[Path] = []
+    dirs: list[tuple[Path, str | None]] = [(d, d.name) for d in _model_dirs(root)]
+    dirs += [(root / name, None) for name in AUX_DIRS]
+    for directory, model in dirs:
+        for path, parsed in iter_temp_files(directory):
+            if writer_alive(parsed.pid):
+                continue  # a live writer's temp is never removed, however long its build
+            st = _lstat(path)
+            if st is None:
+                continue
+            if parsed.is_workdir:
+                # Only directories we created: our name, a real directory, owned by us.
+                ours = model is not None and stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+            else:
+                # In a model directory the final name must be an engine/sidecar of that model.
+                final = parsed.final or ""
+                ours = stat.S_ISREG(st.st_mode) and (
+                    model is None or _engine_name_of(final, model) is not None
+                )
+            if ours:
+                found.append(path)
+    return found
+
+
+def _remove_one(root: Path, path: Path) -> bool:
+    """Delete one entry we own; False when it is gone or not provably ours and inside."""
+    parent = path.parent
+    if parent != root and parent.parent != root:
+        return False
+    pst = _lstat(parent)
+    if pst is None or not stat.S_ISDIR(pst.st_mode):
+        return False  # a symlinked (or vanished) directory: never delete through it
+    st = _lstat(path)
+    if st is None:
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        parsed = parse_temp_name(path.name)
+        if parsed is None or not parsed.is_workdir or st.st_uid != os.geteuid():
+            return False  # never rmtree a directory we did not create
+        shutil.rmtree(path)  # does not follow symlinks inside (fd-based on Linux)
+    else:
+        path.unlink()
+    return True
+
+
+def remove_paths(root: Path, paths: Iterable[Path]) -> list[Path]:
+    """Remove ``paths`` (each checked again by ``_remove_one``); return those removed."""
+    removed: list[Path] = []
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            if _remove_one(Path(root), path):
+                removed.append(path)
+    return removed
 
 
 def _size(path: Path) -> int:
@@ -58,10 +185,12 @@ def _size(path: Path) -> int:
 
 
 def _model_dirs(root: Path) -> Iterator[Path]:
+    """Real (not symlinked) non-dot directories directly under ``root``."""
     if not root.is_dir():
         return
     for child in sorted(root.iterdir()):
-        if child.is_dir() and not child.name.startswith(".") and not child.is_symlink():
+        cst = _lstat(child)
+        if cst is not None and stat.S_ISDIR(cst.st_mode) and not child.name.startswith("."):
             yield child
 
 
@@ -87,13 +216,9 @@ class CachedEngine:
         }
 
 
-def _cached_engine(path: Path) -> CachedEngine | None:
-    try:
-        parsed = parse_engine_filename(path.name)
-    except InvalidNameError:
-        return None
-    sidecars = [path.with_name(path.name + s) for s in SIDECAR_SUFFIXES]
-    meta = sidecars[1]
+def _cached_engine(path: Path, parsed: ParsedEngineName) -> CachedEngine:
+    sidecars = {s: path.with_name(path.name + s) for s in SIDECAR_SUFFIXES}
+    meta = sidecars[".json"]
     stamp_source = meta if meta.exists() else path
     try:
         st = stamp_source.stat()
@@ -103,26 +228,34 @@ def _cached_engine(path: Path) -> CachedEngine | None:
     return CachedEngine(
         path=path,
         parsed=parsed,
-        size_bytes=_size(path) + sum(_size(s) for s in sidecars),
+        size_bytes=_size(path) + sum(_size(s) for s in sidecars.values()),
         last_used=last_used,
-        complete=sidecars[0].exists() and sidecars[1].exists(),
-        signed=sidecars[2].exists(),
+        complete=sidecars[".sha256"].exists() and meta.exists(),
+        signed=sidecars[".sig"].exists(),
     )
+
+
+def _engines_in(model_dir: Path) -> Iterator[tuple[Path, ParsedEngineName]]:
+    """Regular files of ``model_dir`` whose names parse as engines of that model."""
+    for path in sorted(model_dir.iterdir()):
+        name = path.name
+        if name.startswith(TEMP_PREFIX) or not name.endswith(ENGINE_SUFFIX):
+            continue
+        st = _lstat(path)
+        if st is None or not stat.S_ISREG(st.st_mode):
+            continue
+        parsed = _engine_name_of(name, model_dir.name)
+        if parsed is not None:
+            yield path, parsed
 
 
 def list_engines(root: Path) -> list[CachedEngine]:
     """Every schema-named engine under ``root``, by model then name."""
-    found: list[CachedEngine] = []
-    for model_dir in _model_dirs(Path(root)):
-        for path in sorted(model_dir.iterdir()):
-            if path.name.startswith(TEMP_PREFIX) or not path.name.endswith(ENGINE_SUFFIX):
-                continue
-            if not path.is_file() or path.is_symlink():
-                continue
-            entry = _cached_engine(path)
-            if entry is not None:
-                found.append(entry)
-    return found
+    return [
+        _cached_engine(path, parsed)
+        for model_dir in _model_dirs(Path(root))
+        for path, parsed in _engines_in(model_dir)
+    ]
 
 
 @dataclass(frozen=True)
@@ -187,34 +320,18 @@ def superseded_reason(
     return None
 
 
-def _ours(path: Path, now: float) -> bool:
-    """A file ``clear`` may remove: an engine or sidecar by its name, or a stale temp."""
-    name = path.name
-    if name.startswith(TEMP_PREFIX):
-        return _stale_temp(path, now, DEFAULT_TEMP_GRACE_S)
-    for suffix in ("", *SIDECAR_SUFFIXES):
-        if name.endswith(ENGINE_SUFFIX + suffix) and path.is_file():
-            try:
-                parse_engine_filename(name[: len(name) - len(suffix)] if suffix else name)
-            except InvalidNameError:
-                return False
-            return True
-    return False
-
-
 def _engine_files(path: Path) -> tuple[Path, ...]:
     return (path, *(p for p in (path.with_name(path.name + s) for s in SIDECAR_SUFFIXES)
-                    if p.exists()))
+                    if os.path.lexists(p)))
 
 
-def _stale_temp(path: Path, now: float, grace_s: float) -> bool:
-    """A temp file or work dir whose writer is gone. A live writer's files are never
-    stale, however old: a long TensorRT build must not lose its staging file."""
-    try:
-        path.lstat()
-    except OSError:
+def _ours(path: Path, model: str) -> bool:
+    """A regular file of model directory ``model`` that ``clear`` may remove: an engine or
+    a sidecar by its name (temp files are decided by ``stale_temps``)."""
+    st = _lstat(path)
+    if st is None or not stat.S_ISREG(st.st_mode) or path.name.startswith(TEMP_PREFIX):
         return False
-    return not _writer_alive(path.name)
+    return _engine_name_of(path.name, model) is not None
 
 
 def plan_gc(
@@ -229,42 +346,29 @@ def plan_gc(
 
     ``host_targets`` empty means "host unknown": no engine goes for its target alone.
     ``current_models`` maps model name to its current sha256 (only listed models count).
+    Temp files go as soon as their writer is gone (``temp_grace_s`` and ``now`` are kept
+    for callers; a live writer's files are never removed).
     """
     root = Path(root)
+    _check_trusted(root)
     models = dict(current_models or {})
-    now = time.time() if now is None else now
-    items: list[GcItem] = []
-    dirs = [root, *_model_dirs(root)] if root.is_dir() else []
-    # Calibration and timing caches write temp files of their own there.
-    dirs += [d for d in (root / ".calibration", root / ".timing") if d.is_dir()]
-    for directory in dirs:
+    items = [_item(p, "temp file of an interrupted run", (p,)) for p in stale_temps(root)]
+    for model_dir in _model_dirs(root):
         engines: set[str] = set()
-        for path in sorted(directory.iterdir()):
-            name = path.name
-            if name.startswith(TEMP_PREFIX):
-                if _stale_temp(path, now, temp_grace_s):
-                    items.append(_item(path, "temp file of an interrupted run", (path,)))
-                continue
-            if directory is root or not name.endswith(ENGINE_SUFFIX) or not path.is_file():
-                continue
-            try:
-                parsed = parse_engine_filename(name)
-            except InvalidNameError:
-                continue
-            engines.add(name)
+        for path, parsed in _engines_in(model_dir):
+            engines.add(path.name)
             reason = superseded_reason(parsed, host_targets, models)
             if reason is not None:
                 items.append(_item(path, reason, _engine_files(path)))
-        if directory is root:
-            continue
-        for path in sorted(directory.iterdir()):
-            for suffix in SIDECAR_SUFFIXES:
-                if path.name.endswith(ENGINE_SUFFIX + suffix) and not path.name.startswith(
-                    TEMP_PREFIX
-                ):
-                    owner = path.name[: -len(suffix)]
-                    if owner not in engines and not (directory / owner).exists():
-                        items.append(_item(path, "sidecar without its engine", (path,)))
+        for path in sorted(model_dir.iterdir()):
+            name = path.name
+            if name.endswith(ENGINE_SUFFIX) or not _ours(path, model_dir.name):
+                continue
+            owner = _owner_name(name)
+            if owner is not None and owner not in engines and not os.path.lexists(
+                model_dir / owner
+            ):
+                items.append(_item(path, "sidecar without its engine", (path,)))
     return GcPlan(root=root, items=tuple(items))
 
 
@@ -272,28 +376,24 @@ def _item(path: Path, reason: str, files: Iterable[Path]) -> GcItem:
     files = tuple(files)
     size = 0
     for f in files:
-        if f.is_dir() and not f.is_symlink():
+        st = _lstat(f)
+        if st is not None and stat.S_ISDIR(st.st_mode):
             size += sum(_size(p) for p in f.rglob("*"))
         else:
             size += _size(f)
     return GcItem(path=path, reason=reason, files=files, size_bytes=size)
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
-
-
 def apply_gc(plan: GcPlan) -> int:
-    """Delete what ``plan`` lists (engine first, then its sidecars); return bytes freed."""
+    """Delete what ``plan`` lists (engine first, then its sidecars); return bytes freed.
+
+    Each file is checked again as it goes (inside the cache, not through a symlink, a
+    directory only when it is one of our work directories)."""
+    _check_trusted(plan.root)
     freed = 0
     for item in plan.items:
         try:
-            for f in item.files:
-                with contextlib.suppress(FileNotFoundError):
-                    _remove(f)
+            remove_paths(plan.root, item.files)
         except OSError as exc:
             raise StoreError(
                 f"cannot remove cached file: {exc.strerror}", path=str(item.path)
@@ -312,29 +412,26 @@ def clear_cache(root: Path, *, now: float | None = None) -> GcPlan:
     """Remove every engine, sidecar and stale temp file under ``root``.
 
     Temp files of a run still in progress, lock files and other data under the cache
-    directory (dot-directories such as calibration caches) are left alone.
+    directory (dot-directories such as calibration caches) are left alone, and so is every
+    file whose name does not prove it is ours. A model directory is removed (``rmdir``) only
+    when it held something of ours and is empty afterwards.
     """
     root = Path(root)
-    now = time.time() if now is None else now
+    _check_trusted(root)
+    stale = set(stale_temps(root))
     items: list[GcItem] = []
+    touched: list[Path] = []
     for model_dir in _model_dirs(root):
-        # Only what this tool writes: schema-named engines, their sidecars, stale temps.
-        # Anything else (a mistaken --cache-dir pointing at real data) is left alone.
         files = tuple(
-            p for p in sorted(model_dir.iterdir()) if _ours(p, now) and not p.is_symlink()
+            p for p in sorted(model_dir.iterdir()) if p in stale or _ours(p, model_dir.name)
         )
         if files:
             items.append(_item(model_dir, "clear", files))
-    if root.is_dir():
-        items.extend(
-            _item(p, "clear", (p,))
-            for p in sorted(root.iterdir())
-            if p.name.startswith(TEMP_PREFIX) and _stale_temp(p, now, DEFAULT_TEMP_GRACE_S)
-        )
+            touched.append(model_dir)
+    items.extend(_item(p, "clear", (p,)) for p in sorted(stale) if p.parent.name in AUX_DIRS)
     plan = GcPlan(root=root, items=tuple(items))
     apply_gc(plan)
-    for model_dir in _model_dirs(root):
+    for model_dir in touched:
         with contextlib.suppress(OSError):
             model_dir.rmdir()
     return plan
-
