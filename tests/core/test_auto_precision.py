@@ -111,7 +111,7 @@ def test_auto_builds_judges_times_and_publishes_the_decision(
     assert "fp16" in decision["skipped"]  # x86 CPU EP: no FP16 kernels
     rows = _rows(cnn)
     assert rows["fp32"]["why"] == "reference"
-    assert rows["int8"]["accuracy_data"] in ("held-out", "calibration")
+    assert rows["int8"]["accuracy_data"] in ("held-out", "calibration", "test")
     chosen = rows[decision["chosen"]]
     assert chosen["verdict"] == "chosen"
     # Never slower than FP32: a winner other than FP32 beat it by the noise margin.
