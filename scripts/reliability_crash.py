@@ -158,14 +158,15 @@ PREPARATIONS = ("keep", "drop-calibration", "switch-manifest", "drop-all")
 
 
 def _variant_manifest(directory: Path) -> Path:
-    """precision.toml with other calibration algorithms (other keys, same cache file names)
+    """precision.toml with another calibration algorithm (another key, same cache file name)
     and absolute data paths, so a switch makes the calibration caches stale."""
     base = PRECISION_MANIFEST.parent
     text = PRECISION_MANIFEST.read_text()
     text = text.replace('path = "models/', f'path = "{base}/models/')
     text = text.replace('data = "calibration/', f'data = "{base}/calibration/')
-    text = text.replace('algorithm = "entropy"', 'algorithm = "percentile"')
-    text = text.replace('algorithm = "minmax"', 'algorithm = "entropy"')
+    # auto's entropy cache gets another key (other bins): a switch makes it stale; the
+    # min-max and percentile caches of auto are not touched by the variant.
+    text = text.replace('algorithm = "auto"', 'algorithm = "entropy", num_bins = 1024')
     path = directory / "precision-variant.toml"
     path.write_text(text)
     return path
@@ -190,17 +191,20 @@ def _provision(cache_dir: Path, manifest: Path, *extra: str) -> tuple[int, dict[
     return proc.returncode, data, proc.stderr
 
 
-def _calibration_of(result: dict[str, Any]) -> dict[str, Any] | None:
+def _calibration_of(result: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The governed caches a build used: one per calibration algorithm (``auto`` uses
+    three), each with its own file and key."""
     meta = engine_metadata(result["engine"])
     calibration = meta.get("calibration")
     if not calibration:
         return None
-    return {
-        "reused": bool(meta.get("calibration_cache_reused")),
-        "status": calibration.get("cache_status"),
-        "key": meta.get("calibration_key"),
-        "blob": Path(calibration["cache_path"]).name,
-    }
+    caches = calibration.get("caches") or {calibration.get("algorithm", ""): calibration}
+    return [{
+        "reused": bool(c.get("cache_reused")),
+        "status": c.get("cache_status"),
+        "key": c.get("key"),
+        "blob": Path(c["cache_path"]).name,
+    } for c in caches.values()]
 
 
 def _drop_calibration(cache_dir: Path, rng: random.Random, *, engines: bool = False) -> None:
@@ -247,13 +251,15 @@ def one_precision_trial(
         if len(outcomes) != len(DEMO_MODELS) or not set(outcomes) <= {"reused", "built"}:
             failures.append(f"recovery outcomes {outcomes}")
         for result in data["results"]:
-            calibration = _calibration_of(result)
-            if result["outcome"] != "built" or calibration is None or not calibration["reused"]:
+            caches = _calibration_of(result)
+            if result["outcome"] != "built" or caches is None:
                 continue
-            reused_in_recovery += 1
-            if calib_after_kill.complete.get(calibration["blob"]) != calibration["key"]:
-                failures.append(f"{result['name']}: calibration cache trusted that was not "
-                                f"complete with key {calibration['key']} after the kill")
+            reused = [c for c in caches if c["reused"]]
+            reused_in_recovery += bool(reused)
+            for calibration in reused:
+                if calib_after_kill.complete.get(calibration["blob"]) != calibration["key"]:
+                    failures.append(f"{result['name']}: calibration cache trusted that was not "
+                                    f"complete with key {calibration['key']} after the kill")
     checks = {"recalibrated": 0}
     failures += _check_precision_cache(cache_dir, manifest, checks)
     return {
@@ -299,26 +305,32 @@ def _check_precision_cache(cache_dir: Path, manifest: Path, state: dict[str, int
     if code != 0 or data is None:
         return [*failures, f"forced rebuild exit {code}: {err.strip()[-300:]}"]
     calibrated = 0
+    used: dict[str, str] = {}
     for result in data["results"]:
-        calibration = _calibration_of(result)
-        if calibration is None:
+        caches = _calibration_of(result)
+        if caches is None:
             continue
         calibrated += 1
-        cached_key = calib.complete.get(calibration["blob"])
-        if cached_key == calibration["key"]:
-            if not (calibration["reused"] and calibration["status"] == "hit"):
-                failures.append(f"{result['name']}: complete calibration cache not reused "
-                                f"({calibration['status']})")
-        elif calibration["reused"]:
-            # Missing, incomplete or of the other manifest (stale): never reused.
-            failures.append(f"{result['name']}: calibration cache reused although it was "
-                            f"{'stale' if cached_key else 'absent or incomplete'}")
-        else:
-            state["recalibrated"] += 1
+        for calibration in caches:
+            used[calibration["blob"]] = calibration["key"]
+            cached_key = calib.complete.get(calibration["blob"])
+            if cached_key == calibration["key"]:
+                if not (calibration["reused"] and calibration["status"] == "hit"):
+                    failures.append(f"{result['name']}: complete calibration cache not reused "
+                                    f"({calibration['status']})")
+            elif calibration["reused"]:
+                # Missing, incomplete or of the other manifest (stale): never reused.
+                failures.append(f"{result['name']}: calibration cache reused although it was "
+                                f"{'stale' if cached_key else 'absent or incomplete'}")
+            else:
+                state["recalibrated"] += 1
     if calibrated != len(CALIBRATED_MODELS):
         failures.append(f"forced rebuild calibrated {calibrated} models")
     after = audit_calibration(cache_dir)
-    if after.incomplete or after.inconsistent or len(after.complete) != len(CALIBRATED_MODELS):
+    # Every cache the build used is complete and current (caches of algorithms the other
+    # manifest uses stay on disk untouched: switching algorithm replaces nothing).
+    if after.incomplete or after.inconsistent or any(
+            after.complete.get(blob) != key for blob, key in used.items()):
         failures.append(f"calibration caches after forced rebuild: {after}")
     return failures
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trt_provision._version import __version__
+from trt_provision.auto_precision import auto_identity, build_auto, decision_of, summary_line
 from trt_provision.config_json import build_config_to_json
 from trt_provision.errors import (
     AccuracyGateError,
@@ -43,6 +44,7 @@ from trt_provision.types import (
     EngineCompileSummary,
     EngineIdentity,
     HostCapabilities,
+    PrecisionMode,
     RuntimeTarget,
     profile_problems,
 )
@@ -125,6 +127,9 @@ class EngineCompiler:
         """``unresolved_calibration``: a stand-in calibration key, so no calibration data
         is loaded (a dry run with a Python loader)."""
         model_hash = model_sha256(backbone.model_path)
+        if backbone.build_config.precision is PrecisionMode.AUTO:
+            target = self._runtime.runtime_target(backbone.build_config)
+            return auto_identity(self, backbone, model_hash, target), target, model_hash
         calibration_key = (
             self._calibration.calibration_key(backbone, model_hash)
             if self._calibration is not None
@@ -366,6 +371,8 @@ class EngineCompiler:
 
     def _build(self, plan: _Plan) -> tuple[EngineCacheEntry, float]:
         backbone = plan.backbone
+        if backbone.build_config.precision is PrecisionMode.AUTO:
+            return build_auto(self, plan)  # builds each candidate through this method
         self._check_thermal()
         staged = self._store.staging_path(plan.identity)
         self._log.info(
@@ -434,6 +441,8 @@ class EngineCompiler:
         seconds: float,
         notes: tuple[str, ...] = (),
     ) -> EngineCompileResult:
+        auto = decision_of(entry.engine_path) if plan.identity.precision is PrecisionMode.AUTO \
+            else None
         return EngineCompileResult(
             name=plan.backbone.name,
             identity=plan.identity,
@@ -441,5 +450,5 @@ class EngineCompiler:
             entry=entry,
             compile_seconds=seconds,
             total_seconds=time.perf_counter() - plan.started,
-            notes=notes,
+            notes=((summary_line(auto),) if auto else ()) + notes,
         )

@@ -130,15 +130,16 @@ def _tensorrt_calibration(
 
 
 def _strong_precision_converter(
-    cache_dir: Path,
+    cache_dir: Path, consumer: str = "tensorrt"
 ) -> Callable[[Path, BuildConfig, Path], tuple[Path, Mapping[str, Any]]]:
-    """Strongly typed TensorRT: the FP16 or Q/DQ graph the calibration package derives."""
+    """The FP16 or Q/DQ graph the precision pipeline derives for ``consumer`` (strongly
+    typed TensorRT, or the ONNX Runtime strategy with "onnxruntime-cpu")."""
 
     def convert(model: Path, config: BuildConfig, workdir: Path) -> tuple[Path, Mapping[str, Any]]:
         from trt_provision.calibration.precision import prepare_model_for_precision
 
         prepared = prepare_model_for_precision(
-            model, config, workdir, calibration_cache_dir=cache_dir, consumer="tensorrt"
+            model, config, workdir, calibration_cache_dir=cache_dir, consumer=consumer
         )
         return prepared.model_path, prepared.metadata
 
@@ -189,6 +190,7 @@ def wire(
             if settings.ort_provider == "cuda"
             else "CPUExecutionProvider",
             calibration_cache_dir=calibration_dir,
+            precision_converter=_strong_precision_converter(calibration_dir, "onnxruntime-cpu"),
         )
     remote: RemoteEngineStore | None = None
     if use_remote and (settings.remote is not None or os.environ.get("ARTIFACTS_BUCKET")):

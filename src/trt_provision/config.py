@@ -71,6 +71,9 @@ _BUILD_KEYS = {
     "excluded_op_types",
     "min_cosine",
     "max_rel_error",
+    "min_top1_agreement",
+    "accuracy_metric",
+    "allow_inaccurate",
     "dla_core",
     "gpu_fallback",
     "tf32",
@@ -85,6 +88,7 @@ _CALIBRATION_KEYS = {
     "governed",
     "max_batches",
     "allow_lossy_cast",
+    "evaluation_data",
 }
 
 
@@ -267,6 +271,15 @@ def _settings(path: Path, raw: Mapping[str, Any], remote: Any) -> Settings:
     return Settings(**kwargs)
 
 
+def _manifest_relative(path: Path, key: str, value: Any) -> str:
+    """A data path or "file.py:function" resolved against the manifest's directory."""
+    if not isinstance(value, str) or not value:
+        raise _fail(path, key, "a path string", value)
+    file_part, sep, func = value.partition(".py:")
+    resolved = str((path.parent / (file_part + (".py" if sep else ""))).resolve())
+    return resolved + (":" + func if sep else "")
+
+
 def _build_dict(path: Path, where: str, raw: Mapping[str, Any]) -> dict[str, Any]:
     """Translate manifest build keys into the BuildConfig JSON form."""
     out: dict[str, Any] = {k: v for k, v in raw.items() if k in _BUILD_KEYS}
@@ -281,7 +294,13 @@ def _build_dict(path: Path, where: str, raw: Mapping[str, Any]) -> dict[str, Any
             file_part, sep, func = data.partition(".py:")
             resolved = str(_real(path.parent / (file_part + (".py" if sep else ""))))
             cal["source"] = resolved + (":" + func if sep else "")
+        if "evaluation_data" in cal:
+            cal["evaluation_data"] = _manifest_relative(
+                path, f"{where}.calibration.evaluation_data", cal["evaluation_data"])
         out["calibration"] = cal
+    if "accuracy_metric" in out:
+        out["accuracy_metric"] = _manifest_relative(
+            path, f"{where}.accuracy_metric", out["accuracy_metric"])
     if "timing_cache_path" in out and isinstance(out["timing_cache_path"], str):
         out["timing_cache_path"] = str(_real(path.parent / out["timing_cache_path"]))
     return out

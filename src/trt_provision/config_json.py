@@ -26,10 +26,11 @@ _FIELDS = frozenset({
     "hardware_compatibility", "builder_optimization_level", "plugins",
     "fp16_pinned_keywords", "strict_precision_constraints", "strongly_typed",
     "excluded_op_types", "min_cosine", "max_rel_error", "dla_core", "gpu_fallback", "tf32",
+    "min_top1_agreement", "accuracy_metric", "allow_inaccurate",
 })
 _CALIBRATION_FIELDS = frozenset({
     "source", "dataset_version", "algorithm", "num_bins", "percentile", "governed", "max_batches",
-    "allow_lossy_cast",
+    "allow_lossy_cast", "evaluation_data",
 })
 
 
@@ -41,6 +42,7 @@ def build_config_to_json(config: BuildConfig) -> dict[str, Any]:
             "source": c.source, "dataset_version": c.dataset_version, "algorithm": c.algorithm,
             "num_bins": c.num_bins, "percentile": c.percentile, "governed": c.governed,
             "max_batches": c.max_batches, "allow_lossy_cast": c.allow_lossy_cast,
+            "evaluation_data": c.evaluation_data,
         }
     return {
         "precision": config.precision.value,
@@ -61,6 +63,9 @@ def build_config_to_json(config: BuildConfig) -> dict[str, Any]:
         "excluded_op_types": list(config.excluded_op_types),
         "min_cosine": config.min_cosine,
         "max_rel_error": config.max_rel_error,
+        "min_top1_agreement": config.min_top1_agreement,
+        "accuracy_metric": config.accuracy_metric,
+        "allow_inaccurate": config.allow_inaccurate,
         "dla_core": config.dla_core,
         "gpu_fallback": config.gpu_fallback,
         "tf32": config.tf32,
@@ -180,7 +185,7 @@ def _plugin(source: str, i: int, raw: Any) -> PluginSpec:
 def _calibration(source: str, raw: Any) -> CalibrationSpec:
     cal = _object(source, "calibration", raw, _CALIBRATION_FIELDS)
     kwargs: dict[str, Any] = {}
-    for field in ("source", "dataset_version"):
+    for field in ("source", "dataset_version", "evaluation_data"):
         if cal.get(field) is not None:
             kwargs[field] = _str(source, f"calibration.{field}", cal[field])
     if "algorithm" in cal:
@@ -239,9 +244,13 @@ def build_config_from_json(data: Mapping[str, Any], *, source: str = "<json>") -
     for key in ("gpu_fallback", "tf32"):
         if key in data:
             kwargs[key] = _bool(source, key, data[key])
-    for key in ("min_cosine", "max_rel_error"):
+    for key in ("min_cosine", "max_rel_error", "min_top1_agreement"):
         if data.get(key) is not None:
             kwargs[key] = _finite(source, key, data[key])
+    if data.get("accuracy_metric") is not None:
+        kwargs["accuracy_metric"] = _str(source, "accuracy_metric", data["accuracy_metric"])
+    if "allow_inaccurate" in data:
+        kwargs["allow_inaccurate"] = _bool(source, "allow_inaccurate", data["allow_inaccurate"])
     if data.get("timing_cache_path") is not None:
         kwargs["timing_cache_path"] = Path(
             _str(source, "timing_cache_path", data["timing_cache_path"])

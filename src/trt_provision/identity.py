@@ -64,7 +64,7 @@ _HEX_RE = re.compile(r"[0-9a-f]+")
 _FILENAME_RE = re.compile(
     r"(?P<model>[A-Za-z0-9][A-Za-z0-9_-]{0,63})"
     r"\.(?P<hash>[0-9a-f]{16})"
-    r"\.(?P<precision>fp32|fp16|int8|mixed)"
+    r"\.(?P<precision>fp32|fp16|int8|mixed|auto)"
     r"\.(?P<target>sm[0-9]{2,3}(?:(?:\+|cc)|-dla[0-9]{1,2})?|cpu-[a-z0-9]+)"
     r"\.(?P<platform>jp[0-9]+(?:_[0-9]+)*|dgpu|host)"
     r"\.(?P<runtime>[a-z][a-z0-9]*)"
@@ -310,6 +310,17 @@ def build_option_payload(
             "min_cosine": config.min_cosine,
             "max_rel_error": config.max_rel_error,
         }
+    # Later gate options enter only when set (earlier digests stay as they were); an engine
+    # published under allow_inaccurate is never reused by a build that did not allow it.
+    extra_gate = {
+        k: v for k, v in (
+            ("min_top1_agreement", config.min_top1_agreement),
+            ("accuracy_metric", config.accuracy_metric),
+            ("allow_inaccurate", config.allow_inaccurate or None),
+        ) if v is not None
+    }
+    if extra_gate:
+        payload.setdefault("accuracy_gate", {}).update(extra_gate)
     # Like the gate, these enter only when set: engines built without them keep their digest.
     if config.tf32:
         payload["tf32"] = True  # an fp32 engine that may compute in TF32 is another engine
@@ -354,6 +365,7 @@ def compute_identity(
         target=target.target,
         platform=target.platform,
         options_digest=build_option_digest(
-            config, calibration_key=calibration_key, runtime_options=runtime_options
+            config, calibration_key=calibration_key,
+            runtime_options={**dict(target.build_options), **(runtime_options or {})},
         ),
     )

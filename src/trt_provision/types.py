@@ -37,12 +37,18 @@ DEFAULT_PINNED_KEYWORDS: tuple[str, ...] = ("router", "kan")
 
 
 class PrecisionMode(str, enum.Enum):
-    """Engine precision. ``MIXED`` is int8 with FP16-pinned sensitive layers."""
+    """Engine precision. ``MIXED`` is int8 with FP16-pinned sensitive layers.
+
+    ``AUTO`` is not a precision a strategy builds: the compiler builds the candidates this
+    host offers, judges and times them, and publishes the fastest that passes the gate
+    (``auto_precision.py``).
+    """
 
     FP32 = "fp32"
     FP16 = "fp16"
     INT8 = "int8"
     MIXED = "mixed"
+    AUTO = "auto"
 
     @property
     def needs_calibration(self) -> bool:
@@ -214,23 +220,29 @@ class PluginSpec:
             raise ValueError("plugin name must not be empty")
 
 
+CALIBRATION_ALGORITHMS: tuple[str, ...] = ("auto", "entropy", "minmax", "percentile")
+
+
 @dataclass(frozen=True)
 class CalibrationSpec:
     """Where INT8 calibration data comes from and how ranges are computed."""
 
     source: str | None = None  # .npz, .npy dir, or "file.py:function"
     dataset_version: str | None = None  # explicit version; else the dataset digest
-    algorithm: str = "entropy"  # entropy | minmax | percentile
+    # auto: min-max, percentile and entropy from one pass, the best on the validation split
+    algorithm: str = "auto"  # auto | entropy | minmax | percentile
     num_bins: int = 2048
     percentile: float = 99.999
     governed: bool = True
     max_batches: int | None = None
     allow_lossy_cast: bool = False  # e.g. float64 batches for a float32 input
+    # A user's own held-out data (same forms as ``source``): validation and test come from it.
+    evaluation_data: str | None = None
 
     def __post_init__(self) -> None:
-        if self.algorithm not in ("entropy", "minmax", "percentile"):
+        if self.algorithm not in CALIBRATION_ALGORITHMS:
             raise ValueError(
-                f"calibration algorithm must be entropy, minmax or percentile, "
+                f"calibration algorithm must be auto, entropy, minmax or percentile, "
                 f"got {self.algorithm!r}"
             )
         if self.num_bins < 16:
@@ -259,6 +271,12 @@ class BuildConfig:
     excluded_op_types: tuple[str, ...] = ()
     min_cosine: float | None = None
     max_rel_error: float | None = None
+    # Accuracy gate (on by default for int8/mixed, and fp16 with data): top-1 agreement of
+    # classification-like outputs, an optional task metric "file.py:function", and the
+    # explicit opt-out that publishes a refused graph with a warning in its metadata.
+    min_top1_agreement: float | None = None
+    accuracy_metric: str | None = None
+    allow_inaccurate: bool = False
     # TensorRT on Jetson: build for this DLA core (None: the GPU); layers the DLA cannot run
     # fall back to the GPU only with gpu_fallback. tf32: let an fp32 build use TF32 kernels.
     dla_core: int | None = None
@@ -288,11 +306,26 @@ class BuildConfig:
             raise ValueError(f"min_cosine must be in [-1, 1], got {self.min_cosine}")
         if self.max_rel_error is not None and self.max_rel_error < 0:
             raise ValueError(f"max_rel_error must be >= 0, got {self.max_rel_error}")
+        if self.min_top1_agreement is not None and not 0.0 <= self.min_top1_agreement <= 1.0:
+            raise ValueError(
+                f"min_top1_agreement must be in [0, 1], got {self.min_top1_agreement}"
+            )
+        if self.accuracy_metric is not None and (
+            not isinstance(self.accuracy_metric, str) or ".py:" not in self.accuracy_metric
+        ):
+            raise ValueError(
+                f"accuracy_metric must be 'file.py:function', got {self.accuracy_metric!r}"
+            )
         if self.dla_core is not None and (
             isinstance(self.dla_core, bool) or not isinstance(self.dla_core, int)
             or not 0 <= self.dla_core <= 15
         ):
             raise ValueError(f"dla_core must be an integer 0..15 or None, got {self.dla_core!r}")
+        if self.dla_core is not None and self.precision is PrecisionMode.AUTO:
+            # The auto engine is looked up before its winner is known, and a DLA engine's
+            # target names its core: the two cannot share one identity.
+            raise ValueError("dla_core needs an explicit precision (fp16, int8 or mixed), "
+                             "not auto")
         if self.dla_core is not None and self.precision is PrecisionMode.FP32:
             raise ValueError("dla_core needs precision fp16, int8 or mixed (DLA has no FP32)")
         if self.gpu_fallback and self.dla_core is None:
@@ -378,6 +411,9 @@ class RuntimeTarget:
     runtime_version: str  # e.g. "10.3.0"
     target: str  # "sm87", "sm80+", "sm90cc", or "cpu-avx2"
     platform: str  # "jp6.2", "dgpu" or "host"
+    # Runtime-level choices that change the engine built for one BuildConfig (e.g. TensorRT's
+    # INT8 quantization mode): they enter the options digest, not the filename or the gate.
+    build_options: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         # Installed versions come from the environment (e.g. "1.19.0+cpu"): normalise them

@@ -161,3 +161,120 @@ def make_standalone_bn(path: Path, *, seed: int = 0, c: int = 8, size: int = 12)
         inits,
     )
     return _save(graph, path)
+
+
+def make_mlp_classifier(path: Path, *, features: int = 16, hidden: int = 32,
+                        classes: int = 10, seed: int = 0, outlier_reaches_fc2: bool = False
+                        ) -> Path:
+    """x[N, features] -> MatMul -> Relu -> MatMul -> logits[N, classes].
+
+    Feature 0 carries the outliers of ``outlier_batches``: by default it has no weight, so
+    only fc1's input range suffers; with ``outlier_reaches_fc2`` it feeds the hidden layer
+    too, so no single layer kept float can rescue INT8.
+    """
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((features, hidden)).astype(np.float32) * 0.5
+    if not outlier_reaches_fc2:
+        w1[0] = 0.0
+    inits = [
+        numpy_helper.from_array(w1, "w1"),
+        numpy_helper.from_array(rng.standard_normal((hidden, classes)).astype(np.float32)
+                                * 0.5, "w2"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["hr"], name="relu"),
+        helper.make_node("MatMul", ["hr", "w2"], ["logits"], name="fc2"),
+    ]
+    graph = helper.make_graph(
+        nodes, "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", features])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+        inits,
+    )
+    return _save(graph, path)
+
+
+def outlier_batches(count: int, *, rows: int = 8, features: int = 16, seed: int = 0,
+                    outlier: float = 3.0e3) -> list[np.ndarray]:
+    """Normal features, plus one huge value in the first batch: a min-max range built on it
+    quantizes every ordinary input to zero, so INT8 logits lose their labels."""
+    rng = np.random.default_rng(seed)
+    batches = [rng.standard_normal((rows, features)).astype(np.float32) for _ in range(count)]
+    batches[0][0, 0] = outlier
+    return batches
+
+
+def make_huge_constant(path: Path, *, features: int = 8) -> Path:
+    """A mask-like ``Relu(x) * -3.4e38`` added to a MatMul before a Softmax: activations span
+    most of the float32 range, so histograms cannot be built ("Too many bins")."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((features, features)).astype(np.float32),
+                                "w"),
+        numpy_helper.from_array(np.array(-3.4e38, dtype=np.float32), "big"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+        helper.make_node("Relu", ["x"], ["xr"], name="relu"),
+        helper.make_node("Mul", ["xr", "big"], ["mask"], name="mask"),
+        helper.make_node("Add", ["h", "mask"], ["scores"], name="add"),
+        helper.make_node("Softmax", ["scores"], ["probs"], name="softmax", axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes, "huge",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", features])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", features])],
+        inits,
+    )
+    return _save(graph, path)
+
+
+def make_one_channel_conv(path: Path) -> Path:
+    """A Conv with one output channel and a bias (per-channel scale of size 1)."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w0"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b0"),
+        numpy_helper.from_array(rng.standard_normal((1, 4, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(np.array([0.3], dtype=np.float32), "b1"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "w1", "b1"], ["y"], name="conv1", pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes, "onechan",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        inits,
+    )
+    return _save(graph, path)
+
+
+def make_if_model(path: Path, *, features: int = 8) -> Path:
+    """All compute inside an If: both branches hold a MatMul (the top graph has none)."""
+    rng = np.random.default_rng(0)
+
+    def branch(name: str, scale: float) -> onnx.GraphProto:
+        w = numpy_helper.from_array(
+            rng.standard_normal((features, features)).astype(np.float32) * scale, f"w_{name}")
+        return helper.make_graph(
+            [helper.make_node("MatMul", ["x", f"w_{name}"], [f"y_{name}"], name=f"mm_{name}")],
+            name, [], [helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT,
+                                                     ["N", features])], [w])
+
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["s"], name="sum", keepdims=0),
+        helper.make_node("Greater", ["s", "zero"], ["cond"], name="gt"),
+        helper.make_node("If", ["cond"], ["y"], name="branch",
+                         then_branch=branch("then", 1.0), else_branch=branch("else", 2.0)),
+    ]
+    graph = helper.make_graph(
+        nodes, "if_model",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", features])],
+        [numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero")],
+    )
+    return _save(graph, path)

@@ -12,8 +12,10 @@ import pytest
 from onnx import numpy_helper
 
 from trt_provision.calibration.cache import GovernedCalibrationCache
+from trt_provision.calibration.graph import preprocess_model
 from trt_provision.calibration.planner import GovernedCalibrationPlanner
 from trt_provision.calibration.precision import prepare_model_for_precision
+from trt_provision.calibration.ranges import compute_activation_ranges, write_trt_calibration_cache
 from trt_provision.errors import AccuracyGateError, CalibrationCacheError
 from trt_provision.identity import model_sha256
 from trt_provision.types import BackboneSpec, BuildConfig, CalibrationSpec, PrecisionMode
@@ -60,7 +62,9 @@ def test_int8_end_to_end_then_reuse_then_recalibrate(
     assert meta["dataset_version"].startswith("sha256:")
     assert len(meta["calibration_key"]) == 64
     assert Path(meta["calibration_cache"]).parent == cache_dir
-    assert meta["accuracy"]["data"] == "held-out"
+    assert meta["accuracy"]["data"] == "test"
+    assert meta["accuracy"]["verdict"] == "passed"
+    assert meta["accuracy"]["validation"]["data"] == "validation"
     assert meta["accuracy"]["outputs"]["logits"]["cosine"] > 0.95
     ops = [n.op_type for n in onnx.load(str(first.model_path)).graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
@@ -162,16 +166,21 @@ def _run_named(path: Path, x: np.ndarray) -> np.ndarray:
     return np.asarray(sess.run(None, {"x": x})[0])
 
 
-def test_fp16_keeps_pinned_layers_fp32(cnn: tuple[Path, Path], tmp_path: Path) -> None:
+def test_fp16_converts_pinned_layers_like_the_rest(
+    cnn: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # One meaning of "pinned": pinned *to FP16* in int8/mixed; in fp16 builds they are FP16
+    # like every other layer (the strongly typed TensorRT check demands HALF for them).
     model, data = cnn
     prepared = prepare_model_for_precision(model, _config("fp16", data), tmp_path / "w",
                                            calibration_cache_dir=None)
-    assert prepared.metadata["pinned_layers"][0]["precision"] == "fp32"
+    assert prepared.metadata["pinned_layers"][0]["precision"] == "fp16"
     graph = onnx.load(str(prepared.model_path)).graph
     router = next(n for n in graph.node if n.name == "router_gemm")
     inits = {t.name: t for t in graph.initializer}
-    assert inits[router.input[1]].data_type == onnx.TensorProto.FLOAT
-    assert prepared.metadata["accuracy"]["data"] == "calibration"
+    assert inits[router.input[1]].data_type == onnx.TensorProto.FLOAT16
+    assert prepared.metadata["accuracy"]["data"] == "test"
+    assert prepared.metadata["accuracy"]["verdict"] == "passed"
 
 
 def test_accuracy_gate_refuses_naming_the_output(cnn: tuple[Path, Path], tmp_path: Path) -> None:
@@ -225,11 +234,16 @@ def test_legacy_trt_cache_is_used_when_governance_is_off(
     model, data = cnn
     cache_dir = tmp_path / "c"
     cache_dir.mkdir()
-    (cache_dir / "cnn.int8.calib").write_text(
-        "TRT-100300-EntropyCalibration2\nx: 3c23d70a\nr1: 3c23d70a\n"
-    )
+    # A legacy TensorRT cache with a range for every tensor of the preprocessed model.
+    pre = tmp_path / "pre.onnx"
+    preprocess_model(model, pre)
+    ranges = compute_activation_ranges(pre, [{"x": b} for b in np.load(data)],
+                                       CalibrationSpec(algorithm="minmax"), tmp_path / "r")
+    (cache_dir / "cnn.int8.calib").write_bytes(
+        write_trt_calibration_cache(ranges, "10.3.0", "EntropyCalibration2"))
     spec = CalibrationSpec(source=str(data), governed=False, num_bins=256)
-    config = BuildConfig(precision=PrecisionMode.INT8, calibration=spec)
+    # symmetric TensorRT ranges on the CPU's asymmetric uint8 activations: a lenient gate
+    config = BuildConfig(precision=PrecisionMode.INT8, calibration=spec, min_cosine=0.5)
     prepared = prepare_model_for_precision(model, config, tmp_path / "w",
                                            calibration_cache_dir=cache_dir)
     assert prepared.metadata["calibration"]["cache_status"] == "legacy"
@@ -277,7 +291,9 @@ def test_demo_corpus_int8(tmp_path: Path) -> None:
     )
     prepared = prepare_model_for_precision(model, config, tmp_path / "w",
                                            calibration_cache_dir=tmp_path / "c")
-    assert prepared.metadata["calibration"]["batches"] == 8  # 32 samples cut by opt batch 4
+    # 32 samples cut by opt batch 4 into 8 batches: 5 calibrate, 1 validates, 2 test
+    assert prepared.metadata["accuracy"]["splits"]["source_batches"] == 8
+    assert prepared.metadata["calibration"]["batches"] == 5
     assert {e["node"] for e in prepared.metadata["pinned_layers"]} == {
         "router_gate", "router_softmax"}
 
@@ -297,4 +313,5 @@ def test_models_with_the_same_file_name_keep_separate_caches(tmp_path: Path) -> 
             assert prepared.metadata["calibration_cache_reused"] is True
     assert paths[0] != paths[1] and paths[0] == paths[2]
     assert paths[0].name.startswith("model.") and paths[1].name.startswith("model.")
-    assert len(list(cache_dir.glob("*.calib"))) == 2
+    # one governed cache per model and algorithm (auto computes min-max, percentile, entropy)
+    assert len(list(cache_dir.glob("*.calib"))) == 6

@@ -107,7 +107,19 @@ def test_trt_cache_round_trip_property(amax: dict[str, float]) -> None:
     back = parse_trt_calibration_cache(write_trt_calibration_cache(ranges, "8.6.1"))
     assert set(back.ranges) == set(amax)
     for name, value in amax.items():
-        assert back.amax(name) == pytest.approx(value, rel=1e-6, abs=1e-30)
+        if struct.unpack(">f", struct.pack(">f", value / 127.0))[0] == 0.0:
+            # a zero range is written with scale 1.0, as ONNX Runtime does, never 0
+            assert back.amax(name) == pytest.approx(127.0)
+        else:
+            assert back.amax(name) == pytest.approx(value, rel=1e-6, abs=1e-30)
+
+
+def test_zero_range_tensor_gets_scale_one_not_zero() -> None:
+    ranges = TensorRanges("minmax", {"zeros": (0.0, 0.0), "x": (-1.27, 1.27)})
+    text = write_trt_calibration_cache(ranges, "10.3.0").decode()
+    lines = dict(line.split(": ") for line in text.splitlines()[1:])
+    assert struct.unpack(">f", bytes.fromhex(lines["zeros"]))[0] == 1.0
+    assert struct.unpack(">f", bytes.fromhex(lines["x"]))[0] == pytest.approx(0.01)
 
 
 @pytest.mark.parametrize(

@@ -75,3 +75,58 @@ max = [32, 64]
     assert new_meta["calibration_cache_reused"] is False
     subprocess.run([sys.executable, "-m", "trt_provision", "verify", "--cache-dir", str(cache)],
                    check=True, capture_output=True)
+
+
+def _run_cli(manifest: Path, cache: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TRT_PROVISION_CACHE_DIR": str(cache)}
+    return subprocess.run([sys.executable, "-m", "trt_provision", "provision", str(manifest),
+                           "--json"], capture_output=True, text=True, env=env, timeout=600)
+
+
+def _mlp_manifest(work: Path, data: str, extra: str = "", *, hard: bool = False) -> Path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from calibration.models import make_mlp_classifier
+
+    make_mlp_classifier(work / "mlp.onnx", outlier_reaches_fc2=hard)
+    manifest = work / "m.toml"
+    manifest.write_text(f"""
+[[models]]
+name = "mlp"
+path = "mlp.onnx"
+precision = "int8"
+calibration = {{ data = "{data}", algorithm = "minmax" }}
+{extra}
+[[models.profiles]]
+input = "x"
+min = [1, 16]
+opt = [8, 16]
+max = [8, 16]
+""")
+    return manifest
+
+
+def test_zero_sample_calibration_file_is_refused_through_the_cli(tmp_path: Path) -> None:
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 16), np.float32))
+    proc = _run_cli(_mlp_manifest(tmp_path, "empty.npz"), tmp_path / "cache")
+    assert proc.returncode == 1, proc.stderr
+    assert "zero samples" in proc.stderr and "empty.npz" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_label_flipping_int8_is_refused_then_built_with_allow_inaccurate(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from calibration.models import outlier_batches
+
+    np.save(tmp_path / "d.npy", np.stack(outlier_batches(10)))
+    refused = _run_cli(_mlp_manifest(tmp_path, "d.npy", hard=True), tmp_path / "cache")
+    assert refused.returncode == 1
+    assert "AccuracyGateError" in refused.stderr and "top-1 agreement" in refused.stderr
+    assert not list((tmp_path / "cache").rglob("*.engine"))  # nothing published
+    built = _run_cli(_mlp_manifest(tmp_path, "d.npy", "allow_inaccurate = true", hard=True),
+                     tmp_path / "cache")
+    assert built.returncode == 0, built.stderr
+    meta = _meta(json.loads(built.stdout)["results"][0])
+    accuracy = meta["accuracy"]
+    assert accuracy["verdict"] == "failed (allow_inaccurate)"  # type: ignore[index]
+    assert "fails the accuracy gate" in accuracy["warning"]  # type: ignore[index]
+    assert meta["quantization"]["sensitivity"]["steps"]  # type: ignore[index]

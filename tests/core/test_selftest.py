@@ -31,6 +31,7 @@ from trt_provision import _lazy
 from trt_provision.cli.main import main
 from trt_provision.selftest import (
     MIN_COSINE,
+    PRECISIONS,
     Requirement,
     check_requirements,
     compare_outputs,
@@ -214,7 +215,7 @@ def test_demo_corpus_on_fake_trt10_reports_every_case_and_compares(
     assert not report.missing
     keys = {(c.model, c.precision, c.typed_path) for c in report.cases}
     assert keys == {(m, p.value, t) for m in ("demo_cnn", "two_inputs", "dynamic_mlp")
-                    for p in PrecisionMode for t in ("weak", "strong")}
+                    for p in PRECISIONS for t in ("weak", "strong")}
     assert len(report.cases) == 3 * 4 * 2
     assert {c.status for c in report.cases} <= {"pass", "fail", "error", "not-offered"}
     assert all(c.detail for c in report.cases if c.status != "pass")

@@ -970,7 +970,8 @@ class _Builder(_Obj):
         st.rec("Builder.build_serialized_network", network, config)
         if st.build_returns_none:
             return None
-        if _fails_constraints(st, config, network) or _fails_dla(st, config, network):
+        if (_fails_profiles(st, config, network) or _fails_strong_typing(st, config, network)
+                or _fails_constraints(st, config, network) or _fails_dla(st, config, network)):
             return None
         calibration = None
         if "INT8" in config._flags and config._calibrator is not None:
@@ -1003,6 +1004,51 @@ class _Builder(_Obj):
         return st.new("IHostMemory", data=ENGINE_MAGIC + json.dumps(blob).encode())
 
 
+def _fails_profiles(st: FakeTrtState, config: Any, network: Any) -> bool:
+    """Profiles are fully validated at build time: rank equal to the input's, and a static
+    network dimension equal in min, opt and max; a dynamic input needs a profile
+    (NvInferRuntime.h v10.3.0, IOptimizationProfile::setDimensions conditions (1)-(3);
+    NvInfer.h, IBuilderConfig::addOptimizationProfile)."""
+    for tensor in network._inputs:
+        dims = tuple(tensor.shape)
+        shapes = [p._shapes[tensor.name] for p in config._profiles if tensor.name in p._shapes]
+        if not shapes and any(d < 0 for d in dims):
+            st.log_warning(f"[E] dynamic input {tensor.name} has no optimization profile")
+            return True
+        for triple in shapes:
+            for shape in triple:
+                if len(shape) != len(dims) or any(
+                        d >= 0 and s != d for s, d in zip(shape, dims, strict=True)):
+                    st.log_warning(f"[E] profile {shape} of {tensor.name} does not fit {dims}")
+                    return True
+    return False
+
+
+# Precision flags TensorRT refuses on a strongly typed network.
+_TYPING_FLAGS = ("FP16", "INT8", "BF16", "FP8", "INT4", "FP4")
+
+
+def _fails_strong_typing(st: FakeTrtState, config: Any, network: Any) -> bool:
+    """A strongly typed network takes its precision from the graph: a precision builder flag
+    is an API usage error and the build returns null (trtexec drops them with "not allowed if
+    graph is strongly typed": NVIDIA/TensorRT v10.3.0 samples/common/sampleOptions.cpp,
+    BuildOptions::parse; the builder's own check "Parameter check failed, condition:
+    !config.getFlag(BuilderFlag::kFP16)" is quoted in NVIDIA/TensorRT-RTX#2). Setting layer
+    precision or output types is not allowed either (include/NvInfer.h v10.16,
+    NetworkDefinitionCreationFlag::kSTRONGLY_TYPED)."""
+    strong = getattr(st.module.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strong is None or not network._flags & (1 << int(strong)):
+        return False
+    flags = sorted(set(_TYPING_FLAGS) & config._flags)
+    pinned = [layer.name for layer in network._layers
+              if layer._precision is not None or layer._output_types]
+    if flags or pinned:
+        st.log_warning(f"[E] Error Code 3: API Usage Error (strongly typed network with "
+                       f"precision flags {flags} / layer precision on {pinned})")
+        return True
+    return False
+
+
 def _fails_constraints(st: FakeTrtState, config: Any, network: Any) -> bool:
     """A HALF constraint on a layer without an FP16 kernel: OBEY fails the build, PREFER
     falls back to another precision with a warning (NvInfer.h, BuilderFlag::
@@ -1029,6 +1075,14 @@ def _fails_dla(st: FakeTrtState, config: Any, network: Any) -> bool:
         return False
     if config._dla_core < 0 or config._dla_core >= st.dla_cores:
         st.log_warning(f"[E] DLA core {config._dla_core} is not available")
+        return True
+    # DLA layers need min == opt == max (NvInferRuntime.h v10.3.0, IOptimizationProfile::
+    # setDimensions: "If run on DLA, minimum, optimum, and maximum dimensions must to be the
+    # same"): without GPU fallback a ranged profile cannot build.
+    ranged = [name for profile in config._profiles for name, (lo, opt, hi)
+              in profile._shapes.items() if not lo == opt == hi]
+    if ranged and "GPU_FALLBACK" not in config._flags:
+        st.log_warning(f"[E] DLA needs static shapes; inputs with a shape range: {ranged}")
         return True
     cannot = {layer.name for layer in st.model.layers if not layer.dla_capable}
     if "GPU_FALLBACK" not in config._flags and any(
@@ -1236,6 +1290,21 @@ class _Runtime(_Obj):
         self._st.rec("Runtime", logger)
         self._st.use_logger(logger, "createInferRuntime")
         self._host_code = False
+        self._dla_core = -1
+
+    @property
+    def DLA_core(self) -> int:
+        return self._dla_core
+
+    @DLA_core.setter
+    def DLA_core(self, value: int) -> None:
+        # The DLA core a deserialized engine executes on; -1 until set, and setting it does
+        # nothing on a device without DLA cores (NVIDIA/TensorRT v10.3.0 include/
+        # NvInferRuntime.h, IRuntime::setDLACore / getDLACore). trtexec sets it before every
+        # deserialize of a DLA engine (samples/common/sampleEngines.cpp, BuildEnvironment).
+        self._st.rec("Runtime.DLA_core", int(value))
+        if self._st.dla_cores > 0:
+            self._dla_core = int(value)
 
     @property
     def engine_host_code_allowed(self) -> bool:
@@ -1252,6 +1321,14 @@ class _Runtime(_Obj):
         if not data.startswith(ENGINE_MAGIC):
             return None
         blob = json.loads(data[len(ENGINE_MAGIC):])
+        if blob.get("version") != self._st.version:
+            # A plan deserializes only in the TensorRT version that built it (no
+            # VERSION_COMPATIBLE here): TensorRT logs a serialization version mismatch and
+            # returns null (NVIDIA TensorRT Developer Guide, "Version Compatibility";
+            # NvInferRuntime.h v10.3.0, IRuntime::deserializeCudaEngine returns nullptr).
+            self._st.log_warning(f"[E] engine plan built by TensorRT {blob.get('version')} "
+                                 f"is not compatible with {self._st.version}")
+            return None
         # A plugin layer deserializes only through a registered creator; TensorRT logs the
         # miss and returns null (Polygraphy's EngineFromBytes registers plugins first for
         # this reason: tools/Polygraphy/polygraphy/backend/trt/loader.py).
@@ -1260,7 +1337,7 @@ class _Runtime(_Obj):
         if missing:
             self._st.log_warning(f"[E] getPluginCreator could not find plugin {missing[0]}")
             return None
-        return self._st.new("ICudaEngine", blob=blob)
+        return self._st.new("ICudaEngine", blob=blob, runtime_dla_core=self._dla_core)
 
 
 class _Creator(_Obj):
@@ -1437,11 +1514,11 @@ def _init_plugins(state: FakeTrtState, namespace: str) -> bool:
 
 
 def _nptype(trt_type: Any) -> Any:
-    """numpy has no BF16/FP8/INT4/FP4 type: ``trt.nptype`` raises TypeError for them
-    (python/src/utils.cpp of NVIDIA/TensorRT, nptype)."""
+    """numpy has no BF16/FP8/INT4/FP4 type: ``trt.nptype`` maps seven types and raises
+    TypeError for any other (NVIDIA/TensorRT v10.3.0..v11.1
+    python/packaging/bindings_wheel/tensorrt/__init__.py, nptype)."""
     if trt_type.name not in _NP_TYPES:
-        raise TypeError(f"Could not resolve TensorRT datatype {trt_type.name} to an "
-                        "equivalent numpy datatype.")
+        raise TypeError("Could not resolve TensorRT datatype to an equivalent numpy datatype.")
     return _NP_TYPES[trt_type.name]
 
 

@@ -442,11 +442,22 @@ class CalibrationDataset:
         return _as_iterable(source)
 
     def __iter__(self) -> Iterator[dict[str, npt.NDArray[Any]]]:
+        import numpy as np
+
         count = 0
         for item in self._raw_items():
             for raw in _split_stack(item, self._specs, self._config):
                 if self._max_batches is not None and count >= self._max_batches:
                     break
+                empty = next((n for n, a in raw.items() if np.size(a) == 0), None)
+                if empty is not None:
+                    # Zero samples calibrate nothing and prove nothing: an INT8 engine from
+                    # them outputs garbage, and an accuracy check over them is vacuous.
+                    raise CalibrationCacheError(
+                        f"calibration data has zero samples: input {empty!r} of batch {count} "
+                        f"has shape {list(np.shape(raw[empty]))}",
+                        source=self.description, input=empty, batch=count,
+                    )
                 yield validate_batch(
                     raw, self._specs, count, self._config, allow_lossy_cast=self._allow_lossy
                 )

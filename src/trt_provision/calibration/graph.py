@@ -78,6 +78,9 @@ def save_model(model: Any, path: Path) -> Path:
     return path
 
 
+_CONVERTER_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "Cast"})
+
+
 def match_pinned_nodes(
     model: Any, keywords: Sequence[str], excluded_op_types: Sequence[str] = ()
 ) -> tuple[PinnedNode, ...]:
@@ -86,6 +89,10 @@ def match_pinned_nodes(
     excluded = set(excluded_op_types)
     found: list[PinnedNode] = []
     for node in model.graph.node:
+        if node.op_type in _CONVERTER_OPS:
+            # Q/DQ and Cast nodes are what converters insert (named after the tensors they
+            # wrap, so "router_gate_QuantizeLinear" would match "router"): never pinned.
+            continue
         name = node.name.lower()
         hit = next((k for k in lowered if k in name), None)
         if hit is not None:

@@ -8,19 +8,26 @@ recalibrates.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trt_provision.calibration.cache import calibration_key
-from trt_provision.calibration.data import CalibrationDataset, dataset_digest, model_input_specs
-from trt_provision.calibration.ranges import range_params
+from trt_provision.calibration.data import (
+    Batch,
+    CalibrationDataset,
+    dataset_digest,
+    model_input_specs,
+)
+from trt_provision.calibration.ranges import range_params_for
 from trt_provision.errors import CalibrationCacheError
 from trt_provision.types import BackboneSpec, BuildConfig, CalibrationSpec
 
 __all__ = [
     "GovernedCalibrationPlanner",
     "ResolvedKey",
+    "algorithm_key",
     "calibration_spec_of",
     "open_dataset",
     "resolve_calibration_key",
@@ -68,7 +75,7 @@ def resolve_calibration_key(
     config: BuildConfig,
     model_hash: str,
     *,
-    dataset: CalibrationDataset | None = None,
+    dataset: CalibrationDataset | Sequence[Batch] | None = None,
     model_path: Path | None = None,
     base_dir: Path | None = None,
 ) -> ResolvedKey:
@@ -86,17 +93,31 @@ def resolve_calibration_key(
         digest = dataset_digest(dataset)
         batches = len(dataset)
         version = f"sha256:{digest}"
-    key = calibration_key(
+    key = algorithm_key(config, model_hash, version, spec.algorithm)
+    return ResolvedKey(key=key, dataset_version=version, dataset_digest=digest, batches=batches)
+
+
+def algorithm_key(
+    config: BuildConfig, model_hash: str, dataset_version: str, algorithm: str
+) -> str:
+    """The calibration key for one algorithm (``auto`` keys the choice; each concrete
+    algorithm keys its own governed ranges, so switching never replaces another's cache)."""
+    spec = config.calibration or CalibrationSpec()
+    params = range_params_for(spec, algorithm)
+    if algorithm == "auto" or spec.evaluation_data:
+        # The choice among algorithms and the judgement depend on the gate.
+        params["gate"] = [config.min_cosine, config.max_rel_error, config.min_top1_agreement,
+                          config.accuracy_metric, bool(spec.evaluation_data)]
+    return calibration_key(
         model_hash=model_hash,
         precision=config.precision.value,
-        dataset_version=version,
-        algorithm=spec.algorithm,
-        algorithm_params=range_params(spec),
+        dataset_version=dataset_version,
+        algorithm=algorithm,
+        algorithm_params=params,
         plugins=[(p.name, p.version, p.namespace) for p in config.plugins],
         pinned_keywords=config.fp16_pinned_keywords,
         excluded_op_types=config.excluded_op_types,
     )
-    return ResolvedKey(key=key, dataset_version=version, dataset_digest=digest, batches=batches)
 
 
 class GovernedCalibrationPlanner:
@@ -120,6 +141,8 @@ class GovernedCalibrationPlanner:
         memo_key = (
             model_hash, config.precision.value, str(spec.source), spec.dataset_version,
             spec.algorithm, spec.num_bins, spec.percentile, spec.max_batches,
+            spec.evaluation_data, config.min_cosine, config.max_rel_error,
+            config.min_top1_agreement, config.accuracy_metric,
             tuple((p.input_name, p.min_shape, p.max_shape) for p in config.profiles),
             tuple(config.fp16_pinned_keywords), tuple(config.excluded_op_types),
             tuple((p.name, p.version, p.namespace) for p in config.plugins),

@@ -52,6 +52,8 @@ __all__ = [
     "Consumer",
     "QdqOptionSet",
     "QdqResult",
+    "check_tensorrt_qdq",
+    "count_quantized",
     "qdq_option_set",
     "quantize_qdq",
     "weighted_nodes",
@@ -107,6 +109,9 @@ class QdqOptionSet:
             "WeightSymmetric": True,
             "DedicatedQDQPair": self.dedicated_qdq_pair,
             "QDQKeepRemovableActivations": self.keep_removable_activations,
+            # TensorRT's IDequantizeLayer takes INT8/FP8/INT4 only (NvInfer.h; onnx-tensorrt
+            # #850): an INT32 bias DequantizeLinear fails every TensorRT Q/DQ build.
+            "QuantizeBias": self.consumer != "tensorrt",
         }
 
     def to_metadata(self) -> dict[str, Any]:
@@ -143,6 +148,89 @@ def weighted_nodes(model_path: Path) -> tuple[str, ...]:
     return tuple(n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS)
 
 
+def _fix_single_channel_axes(model: Any) -> int:
+    """A one-channel per-channel DequantizeLinear on a rank-1 tensor (the bias of a
+    one-channel Conv) gets ``axis = 1`` from the quantizer, out of range for rank 1; with
+    one scale the only valid axis is 0. Returns how many nodes were fixed."""
+    from onnx import helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    fixed = 0
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or len(node.input) < 2:
+            continue
+        value, scale = inits.get(node.input[0]), inits.get(node.input[1])
+        if value is None or scale is None or len(scale.dims) != 1 or scale.dims[0] != 1:
+            continue
+        axis = next((a for a in node.attribute if a.name == "axis"), None)
+        rank = len(value.dims)
+        if not -rank <= (axis.i if axis is not None else 1) < rank:  # ONNX default axis 1
+            if axis is not None:
+                node.attribute.remove(axis)
+            node.attribute.append(helper.make_attribute("axis", 0))
+            fixed += 1
+    return fixed
+
+
+def _walk_graphs(graph: Any, depth: int = 0) -> Iterator[tuple[Any, int]]:
+    """A graph and every If/Loop/Scan body inside it, with the nesting depth."""
+    yield graph, depth
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == 5:  # GRAPH
+                yield from _walk_graphs(attr.g, depth + 1)
+            elif attr.type == 10:  # GRAPHS
+                for g in attr.graphs:
+                    yield from _walk_graphs(g, depth + 1)
+
+
+def count_quantized(model: Any) -> tuple[int, int, int]:
+    """(nodes consuming a dequantized tensor, of them inside subgraphs, subgraph nodes).
+
+    Counts the compute that is actually quantized, at every nesting level: a graph whose
+    only DequantizeLinear nodes feed nothing, or whose compute sits inside an ``If``, has
+    zero quantized nodes whatever its Q/DQ count.
+    """
+    quantized = in_sub = sub_nodes = 0
+    for graph, depth in _walk_graphs(model.graph):
+        dq_out = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        for node in graph.node:
+            if depth:
+                sub_nodes += 1
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                continue
+            if any(i in dq_out for i in node.input):
+                quantized += 1
+                in_sub += 1 if depth else 0
+    return quantized, in_sub, sub_nodes
+
+
+def check_tensorrt_qdq(model: Any, path: Path) -> None:
+    """Refuse, before any build, a TensorRT-bound graph TensorRT would reject: every
+    DequantizeLinear input must be INT8 with zero point 0 (symmetric), as TensorRT's
+    IDequantizeLayer / IQuantizeLayer require (NvInfer.h; onnx-tensorrt's QDQ importer)."""
+    from onnx import TensorProto, numpy_helper
+
+    types = tensor_types(model)
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type not in ("DequantizeLinear", "QuantizeLinear"):
+            continue
+        quantized = node.input[0] if node.op_type == "DequantizeLinear" else node.output[0]
+        dtype = inits[quantized].data_type if quantized in inits else types.get(quantized)
+        if node.op_type == "DequantizeLinear" and dtype is not None and dtype != TensorProto.INT8:
+            raise EngineBuildError(
+                f"TensorRT-bound Q/DQ graph has a DequantizeLinear with a "
+                f"{TensorProto.DataType.Name(dtype)} input; TensorRT takes INT8 only",
+                model=str(path), node=node.name)
+        if len(node.input) > 2 and node.input[2] in inits:
+            zero = numpy_helper.to_array(inits[node.input[2]])
+            if zero.size and bool((zero != 0).any()):
+                raise EngineBuildError(
+                    "TensorRT-bound Q/DQ graph has a non-zero zero point (TensorRT "
+                    "quantization is symmetric)", model=str(path), node=node.name)
+
+
 def _check_per_channel_axes(model: Any, path: Path) -> None:
     """Every per-channel DequantizeLinear has one scale per slice of its weight's axis."""
     from onnx import numpy_helper
@@ -176,6 +264,9 @@ class QdqResult:
     kept_float: tuple[str, ...] = ()  # left float by the accuracy fallback
     float_path: Path | None = None  # the float graph that was quantized (after rewrites)
     rewrites: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    quantized_ops: int = 0  # nodes (outside Q/DQ) that consume a dequantized tensor
+    quantized_in_subgraphs: int = 0
+    subgraph_nodes: int = 0  # nodes inside If/Loop/Scan bodies
 
 
 class _DropMessage(logging.Filter):
@@ -297,8 +388,13 @@ def quantize_qdq(
             f"Q/DQ quantization failed: {type(exc).__name__}: {exc}", model=str(model_path)
         ) from exc
     model = load_model(int8_path)
+    if _fix_single_channel_axes(model):
+        save_model(model, int8_path)
     _check_per_channel_axes(model, model_path)
+    if consumer == "tensorrt":
+        check_tensorrt_qdq(model, model_path)
     quantized = sum(1 for n in model.graph.node if n.op_type == "DequantizeLinear")
+    quantized_ops, in_sub, sub_nodes = count_quantized(model)
     precision: dict[str, str] = {p.node: "fp32" for p in excluded}
     if pinned_fp16 and excluded:
         from trt_provision.calibration.fp16 import convert_to_fp16
@@ -319,5 +415,5 @@ def quantize_qdq(
                "dequantize_nodes": quantized, "excluded": len(excluded)},
     )
     return QdqResult(out_path, quantized, tuple(excluded), precision, unranged, options,
-                     tuple(keep_float), model_path, rewrites)
+                     tuple(keep_float), model_path, rewrites, quantized_ops, in_sub, sub_nodes)
 

@@ -36,9 +36,11 @@ __all__ = [
     "NUM_QUANTIZED_BINS",
     "TensorRanges",
     "compute_activation_ranges",
+    "compute_ranges_for_algorithms",
     "entropy_threshold",
     "parse_trt_calibration_cache",
     "range_params",
+    "range_params_for",
     "trt_version_tag",
     "write_trt_calibration_cache",
 ]
@@ -70,7 +72,18 @@ def range_params(spec: CalibrationSpec) -> dict[str, Any]:
     elif spec.algorithm == "percentile":
         params.update(num_bins=spec.num_bins, percentile=spec.percentile, symmetric=True)
     params["max_batches"] = spec.max_batches
+    # Ranges come from the calibration split only, so the split scheme is part of the key.
+    from trt_provision.calibration.splits import SPLIT_SCHEME
+
+    params["split"] = SPLIT_SCHEME + ("+evaluation" if spec.evaluation_data else "")
     return params
+
+
+def range_params_for(spec: CalibrationSpec, algorithm: str) -> dict[str, Any]:
+    """``range_params`` of one concrete algorithm (``auto`` computes several)."""
+    import dataclasses
+
+    return range_params(dataclasses.replace(spec, algorithm=algorithm))
 
 
 @dataclass(frozen=True)
@@ -331,7 +344,11 @@ def write_trt_calibration_cache(
     for name in sorted(ranges.ranges):
         if "\n" in name or ": " in name:
             continue  # cannot be represented in the line format
+        # A zero-range tensor (constant zero) gets scale 1.0, as ONNX Runtime's quantizer
+        # does: scale 0 would divide by zero in every consumer of the cache.
         scale = ranges.amax(name) / INT8_MAX
+        if struct.unpack(">f", struct.pack(">f", scale))[0] == 0.0:
+            scale = 1.0  # also a range so small its float32 scale underflows to zero
         lines.append(f"{name}: {struct.pack('>f', scale).hex()}")
     return ("\n".join(lines) + "\n").encode()
 
@@ -366,3 +383,121 @@ def parse_trt_calibration_cache(data: bytes) -> TensorRanges:
         algorithm=f"trt:{header.group('algo')}", ranges=ranges,
         params={"trt_version_tag": header.group("ver")},
     )
+
+
+HISTOGRAM_ALGORITHMS: tuple[str, ...] = ("percentile", "entropy")
+
+
+def _percentile_from_signed(
+    hist: Any, edges: Any, percentile: float
+) -> tuple[float, float]:
+    """Symmetric percentile range from ONNX Runtime's signed, zero-centred histogram.
+
+    The histogram spans ``[-t, t]`` with an even bin count, so folding it at zero gives the
+    histogram of ``|x|`` that ONNX Runtime's percentile calibrator builds (at half the
+    resolution); the threshold is the edge where its CDF reaches ``percentile``.
+    """
+    import numpy as np
+
+    hist = np.asarray(hist, dtype=np.float64)
+    edges = np.asarray(edges, dtype=np.float64)
+    zero = hist.size // 2
+    folded = hist[zero:] + hist[:zero][::-1]
+    total = folded.sum()
+    if total == 0:
+        return 0.0, 0.0
+    cdf = np.cumsum(folded) / total
+    index = min(int(np.searchsorted(cdf, percentile / 100.0)), folded.size - 1)
+    threshold = float(edges[zero + index + 1])
+    return -threshold, threshold
+
+
+def compute_ranges_for_algorithms(
+    model_path: Path, batches: list[Batch], spec: CalibrationSpec, algorithms: list[str],
+    workdir: Path,
+) -> tuple[dict[str, TensorRanges], dict[str, str]]:
+    """Ranges of several algorithms from one pass of collected statistics.
+
+    min-max, percentile and entropy all come from one histogram pass (the collector keeps
+    each tensor's exact min and max next to its histogram). Where the histograms cannot be
+    built (a tensor spanning most of the float32 range: numpy's "Too many bins for data
+    range") the histogram algorithms fall back to min-max, each with a note saying why.
+    Returns the ranges and the notes per algorithm.
+    """
+    import dataclasses
+
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    notes: dict[str, str] = {}
+    wanted = [a for a in algorithms if a in HISTOGRAM_ALGORITHMS]
+    if not wanted:
+        minmax = compute_activation_ranges(
+            model_path, batches, dataclasses.replace(spec, algorithm="minmax"), workdir)
+        return {"minmax": minmax}, notes
+    if not batches:
+        raise CalibrationCacheError("calibration dataset is empty", model=str(model_path))
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    histograms: dict[str, Any] | None = None
+    failure = ""
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            calibrator = create_calibrator(
+                model_path, None,
+                augmented_model_path=str(workdir / "augmented_for_statistics.onnx"),
+                calibrate_method=CalibrationMethod.Entropy,
+                providers=["CPUExecutionProvider"],
+                extra_options={"num_bins": spec.num_bins,
+                               "num_quantized_bins": NUM_QUANTIZED_BINS},
+            )
+        except Exception as exc:  # ORT raises ValueError / Fail / InvalidGraph...
+            raise EngineBuildError(
+                f"cannot prepare the model for calibration: {type(exc).__name__}: {exc}",
+                model=str(model_path),
+            ) from exc
+        try:
+            calibrator.collect_data(_BatchReader(list(batches)))
+            histograms = dict(calibrator.collector.histogram_dict)
+        except (ValueError, FloatingPointError, OverflowError, MemoryError) as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # an inference failure is the data's or model's problem
+            raise CalibrationCacheError(
+                f"calibration inference failed: {type(exc).__name__}: {exc}",
+                batches=len(batches), model=str(model_path),
+            ) from exc
+    out: dict[str, TensorRanges] = {}
+    seconds = round(time.perf_counter() - started, 3)
+    if histograms is None:
+        minmax = compute_activation_ranges(
+            model_path, batches, dataclasses.replace(spec, algorithm="minmax"),
+            workdir / "minmax")
+        for algo in algorithms:
+            if algo != "minmax":
+                notes[algo] = f"histograms could not be built ({failure}); min-max used instead"
+                logger.warning(
+                    "%s calibration is not possible on %s (%s); falling back to min-max",
+                    algo, model_path.name, failure,
+                    extra={"event": "calibration.ranges.fallback", "algorithm": algo},
+                )
+            out[algo] = TensorRanges(
+                "minmax", minmax.ranges,
+                {**range_params_for(spec, "minmax"), "batches": len(batches),
+                 **({"fallback_from": algo, "note": notes[algo]} if algo != "minmax" else {})})
+        return out, notes
+    for algo in algorithms:
+        bounds: dict[str, tuple[float, float]] = {}
+        for name, hist in histograms.items():
+            lo, hi = float(hist[2]), float(hist[3])
+            if algo == "entropy":
+                lo, hi = entropy_threshold(hist[0], hist[1], lo, hi)
+            elif algo == "percentile":
+                # Clamped to what was observed: a symmetric range on a Relu output would
+                # let the CPU quantizer drop the Relu while its Q/DQ passes negatives.
+                p_lo, p_hi = _percentile_from_signed(hist[0], hist[1], spec.percentile)
+                lo, hi = max(p_lo, lo), min(p_hi, hi)
+            if math.isfinite(lo) and math.isfinite(hi):
+                bounds[name] = (min(lo, hi), max(lo, hi))
+        params = {**range_params_for(spec, algo), "batches": len(batches),
+                  "one_pass_seconds": seconds}
+        out[algo] = TensorRanges(algo, bounds, params)
+    return out, notes

@@ -54,6 +54,8 @@ def register(sub: Any) -> None:
         precision.add_argument(
             f"--{flag}", dest="precision", action="store_const", const=flag, help=f"{flag} engine"
         )
+    precision.add_argument("--precision", choices=("fp32", "fp16", "int8", "mixed", "auto"),
+                           help="engine precision; auto: the fastest candidate that passes")
     add_compile_flags(parser)
     parser.add_argument("--force-rebuild", action="store_true", help="ignore a cached engine")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,11 @@ from trt_provision.types import (
     ThermalState,
 )
 
-__all__ = ["OnnxRuntimeEngineHandle", "OnnxRuntimeRuntime"]
+__all__ = ["OnnxRuntimeEngineHandle", "OnnxRuntimeRuntime", "PrecisionConverter"]
+
+# (model, build config, work dir) -> (the prepared graph, its precision metadata). The
+# composition root wires the precision pipeline here; the strategy never imports it.
+PrecisionConverter = Callable[[Path, BuildConfig, Path], tuple[Path, Mapping[str, Any]]]
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +77,13 @@ class OnnxRuntimeEngineHandle:
     inputs: tuple[_InputSpec, ...]
     output_names: list[str]
     owner: int
-    checks: tuple[tuple[str, np.dtype[Any], int, tuple[tuple[int, int], ...]], ...] = ()
+    # Per input: name, dtype, rank, (dim, size) of static dims, (dim, min, max) of the
+    # profiled dynamic dims - everything infer checks, resolved once at load.
+    checks: tuple[
+        tuple[str, np.dtype[Any], int, tuple[tuple[int, int], ...],
+              tuple[tuple[int, int, int], ...]], ...
+    ] = ()
+    run: Any = None  # the session's run entry point, resolved once at load
     # (input, min, max) of the engine's optimization profile, from its metadata
     bounds: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
     reservation: int | None = None
@@ -100,6 +110,7 @@ class OnnxRuntimeRuntime:
         provider: str = "CPUExecutionProvider",
         intra_op_threads: int | None = None,
         calibration_cache_dir: Path | None = None,
+        precision_converter: PrecisionConverter | None = None,
     ) -> None:
         if provider not in ("CPUExecutionProvider", "CUDAExecutionProvider"):
             raise ValueError(f"unsupported ONNX Runtime execution provider {provider!r}")
@@ -111,7 +122,8 @@ class OnnxRuntimeRuntime:
         self._thermal = thermal
         self._provider = provider
         self._threads = intra_op_threads
-        self._calibration_cache_dir = calibration_cache_dir
+        self._calibration_cache_dir = calibration_cache_dir  # kept for callers; unused here
+        self._precision_converter = precision_converter
 
     # ------------------------------------------------------------------ identity
 
@@ -140,23 +152,27 @@ class OnnxRuntimeRuntime:
     def compile_engine(
         self, model_path: Path, build_config: BuildConfig, staged_path: Path
     ) -> BuildArtifact:
-        from trt_provision.calibration.precision import prepare_model_for_precision
-
         started = time.perf_counter()
+        if build_config.precision.value != "fp32" and self._precision_converter is None:
+            raise EngineBuildError(
+                f"precision {build_config.precision.value} needs a precision converter; this "
+                "ONNX Runtime strategy was created without one (compose.wire provides it)",
+                model=str(model_path),
+            )
         # The writer's pid in the name lets cache gc tell live work dirs from dead ones.
         workdir = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-ort-", dir=staged_path.parent))
         try:
-            prepared = prepare_model_for_precision(
-                Path(model_path),
-                build_config,
-                workdir,
-                calibration_cache_dir=self._calibration_cache_dir,
-            )
+            prepared_path = Path(model_path)
+            prepared_meta: Mapping[str, Any] = {}
+            if self._precision_converter is not None and build_config.precision.value != "fp32":
+                prepared_path, prepared_meta = self._precision_converter(
+                    Path(model_path), build_config, workdir
+                )
             options = self._session_options("ORT_ENABLE_ALL")
             options.optimized_model_filepath = str(staged_path)
             try:
                 session = _ort().InferenceSession(
-                    str(prepared.model_path), sess_options=options, providers=[self._provider]
+                    str(prepared_path), sess_options=options, providers=[self._provider]
                 )
             except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
                 # A full disk while ORT writes the staged engine surfaces as "Protobuf
@@ -179,7 +195,7 @@ class OnnxRuntimeRuntime:
             shutil.rmtree(workdir, ignore_errors=True)
         if not staged_path.is_file() or staged_path.stat().st_size == 0:
             raise EngineBuildError("ONNX Runtime wrote no optimized model", model=str(model_path))
-        metadata: dict[str, Any] = dict(prepared.metadata)
+        metadata: dict[str, Any] = dict(prepared_meta)
         metadata.update(io)
         metadata["runtime"] = {
             "label": self.current_runtime_label(),
@@ -226,10 +242,30 @@ class OnnxRuntimeRuntime:
             inputs=inputs,
             output_names=outputs,
             owner=id(self),
-            checks=tuple((i.name, i.dtype, len(i.shape), i.static_dims) for i in inputs),
+            checks=tuple(
+                (i.name, i.dtype, len(i.shape), i.static_dims, _ranged(i, bounds))
+                for i in inputs
+            ),
+            run=self._run_entry(session),
             bounds=bounds,
             reservation=reservation,
         )
+
+    def _run_entry(self, session: Any) -> Any:
+        """``session.run`` minus the wrapper's per-call checks, where that is safe.
+
+        ``InferenceSession.run`` re-lists the model inputs, checks OrtValue ownership and
+        graph-capture options on every call (~4 µs, more than the model on tiny graphs).
+        ``infer`` has already checked every name, dtype and rank, and only numpy arrays get
+        through, so those checks cannot fail here. On the CPU EP the compiled session's own
+        ``run(names, feed, options)`` is then the same call. The CUDA EP keeps the wrapper:
+        it is where ORT's EP-failure fallback lives.
+        """
+        inner = getattr(session, "_sess", None)
+        run = getattr(inner, "run", None)
+        if self._provider != "CPUExecutionProvider" or not callable(run):
+            return lambda names, feed: session.run(names, feed)
+        return lambda names, feed: run(names, feed, None)
 
     def _own(self, handle: EngineHandle) -> OnnxRuntimeEngineHandle:
         if not isinstance(handle, OnnxRuntimeEngineHandle) or handle.owner != id(self):
@@ -242,41 +278,47 @@ class OnnxRuntimeRuntime:
         h = self._own(handle)
         # One tight pass over precomputed (name, dtype, rank, fixed dims): these checks run
         # on every call, so they must cost next to nothing next to session.run.
-        for name, dtype, rank, fixed in h.checks:
+        # The class test comes first: only a real ndarray reaches the attribute reads (no
+        # duck-typed object's properties run here), and numpy's builtin dtypes are
+        # singletons, so ``is`` settles the common case before the slower ``==``.
+        for name, dtype, rank, fixed, ranged in h.checks:
             value = inputs.get(name)
-            if value is None:
-                raise InferenceError("missing input", input=name)
-            try:
-                ok = value.dtype == dtype and value.ndim == rank
-            except AttributeError:
-                ok = False
-            if not ok or value.__class__ is not np.ndarray:
+            if value.__class__ is not np.ndarray:
+                if value is None:
+                    raise InferenceError("missing input", input=name)
                 self._explain(h, name, value)
-            shape = value.shape
-            for i, d in fixed:
-                if shape[i] != d:
-                    self._explain(h, name, value)
+            vdtype = value.dtype
+            if (vdtype is not dtype and vdtype != dtype) or value.ndim != rank:
+                self._explain(h, name, value)
+            if fixed or ranged:
+                shape = value.shape
+                for i, d in fixed:
+                    if shape[i] != d:
+                        self._explain(h, name, value)
+                # As TensorRT's setInputShape: a shape outside the profile the engine was
+                # built for is refused, so what runs here also runs on the device.
+                for i, lo, hi in ranged:
+                    if not lo <= shape[i] <= hi:
+                        self._outside(h, name, shape)
         if len(inputs) != len(h.checks):
             unknown = sorted(set(inputs) - {c[0] for c in h.checks})
             raise InferenceError("unknown input names", found=unknown)
-        # As TensorRT's setInputShape: a shape outside the profile the engine was built for
-        # is refused, so what runs here also runs on the device.
-        for name, lo, hi in h.bounds:
-            shape = inputs[name].shape
-            for a, d, b in zip(lo, shape, hi, strict=False):
-                if not a <= d <= b:
-                    raise InferenceError(
-                        "input shape outside the engine's optimization profile",
-                        input=name, found=list(shape), min=list(lo), max=list(hi),
-                    )
         try:
-            results = h.session.run(h.output_names, inputs)
+            results = h.run(h.output_names, inputs)
         except Exception as exc:
             raise InferenceError(
                 f"inference failed: {type(exc).__name__}: {exc}",
                 path=str(h.entry.engine_path),
             ) from exc
         return dict(zip(h.output_names, results, strict=True))
+
+    @staticmethod
+    def _outside(h: OnnxRuntimeEngineHandle, name: str, shape: tuple[int, ...]) -> None:
+        lo, hi = next((lo, hi) for n, lo, hi in h.bounds if n == name)
+        raise InferenceError(
+            "input shape outside the engine's optimization profile",
+            input=name, found=list(shape), min=list(lo), max=list(hi),
+        )
 
     @staticmethod
     def _explain(h: OnnxRuntimeEngineHandle, name: str, value: Any) -> None:
@@ -302,6 +344,7 @@ class OnnxRuntimeRuntime:
                 return
             handle.released = True
             handle.session = None
+            handle.run = None  # it holds the session too
             if handle.reservation is not None and self._budget is not None:
                 self._budget.release(handle.reservation)
 
@@ -309,6 +352,22 @@ class OnnxRuntimeRuntime:
         if self._thermal is None:
             return ThermalState()
         return self._thermal.thermal_state()
+
+
+def _ranged(
+    spec: _InputSpec, bounds: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]
+) -> tuple[tuple[int, int, int], ...]:
+    """(dim, min, max) of the input's dynamic dims its profile bounds (static dims are
+    checked for equality already, and a profile cannot disagree with them: the build
+    refuses that)."""
+    for name, lo, hi in bounds:
+        if name == spec.name:
+            return tuple(
+                (i, lo[i], hi[i])
+                for i, d in enumerate(spec.shape[: min(len(lo), len(hi))])
+                if d is None
+            )
+    return ()
 
 
 def _profile_bounds(

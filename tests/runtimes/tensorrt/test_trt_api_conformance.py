@@ -60,6 +60,28 @@ def test_fake_exposes_nothing_the_real_surface_lacks(version: str) -> None:
 
 
 @pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+def test_fake_members_have_the_kind_and_setter_of_the_real_ones(version: str) -> None:
+    """A fake method where the binding has a property (or a setter the binding lacks) would
+    let code through that fails on TensorRT."""
+    surface = load_surface(version)
+    trt = make_fake_tensorrt(version)
+    for name in surface.classes:
+        cls = getattr(trt, name, None) if "." not in name else None
+        if cls is None:
+            continue
+        for member, info in surface.classes[name]["members"].items():
+            impl = inspect.getattr_static(cls, member, None)
+            if impl is None or member.startswith("_") or info.get("kind") == "attribute":
+                continue
+            if info.get("kind") == "property":
+                assert isinstance(impl, property), (name, member)
+                if not info.get("settable"):
+                    assert impl.fset is None, (name, member, "setter the binding lacks")
+            elif info.get("kind") == "method":
+                assert callable(impl) and not isinstance(impl, property), (name, member)
+
+
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
 def test_fake_carries_every_class_and_enum_of_its_surface(version: str) -> None:
     surface = load_surface(version)
     trt = make_fake_tensorrt(version)
@@ -269,3 +291,28 @@ def test_several_tags_are_checked_against_every_version_any_of_them_reaches() ->
     violations = check_uses(scan_source(snippet))
     assert {(v.use.expr, v.version) for v in violations} == {
         ("trt.BuilderFlag.FP16", "11.4.0.106"), ("trt.DataType.HALF", "(unknown path tag ())")}
+
+
+def test_scanner_checks_properties_against_methods_and_setters() -> None:
+    """def_property / def_property_readonly in the bindings: a property is never called, a
+    read-only one is never assigned, and a method is never assigned to."""
+    found = {
+        (v.use.expr, v.reason) for v in check_uses(scan_source(textwrap.dedent(
+            """
+            def f(trt, builder, config, engine, context):
+                n = builder.num_DLA_cores()            # property called
+                engine.num_io_tensors = 3              # read-only property assigned
+                setattr(builder, "num_DLA_cores", 2)   # the same through setattr
+                config.set_flag = None                 # a method assigned to
+                config.DLA_core = 0                    # settable: fine
+                k = builder.num_DLA_cores              # read: fine
+                context.execute_async_v3(0)            # a method called: fine
+            """)))
+    }
+    reasons = {expr: reason for expr, reason in found}
+    assert reasons["builder.num_DLA_cores"] == "Builder.num_DLA_cores is a property, not a method"
+    assert reasons["engine.num_io_tensors"] == "a read-only property is assigned"
+    assert reasons["setattr(builder, 'num_DLA_cores')"] == "a read-only property is assigned"
+    assert reasons["config.set_flag"] == "a method is assigned to"
+    assert set(reasons) == {"builder.num_DLA_cores", "engine.num_io_tensors",
+                            "setattr(builder, 'num_DLA_cores')", "config.set_flag"}

@@ -38,6 +38,7 @@ from trt_provision.types import (
     BuildConfig,
     HardwareCompatibility,
     HostCapabilities,
+    OptimizationProfile,
     PrecisionMode,
     RuntimeTarget,
 )
@@ -541,8 +542,9 @@ def test_fake_dla_build_fails_on_an_unsupported_layer_without_fallback(
     rig = make_rig()
     rig.state.dla_cores = 1
     rig.state.model = FakeModelSpec(layers=(FakeLayerSpec("conv1", dla_capable=False),))
+    static = OptimizationProfile("input", (2, 3, 8, 8), (2, 3, 8, 8), (2, 3, 8, 8))
     with pytest.raises(EngineBuildError, match="no engine"):
-        rig.build(BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,), dla_core=0))
+        rig.build(BuildConfig(precision=PrecisionMode.FP16, profiles=(static,), dla_core=0))
 
 
 def test_dla_identity_filename_and_config_round_trip() -> None:

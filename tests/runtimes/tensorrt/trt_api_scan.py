@@ -58,6 +58,8 @@ class ApiUse:
     tags: tuple[str, ...]
     # for a call: (number of positional arguments, keyword names); None: not a checked call
     call: tuple[int, tuple[str, ...]] | None = None
+    # assigned to (``obj.NAME = v`` or ``setattr(obj, "NAME", v)``): must be settable
+    store: bool = False
 
 
 @dataclass(frozen=True)
@@ -223,10 +225,10 @@ class _Visitor(ast.NodeVisitor):
 
     # ------------------------------------------------------------- uses
     def _record(self, node: ast.AST, expr: str, path: tuple[str, ...],
-                call: tuple[int, tuple[str, ...]] | None = None) -> None:
+                call: tuple[int, tuple[str, ...]] | None = None, store: bool = False) -> None:
         if path:
             self.uses.append(ApiUse(self.filename, getattr(node, "lineno", 0), expr, path,
-                                    self.tags[-1], call))
+                                    self.tags[-1], call, store))
 
     def _visit_inside(self, node: ast.expr) -> None:
         """Visit what a recorded chain contains besides itself: the arguments of its calls."""
@@ -245,7 +247,7 @@ class _Visitor(ast.NodeVisitor):
         if path is None:
             self.generic_visit(node)
             return
-        self._record(node, _show(node), path)
+        self._record(node, _show(node), path, store=isinstance(node.ctx, ast.Store))
         self._visit_inside(node.value)
 
     def visit_Call(self, node: ast.Call) -> None:
@@ -275,7 +277,8 @@ class _Visitor(ast.NodeVisitor):
             base = self._ref(args[0])
             if base is not None:
                 member = args[1].value
-                self._record(node, f"{name}({_show(args[0])}, {member!r})", (*base, member))
+                self._record(node, f"{name}({_show(args[0])}, {member!r})", (*base, member),
+                             store=name == "setattr")
                 self._visit_inside(args[0])
                 for arg in args[2:]:
                     self.visit(arg)
@@ -394,6 +397,9 @@ class _Found:
     missing: str | None = None  # the first step that is not in the surface
     sigs: tuple[str, ...] | None = None  # signatures of the callable the path ends at
     bound: bool = False  # a method called on an instance (its ``self`` is given)
+    misuse: str = ""  # a member used against its kind (a property called, a method assigned)
+    prop: str = ""  # the path ends at this property ("Class.name")
+    read_only: bool = False  # ... and it has no setter
 
 
 def _walk(surface: ApiSurface, path: Sequence[str]) -> _Found:
@@ -441,6 +447,15 @@ def _walk(surface: ApiSurface, path: Sequence[str]) -> _Found:
                 if member.get("kind") in ("method", "constructor") and member.get("sig"):
                     bound = kind == "instance"
                     kind, sigs = "method", tuple(member["sig"])
+                elif member.get("kind") == "property":
+                    # The bindings' def_property/def_property_readonly: read or assigned, never
+                    # called; a setter exists only where "settable" says so.
+                    if not last and path[i + 1] == CALL:
+                        return _Found(misuse=f"{qual}.{step} is a property, not a method")
+                    if not last:
+                        return _Found()
+                    return _Found(prop=f"{qual}.{step}",
+                                  read_only=member.get("settable") is False)
                 else:
                     return _Found()
         elif kind == "enum":
@@ -490,6 +505,18 @@ def check_uses(uses: Iterable[ApiUse],
                 if key not in seen:  # a chain and its inner call name the same member
                     seen.add(key)
                     violations.append(Violation(use, version))
+            elif found.misuse:
+                key = (use.file, use.line, found.misuse, version)
+                if key not in seen:
+                    seen.add(key)
+                    violations.append(Violation(use, version, found.misuse))
+            elif use.call is not None and found.prop:
+                violations.append(Violation(use, version,
+                                            f"{found.prop} is a property, not a method"))
+            elif use.store and found.read_only:
+                violations.append(Violation(use, version, "a read-only property is assigned"))
+            elif use.store and found.sigs is not None and use.call is None:
+                violations.append(Violation(use, version, "a method is assigned to"))
             elif use.call is not None and found.sigs is not None:
                 npos, keywords = use.call
                 sigs = _overloads(found.sigs)

@@ -43,11 +43,20 @@ from trt_provision.types import (
     PrecisionMode,
 )
 
-__all__ = ["PythonBuilder", "check_plugins", "write_synced"]
+__all__ = [
+    "PythonBuilder",
+    "check_dla_profiles",
+    "check_hardware_compatibility",
+    "check_plugins",
+    "write_synced",
+]
 
 log = logging.getLogger(__name__)
 
 AMPERE_SM = 80
+# SAME_COMPUTE_CAPABILITY "is only supported for engines built on NVIDIA Turing and later
+# GPUs" (NVIDIA/TensorRT v10.16 include/NvInfer.h, HardwareCompatibilityLevel).
+TURING_SM = 75
 
 Populate = Callable[[Any, Any, Any], dict[str, Any]]
 
@@ -149,7 +158,8 @@ class PythonBuilder:
         if cache_file is not None:
             cache_file.merge_back(config, timing_cache)
         ctx.register_plugins(trt)  # the stamp deserializes: plugins first
-        stamp = memory_stamp(trt, logger, data, integrated=ctx.integrated)
+        stamp = memory_stamp(trt, logger, data, integrated=ctx.integrated,
+                             dla_core=build_config.dla_core)
         metadata: dict[str, Any] = {
             "builder": "python",
             "trt_version": ctx.version(),
@@ -295,11 +305,17 @@ def _apply_dla(trt: Any, builder: Any, config: Any, build_config: BuildConfig) -
                                dla_core=core)
     available = int(builder.num_DLA_cores)
     if available == 0:
-        raise EngineBuildError("dla_core is set but this device has no DLA cores",
-                               dla_core=core)
+        # Not only a GPU without DLA: TensorRT 10.7 was the last 10.x with DLA, 11.0 to 11.3
+        # have none and 11.4.0 only on Windows on ARM (TensorRT 11.4 docs, "Working with
+        # DLA"); JetPack 6.2's TensorRT 10.3 has it.
+        raise EngineBuildError(
+            "dla_core is set but TensorRT reports no DLA cores (the device has none, or this "
+            "TensorRT has no DLA support: 10.8 to 11.3 have none)", dla_core=core,
+            trt_version=str(getattr(trt, "__version__", "")))
     if core >= available:
         raise EngineBuildError("dla_core is out of range for this device",
                                dla_core=core, num_dla_cores=available)
+    check_dla_profiles(build_config)
     config.default_device_type = trt.DeviceType.DLA
     config.DLA_core = core
     flags = [f"DLA_CORE_{core}"]
@@ -307,6 +323,20 @@ def _apply_dla(trt: Any, builder: Any, config: Any, build_config: BuildConfig) -
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
         flags.append("GPU_FALLBACK")
     return flags
+
+
+def check_dla_profiles(build_config: BuildConfig) -> None:
+    """Without GPU fallback every layer runs on the DLA, which needs min == opt == max
+    (NVIDIA/TensorRT v10.3.0 include/NvInferRuntime.h, IOptimizationProfile::setDimensions:
+    "If run on DLA, minimum, optimum, and maximum dimensions must to be the same")."""
+    if build_config.dla_core is None or build_config.gpu_fallback:
+        return
+    ranged = sorted(p.input_name for p in build_config.profiles
+                    if not p.min_shape == p.opt_shape == p.max_shape)
+    if ranged:
+        raise EngineBuildError(
+            "a DLA build without gpu_fallback needs min == opt == max in every profile",
+            inputs=ranged, dla_core=build_config.dla_core)
 
 
 def _calibration_targets(
@@ -333,19 +363,29 @@ def set_hardware_compatibility(
     trt: Any, config: Any, level: HardwareCompatibility, device_sm: int
 ) -> None:
     if level is HardwareCompatibility.AMPERE_PLUS:
-        if device_sm < AMPERE_SM:
-            # TensorRT refuses AMPERE_PLUS below sm80 (NvInfer.h, HardwareCompatibilityLevel:
-            # "supported on Ampere and later"); say so before the build does.
-            raise EngineBuildError(
-                "hardware_compatibility ampere_plus needs an Ampere or newer build GPU",
-                device_sm=f"sm{device_sm}")
+        # TensorRT refuses AMPERE_PLUS below sm80 (NvInfer.h, HardwareCompatibilityLevel:
+        # "supported on Ampere and later"); say so before the build does.
+        check_hardware_compatibility(level, device_sm)
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     elif level is HardwareCompatibility.SAME_COMPUTE_CAPABILITY:
         if not hasattr(trt.HardwareCompatibilityLevel, "SAME_COMPUTE_CAPABILITY"):
             raise EngineBuildError(
                 "this TensorRT has no SAME_COMPUTE_CAPABILITY hardware compatibility level"
             )
+        check_hardware_compatibility(level, device_sm)
         _set_same_compute_capability(trt, config)
+
+
+def check_hardware_compatibility(level: HardwareCompatibility, device_sm: int) -> None:
+    """Refuse a level the build GPU cannot produce, before any build (both builders)."""
+    if level is HardwareCompatibility.AMPERE_PLUS and device_sm < AMPERE_SM:
+        raise EngineBuildError(
+            "hardware_compatibility ampere_plus needs an Ampere or newer build GPU",
+            device_sm=f"sm{device_sm}")
+    if level is HardwareCompatibility.SAME_COMPUTE_CAPABILITY and device_sm < TURING_SM:
+        raise EngineBuildError(
+            "hardware_compatibility same_compute_capability needs a Turing or newer build GPU",
+            device_sm=f"sm{device_sm}")
 
 
 @trt_path("same_compute_capability")
@@ -374,10 +414,19 @@ def _add_profiles(
         return None
     profile = builder.create_optimization_profile()
     for spec in build_config.profiles:
-        rank = len(inputs[spec.input_name])
-        if len(spec.min_shape) != rank:
+        dims = inputs[spec.input_name]
+        if len(spec.min_shape) != len(dims):
             raise EngineBuildError("profile rank differs from the input's", input=spec.input_name,
-                                   rank=rank, profile_rank=len(spec.min_shape))
+                                   rank=len(dims), profile_rank=len(spec.min_shape))
+        # A static network dimension must be the same in min, opt and max
+        # (NvInferRuntime.h v10.3.0, IOptimizationProfile::setDimensions, condition (3));
+        # TensorRT finds out only when the build fails.
+        fixed = [i for i, d in enumerate(dims) if d >= 0
+                 and not spec.min_shape[i] == spec.opt_shape[i] == spec.max_shape[i] == d]
+        if fixed:
+            raise EngineBuildError(
+                "profile differs from the network in a static dimension", input=spec.input_name,
+                network_shape=list(dims), dims=fixed)
         profile.set_shape(spec.input_name, spec.min_shape, spec.opt_shape, spec.max_shape)
     config.add_optimization_profile(profile)
     return profile

@@ -18,10 +18,12 @@ from trt_provision.runtimes.tensorrt._context import TrtContext
 from trt_provision.runtimes.tensorrt.cuda_buffers import CudaBuffers
 from trt_provision.runtimes.tensorrt.runner import TensorrtEngineHandle, set_input_shape
 
-__all__ = ["check_io_dtype", "load_into", "memory_stamp"]
+__all__ = ["check_io_dtype", "load_into", "memory_stamp", "set_runtime_dla_core"]
 
-# No numpy dtype exists for these (``trt.nptype`` refuses them: python/src/utils.cpp of
-# NVIDIA/TensorRT, ``nptype``), so host staging buffers cannot be typed; refused by name.
+# No numpy dtype exists for these (``trt.nptype`` maps only FLOAT, HALF, INT8, INT32, INT64,
+# BOOL and UINT8 and raises TypeError otherwise: NVIDIA/TensorRT v10.3.0..v11.1
+# python/packaging/bindings_wheel/tensorrt/__init__.py, ``nptype``), so host staging buffers
+# cannot be typed; refused by name.
 _UNSTAGEABLE_DTYPES = frozenset({"BF16", "FP8", "INT4", "FP4", "E8M0"})
 
 
@@ -49,6 +51,7 @@ def load_into(ctx: TrtContext, handle: TensorrtEngineHandle) -> None:
     ctx.register_plugins(trt)
     runtime = trt.Runtime(ctx.logger(trt))
     runtime.engine_host_code_allowed = bool(ctx.options.allow_engine_host_code)
+    set_runtime_dla_core(runtime, handle.entry.identity.dla_core)
     path = str(handle.entry.engine_path)
     data = Path(handle.entry.engine_path).read_bytes()
     engine = runtime.deserialize_cuda_engine(data)
@@ -96,7 +99,19 @@ def load_into(ctx: TrtContext, handle: TensorrtEngineHandle) -> None:
             raise InferenceError("TensorRT refused the tensor address", name=name, path=path)
 
 
-def memory_stamp(trt: Any, logger: Any, data: bytes, *, integrated: bool = False) -> dict[str, Any]:
+def set_runtime_dla_core(runtime: Any, dla_core: int | None) -> None:
+    """The DLA core a DLA engine executes on is chosen by the runtime that deserializes it
+    (NVIDIA/TensorRT include/NvInferRuntime.h, ``IRuntime::setDLACore``; trtexec sets it
+    before every load: samples/common/sampleEngines.cpp). The identity names the core the
+    engine was built for, so it is the core it runs on."""
+    if dla_core is not None:
+        runtime.DLA_core = int(dla_core)
+
+
+def memory_stamp(
+    trt: Any, logger: Any, data: bytes, *, integrated: bool = False,
+    dla_core: int | None = None,
+) -> dict[str, Any]:
     """Device memory and I/O bytes at max shapes, read back from the built engine.
 
     Every I/O tensor gets a device buffer and a pinned host copy of the same size
@@ -105,6 +120,7 @@ def memory_stamp(trt: Any, logger: Any, data: bytes, *, integrated: bool = False
     """
     try:
         runtime = trt.Runtime(logger)
+        set_runtime_dla_core(runtime, dla_core)
         engine = runtime.deserialize_cuda_engine(data)
         if engine is None:
             raise EngineBuildError("the freshly built engine does not deserialize")
@@ -119,8 +135,11 @@ def memory_stamp(trt: Any, logger: Any, data: bytes, *, integrated: bool = False
         for name in names:
             if engine.get_tensor_mode(name) == input_mode:
                 hi = tuple(engine.get_tensor_profile_shape(name, 0)[2])
-                if context is not None:
-                    context.set_input_shape(name, hi)
+                if context is not None and not context.set_input_shape(name, hi):
+                    # Output sizes read after a refused shape would be the wrong ones.
+                    raise EngineBuildError(
+                        "TensorRT refused the max input shape of the freshly built engine",
+                        input=name, shape=list(hi))
         for name in names:
             itemsize = check_io_dtype(trt, name, engine.get_tensor_dtype(name)).itemsize
             if engine.get_tensor_mode(name) == input_mode:

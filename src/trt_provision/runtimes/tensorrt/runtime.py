@@ -121,7 +121,28 @@ class TensorrtRuntime:
         )
 
     def runtime_target(self, build_config: BuildConfig) -> RuntimeTarget:
-        return self._target_for(build_config.hardware_compatibility, build_config.dla_core)
+        target = self._target_for(build_config.hardware_compatibility, build_config.dla_core)
+        mode = self._int8_quantization(build_config)
+        if mode is None:
+            return target
+        # An engine calibrated through the implicit calibrator is another engine than the one
+        # built from the Q/DQ graph: the mode enters the options digest.
+        return dataclasses.replace(target, build_options=(("int8_quantization", mode),))
+
+    def _int8_quantization(self, build_config: BuildConfig) -> str | None:
+        """``"implicit"`` or ``"explicit"``, as the builders will resolve it (the value the
+        sidecar records as ``int8_quantization``); None for builds without INT8."""
+        if not build_config.precision.needs_calibration:
+            return None
+        trt = self._ctx.optional_trt()
+        if trt is None:
+            return "explicit"  # only trtexec builds without the module, never through a calibrator
+        implicit = self._ctx.implicit_int8(trt)
+        try:
+            path = choose_precision_path(trt, build_config, implicit_int8=implicit)
+        except EngineBuildError:
+            return "implicit" if implicit else "explicit"  # the build refuses it anyway
+        return "implicit" if path == "weak" and implicit else "explicit"
 
     def thermal_state(self) -> ThermalState:
         if self._thermal is None:

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trt_provision.errors import EngineBuildError
+from trt_provision.runtimes.tensorrt._process import parse_trt_version
 from trt_provision.runtimes.tensorrt.subprocess_build import DEFAULT_TIMEOUT_S, run_group
 from trt_provision.runtimes.tensorrt.timing_cache import locked_timing_cache, timing_cache_path
 from trt_provision.types import BuildArtifact, BuildConfig, HardwareCompatibility, PrecisionMode
@@ -72,6 +73,9 @@ _HW_LEVELS: dict[HardwareCompatibility, str] = {
 }
 _ERROR_LINE = re.compile(r"\[E\]|\bERROR\b|Error\[\d+\]|&&&& FAILED")
 
+
+# The first trtexec with --hardwareCompatibilityLevel=sameComputeCapability.
+SAME_CC_SINCE = (10, 9)
 
 # Where JetPack installs trtexec; it is not on PATH there.
 JETPACK_TRTEXEC = Path("/usr/src/tensorrt/bin/trtexec")
@@ -316,7 +320,8 @@ class TrtexecBuilder:
         self, binary: Path, model_path: Path, build_config: BuildConfig, staged_path: Path
     ) -> BuildArtifact:
         from trt_provision.runtimes.tensorrt.builder import (
-            AMPERE_SM,
+            check_dla_profiles,
+            check_hardware_compatibility,
             check_plugins,
             write_synced,
         )
@@ -332,17 +337,36 @@ class TrtexecBuilder:
         if (path == "weak" and reduced and build_config.fp16_pinned_keywords
                 and build_config.strict_precision_constraints):
             raise NotExpressible("FP16-pinned layers need the Python builder (layer names)")
+        if (path == "strong" and build_config.dla_core is not None
+                and parse_trt_version(ctx.version())[0] < 11):
+            # trtexec 10.x sets BuilderFlag::kFP16 for every --useDLACore build without
+            # --int8 (samples/common/sampleEngines.cpp, v10.3.0 and v10.16), a precision flag
+            # a strongly typed network refuses; the Python builder sets none.
+            raise NotExpressible("trtexec 10.x adds --fp16 to DLA builds, which a strongly "
+                                 "typed network refuses")
         uncovered = [n for n in dynamic_inputs(model_path) if build_config.profile_for(n) is None]
         if uncovered:
             # trtexec would pin the missing dimensions to 1 and build anyway.
             raise EngineBuildError("dynamic inputs need an optimization profile",
                                    inputs=uncovered, model=str(model_path))
-        if (build_config.hardware_compatibility is HardwareCompatibility.AMPERE_PLUS
-                and ctx.sm_number() < AMPERE_SM):
-            raise EngineBuildError(
-                "hardware_compatibility ampere_plus needs an Ampere or newer build GPU",
-                device_sm=ctx.device_sm())
+        if build_config.hardware_compatibility is not HardwareCompatibility.NONE:
+            check_hardware_compatibility(build_config.hardware_compatibility, ctx.sm_number())
+        check_dla_profiles(build_config)
         version = self._check_version(binary)
+        if path == "weak" and reduced and parse_trt_version(version)[0] >= 11:
+            # trtexec 11 has no --fp16 and no --calib (samples/common/sampleOptions.cpp,
+            # v11.1): without the tensorrt module the config alone chose the weak path.
+            raise EngineBuildError(
+                f"trtexec {version} has no weakly typed precision flags; set strongly_typed "
+                "and prepare the precision-carrying graph", trtexec=str(binary),
+                precision=build_config.precision.value)
+        if (build_config.hardware_compatibility is HardwareCompatibility.SAME_COMPUTE_CAPABILITY
+                and parse_trt_version(version)[:2] < SAME_CC_SINCE):
+            # trtexec before 10.9 knows only none and ampere+ and throws on anything else
+            # (samples/common/sampleOptions.cpp, v10.3.0 .. v10.8.0).
+            raise EngineBuildError(
+                f"trtexec {version} has no --hardwareCompatibilityLevel=sameComputeCapability "
+                "(TensorRT 10.9 or newer)", trtexec=str(binary))
         plugins: list[dict[str, Any]] = []
         if trt is not None:
             plugins = check_plugins(ctx, trt, build_config.plugins)
@@ -375,7 +399,8 @@ class TrtexecBuilder:
         stamp: dict[str, Any]
         if trt is not None:
             ctx.register_plugins(trt)
-            stamp = memory_stamp(trt, ctx.logger(trt), data, integrated=ctx.integrated)
+            stamp = memory_stamp(trt, ctx.logger(trt), data, integrated=ctx.integrated,
+                                 dla_core=build_config.dla_core)
         else:
             stamp = {"memory_stamp": "unavailable: the tensorrt module is not installed"}
         seconds = time.monotonic() - started

@@ -1,0 +1,78 @@
+"""A user's task metric (``accuracy_metric = "file.py:function"``) for the accuracy gate.
+
+The function is called once per judged split as ``fn(reference, candidate, inputs)``: three
+lists with one ``{name: array}`` mapping per batch (FP32 outputs, converted outputs, inputs).
+It returns ``(score, passed)`` or a mapping with ``score`` and ``passed`` - e.g. the share of
+decoded strings that match, or a mean IoU against a threshold. Higher scores are better (the
+algorithm search ranks by it). It is user code: it runs only when a graph is judged during a
+build, never to plan or under ``--dry-run``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from trt_provision.errors import EngineBuildError
+
+__all__ = ["load_metric", "run_metric"]
+
+
+def load_metric(spec: str, *, model: str = "") -> Any:
+    """Import ``file.py:function`` and return the function (a clear error if it is not)."""
+    file_part, sep, func_name = spec.partition(".py:")
+    if not sep or not func_name:
+        raise EngineBuildError(f"accuracy_metric must be 'file.py:function', got {spec!r}",
+                               model=model)
+    path = Path(file_part + ".py")
+    if not path.is_file():
+        raise EngineBuildError("accuracy metric script not found", path=str(path), model=model)
+    name = f"_trt_provision_metric_{abs(hash(str(path.resolve())))}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise EngineBuildError("cannot import accuracy metric script", path=str(path))
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:  # the user's code may raise anything
+        raise EngineBuildError(
+            f"accuracy metric script failed to import: {type(exc).__name__}: {exc}",
+            path=str(path), model=model,
+        ) from exc
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise EngineBuildError(f"accuracy metric script has no function {func_name!r}",
+                               path=str(path), model=model)
+    return func
+
+
+def run_metric(
+    name: str, func: Any, reference: Sequence[Mapping[str, Any]],
+    candidate: Sequence[Mapping[str, Any]], inputs: Sequence[Mapping[str, Any]], *,
+    model: str = "",
+) -> Any:
+    from trt_provision.calibration.accuracy import MetricResult
+
+    try:
+        result = func(list(reference), list(candidate), list(inputs))
+    except Exception as exc:  # the user's code may raise anything
+        raise EngineBuildError(
+            f"accuracy metric {name} failed: {type(exc).__name__}: {exc}", model=model
+        ) from exc
+    if isinstance(result, Mapping):
+        score, passed = result.get("score"), result.get("passed")
+    elif isinstance(result, tuple) and len(result) == 2:
+        score, passed = result
+    else:
+        raise EngineBuildError(
+            f"accuracy metric {name} must return (score, passed) or "
+            f"{{'score': ..., 'passed': ...}}, got {type(result).__name__}", model=model)
+    if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(
+            float(score)) or not isinstance(passed, bool):
+        raise EngineBuildError(
+            f"accuracy metric {name} returned score={score!r}, passed={passed!r}; expected a "
+            "finite number and a bool", model=model)
+    return MetricResult(name=name, score=float(score), passed=passed)

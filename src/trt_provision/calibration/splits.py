@@ -1,0 +1,159 @@
+"""Calibration / validation / test splits: every choice is made on validation, confirmed on test.
+
+Scheme (recorded in the metadata and part of the calibration key):
+
+* **by batch** (5 or more batches): batch ``i`` goes to ``PATTERN[i % 5]``, i.e. calibration,
+  validation, calibration, test, calibration - 60 / 20 / 20 and spread over the whole source
+  (a source sorted by class or time still gives every split some of each part);
+* **by row** (fewer batches, but each with 5+ rows along a dynamic leading batch dimension):
+  the same pattern over the rows of every batch, so each split holds rows of every batch
+  (stratified by batch); a profile's batch bounds are respected;
+* **evaluation data** (``calibration.evaluation_data``): all calibration data calibrates; the
+  user's held-out batches alternate between validation and test (rows, if only one batch).
+
+Anything less is too little to judge: :class:`AccuracyGateError`, unless the build allows
+inaccurate engines, in which case the build goes on "not judged" with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from trt_provision.calibration.data import Batch, InputSpec
+from trt_provision.errors import AccuracyGateError
+
+if TYPE_CHECKING:
+    from trt_provision.types import BuildConfig
+
+__all__ = ["MIN_BATCHES", "PATTERN", "SPLIT_SCHEME", "DataSplits", "split_for_judging"]
+
+logger = logging.getLogger(__name__)
+
+PATTERN: tuple[str, ...] = ("calibration", "validation", "calibration", "test", "calibration")
+MIN_BATCHES = len(PATTERN)
+SPLIT_SCHEME = "round-robin-5/v1"
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    calibration: tuple[Batch, ...]
+    validation: tuple[Batch, ...]
+    test: tuple[Batch, ...]
+    method: str  # "batches" | "rows" | "evaluation-batches" | "evaluation-rows" | "none"
+    source_batches: int
+    judged: bool = True
+    note: str = ""
+
+    def to_metadata(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "scheme": SPLIT_SCHEME,
+            "method": self.method,
+            "source_batches": self.source_batches,
+            "calibration": _describe(self.calibration),
+            "validation": _describe(self.validation),
+            "test": _describe(self.test),
+            "judged": self.judged,
+        }
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+def _rows(batch: Batch) -> int:
+    import numpy as np
+
+    return int(min((np.shape(v)[0] if np.ndim(v) else 1) for v in batch.values()))
+
+
+def _describe(batches: Sequence[Batch]) -> dict[str, int]:
+    return {"batches": len(batches), "rows": sum(_rows(b) for b in batches)}
+
+
+def _by_pattern(batches: Sequence[Batch], pattern: Sequence[str]) -> dict[str, list[Batch]]:
+    out: dict[str, list[Batch]] = {p: [] for p in pattern}
+    for i, batch in enumerate(batches):
+        out[pattern[i % len(pattern)]].append(batch)
+    return out
+
+
+def _row_split(
+    batches: Sequence[Batch], pattern: Sequence[str], specs: Sequence[InputSpec],
+    config: BuildConfig | None,
+) -> dict[str, list[Batch]] | None:
+    """Split the rows of every batch by ``pattern``; None when rows cannot be split."""
+    import numpy as np
+
+    if not batches or any(not s.shape or s.shape[0] is not None for s in specs):
+        return None  # only a dynamic leading (batch) dimension can be cut into rows
+    low = 1
+    if config is not None:
+        for s in specs:
+            profile = config.profile_for(s.name)
+            if profile is not None:
+                low = max(low, profile.min_shape[0])
+    out: dict[str, list[Batch]] = {p: [] for p in pattern}
+    for batch in batches:
+        lengths = {np.shape(v)[0] for v in batch.values() if np.ndim(v)}
+        if len(lengths) != 1:
+            return None
+        rows = lengths.pop()
+        for part in dict.fromkeys(pattern):  # one sub-batch per split and batch
+            index = np.array([r for r in range(rows) if pattern[r % len(pattern)] == part])
+            if index.size < low:
+                return None
+            out[part].append({name: np.asarray(v)[index] for name, v in batch.items()})
+    return out
+
+
+def split_for_judging(
+    batches: Sequence[Batch], specs: Sequence[InputSpec], config: BuildConfig, *,
+    evaluation: Sequence[Batch] | None = None, model: str = "", source: str = "",
+) -> DataSplits:
+    """Split ``batches`` (and ``evaluation``) for calibrating, choosing and confirming."""
+    total = len(batches)
+    if evaluation is not None:
+        pattern = ("validation", "test")
+        parts = (_by_pattern(evaluation, pattern) if len(evaluation) >= 2
+                 else _row_split(evaluation, pattern, specs, config))
+        method = "evaluation-batches" if len(evaluation) >= 2 else "evaluation-rows"
+        if parts is not None and parts["validation"] and parts["test"]:
+            return DataSplits(tuple(batches), tuple(parts["validation"]), tuple(parts["test"]),
+                              method, total)
+        return _too_little(batches, config, model, source,
+                           f"evaluation data has {len(evaluation)} batch(es); at least 2 "
+                           "batches (or 2 rows along a dynamic batch dimension) are needed")
+    if total >= MIN_BATCHES:
+        parts = _by_pattern(batches, PATTERN)
+        method = "batches"
+    else:
+        parts = _row_split(batches, PATTERN, specs, config)
+        method = "rows"
+    if parts is None or not all(parts[p] for p in ("calibration", "validation", "test")):
+        return _too_little(
+            batches, config, model, source,
+            f"calibration data has {total} batch(es); judging needs at least {MIN_BATCHES} "
+            f"batches, or {MIN_BATCHES}+ rows per batch along a dynamic batch dimension, "
+            "or calibration.evaluation_data")
+    return DataSplits(tuple(parts["calibration"]), tuple(parts["validation"]),
+                      tuple(parts["test"]), method, total)
+
+
+def _too_little(
+    batches: Sequence[Batch], config: BuildConfig, model: str, source: str, why: str
+) -> DataSplits:
+    if not config.allow_inaccurate:
+        raise AccuracyGateError(
+            f"too little data to judge the {config.precision.value} graph: {why} "
+            "(allow_inaccurate = true builds it unjudged)",
+            model=model, source=source,
+        )
+    note = f"not judged: {why}; the figures below are measured on the calibration data itself"
+    logger.warning(
+        "%s: %s", model or "model", note,
+        extra={"event": "calibration.split.too_little", "model": model},
+    )
+    all_ = tuple(batches)
+    return DataSplits(all_, all_, all_, "none", len(batches), judged=False, note=note)
