@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import resource
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -163,3 +164,62 @@ def test_symlink_loop_named_by_a_manifest_is_a_user_error(tmp_path: Path, loop: 
     assert proc.returncode == 1, proc.stderr
     assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
     assert str(named) in proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "directory"])
+def test_onnx_engine_whose_external_data_is_not_a_regular_file_is_refused(
+    tmp_path: Path, kind: str
+) -> None:
+    """The location stays inside the cache but is no regular file. ONNX Runtime 1.32
+    refuses it itself ("Random-access reads require a regular file"); the gate does not
+    rely on the installed ONNX Runtime for that, as for locations that leave the cache."""
+    import hashlib
+
+    from onnx import TensorProto, helper
+
+    from trt_provision.errors import EngineGateError
+    from trt_provision.gates.engine_gate import DefaultEngineGate
+    from trt_provision.stores.local import LocalEngineStore
+    from trt_provision.types import EngineIdentity, PrecisionMode, RuntimeTarget
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [4], [1.0, 2.0, 3.0, 4.0])
+    weight.ClearField("float_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "weights.bin"), ("offset", "0"), ("length", "16")):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], initializer=[weight],
+    )
+    payload = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    target = RuntimeTarget("ortcpu", "1.20.1", "cpu-avx2", "host")
+    identity = EngineIdentity(
+        model_name="ortmodel", model_sha256=hashlib.sha256(b"m").hexdigest(),
+        precision=PrecisionMode.FP32, runtime=target.runtime,
+        runtime_version=target.runtime_version, target=target.target,
+        platform=target.platform, options_digest="abcdefabcdef",
+    )
+    store = LocalEngineStore(tmp_path / "cache")
+    store.ensure_writable()
+    staged = store.staging_path(identity)
+    staged.write_bytes(payload.SerializeToString())
+    engine = store.publish(identity, staged, {}).engine_path
+    gate = DefaultEngineGate(cache_root=store.root)
+    data = engine.parent / "weights.bin"
+    data.write_bytes(b"\0" * 16)
+    gate.validate(engine, target)  # control: a regular file there passes
+    data.unlink()
+    if kind == "fifo":
+        os.mkfifo(data)
+    elif kind == "directory":
+        data.mkdir()
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("a device node inside the cache needs root")
+        inside = store.root / "zero"  # /dev/zero's device numbers, inside the cache
+        os.mknod(inside, 0o600 | stat.S_IFCHR, os.makedev(1, 5))
+        data.symlink_to(inside)
+    with pytest.raises(EngineGateError, match="not a regular file"):
+        gate.validate(engine, target)

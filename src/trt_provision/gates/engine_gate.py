@@ -645,4 +645,13 @@ def _location_escapes(location: str, base: Path, inside: Path) -> str | None:
     real = Path(os.path.realpath(base / pure))
     if Path(os.path.realpath(inside)) not in real.parents:
         return "location leaves the cache directory (through a symlink)"
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        return None  # ONNX Runtime refuses the engine when it finds no data there
+    except OSError as exc:
+        return f"location cannot be checked: {exc.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        # A FIFO or a device: not left to the installed ONNX Runtime to refuse.
+        return "location is not a regular file"
     return None
