@@ -256,3 +256,24 @@ def test_oversized_calib_cache_and_wrong_precision_are_refused(
     _write_cache(model, tmp_path / "a.cache", 0.01)
     assert main([*base, "--fp16", f"--calib={tmp_path / 'a.cache'}"]) == 1
     assert "--calib needs --int8 or --mixed" in capsys.readouterr().err
+
+
+@pytest.mark.tier1
+def test_calib_cache_with_calibration_data_is_judged_by_the_gate(
+    capsys: pytest.CaptureFixture[str], cache_dir: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from calibration.models import make_mlp_classifier
+
+    model = make_mlp_classifier(tmp_path / "mlp.onnx")
+    np.save(tmp_path / "d.npy",
+            np.random.default_rng(0).standard_normal((10, 8, 16)).astype(np.float32))
+    # Scales a thousand times too small: every activation saturates, the gate must refuse.
+    _write_cache(model, tmp_path / "tiny.cache", 1e-6)
+    argv = ["compile", str(model), "--optShapes=x:8x16", f"--calib={tmp_path / 'tiny.cache'}",
+            f"--calibration-data={tmp_path / 'd.npy'}", "--cache-dir", str(cache_dir)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "refused by the accuracy gate" in err and "not judged" not in err
+    assert not list(cache_dir.rglob("*.engine"))
