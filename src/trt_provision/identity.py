@@ -319,6 +319,11 @@ def build_option_payload(
             ("allow_inaccurate", config.allow_inaccurate or None),
         ) if v is not None
     }
+    if config.accuracy_metric is not None:
+        # The script's bytes, not only its name: an edited metric judges differently.
+        from trt_provision.calibration.metric import metric_file_sha256
+
+        extra_gate["accuracy_metric_sha256"] = metric_file_sha256(config.accuracy_metric)
     if extra_gate:
         payload.setdefault("accuracy_gate", {}).update(extra_gate)
     # Like the gate, these enter only when set: engines built without them keep their digest.
