@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -14,7 +13,6 @@ import pytest
 
 from trt_provision import auto_precision, compose
 from trt_provision.auto_precision import (
-    AUTO_MIN_COSINE,
     MIN_SPEEDUP,
     candidates_for,
     decision_of,
@@ -54,8 +52,10 @@ def vnni_host(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-def _manifest(work: Path, *, min_cosine: float | None = None, data: str = "demo_cnn.npz") -> Path:
+def _manifest(work: Path, *, min_cosine: float | None = None, data: str = "demo_cnn.npz",
+              extra: str = "") -> Path:
     gate = f"min_cosine = {min_cosine}\n" if min_cosine is not None else ""
+    gate += extra
     path = work / "auto.toml"
     path.write_text(f"""
 [[models]]
@@ -111,13 +111,15 @@ def test_auto_builds_judges_times_and_publishes_the_decision(
     assert "fp16" in decision["skipped"]  # x86 CPU EP: no FP16 kernels
     rows = _rows(cnn)
     assert rows["fp32"]["why"] == "reference"
-    assert rows["int8"]["accuracy_data"] in ("held-out", "calibration", "test")
+    # int8 is judged by the pipeline's gate: on the test split, with the default thresholds.
+    assert rows["int8"]["accuracy_data"] == "test"
+    assert rows["int8"]["gate"]["min_cosine"] is not None
     chosen = rows[decision["chosen"]]
     assert chosen["verdict"] == "chosen"
     # Never slower than FP32: a winner other than FP32 beat it by the noise margin.
     if decision["chosen"] != "fp32":
         assert chosen["median_ms"] * MIN_SPEEDUP <= rows["fp32"]["median_ms"] * (1 + 1e-6)
-        assert chosen["worst_cosine"] >= AUTO_MIN_COSINE
+        assert chosen["gate_verdict"] == "passed"
     assert results["demo_cnn"]["notes"][0] == summary_line(decision)
     # The published engine is the winner's engine, byte for byte.
     winner = cnn.parent / chosen["engine"]
@@ -183,6 +185,25 @@ def test_a_candidate_refused_by_the_gate_is_never_chosen(
     assert rows["int8"]["verdict"] == "refused"
     assert decision_of(engine)["chosen"] == "fp32"  # type: ignore[index]
     assert data["results"][0]["notes"][0] == "auto → fp32"
+
+
+def test_allow_inaccurate_never_lets_a_failing_candidate_win(
+    corpus: Path, cache_dir: Path, vnni_host: None, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # int8 is twice as fast but fails a gate of min_cosine = 1.0: allow_inaccurate on the
+    # auto model must not publish it as a candidate, let alone choose it.
+    def fast_int8(runtime: Any, entries: Sequence[Any], feed: Any) -> list[float | None]:
+        return [2.0e-3, 1.0e-3][: len(entries)] if "image" in feed else [1.0e-3]
+
+    monkeypatch.setattr(auto_precision, "time_candidates", fast_int8)
+    manifest = _manifest(corpus, min_cosine=1.0, extra="allow_inaccurate = true\n")
+    data = _provision(manifest, cache_dir, capsys)
+    engine = Path(data["results"][0]["engine"])
+    rows = _rows(engine)
+    assert rows["int8"]["verdict"] == "refused" and "gate" in rows["int8"]["why"]
+    assert decision_of(engine)["chosen"] == "fp32"  # type: ignore[index]
+    assert not list(cache_dir.glob("demo_cnn/*.int8.*"))
 
 
 @pytest.mark.parametrize(
@@ -278,23 +299,45 @@ def test_candidates_by_runtime_and_host(
     assert left_out <= set(dict(cands.skipped))
 
 
-def test_judge_refuses_what_was_not_measured_properly() -> None:
-    good = {"accuracy": {"data": "held-out", "outputs": {"y": {"cosine": 0.9999}}}}
-    assert judge(PrecisionMode.INT8, good)[0]
-    assert judge(PrecisionMode.FP32, {})[0]
-    low = {"accuracy": {"data": "held-out", "outputs": {"y": {"cosine": 0.95},
-                                                      "z": {"cosine": 1.0}}}}
-    assert not judge(PrecisionMode.INT8, low)[0]
-    synthetic = {"accuracy": {"data": "synthetic", "outputs": {"y": {"cosine": 1.0}}}}
-    assert not judge(PrecisionMode.FP16, synthetic)[0]
-    nan = {"accuracy": {"data": "held-out", "outputs": {"y": {"cosine": "nan"}}}}
-    assert not judge(PrecisionMode.INT8, nan)[0]
-    assert not judge(PrecisionMode.INT8, {"accuracy": {"outputs": {}}})[0]
+def _judged(verdict: str = "passed", **over: Any) -> dict[str, Any]:
+    """A sidecar accuracy record as the precision pipeline writes it."""
+    test = {"data": "test", "batches": 2, "outputs": {"y": {"cosine": 0.9999}}}
+    accuracy: dict[str, Any] = {
+        **test, "test": test, "validation": {**test, "data": "validation"},
+        "gate": {"min_cosine": 0.99, "max_rel_error": None, "min_top1_agreement": 0.95,
+                 "origin": "default for int8"},
+        "splits": {"judged": True}, "verdict": verdict,
+    }
+    accuracy.update(over)
+    return {"accuracy": accuracy, "build_config": {"allow_inaccurate": False}}
+
+
+def test_judge_rests_on_the_pipelines_gate_verdict() -> None:
+    assert judge(PrecisionMode.FP32, {}) == (True, "reference")
+    ok, why = judge(PrecisionMode.INT8, _judged())
+    assert ok and "gate passed on validation and test" in why and "min_cosine 0.99" in why
+    # A high cosine is not a pass: only the gate's verdict is.
+    for verdict in ("failed (allow_inaccurate)", "not gated", "not judged", "smoke only"):
+        assert not judge(PrecisionMode.INT8, _judged(verdict))[0], verdict
+    assert not judge(PrecisionMode.INT8, _judged(verdict=None))[0]  # type: ignore[arg-type]
+    # Published under allow_inaccurate: never a winner, even with a passing record.
+    lax = {**_judged(), "build_config": {"allow_inaccurate": True}}
+    assert "allow_inaccurate" in judge(PrecisionMode.INT8, lax)[1]
+    # Judged on synthetic stand-ins, or never confirmed on held-out data.
+    assert "synthetic" in judge(PrecisionMode.FP16, _judged(data="synthetic"))[1]
+    calib = _judged(test={"data": "calibration", "outputs": {"y": {"cosine": 1.0}}})
+    assert not judge(PrecisionMode.INT8, calib)[0]
+    assert not judge(PrecisionMode.INT8, _judged(test=None))[0]
+    assert judge(PrecisionMode.INT8, _judged(test={"data": "evaluation"}))[0]
+    assert not judge(PrecisionMode.INT8, _judged(splits={"judged": False}))[0]
+    # No gate, or a gate without a threshold.
+    assert not judge(PrecisionMode.INT8, _judged(gate=None))[0]
+    assert not judge(PrecisionMode.INT8, _judged(gate={"min_cosine": None, "origin": "x"}))[0]
     assert not judge(PrecisionMode.INT8, {})[0]
-    nothing = {**good, "quantization": {"dequantize_nodes": 0}}
+    assert not judge(PrecisionMode.INT8, {"accuracy": "passed"})[0]
+    nothing = {**_judged(), "quantization": {"dequantize_nodes": 0}}
     assert not judge(PrecisionMode.INT8, nothing)[0]
-    assert judge(PrecisionMode.INT8, {**good, "quantization": {"dequantize_nodes": 3}})[0]
-    assert math.isclose(AUTO_MIN_COSINE, 0.999)
+    assert judge(PrecisionMode.INT8, {**_judged(), "quantization": {"dequantize_nodes": 3}})[0]
 
 
 def test_decision_of_ignores_hostile_sidecars(tmp_path: Path) -> None:
