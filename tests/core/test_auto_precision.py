@@ -454,3 +454,89 @@ def test_a_winner_swapped_after_verification_is_not_published(
     assert rows["demo_cnn"]["outcome"] == "failed"
     assert "changed after verification" in rows["demo_cnn"]["error"]
     assert not list(cache_dir.glob("demo_cnn/*.auto.*"))
+
+
+def _trt_compiler(cache_dir: Path, version: str) -> Any:
+    """An EngineCompiler on the TensorRT strategy (fake TensorRT and CUDA), wired as
+    ``compose.wire`` wires it: governed calibration and the precision pipeline's graphs."""
+    from fakes.fake_cuda import FakeCudaRuntime
+    from fakes.fake_tensorrt import make_fake_tensorrt
+    from trt_provision.calibration.planner import GovernedCalibrationPlanner
+    from trt_provision.compiler import EngineCompiler
+    from trt_provision.gates.engine_gate import DefaultEngineGate
+    from trt_provision.runtimes.tensorrt import TensorrtOptions, TensorrtRuntime
+    from trt_provision.stores.local import LocalEngineStore
+
+    cuda = FakeCudaRuntime()
+    trt = make_fake_tensorrt(version, cuda=cuda, recorder=cuda.recorder)
+    host = HostCapabilities(sm="sm87", trt_version=version)
+    gate = DefaultEngineGate(cache_root=cache_dir)
+    calibration_dir = cache_dir / ".calibration"
+    options = TensorrtOptions(
+        optional_plugins=(),
+        calibration=compose._tensorrt_calibration(calibration_dir, version),
+        precision_converter=compose._strong_precision_converter(calibration_dir),
+    )
+    runtime = TensorrtRuntime(gate=gate, host=host, options=options, trt_module=trt,
+                              cuda_module=cuda)
+    return EngineCompiler(runtime=runtime, store=LocalEngineStore(cache_dir), gate=gate,
+                          host=host, calibration=GovernedCalibrationPlanner(calibration_dir))
+
+
+@pytest.mark.parametrize(
+    ("version", "strongly_typed", "fp16_judged"),
+    [
+        ("10.16.1.11", None, True),  # both typed paths: auto builds fp16 strongly typed
+        ("11.4.0.106", None, True),  # strongly typed only
+        ("10.16.1.11", True, True),
+        ("10.16.1.11", False, False),  # weakly typed asked for: nothing judges its FP16
+    ],
+)
+def test_auto_on_fake_tensorrt_judges_fp16_with_calibration_data(
+    tmp_path: Path, cache_dir: Path, version: str, strongly_typed: bool | None,
+    fp16_judged: bool,
+) -> None:
+    """With calibration data the fp16 candidate is the pipeline's FP16 graph, judged by the
+    gate on the test split like int8: it can win. Asked for the weak path, whose FP16 the
+    builder chooses per layer, it records no accuracy and is refused, never chosen."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from trt_provision.types import BackboneSpec, EngineCompileRequest
+
+    rng = np.random.default_rng(7)
+    weight = numpy_helper.from_array(rng.standard_normal((4, 3, 1, 1)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["c"]),
+         helper.make_node("Relu", ["c"], ["output"])], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["n", 4, 8, 8])],
+        [weight],
+    )
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    data = tmp_path / "cal.npz"
+    np.savez(data, input=rng.standard_normal((10, 2, 3, 8, 8)).astype(np.float32))
+    compiler = _trt_compiler(cache_dir, version)
+    profile = OptimizationProfile("input", (1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8))
+    config = BuildConfig(precision=PrecisionMode.AUTO, profiles=(profile,),
+                         calibration=CalibrationSpec(source=str(data), algorithm="minmax"),
+                         strongly_typed=strongly_typed)
+    result = compiler.compile_engines_for_corpus(
+        EngineCompileRequest((BackboneSpec("m", model, config),))).results[0]
+    assert result.entry is not None, result.error
+    decision = decision_of(result.entry.engine_path)
+    assert decision is not None and decision["candidates"] == ["fp32", "fp16", "int8", "mixed"]
+    fp16 = {r["precision"]: r for r in decision["table"]}["fp16"]
+    if fp16_judged:
+        assert fp16["gate_verdict"] == "passed" and fp16["accuracy_data"] == "test", fp16
+        assert fp16["gate"]["origin"] == "default for fp16"
+        assert fp16["verdict"] in ("chosen", "slower", "not timed")
+        # The built fp16 candidate's own sidecar says it was parsed strongly typed.
+        built = result.entry.engine_path.parent / fp16["engine"]
+        meta = json.loads(built.with_name(built.name + ".json").read_text())
+        assert meta["build_config"]["strongly_typed"] is True
+    else:
+        assert fp16["verdict"] == "refused" and fp16["why"] == "no accuracy recorded"
+        assert decision["chosen"] != "fp16"
