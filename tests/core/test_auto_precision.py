@@ -194,7 +194,8 @@ def test_allow_inaccurate_never_lets_a_failing_candidate_win(
     # int8 is twice as fast but fails a gate of min_cosine = 1.0: allow_inaccurate on the
     # auto model must not publish it as a candidate, let alone choose it.
     def fast_int8(runtime: Any, entries: Sequence[Any], feed: Any) -> list[float | None]:
-        return [2.0e-3, 1.0e-3][: len(entries)] if "image" in feed else [1.0e-3]
+        times: list[float | None] = [2.0e-3, 1.0e-3] if "image" in feed else [1.0e-3]
+        return times[: len(entries)]
 
     monkeypatch.setattr(auto_precision, "time_candidates", fast_int8)
     manifest = _manifest(corpus, min_cosine=1.0, extra="allow_inaccurate = true\n")
