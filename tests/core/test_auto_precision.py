@@ -131,6 +131,25 @@ def test_auto_builds_judges_times_and_publishes_the_decision(
     assert mlp is not None and mlp["chosen"] == "fp32" and "int8" in mlp["skipped"]
 
 
+def test_summary_table_shows_the_auto_decision(
+    corpus: Path, cache_dir: Path, vnni_host: None, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def fixed(runtime: Any, entries: Sequence[Any], feed: Any) -> list[float | None]:
+        times: list[float | None] = [1.9e-3, 1.0e-3] if "image" in feed else [1.0e-3]
+        return times[: len(entries)]
+
+    monkeypatch.setattr(auto_precision, "time_candidates", fixed)
+    monkeypatch.setenv("COLUMNS", "240")  # the table is not cut to a narrow terminal
+    code = main(["provision", str(_manifest(corpus)), "--cache-dir", str(cache_dir)])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    rows = {line.split()[1]: line for line in out.out.splitlines()
+            if line.split()[1:2] in (["demo_cnn"], ["dynamic_mlp"])}
+    assert "auto → int8, 1.90× fp32" in rows["demo_cnn"]
+    assert "auto → fp32" in rows["dynamic_mlp"]
+
+
 def test_second_run_reuses_the_choice_without_timing_and_still_verifies(
     corpus: Path, cache_dir: Path, vnni_host: None, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
