@@ -94,6 +94,9 @@ POLYGRAPHY_MIN_COSINE = 0.9999
 PROBE_PLUGINS: tuple[str, ...] = ("EfficientNMS_TRT", "BatchedNMS_TRT", "ROIAlign_TRT")
 # The refusal the runtime raises, before any build, for a path this TensorRT lacks.
 _NOT_OFFERED = re.compile(r"(weakly|strongly) typed build requested but this TensorRT has no")
+# The precision pipeline's refusal of an int8/mixed label on a model with no quantizable
+# node: a fact about the model, not a failure of this host's TensorRT.
+_NOT_APPLICABLE = re.compile(r"nothing to quantize")
 # Batch extent of dynamic dimensions the manifest gives no profile for.
 _DEFAULT_DYNAMIC = (1, 4, 8)
 _SEED = 20240601
@@ -245,7 +248,7 @@ class CaseResult:
     model: str
     precision: str
     typed_path: str
-    status: str = "error"  # pass | fail | not-offered | error
+    status: str = "error"  # pass | fail | not-offered | not-applicable | error
     detail: str = ""
     taken_path: str | None = None
     engine: str | None = None
@@ -291,8 +294,11 @@ class SelftestReport:
                for c in self.cases if c.status in ("fail", "error")]
         bad += [f"check {c.name}: {c.status}" for c in self.checks
                 if c.status in ("fail", "error")]
-        for precision in {c.precision for c in self.cases}:
-            if not any(c.status == "pass" for c in self.cases if c.precision == precision):
+        for precision in sorted({c.precision for c in self.cases}):
+            # A model the precision does not apply to neither passes nor fails it.
+            judged = [c for c in self.cases
+                      if c.precision == precision and c.status != "not-applicable"]
+            if judged and not any(c.status == "pass" for c in judged):
                 bad.append(f"{precision}: no typed path passed")
         return bad
 
@@ -533,6 +539,8 @@ def _case(
     except EngineBuildError as exc:
         if _NOT_OFFERED.search(str(exc)):
             case.status, case.detail = "not-offered", str(exc)[:_DETAIL_CHARS]
+        elif precision.needs_calibration and _NOT_APPLICABLE.search(str(exc)):
+            case.status, case.detail = "not-applicable", str(exc)[:_DETAIL_CHARS]
         else:
             case.detail = "build: " + _short(exc)
         return case

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -14,7 +13,6 @@ import pytest
 
 from trt_provision import auto_precision, compose
 from trt_provision.auto_precision import (
-    AUTO_MIN_COSINE,
     MIN_SPEEDUP,
     candidates_for,
     decision_of,
@@ -54,8 +52,10 @@ def vnni_host(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-def _manifest(work: Path, *, min_cosine: float | None = None, data: str = "demo_cnn.npz") -> Path:
+def _manifest(work: Path, *, min_cosine: float | None = None, data: str = "demo_cnn.npz",
+              extra: str = "") -> Path:
     gate = f"min_cosine = {min_cosine}\n" if min_cosine is not None else ""
+    gate += extra
     path = work / "auto.toml"
     path.write_text(f"""
 [[models]]
@@ -111,13 +111,15 @@ def test_auto_builds_judges_times_and_publishes_the_decision(
     assert "fp16" in decision["skipped"]  # x86 CPU EP: no FP16 kernels
     rows = _rows(cnn)
     assert rows["fp32"]["why"] == "reference"
-    assert rows["int8"]["accuracy_data"] in ("held-out", "calibration", "test")
+    # int8 is judged by the pipeline's gate: on the test split, with the default thresholds.
+    assert rows["int8"]["accuracy_data"] == "test"
+    assert rows["int8"]["gate"]["min_cosine"] is not None
     chosen = rows[decision["chosen"]]
     assert chosen["verdict"] == "chosen"
     # Never slower than FP32: a winner other than FP32 beat it by the noise margin.
     if decision["chosen"] != "fp32":
         assert chosen["median_ms"] * MIN_SPEEDUP <= rows["fp32"]["median_ms"] * (1 + 1e-6)
-        assert chosen["worst_cosine"] >= AUTO_MIN_COSINE
+        assert chosen["gate_verdict"] == "passed"
     assert results["demo_cnn"]["notes"][0] == summary_line(decision)
     # The published engine is the winner's engine, byte for byte.
     winner = cnn.parent / chosen["engine"]
@@ -127,6 +129,25 @@ def test_auto_builds_judges_times_and_publishes_the_decision(
     # Without calibration data int8 is no candidate: FP32 only, and it says why.
     mlp = decision_of(Path(results["dynamic_mlp"]["engine"]))
     assert mlp is not None and mlp["chosen"] == "fp32" and "int8" in mlp["skipped"]
+
+
+def test_summary_table_shows_the_auto_decision(
+    corpus: Path, cache_dir: Path, vnni_host: None, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def fixed(runtime: Any, entries: Sequence[Any], feed: Any) -> list[float | None]:
+        times: list[float | None] = [1.9e-3, 1.0e-3] if "image" in feed else [1.0e-3]
+        return times[: len(entries)]
+
+    monkeypatch.setattr(auto_precision, "time_candidates", fixed)
+    monkeypatch.setenv("COLUMNS", "240")  # the table is not cut to a narrow terminal
+    code = main(["provision", str(_manifest(corpus)), "--cache-dir", str(cache_dir)])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    rows = {line.split()[1]: line for line in out.out.splitlines()
+            if line.split()[1:2] in (["demo_cnn"], ["dynamic_mlp"])}
+    assert "auto → int8, 1.90× fp32" in rows["demo_cnn"]
+    assert "auto → fp32" in rows["dynamic_mlp"]
 
 
 def test_second_run_reuses_the_choice_without_timing_and_still_verifies(
@@ -183,6 +204,26 @@ def test_a_candidate_refused_by_the_gate_is_never_chosen(
     assert rows["int8"]["verdict"] == "refused"
     assert decision_of(engine)["chosen"] == "fp32"  # type: ignore[index]
     assert data["results"][0]["notes"][0] == "auto → fp32"
+
+
+def test_allow_inaccurate_never_lets_a_failing_candidate_win(
+    corpus: Path, cache_dir: Path, vnni_host: None, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # int8 is twice as fast but fails a gate of min_cosine = 1.0: allow_inaccurate on the
+    # auto model must not publish it as a candidate, let alone choose it.
+    def fast_int8(runtime: Any, entries: Sequence[Any], feed: Any) -> list[float | None]:
+        times: list[float | None] = [2.0e-3, 1.0e-3] if "image" in feed else [1.0e-3]
+        return times[: len(entries)]
+
+    monkeypatch.setattr(auto_precision, "time_candidates", fast_int8)
+    manifest = _manifest(corpus, min_cosine=1.0, extra="allow_inaccurate = true\n")
+    data = _provision(manifest, cache_dir, capsys)
+    engine = Path(data["results"][0]["engine"])
+    rows = _rows(engine)
+    assert rows["int8"]["verdict"] == "refused" and "gate" in rows["int8"]["why"]
+    assert decision_of(engine)["chosen"] == "fp32"  # type: ignore[index]
+    assert not list(cache_dir.glob("demo_cnn/*.int8.*"))
 
 
 @pytest.mark.parametrize(
@@ -278,23 +319,45 @@ def test_candidates_by_runtime_and_host(
     assert left_out <= set(dict(cands.skipped))
 
 
-def test_judge_refuses_what_was_not_measured_properly() -> None:
-    good = {"accuracy": {"data": "held-out", "outputs": {"y": {"cosine": 0.9999}}}}
-    assert judge(PrecisionMode.INT8, good)[0]
-    assert judge(PrecisionMode.FP32, {})[0]
-    low = {"accuracy": {"data": "held-out", "outputs": {"y": {"cosine": 0.95},
-                                                      "z": {"cosine": 1.0}}}}
-    assert not judge(PrecisionMode.INT8, low)[0]
-    synthetic = {"accuracy": {"data": "synthetic", "outputs": {"y": {"cosine": 1.0}}}}
-    assert not judge(PrecisionMode.FP16, synthetic)[0]
-    nan = {"accuracy": {"data": "held-out", "outputs": {"y": {"cosine": "nan"}}}}
-    assert not judge(PrecisionMode.INT8, nan)[0]
-    assert not judge(PrecisionMode.INT8, {"accuracy": {"outputs": {}}})[0]
+def _judged(verdict: str = "passed", **over: Any) -> dict[str, Any]:
+    """A sidecar accuracy record as the precision pipeline writes it."""
+    test = {"data": "test", "batches": 2, "outputs": {"y": {"cosine": 0.9999}}}
+    accuracy: dict[str, Any] = {
+        **test, "test": test, "validation": {**test, "data": "validation"},
+        "gate": {"min_cosine": 0.99, "max_rel_error": None, "min_top1_agreement": 0.95,
+                 "origin": "default for int8"},
+        "splits": {"judged": True}, "verdict": verdict,
+    }
+    accuracy.update(over)
+    return {"accuracy": accuracy, "build_config": {"allow_inaccurate": False}}
+
+
+def test_judge_rests_on_the_pipelines_gate_verdict() -> None:
+    assert judge(PrecisionMode.FP32, {}) == (True, "reference")
+    ok, why = judge(PrecisionMode.INT8, _judged())
+    assert ok and "gate passed on validation and test" in why and "min_cosine 0.99" in why
+    # A high cosine is not a pass: only the gate's verdict is.
+    for verdict in ("failed (allow_inaccurate)", "not gated", "not judged", "smoke only"):
+        assert not judge(PrecisionMode.INT8, _judged(verdict))[0], verdict
+    assert not judge(PrecisionMode.INT8, _judged(verdict=None))[0]  # type: ignore[arg-type]
+    # Published under allow_inaccurate: never a winner, even with a passing record.
+    lax = {**_judged(), "build_config": {"allow_inaccurate": True}}
+    assert "allow_inaccurate" in judge(PrecisionMode.INT8, lax)[1]
+    # Judged on synthetic stand-ins, or never confirmed on held-out data.
+    assert "synthetic" in judge(PrecisionMode.FP16, _judged(data="synthetic"))[1]
+    calib = _judged(test={"data": "calibration", "outputs": {"y": {"cosine": 1.0}}})
+    assert not judge(PrecisionMode.INT8, calib)[0]
+    assert not judge(PrecisionMode.INT8, _judged(test=None))[0]
+    assert judge(PrecisionMode.INT8, _judged(test={"data": "evaluation"}))[0]
+    assert not judge(PrecisionMode.INT8, _judged(splits={"judged": False}))[0]
+    # No gate, or a gate without a threshold.
+    assert not judge(PrecisionMode.INT8, _judged(gate=None))[0]
+    assert not judge(PrecisionMode.INT8, _judged(gate={"min_cosine": None, "origin": "x"}))[0]
     assert not judge(PrecisionMode.INT8, {})[0]
-    nothing = {**good, "quantization": {"dequantize_nodes": 0}}
+    assert not judge(PrecisionMode.INT8, {"accuracy": "passed"})[0]
+    nothing = {**_judged(), "quantization": {"dequantize_nodes": 0}}
     assert not judge(PrecisionMode.INT8, nothing)[0]
-    assert judge(PrecisionMode.INT8, {**good, "quantization": {"dequantize_nodes": 3}})[0]
-    assert math.isclose(AUTO_MIN_COSINE, 0.999)
+    assert judge(PrecisionMode.INT8, {**_judged(), "quantization": {"dequantize_nodes": 3}})[0]
 
 
 def test_decision_of_ignores_hostile_sidecars(tmp_path: Path) -> None:
@@ -411,3 +474,89 @@ def test_a_winner_swapped_after_verification_is_not_published(
     assert rows["demo_cnn"]["outcome"] == "failed"
     assert "changed after verification" in rows["demo_cnn"]["error"]
     assert not list(cache_dir.glob("demo_cnn/*.auto.*"))
+
+
+def _trt_compiler(cache_dir: Path, version: str) -> Any:
+    """An EngineCompiler on the TensorRT strategy (fake TensorRT and CUDA), wired as
+    ``compose.wire`` wires it: governed calibration and the precision pipeline's graphs."""
+    from fakes.fake_cuda import FakeCudaRuntime
+    from fakes.fake_tensorrt import make_fake_tensorrt
+    from trt_provision.calibration.planner import GovernedCalibrationPlanner
+    from trt_provision.compiler import EngineCompiler
+    from trt_provision.gates.engine_gate import DefaultEngineGate
+    from trt_provision.runtimes.tensorrt import TensorrtOptions, TensorrtRuntime
+    from trt_provision.stores.local import LocalEngineStore
+
+    cuda = FakeCudaRuntime()
+    trt = make_fake_tensorrt(version, cuda=cuda, recorder=cuda.recorder)
+    host = HostCapabilities(sm="sm87", trt_version=version)
+    gate = DefaultEngineGate(cache_root=cache_dir)
+    calibration_dir = cache_dir / ".calibration"
+    options = TensorrtOptions(
+        optional_plugins=(),
+        calibration=compose._tensorrt_calibration(calibration_dir, version),
+        precision_converter=compose._strong_precision_converter(calibration_dir),
+    )
+    runtime = TensorrtRuntime(gate=gate, host=host, options=options, trt_module=trt,
+                              cuda_module=cuda)
+    return EngineCompiler(runtime=runtime, store=LocalEngineStore(cache_dir), gate=gate,
+                          host=host, calibration=GovernedCalibrationPlanner(calibration_dir))
+
+
+@pytest.mark.parametrize(
+    ("version", "strongly_typed", "fp16_judged"),
+    [
+        ("10.16.1.11", None, True),  # both typed paths: auto builds fp16 strongly typed
+        ("11.4.0.106", None, True),  # strongly typed only
+        ("10.16.1.11", True, True),
+        ("10.16.1.11", False, False),  # weakly typed asked for: nothing judges its FP16
+    ],
+)
+def test_auto_on_fake_tensorrt_judges_fp16_with_calibration_data(
+    tmp_path: Path, cache_dir: Path, version: str, strongly_typed: bool | None,
+    fp16_judged: bool,
+) -> None:
+    """With calibration data the fp16 candidate is the pipeline's FP16 graph, judged by the
+    gate on the test split like int8: it can win. Asked for the weak path, whose FP16 the
+    builder chooses per layer, it records no accuracy and is refused, never chosen."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from trt_provision.types import BackboneSpec, EngineCompileRequest
+
+    rng = np.random.default_rng(7)
+    weight = numpy_helper.from_array(rng.standard_normal((4, 3, 1, 1)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["c"]),
+         helper.make_node("Relu", ["c"], ["output"])], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["n", 4, 8, 8])],
+        [weight],
+    )
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    data = tmp_path / "cal.npz"
+    np.savez(data, input=rng.standard_normal((10, 2, 3, 8, 8)).astype(np.float32))
+    compiler = _trt_compiler(cache_dir, version)
+    profile = OptimizationProfile("input", (1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8))
+    config = BuildConfig(precision=PrecisionMode.AUTO, profiles=(profile,),
+                         calibration=CalibrationSpec(source=str(data), algorithm="minmax"),
+                         strongly_typed=strongly_typed)
+    result = compiler.compile_engines_for_corpus(
+        EngineCompileRequest((BackboneSpec("m", model, config),))).results[0]
+    assert result.entry is not None, result.error
+    decision = decision_of(result.entry.engine_path)
+    assert decision is not None and decision["candidates"] == ["fp32", "fp16", "int8", "mixed"]
+    fp16 = {r["precision"]: r for r in decision["table"]}["fp16"]
+    if fp16_judged:
+        assert fp16["gate_verdict"] == "passed" and fp16["accuracy_data"] == "test", fp16
+        assert fp16["gate"]["origin"] == "default for fp16"
+        assert fp16["verdict"] in ("chosen", "slower", "not timed")
+        # The built fp16 candidate's own sidecar says it was parsed strongly typed.
+        built = result.entry.engine_path.parent / fp16["engine"]
+        meta = json.loads(built.with_name(built.name + ".json").read_text())
+        assert meta["build_config"]["strongly_typed"] is True
+    else:
+        assert fp16["verdict"] == "refused" and fp16["why"] == "no accuracy recorded"
+        assert decision["chosen"] != "fp16"

@@ -217,8 +217,19 @@ def test_demo_corpus_on_fake_trt10_reports_every_case_and_compares(
     assert keys == {(m, p.value, t) for m in ("demo_cnn", "two_inputs", "dynamic_mlp")
                     for p in PRECISIONS for t in ("weak", "strong")}
     assert len(report.cases) == 3 * 4 * 2
-    assert {c.status for c in report.cases} <= {"pass", "fail", "error", "not-offered"}
+    assert {c.status for c in report.cases} <= {"pass", "fail", "error", "not-offered",
+                                                "not-applicable"}
     assert all(c.detail for c in report.cases if c.status != "pass")
+    # two_inputs has no node the Q/DQ quantizer takes: int8/mixed do not apply to it, on
+    # either path, and the case says why instead of failing.
+    for precision in ("int8", "mixed"):
+        for path in ("weak", "strong"):
+            na = next(c for c in report.cases
+                      if (c.model, c.precision, c.typed_path) == ("two_inputs", precision, path))
+            assert na.status == "not-applicable", na
+            assert "nothing to quantize" in na.detail and na.engine is None
+    assert not [f for f in report.failures
+                if f.startswith(("two_inputs/int8", "two_inputs/mixed"))]
     # TensorRT 10.16 offers both paths: nothing is "not offered", and a model the fake can
     # take is built on the path asked for, loaded through gate and budget, and run.
     assert not [c for c in report.cases if c.status == "not-offered"]
@@ -262,6 +273,25 @@ def test_demo_corpus_on_fake_trt10_reports_every_case_and_compares(
     assert data["case_counts"]["fail"] == sum(c.status == "fail" for c in report.cases)
     md = (tmp_path / "report" / "selftest.md").read_text()
     assert "| dynamic_mlp | fp16 | weak | fail |" in md
+    assert "| two_inputs | int8 | strong | not-applicable |" in md
+    assert data["case_counts"]["not-applicable"] == 4
+
+
+def test_a_precision_that_applies_to_no_model_is_not_a_failure() -> None:
+    from trt_provision.selftest import CaseResult, SelftestReport
+
+    na = "nothing to quantize: no node of the model was quantized for int8"
+    report = SelftestReport(requirements=(), host={}, cases=[
+        CaseResult("m", "fp32", "strong", "pass"),
+        CaseResult("m", "int8", "weak", "not-applicable", na),
+        CaseResult("m", "int8", "strong", "not-applicable", na),
+    ])
+    assert report.failures == [] and report.ok
+    # Where it applies to another model, that model must still pass it on some path.
+    report.cases.append(CaseResult("n", "int8", "strong", "fail", "worst cosine 0.5"))
+    assert report.failures == ["n/int8/strong: fail", "int8: no typed path passed"]
+    report.cases[-1].status = "pass"
+    assert report.ok
 
 
 def test_cli_passes_on_a_model_the_fake_computes_exactly(

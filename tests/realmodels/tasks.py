@@ -166,13 +166,15 @@ def render_line(text: str, height: int, width: int, rng: np.random.Generator) ->
 def _ppocr_normalise(img: np.ndarray) -> np.ndarray:
     # RapidOCR's recognizer / classifier preprocessing: (x/255 - 0.5) / 0.5, CHW.
     x = img.astype(np.float32) / 255.0
-    return ((x - 0.5) / 0.5).transpose(2, 0, 1)
+    out: np.ndarray = ((x - 0.5) / 0.5).transpose(2, 0, 1)
+    return out
 
 
 def _det_normalise(img: np.ndarray) -> np.ndarray:
     mean = np.array([0.485, 0.456, 0.406], np.float32)
     std = np.array([0.229, 0.224, 0.225], np.float32)
-    return ((img.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)
+    out: np.ndarray = ((img.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)
+    return out
 
 
 def _random_text(rng: np.random.Generator, lo: int = 4, hi: int = 9) -> str:
@@ -408,7 +410,8 @@ TASKS_BY_NAME = {t.name: t for t in TASKS}
 def write_calibration(task: Task, path: Path, count: int = 16, seed: int = 1) -> Path:
     """Calibration batches as one .npz (a stack along axis 0 per input)."""
     batches = task.make_batches(seed, count)
-    np.savez(path, **{k: np.stack([b[k] for b in batches]) for k in batches[0]})
+    stacked: dict[str, Any] = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+    np.savez(path, **stacked)
     return path
 
 
@@ -492,7 +495,9 @@ def provision(task: Task, precision: str, work: Path, cache: Path, *,
             summary = json.loads(out.getvalue())
         except ValueError:
             summary = None
-        rows = summary.get("results", summary.get("models", [])) if isinstance(summary, dict) else []
+        rows: list[Any] = []
+        if isinstance(summary, dict):
+            rows = summary.get("results", summary.get("models", [])) or []
         result = next((r for r in rows if r.get("name") == task.name), None)
         if code == 0 and result is not None and result.get("engine"):
             engine = Path(str(result["engine"]))

@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
             table.add_row(
                 r.name,
                 outcome,
-                ident.precision.value,
+                _precision_cell(r),
                 f"{ident.target} {ident.platform}",
                 f"{ident.runtime} {ident.runtime_version}",
                 f"{r.total_seconds:.2f}",
@@ -155,6 +155,19 @@ def run(args: argparse.Namespace) -> int:
     )
     _final_line(summary)
     return code
+
+
+def _precision_cell(result: Any) -> str:
+    """The precision, and for ``auto`` the decision ("auto → int8, 1.90× fp32"): the same
+    words as the JSON summary's first note."""
+    from trt_provision.types import PrecisionMode
+
+    precision: str = result.identity.precision.value
+    if result.identity.precision is PrecisionMode.AUTO:
+        decided = [n for n in result.notes if n.startswith("auto → ")]
+        if decided:
+            return str(decided[0])
+    return precision
 
 
 def exit_code(summary: Any) -> int:
