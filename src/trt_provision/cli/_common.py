@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,8 @@ def settings_from_args(args: argparse.Namespace, base: Settings | None = None) -
     settings = base or Settings(cache_dir=resolve_cache_dir())
     changes: dict[str, Any] = {}
     if getattr(args, "cache_dir", None) is not None:
-        changes["cache_dir"] = Path(args.cache_dir).expanduser().resolve()
+        # realpath, not resolve(): a symlink loop must reach the cache checks (exit 1), not raise.
+        changes["cache_dir"] = Path(os.path.realpath(Path(args.cache_dir).expanduser()))
     if getattr(args, "runtime", None) is not None:
         changes["runtime"] = args.runtime
     if getattr(args, "max_temp", None) is not None:

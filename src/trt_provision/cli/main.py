@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 user error (one line on stderr, no traceback), 2 usage, 3 in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
@@ -114,6 +115,7 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _tolerate_undecodable_names()
     parser = build_parser()
     try:
         args = _parse(parser, argv)
@@ -143,3 +145,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERNAL
+
+
+def _tolerate_undecodable_names() -> None:
+    """A file name that is not valid UTF-8 reaches Python as surrogate escapes; printing it
+    must show it escaped, not crash the report that names it."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            # A detached or closed stream is left as it is.
+            with contextlib.suppress(OSError, ValueError):
+                reconfigure(errors="backslashreplace")

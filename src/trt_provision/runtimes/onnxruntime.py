@@ -91,6 +91,20 @@ class OnnxRuntimeEngineHandle:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+
+def _utf8_path(path: Path) -> str:
+    """ONNX Runtime takes paths as UTF-8 strings only: a name that is not valid UTF-8 (kept by
+    Python as surrogate escapes) would be a TypeError from its bindings, so name it instead."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EngineBuildError(
+            "ONNX Runtime needs paths that are valid UTF-8; rename the directory or file",
+            path=text.encode("utf-8", "backslashreplace").decode("ascii"),
+        ) from None
+    return text
+
 def _ort() -> Any:
     import onnxruntime  # declared dependency, imported lazily to keep the CLI start fast
 
@@ -169,10 +183,11 @@ class OnnxRuntimeRuntime:
                     Path(model_path), build_config, workdir
                 )
             options = self._session_options("ORT_ENABLE_ALL")
-            options.optimized_model_filepath = str(staged_path)
+            options.optimized_model_filepath = _utf8_path(staged_path)
             try:
                 session = _ort().InferenceSession(
-                    str(prepared_path), sess_options=options, providers=[self._provider]
+                    _utf8_path(prepared_path), sess_options=options,
+                    providers=[self._provider],
                 )
             except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
                 # A full disk while ORT writes the staged engine surfaces as "Protobuf
