@@ -45,6 +45,9 @@ def require_paths(*named: tuple[Path | str | None, str]) -> None:
         p = Path(path).expanduser()
         if not p.exists():
             raise UsageError(f"{flag}: not found: {path}")
+        # A FIFO or device would block the read for ever (or stream without end).
+        if not (p.is_file() or p.is_dir()):
+            raise UsageError(f"{flag}: not a regular file or directory: {path}")
 
 
 def require_dir(path: Path, flag: str) -> None:

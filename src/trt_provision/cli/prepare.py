@@ -69,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
 
     model: Path = args.model
     if not model.is_file():
-        raise ModelError("model not found", path=str(model))
+        what = "is a directory" if model.is_dir() else (
+            "is not a regular file" if model.exists() else "not found")
+        raise ModelError(f"model {what}", path=str(model))
     output: Path = args.output
     if output.suffix != ".onnx":
         raise ModelError("output must be an .onnx path", path=str(output))
