@@ -57,3 +57,46 @@ def test_a_fifo_named_as_an_input_is_refused_not_read_for_ever(
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and flag in lines[0] and str(fifo) in lines[0]
+
+
+_STATIC = "--shapes=image:1x3x32x32"
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["{out}/m.plan"], "OUT_DIR: not a directory"),
+        (["--saveEngine={out}"], "--saveEngine: is a directory"),
+        (["--timingCacheFile={out}/missing/tc.cache"], "--timingCacheFile: directory"),
+        (["--timingCacheFile={out}"], "--timingCacheFile: is a directory"),
+    ],
+)
+def test_output_paths_are_checked_before_any_build(
+    capsys: pytest.CaptureFixture[str], demo_dir: Path, cache_dir: Path, tmp_path: Path,
+    extra: list[str], expected: str,
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "m.plan").write_bytes(b"an earlier engine")
+    model = demo_dir / "models" / "demo_cnn.onnx"
+    args = [a.format(out=out) for a in extra]
+    line = _one_line_user_error(
+        capsys, ["compile", str(model), _STATIC, *args, "--cache-dir", str(cache_dir)]
+    )
+    assert expected in line and "ManifestError" not in line and "StoreError" not in line
+    assert list(cache_dir.rglob("*.engine")) == []  # refused before building
+    assert (out / "m.plan").read_bytes() == b"an earlier engine"
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [(["compile", "--onnx="], "--onnx: is a directory"),
+     (["compile", "{models}"], "MODEL: is a directory")],
+)
+def test_a_directory_or_empty_path_as_the_model(
+    capsys: pytest.CaptureFixture[str], demo_dir: Path, cache_dir: Path,
+    argv: list[str], flag: str,
+) -> None:
+    args = [a.format(models=demo_dir / "models") for a in argv]
+    line = _one_line_user_error(capsys, [*args, _STATIC, "--cache-dir", str(cache_dir)])
+    assert flag in line
