@@ -100,3 +100,23 @@ def test_a_directory_or_empty_path_as_the_model(
     args = [a.format(models=demo_dir / "models") for a in argv]
     line = _one_line_user_error(capsys, [*args, _STATIC, "--cache-dir", str(cache_dir)])
     assert flag in line
+
+
+@pytest.mark.parametrize("command", [["ls"], ["gc"], ["clear", "--yes"]])
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_cache_commands_refuse_a_mistyped_cache_dir(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: list[str], kind: str,
+) -> None:
+    target = tmp_path / "cache"
+    if kind == "file":
+        target.write_bytes(b"not a cache")
+    line = _one_line_user_error(capsys, ["cache", *command, "--cache-dir", str(target)])
+    assert "--cache-dir" in line and str(target) in line
+    assert not target.exists() or target.read_bytes() == b"not a cache"
+
+
+def test_cache_clear_without_yes_names_the_flag_not_a_type(
+    capsys: pytest.CaptureFixture[str], cache_dir: Path,
+) -> None:
+    line = _one_line_user_error(capsys, ["cache", "clear", "--cache-dir", str(cache_dir)])
+    assert "--yes" in line and "TrtProvisionError" not in line
