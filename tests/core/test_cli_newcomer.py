@@ -136,3 +136,33 @@ def test_run_on_a_save_engine_copy_points_at_the_cached_engine(
     assert "--saveEngine copy" in line and line.endswith(str(cached))
     assert main(["run", line.rsplit(" ", 1)[1], "--iterations", "1", "--warmup", "0",
                  "--cache-dir", str(cache_dir)]) == 0
+
+
+@pytest.mark.parametrize("flag", ["--report-dir", "--work-dir"])
+def test_selftest_dirs_that_are_files_are_named(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, flag: str,
+) -> None:
+    target = tmp_path / "report"
+    target.write_bytes(b"mine")
+    line = _one_line_user_error(capsys, ["selftest", flag, str(target)])
+    assert f"{flag}: not a directory" in line and target.read_bytes() == b"mine"
+
+
+def test_key_files_swapped_or_a_directory_name_the_flag(
+    capsys: pytest.CaptureFixture[str], demo_dir: Path, cache_dir: Path, tmp_path: Path,
+) -> None:
+    pytest.importorskip("cryptography")
+    key = tmp_path / "fleet.key"
+    assert main(["keys", "generate", str(key)]) == 0
+    assert main(["compile", str(demo_dir / "models" / "demo_cnn.onnx"), _STATIC,
+                 "--cache-dir", str(cache_dir)]) == 0
+    capsys.readouterr()
+    (engine,) = cache_dir.rglob("*.engine")
+    line = _one_line_user_error(capsys, ["keys", "sign", "--key", f"{key}.pub", str(engine)])
+    assert line == f"error: --key: not an unencrypted PEM private key: {key}.pub"
+    line = _one_line_user_error(capsys, ["keys", "verify", "--public-key", str(key), str(engine)])
+    assert line == f"error: --public-key: not a PEM public key: {key}"
+    keep = tmp_path / "keys"
+    (keep / "sub").mkdir(parents=True)
+    line = _one_line_user_error(capsys, ["keys", "generate", str(keep), "--force"])
+    assert "is a directory" in line and (keep / "sub").is_dir()
