@@ -166,3 +166,33 @@ def test_key_files_swapped_or_a_directory_name_the_flag(
     (keep / "sub").mkdir(parents=True)
     line = _one_line_user_error(capsys, ["keys", "generate", str(keep), "--force"])
     assert "is a directory" in line and (keep / "sub").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("argv", "usage", "hint"),
+    [
+        (["provision", "{manifest}", "--jsn"], "usage: trt-provision provision", "--json"),
+        (["cache", "ls", "--wid"], "usage: trt-provision cache ls", "--wide"),
+        (["compile", "{model}", "--saveengine=x.plan"], "usage: trt-provision compile",
+         "--saveEngine"),
+        (["compile", "{model}", "--min-shape", "image:1x3x32x32"],
+         "usage: trt-provision compile", "--min-shapes"),
+    ],
+)
+def test_a_flag_typo_shows_the_subcommands_usage_and_the_nearest_flag(
+    capsys: pytest.CaptureFixture[str], demo_dir: Path, argv: list[str], usage: str, hint: str,
+) -> None:
+    args = [a.format(manifest=demo_dir / "demo.toml", model=demo_dir / "models" / "demo_cnn.onnx")
+            for a in argv]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage) and f"(did you mean {hint}?)" in err
+
+
+@pytest.mark.parametrize("value", ["-500", "0", "1e9"])
+def test_max_temp_must_be_a_plausible_temperature(
+    capsys: pytest.CaptureFixture[str], demo_dir: Path, cache_dir: Path, value: str,
+) -> None:
+    line = _one_line_user_error(capsys, ["provision", str(demo_dir / "demo.toml"), "--max-temp",
+                                         value, "--cache-dir", str(cache_dir)])
+    assert "--max-temp" in line and list(cache_dir.iterdir()) == []
