@@ -196,3 +196,20 @@ def test_max_temp_must_be_a_plausible_temperature(
     line = _one_line_user_error(capsys, ["provision", str(demo_dir / "demo.toml"), "--max-temp",
                                          value, "--cache-dir", str(cache_dir)])
     assert "--max-temp" in line and list(cache_dir.iterdir()) == []
+
+
+def test_prepare_never_writes_over_its_source_model(
+    capsys: pytest.CaptureFixture[str], demo_dir: Path, tmp_path: Path,
+) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes((demo_dir / "models" / "demo_cnn.onnx").read_bytes())
+    before = model.read_bytes()
+    for out in (model, tmp_path / "." / "m.onnx"):
+        line = _one_line_user_error(
+            capsys, ["prepare", str(model), "--precision", "fp16", "-o", str(out)])
+        assert "overwrite the source model" in line
+    assert model.read_bytes() == before
+    (tmp_path / "d.onnx").mkdir()
+    line = _one_line_user_error(
+        capsys, ["prepare", str(model), "--precision", "fp16", "-o", str(tmp_path / "d.onnx")])
+    assert "is a directory" in line
