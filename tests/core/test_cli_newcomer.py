@@ -213,3 +213,24 @@ def test_prepare_never_writes_over_its_source_model(
     line = _one_line_user_error(
         capsys, ["prepare", str(model), "--precision", "fp16", "-o", str(tmp_path / "d.onnx")])
     assert "is a directory" in line
+
+
+def test_save_engine_never_overwrites_the_model_or_a_cached_engine(
+    capsys: pytest.CaptureFixture[str], demo_dir: Path, cache_dir: Path, tmp_path: Path,
+) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes((demo_dir / "models" / "demo_cnn.onnx").read_bytes())
+    before = model.read_bytes()
+    line = _one_line_user_error(capsys, ["compile", f"--onnx={model}", _STATIC,
+                                         f"--saveEngine={model}", "--cache-dir", str(cache_dir)])
+    assert "would overwrite the source model" in line and model.read_bytes() == before
+    # A good engine in the cache, then a copy of another build aimed at it.
+    assert main(["compile", str(model), "--shapes=image:2x3x32x32",
+                 "--cache-dir", str(cache_dir)]) == 0
+    capsys.readouterr()
+    (cached,) = cache_dir.rglob("*.engine")
+    for extra in ([f"--saveEngine={cached}"], [str(cache_dir / "out")]):
+        line = _one_line_user_error(capsys, ["compile", str(model), _STATIC, *extra,
+                                             "--cache-dir", str(cache_dir)])
+        assert "inside the engine cache" in line
+    assert main(["verify", "--cache-dir", str(cache_dir)]) == 0

@@ -155,6 +155,21 @@ def _check_outputs(args: argparse.Namespace) -> None:
         )
     if args.save_engine is not None and Path(args.save_engine).is_dir():
         raise UsageError(f"--saveEngine: is a directory, expected a file path: {args.save_engine}")
+    # A copy must never land on the source model or inside the cache, where it would replace
+    # a verified engine or sidecar with other bytes.
+    cache = Path(settings_from_args(args).cache_dir).expanduser().resolve()
+    model = Path(args.model).expanduser().resolve()
+    for path, flag in ((args.save_engine, "--saveEngine"), (args.out, "OUT_DIR")):
+        if path is None:
+            continue
+        final = Path(path).expanduser().resolve()
+        if flag == "--saveEngine" and model in (
+            final, *(final.with_name(final.name + s) for s in (".json", ".sha256", ".sig"))
+        ):
+            raise UsageError(f"{flag}: would overwrite the source model {args.model}")
+        if final == cache or cache in final.parents:
+            raise UsageError(f"{flag}: {path} is inside the engine cache {cache}; "
+                             "copies go elsewhere")
     timing = getattr(args, "timing_cache", None)
     if timing is not None:
         timing = Path(timing).expanduser()
