@@ -234,3 +234,21 @@ def test_save_engine_never_overwrites_the_model_or_a_cached_engine(
                                              "--cache-dir", str(cache_dir)])
         assert "inside the engine cache" in line
     assert main(["verify", "--cache-dir", str(cache_dir)]) == 0
+
+
+def test_run_on_nan_inputs_is_never_a_perfect_match(
+    capsys: pytest.CaptureFixture[str], demo_dir: Path, cache_dir: Path, tmp_path: Path,
+) -> None:
+    import numpy as np
+
+    assert main(["compile", str(demo_dir / "models" / "demo_cnn.onnx"), _STATIC,
+                 "--cache-dir", str(cache_dir)]) == 0
+    (engine,) = cache_dir.rglob("*.engine")
+    inputs = tmp_path / "nan.npz"
+    np.savez(inputs, image=np.full((1, 3, 32, 32), np.nan, np.float32))
+    capsys.readouterr()
+    rc = main(["run", str(engine), "--inputs", str(inputs), "--iterations", "1", "--warmup", "0",
+               "--cache-dir", str(cache_dir)])
+    captured = capsys.readouterr()
+    assert rc == 1 and "no finite elements to compare" in captured.err
+    assert "cosine 1," not in captured.out
