@@ -9,7 +9,7 @@ inputs → per-output comparison. The measurements are recorded beside the engin
 Comparison, per output (reference = ONNX Runtime FP32, candidate = the engine):
 
 * an element passes when ``|candidate - reference| <= atol + rtol * |reference|`` (numpy's
-  ``isclose``); the output passes when every element does and there is at least one;
+  ``isclose``); the output passes when every element does and at least one pair is finite;
 * ``max_abs_error`` = max ``|candidate - reference|``;
 * ``max_rel_error`` = max ``|candidate - reference| / |reference|`` over elements whose
   reference is not zero;
