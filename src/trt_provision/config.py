@@ -156,6 +156,13 @@ class Manifest:
     backbones: tuple[BackboneSpec, ...]
 
 
+def _real(path: Path) -> Path:
+    """The absolute, symlink-free form of a path the manifest names. ``os.path.realpath``,
+    not ``Path.resolve``: a symlink loop is left unresolved (its later open or stat fails
+    with an error naming it) instead of raising RuntimeError."""
+    return Path(os.path.realpath(path))
+
+
 def _fail(path: Path, key: str, expected: str, found: Any = None) -> ManifestError:
     context: dict[str, Any] = {"file": str(path), "key": key, "expected": expected}
     if found is not None:
@@ -206,7 +213,7 @@ def _settings(path: Path, raw: Mapping[str, Any], remote: Any) -> Settings:
     if "cache_dir" in raw:
         if not isinstance(raw["cache_dir"], str) or not raw["cache_dir"]:
             raise _fail(path, "settings.cache_dir", "a non-empty path string", raw["cache_dir"])
-        configured = (base / Path(raw["cache_dir"]).expanduser()).resolve()
+        configured = _real(base / Path(raw["cache_dir"]).expanduser())
     kwargs["cache_dir"] = resolve_cache_dir(configured)
     for key, allowed in (
         ("runtime", RUNTIMES),
@@ -245,7 +252,7 @@ def _settings(path: Path, raw: Mapping[str, Any], remote: Any) -> Settings:
         if key in raw:
             if not isinstance(raw[key], str) or not raw[key]:
                 raise _fail(path, f"settings.{key}", "a path string", raw[key])
-            kwargs[key] = (base / Path(raw[key]).expanduser()).resolve()
+            kwargs[key] = _real(base / Path(raw[key]).expanduser())
     if "plugin_namespace" in raw:
         if not isinstance(raw["plugin_namespace"], str):
             raise _fail(path, "settings.plugin_namespace", "a string", raw["plugin_namespace"])
@@ -257,7 +264,7 @@ def _settings(path: Path, raw: Mapping[str, Any], remote: Any) -> Settings:
         ):
             raise _fail(path, "settings.plugin_libraries", "a list of path strings", libraries)
         kwargs["plugin_libraries"] = tuple(
-            (base / Path(p).expanduser()).resolve() for p in libraries
+            _real(base / Path(p).expanduser()) for p in libraries
         )
     if remote is not None:
         kwargs["remote"] = dict(_table(path, "remote", remote))
@@ -285,7 +292,7 @@ def _build_dict(path: Path, where: str, raw: Mapping[str, Any]) -> dict[str, Any
                 raise _fail(path, f"{where}.calibration.data", "a path string", data)
             # A "file.py:function" loader keeps its function suffix.
             file_part, sep, func = data.partition(".py:")
-            resolved = str((path.parent / (file_part + (".py" if sep else ""))).resolve())
+            resolved = str(_real(path.parent / (file_part + (".py" if sep else ""))))
             cal["source"] = resolved + (":" + func if sep else "")
         if "evaluation_data" in cal:
             cal["evaluation_data"] = _manifest_relative(
@@ -295,7 +302,7 @@ def _build_dict(path: Path, where: str, raw: Mapping[str, Any]) -> dict[str, Any
         out["accuracy_metric"] = _manifest_relative(
             path, f"{where}.accuracy_metric", out["accuracy_metric"])
     if "timing_cache_path" in out and isinstance(out["timing_cache_path"], str):
-        out["timing_cache_path"] = str((path.parent / out["timing_cache_path"]).resolve())
+        out["timing_cache_path"] = str(_real(path.parent / out["timing_cache_path"]))
     return out
 
 
@@ -421,7 +428,7 @@ def load_manifest(path: Path) -> Manifest:
             backbones.append(
                 BackboneSpec(
                     name=name,
-                    model_path=(path.parent / model_path).resolve(),
+                    model_path=_real(path.parent / model_path),
                     build_config=config,
                     version_label=None if version is None else str(version),
                 )

@@ -30,7 +30,7 @@ _FIELDS = frozenset({
 })
 _CALIBRATION_FIELDS = frozenset({
     "source", "dataset_version", "algorithm", "num_bins", "percentile", "governed", "max_batches",
-    "allow_lossy_cast", "evaluation_data",
+    "allow_lossy_cast", "evaluation_data", "trt_cache",
 })
 
 
@@ -43,6 +43,7 @@ def build_config_to_json(config: BuildConfig) -> dict[str, Any]:
             "num_bins": c.num_bins, "percentile": c.percentile, "governed": c.governed,
             "max_batches": c.max_batches, "allow_lossy_cast": c.allow_lossy_cast,
             "evaluation_data": c.evaluation_data,
+            **({"trt_cache": c.trt_cache} if c.trt_cache is not None else {}),
         }
     return {
         "precision": config.precision.value,
@@ -185,7 +186,7 @@ def _plugin(source: str, i: int, raw: Any) -> PluginSpec:
 def _calibration(source: str, raw: Any) -> CalibrationSpec:
     cal = _object(source, "calibration", raw, _CALIBRATION_FIELDS)
     kwargs: dict[str, Any] = {}
-    for field in ("source", "dataset_version", "evaluation_data"):
+    for field in ("source", "dataset_version", "evaluation_data", "trt_cache"):
         if cal.get(field) is not None:
             kwargs[field] = _str(source, f"calibration.{field}", cal[field])
     if "algorithm" in cal:

@@ -24,6 +24,7 @@ that cannot be normalised raises :class:`~trt_provision.errors.InvalidNameError`
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -242,11 +243,12 @@ def model_sha256(model_path: Path) -> str:
             for kv in tensor.external_data:
                 if kv.key == "location":
                     locations.add(kv.value)
-    base = model_path.parent.resolve()
+    # realpath, not Path.resolve: a symlink loop must not raise RuntimeError.
+    base = Path(os.path.realpath(model_path.parent))
     digest = hashlib.sha256()
     _hash_file(digest, model_path)
     for location in sorted(locations):
-        ext = (model_path.parent / location).resolve()
+        ext = Path(os.path.realpath(model_path.parent / location))
         if base not in ext.parents:
             raise ModelError(
                 "external data location escapes the model directory",
@@ -317,6 +319,11 @@ def build_option_payload(
             ("allow_inaccurate", config.allow_inaccurate or None),
         ) if v is not None
     }
+    if config.accuracy_metric is not None:
+        # The script's bytes, not only its name: an edited metric judges differently.
+        from trt_provision.calibration.metric import metric_file_sha256
+
+        extra_gate["accuracy_metric_sha256"] = metric_file_sha256(config.accuracy_metric)
     if extra_gate:
         payload.setdefault("accuracy_gate", {}).update(extra_gate)
     # Like the gate, these enter only when set: engines built without them keep their digest.

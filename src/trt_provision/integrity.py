@@ -86,12 +86,15 @@ def write_sha256_sidecar(engine_path: Path, digest: str) -> Path:
     return sidecar
 
 
-def read_cache_file(path: Path, cap: int, *, what: str, root: Path | None = None) -> bytes:
+def read_cache_file(
+    path: Path, cap: int, *, what: str, root: Path | None = None, check_owner: bool = True
+) -> bytes:
     """Read a small file of the cache with every check an engine gets; EngineGateError if not.
 
     A regular file (a symlink only when it resolves inside ``root``; FIFOs, devices and
     sockets refused without blocking), owned by this user or root and not writable by
-    others (``_fs.untrusted_reason``), at most ``cap`` bytes: the descriptor is checked
+    others (``_fs.untrusted_reason``; skipped with ``check_owner=False``, for a file the
+    user named on the command line), at most ``cap`` bytes: the descriptor is checked
     with ``fstat`` and at most ``cap + 1`` bytes are read, so ``/dev/zero`` or a file that
     grows meanwhile costs nothing.
     """
@@ -123,7 +126,7 @@ def read_cache_file(path: Path, cap: int, *, what: str, root: Path | None = None
             raise EngineGateError(f"{what} is not a regular file", path=where)
         if fst.st_size > cap:
             raise EngineGateError(f"{what} too large", path=where, found=fst.st_size)
-        untrusted = untrusted_reason(target, fst)
+        untrusted = untrusted_reason(target, fst) if check_owner else None
         if untrusted is not None:
             raise EngineGateError(f"{what} {untrusted[0]}", path=where, fix=untrusted[1])
         chunks: list[bytes] = []

@@ -168,8 +168,10 @@ def _external_locations(graphs: list[Any]) -> list[str]:
 
 
 def _external_data(model_path: Path, location: str) -> ExternalData:
-    base = model_path.parent.resolve()
-    target = (model_path.parent / location).resolve()
+    # realpath, not Path.resolve: a symlink loop must not raise RuntimeError (it is left
+    # unresolved, and its stat fails below).
+    base = Path(os.path.realpath(model_path.parent))
+    target = Path(os.path.realpath(model_path.parent / location))
     if base not in target.parents:
         # Never look outside the model's directory on the model's say-so.
         return ExternalData(location, False, None)

@@ -21,10 +21,10 @@ import binascii
 import contextlib
 import enum
 import hashlib
-import json
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,13 @@ from typing import Any
 from trt_provision._fs import atomic_write_bytes, fsync_dir
 from trt_provision._lazy import import_optional
 from trt_provision.errors import EngineGateError, ManifestError, StoreError
+from trt_provision.integrity import (
+    BLOCK_SIZE,
+    MAX_METADATA_BYTES,
+    MAX_SIGNATURE_FILE_BYTES,
+    loads_bounded,
+    read_cache_file,
+)
 
 __all__ = [
     "SIGNATURE_SUFFIX",
@@ -216,16 +223,22 @@ def sign_metadata(metadata_bytes: bytes, private_key_path: Path) -> bytes:
     return format_signature(key_id, key.sign(metadata_bytes))
 
 
+def _read_named_file(path: Path, cap: int, what: str) -> bytes:
+    """A sidecar of an engine the user named (``keys sign|verify``, or beside a checked
+    engine): a regular file (a symlink is followed, but only to a regular file), at most
+    ``cap`` bytes, opened without blocking. A FIFO, ``/dev/zero`` or an endless file is
+    refused instead of hanging or filling memory; EngineGateError names the path."""
+    return read_cache_file(path, cap, what=what, root=Path(os.sep), check_owner=False)
+
+
 def sign_engine(engine_path: Path, private_key_path: Path) -> Path:
     """Sign the metadata sidecar of ``engine_path``; write ``<engine>.sig`` atomically."""
     engine_path = Path(engine_path)
     meta = _metadata_path(engine_path)
     try:
-        data = meta.read_bytes()
-    except OSError as exc:
-        raise StoreError(
-            f"cannot read metadata sidecar: {exc.strerror}", path=str(meta)
-        ) from exc
+        data = _read_named_file(meta, MAX_METADATA_BYTES, "metadata sidecar")
+    except EngineGateError as exc:
+        raise StoreError(f"cannot sign: {exc.message}", path=str(meta)) from exc
     sig = signature_path(engine_path)
     atomic_write_bytes(sig, sign_metadata(data, private_key_path))
     log.info(
@@ -286,30 +299,17 @@ class SignatureTrust:
             return
         engine_path = Path(engine_path)
         sig_path = signature_path(engine_path)
-        try:
-            signature: bytes | None = sig_path.read_bytes()[: MAX_SIGNATURE_BYTES + 1]
-        except FileNotFoundError:
-            signature = None
-        except OSError as exc:
-            raise EngineGateError(
-                f"signature file unreadable: {exc.strerror}", path=str(sig_path)
-            ) from exc
+        signature: bytes | None = None
+        if os.path.lexists(sig_path):
+            signature = _read_named_file(sig_path, MAX_SIGNATURE_FILE_BYTES, "signature")
         if signature is None and self._policy is TrustPolicy.VERIFY_IF_SIGNED:
             return
         meta_path = _metadata_path(engine_path)
-        try:
-            data = meta_path.read_bytes()
-        except OSError as exc:
-            raise EngineGateError(
-                f"metadata sidecar unreadable: {exc.strerror}", path=str(meta_path)
-            ) from exc
+        data = _read_named_file(meta_path, MAX_METADATA_BYTES, "metadata sidecar")
         self.check_bytes(data, signature, str(engine_path))
         # The gate parsed the sidecar earlier; refuse if it changed since (what was signed
-        # must be what was checked).
-        try:
-            signed = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise EngineGateError("signed metadata is not valid JSON", path=str(meta_path)) from exc
+        # must be what was checked). Parsed with bounded depth: it may have been swapped.
+        signed = loads_bounded(data, str(meta_path), "signed metadata")
         if signed != dict(metadata):
             raise EngineGateError(
                 "metadata sidecar changed while it was checked", path=str(meta_path)
@@ -343,29 +343,61 @@ class SignatureTrust:
 
 
 def verify_engine(engine_path: Path, public_keys: Sequence[PublicKey]) -> str:
-    """Verify ``<engine>.sig`` over the metadata sidecar; return the key id that signed it."""
+    """Verify ``<engine>.sig`` over the metadata sidecar, and the engine's bytes against the
+    sha256 that signed metadata carries; return the key id that signed it.
+
+    Every file is read bounded and without blocking (``_read_named_file``): a ``.sig``,
+    ``.json`` or engine that is a FIFO, a device or a symlink to one is refused, never
+    waited on or read to the end of memory.
+    """
     engine_path = Path(engine_path)
     sig = signature_path(engine_path)
-    try:
-        raw = sig.read_bytes()[: MAX_SIGNATURE_BYTES + 1]
-    except FileNotFoundError as exc:
-        raise EngineGateError("engine is not signed", path=str(sig)) from exc
-    except OSError as exc:
-        raise EngineGateError(f"signature file unreadable: {exc.strerror}", path=str(sig)) from exc
-    SignatureTrust(TrustPolicy.REQUIRE, public_keys).check_bytes(
-        _read_metadata_bytes(engine_path), raw, str(engine_path)
-    )
+    if not os.path.lexists(sig):
+        raise EngineGateError("engine is not signed", path=str(sig))
+    raw = _read_named_file(sig, MAX_SIGNATURE_FILE_BYTES, "signature")
+    meta = _metadata_path(engine_path)
+    data = _read_named_file(meta, MAX_METADATA_BYTES, "metadata sidecar")
+    SignatureTrust(TrustPolicy.REQUIRE, public_keys).check_bytes(data, raw, str(engine_path))
+    # Only now, signed, are the metadata bytes parsed.
+    metadata = loads_bounded(data, str(meta))
+    expected = metadata.get("sha256") if isinstance(metadata, dict) else None
+    if not isinstance(expected, str):
+        raise EngineGateError("signed metadata carries no sha256", path=str(meta))
+    actual = _hash_engine(engine_path)
+    if actual != expected:
+        raise EngineGateError(
+            "engine bytes do not match the signed metadata's sha256",
+            path=str(engine_path),
+            expected=expected,
+            found=actual,
+        )
     return _parse_signature(raw, str(sig))[0]
 
 
-def _read_metadata_bytes(engine_path: Path) -> bytes:
-    meta = _metadata_path(engine_path)
+def _hash_engine(engine_path: Path) -> str:
+    """sha256 of a regular file (a symlink followed only to a regular file), opened
+    without blocking so that a FIFO or device named like an engine is refused."""
+    where = str(engine_path)
     try:
-        return meta.read_bytes()
+        fd = os.open(
+            os.path.realpath(engine_path),
+            os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+        )
+    except FileNotFoundError as exc:
+        raise EngineGateError("engine file missing", path=where) from exc
     except OSError as exc:
-        raise EngineGateError(
-            f"metadata sidecar unreadable: {exc.strerror}", path=str(meta)
-        ) from exc
+        raise EngineGateError(f"engine unreadable: {exc.strerror}", path=where) from exc
+    digest = hashlib.sha256()
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise EngineGateError("engine is not a regular file", path=where)
+        while chunk := os.read(fd, BLOCK_SIZE):
+            digest.update(chunk)
+    except OSError as exc:
+        raise EngineGateError(f"engine unreadable: {exc.strerror}", path=where) from exc
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
 
 
 def remove_signature(engine_path: Path) -> None:

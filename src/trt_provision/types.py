@@ -238,6 +238,8 @@ class CalibrationSpec:
     allow_lossy_cast: bool = False  # e.g. float64 batches for a float32 input
     # A user's own held-out data (same forms as ``source``): validation and test come from it.
     evaluation_data: str | None = None
+    # A TensorRT calibration cache file (trtexec --calib): its scales are the INT8 ranges.
+    trt_cache: str | None = None
 
     def __post_init__(self) -> None:
         if self.algorithm not in CALIBRATION_ALGORITHMS:

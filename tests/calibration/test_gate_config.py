@@ -65,7 +65,9 @@ def test_bad_gate_keys_are_manifest_errors(tmp_path: Path, extra: str) -> None:
         load_manifest(_manifest(tmp_path, extra))
 
 
-def test_gate_options_enter_the_identity_only_when_set() -> None:
+def test_gate_options_enter_the_identity_only_when_set(tmp_path: Path) -> None:
+    metric = tmp_path / "m.py"
+    metric.write_text("def f(ref, cand, inputs):\n    return 1.0, True\n")
     spec = CalibrationSpec(source="d.npy")
     base = BuildConfig(precision=PrecisionMode.INT8, calibration=spec)
     digest = build_option_digest(base, calibration_key="k")
@@ -74,7 +76,7 @@ def test_gate_options_enter_the_identity_only_when_set() -> None:
                     BuildConfig(precision=PrecisionMode.INT8, calibration=spec,
                                 min_top1_agreement=0.5),
                     BuildConfig(precision=PrecisionMode.INT8, calibration=spec,
-                                accuracy_metric="m.py:f")):
+                                accuracy_metric=f"{metric}:f")):
         assert build_option_digest(changed, calibration_key="k") != digest
 
 

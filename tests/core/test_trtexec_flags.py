@@ -150,19 +150,130 @@ def test_bad_trtexec_flags_are_one_line_errors(
     assert not list(cache_dir.rglob("*.engine"))
 
 
-@pytest.mark.tier1
-def test_calib_cache_is_checked_and_refused_plainly(
-    capsys: pytest.CaptureFixture[str], demo_dir: Path, cache_dir: Path, tmp_path: Path
-) -> None:
+def _write_cache(model: Path, path: Path, base: float) -> dict[str, float]:
+    """A TensorRT calibration cache naming every tensor of ``model``, distinct scales."""
+    import onnx
+
     from trt_provision.calibration.ranges import TensorRanges, write_trt_calibration_cache
 
+    graph = onnx.load(model).graph
+    names = [i.name for i in graph.input] + [o for n in graph.node for o in n.output]
+    scales = {n: base * (k + 1) for k, n in enumerate(names)}
+    path.write_bytes(write_trt_calibration_cache(
+        TensorRanges("minmax", {n: (-s * 127, s * 127) for n, s in scales.items()}, {}),
+        "10.3.0"))
+    return scales
+
+
+def _activation_quantizers(engine: Path) -> dict[str, tuple[float, int]]:
+    """(scale, zero point) of each QuantizeLinear of the ONNX Runtime engine, by input."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(engine)
+    init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and len(node.input) == 3:
+            assert init[node.input[2]].dtype.name == "uint8"
+            out[node.input[0]] = (float(init[node.input[1]]), int(init[node.input[2]]))
+    return out
+
+
+@pytest.mark.tier1
+def test_calib_cache_gives_the_int8_ranges_unjudged(
+    capsys: pytest.CaptureFixture[str], demo_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    model = demo_dir / "models" / "demo_cnn.onnx"
+    scales = _write_cache(model, tmp_path / "a.cache", 0.01)
+    argv = ["compile", str(model), "--optShapes=image:4x3x32x32", "--json",
+            "--cache-dir", str(cache_dir)]
+    assert main([*argv, f"--calib={tmp_path / 'a.cache'}"]) == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    first = json.loads(captured.out)
+    assert first["outcome"] == "built"
+    assert "ranges from a user calibration cache; not judged" in captured.err
+    engine = Path(first["engine"])
+    meta = json.loads(engine.with_name(engine.name + ".json").read_text())
+    assert meta["precision"] == "int8"
+    assert meta["accuracy"]["verdict"] == "not judged"
+    assert meta["calibration"]["note"] == "ranges from a user calibration cache; not judged"
+    assert meta["quantization"]["quantized_nodes"] > 0
+    found = _activation_quantizers(engine)
+    assert found and set(found) <= set(scales)
+    for name, (scale, zero) in found.items():
+        # The cache's symmetric range +-scale*127 on ONNX Runtime's uint8 activation grid:
+        # 255 steps over the whole range, zero in the middle.
+        assert scale == pytest.approx(2 * scales[name] * 127 / 255, rel=1e-6), name
+        assert zero == 128, name
+    # the same cache reuses; another cache file is another engine
+    assert main([*argv, f"--calib={tmp_path / 'a.cache'}"]) == 0
+    assert json.loads(capsys.readouterr().out)["outcome"] == "reused"
+    _write_cache(model, tmp_path / "b.cache", 0.02)
+    assert main([*argv, f"--calib={tmp_path / 'b.cache'}"]) == 0, capsys.readouterr().err
+    other = json.loads(capsys.readouterr().out)
+    assert other["outcome"] == "built" and other["filename"] != first["filename"]
+    assert Path(first["engine"]).read_bytes() != Path(other["engine"]).read_bytes()
+
+
+@pytest.mark.tier1
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"TRT-100300-EntropyCalibration2\nimage: 3c23d70a\nc1 3c23d70a\n", "at line 3"),
+        (b"TRT-100300-EntropyCalibration2\nimage: 7fc00000\n", "at line 2"),
+        (b"\xff\xfe not a cache", "not ASCII"),
+        (b"hello\nimage: 3c23d70a\n", "TRT-<version>-<algorithm>"),
+        (b"TRT-100300-EntropyCalibration2\n", "names no tensor"),
+    ],
+)
+def test_garbage_calib_cache_is_one_line_exit_1(
+    capsys: pytest.CaptureFixture[str], demo_dir: Path, cache_dir: Path, tmp_path: Path,
+    content: bytes, message: str,
+) -> None:
     cache = tmp_path / "calib.cache"
-    cache.write_bytes(write_trt_calibration_cache(
-        TensorRanges("minmax", {"image": (-1.0, 1.0)}, {}), "10.3.0"))
-    argv = ["compile", str(demo_dir / "models" / "demo_cnn.onnx"), "--int8",
+    cache.write_bytes(content)
+    argv = ["compile", str(demo_dir / "models" / "demo_cnn.onnx"),
             "--optShapes=image:4x3x32x32", f"--calib={cache}", "--cache-dir", str(cache_dir)]
     assert main(argv) == 1
-    assert "not supported yet" in capsys.readouterr().err
-    cache.write_bytes(b"\x00\x01 not a cache")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].count("--calib") == 1 and message in err[0], err
+    assert not list(cache_dir.rglob("*.engine"))
+
+
+@pytest.mark.tier1
+def test_oversized_calib_cache_and_wrong_precision_are_refused(
+    capsys: pytest.CaptureFixture[str], demo_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    from trt_provision.calibration.user_cache import MAX_USER_CACHE_BYTES
+
+    model = demo_dir / "models" / "demo_cnn.onnx"
+    big = tmp_path / "big.cache"
+    big.write_bytes(b"TRT-100300-EntropyCalibration2\n" + b"x" * MAX_USER_CACHE_BYTES)
+    base = ["compile", str(model), "--optShapes=image:4x3x32x32", "--cache-dir", str(cache_dir)]
+    assert main([*base, f"--calib={big}"]) == 1
+    assert "larger than" in capsys.readouterr().err
+    _write_cache(model, tmp_path / "a.cache", 0.01)
+    assert main([*base, "--fp16", f"--calib={tmp_path / 'a.cache'}"]) == 1
+    assert "--calib needs --int8 or --mixed" in capsys.readouterr().err
+
+
+@pytest.mark.tier1
+def test_calib_cache_with_calibration_data_is_judged_by_the_gate(
+    capsys: pytest.CaptureFixture[str], cache_dir: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from calibration.models import make_mlp_classifier
+
+    model = make_mlp_classifier(tmp_path / "mlp.onnx")
+    np.save(tmp_path / "d.npy",
+            np.random.default_rng(0).standard_normal((10, 8, 16)).astype(np.float32))
+    # Scales a thousand times too small: every activation saturates, the gate must refuse.
+    _write_cache(model, tmp_path / "tiny.cache", 1e-6)
+    argv = ["compile", str(model), "--optShapes=x:8x16", f"--calib={tmp_path / 'tiny.cache'}",
+            f"--calibration-data={tmp_path / 'd.npy'}", "--cache-dir", str(cache_dir)]
     assert main(argv) == 1
-    assert "is not a TensorRT calibration cache" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "refused by the accuracy gate" in err and "not judged" not in err
+    assert not list(cache_dir.rglob("*.engine"))

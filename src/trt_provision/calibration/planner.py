@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 def calibration_spec_of(config: BuildConfig, model: str = "") -> CalibrationSpec:
     """The calibration spec of a precision that needs one, or a clear error."""
     spec = config.calibration
-    if spec is None or spec.source is None:
+    if spec is None or (spec.source is None and spec.trt_cache is None):
         raise CalibrationCacheError(
             f"precision {config.precision.value} needs calibration data; set a calibration "
             "source (an .npz, a directory of .npy/.npz, or file.py:function)",
@@ -83,7 +83,10 @@ def resolve_calibration_key(
     spec = calibration_spec_of(config, str(model_path or ""))
     digest: str | None = None
     batches: int | None = None
-    if spec.dataset_version is not None:
+    if spec.source is None and spec.trt_cache is not None:
+        # Ranges from a user's TensorRT calibration cache: the file is the "dataset".
+        version = f"trt-cache:sha256:{_user_cache_sha256(spec.trt_cache)}"
+    elif spec.dataset_version is not None:
         version = spec.dataset_version
     else:
         if dataset is None:
@@ -108,6 +111,12 @@ def algorithm_key(
         # The choice among algorithms and the judgement depend on the gate.
         params["gate"] = [config.min_cosine, config.max_rel_error, config.min_top1_agreement,
                           config.accuracy_metric, bool(spec.evaluation_data)]
+        if config.accuracy_metric is not None:
+            from trt_provision.calibration.metric import metric_file_sha256
+
+            params["gate"].append(metric_file_sha256(config.accuracy_metric))
+    if spec.trt_cache is not None:  # another cache file gives other ranges: another key
+        params["trt_cache_sha256"] = _user_cache_sha256(spec.trt_cache)
     return calibration_key(
         model_hash=model_hash,
         precision=config.precision.value,
@@ -118,6 +127,12 @@ def algorithm_key(
         pinned_keywords=config.fp16_pinned_keywords,
         excluded_op_types=config.excluded_op_types,
     )
+
+
+def _user_cache_sha256(path: str) -> str:
+    from trt_provision.calibration.user_cache import read_user_trt_cache
+
+    return read_user_trt_cache(path).sha256
 
 
 class GovernedCalibrationPlanner:
@@ -141,7 +156,7 @@ class GovernedCalibrationPlanner:
         memo_key = (
             model_hash, config.precision.value, str(spec.source), spec.dataset_version,
             spec.algorithm, spec.num_bins, spec.percentile, spec.max_batches,
-            spec.evaluation_data, config.min_cosine, config.max_rel_error,
+            spec.evaluation_data, spec.trt_cache, config.min_cosine, config.max_rel_error,
             config.min_top1_agreement, config.accuracy_metric,
             tuple((p.input_name, p.min_shape, p.max_shape) for p in config.profiles),
             tuple(config.fp16_pinned_keywords), tuple(config.excluded_op_types),

@@ -399,6 +399,12 @@ def _prepare_int8(
     name = str(model_path)
     spec = calibration_spec_of(config, name)
     model_hash = model_hash or model_sha256(model_path)
+    if spec.trt_cache is not None:  # trtexec --calib: the user's scales, not our calibration
+        from trt_provision.calibration.user_cache import prepare_int8_from_user_cache
+
+        prepared: PreparedModel = prepare_int8_from_user_cache(
+            model_path, config, workdir, consumer=consumer, model_hash=model_hash)
+        return prepared
     preprocessed = workdir / "preprocessed.onnx"
     preprocess_model(model_path, preprocessed)
     data = load_splits(model_path, config, model_hash)

@@ -116,7 +116,19 @@ class _TrtCalibrationSource:
             )
         return self._cache
 
+    @property
+    def user_cache(self) -> bytes | None:
+        """The user's TensorRT calibration cache (trtexec --calib), validated; else None."""
+        spec = calibration_spec_of(self.config, str(self.model_path))
+        if spec.trt_cache is None:
+            return None
+        from trt_provision.calibration.user_cache import read_user_trt_cache
+
+        return read_user_trt_cache(spec.trt_cache).blob
+
     def batches(self) -> Iterator[Batch]:
+        if calibration_spec_of(self.config, str(self.model_path)).source is None:
+            return  # ranges from a user cache only: TensorRT reads them, never calibrates
         # Opened on first use: a cache hit never reads the data.
         yield from open_dataset(self.model_path, self.config, base_dir=self.base_dir)
 
@@ -128,6 +140,9 @@ class _TrtCalibrationSource:
         )
 
     def read_cache(self) -> bytes | None:
+        user = self.user_cache
+        if user is not None:  # handed to the builder as is: these are the build's ranges
+            return user
         with self.cache.lock():
             lookup = self.cache.load(self.key, self.resolved.dataset_version)
             if lookup.usable and lookup.payload is not None:
@@ -177,8 +192,8 @@ class _TrtCalibrationSource:
         return write_trt_calibration_cache(governed.ranges, version)
 
     def write_cache(self, blob: bytes) -> None:
-        if not blob:
-            return
+        if not blob or self.user_cache is not None:
+            return  # the user's file stays the source of the ranges; nothing to govern
         with self.cache.lock():
             self.cache.store(self._header(), bytes(blob))
 

@@ -99,6 +99,15 @@ def _config_dict(args: argparse.Namespace) -> dict[str, Any]:
             ":" + func if sep else ""
         )
         data["calibration"] = cal
+    if args.calib_cache is not None:
+        # trtexec --calib: the cache's scales are the INT8 ranges (trtexec builds with them
+        # unjudged; --calibration-data as well judges them against the gate).
+        cal = dict(data.get("calibration") or {})
+        cal["trt_cache"] = str(Path(args.calib_cache).resolve())
+        data["calibration"] = cal
+        precision = data.setdefault("precision", "int8")
+        if precision not in ("int8", "mixed"):
+            raise UsageError(f"--calib needs --int8 or --mixed, not --{precision}")
     return data
 
 
@@ -143,7 +152,7 @@ def _resolve_paths(args: argparse.Namespace) -> None:
         )
     _check_outputs(args)
     if args.calib_cache is not None:
-        _refuse_calib_cache(Path(args.calib_cache))
+        _check_calib_cache(Path(args.calib_cache))
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -179,24 +188,17 @@ def _check_outputs(args: argparse.Namespace) -> None:
             raise UsageError(f"--timingCacheFile: directory {timing.parent} does not exist")
 
 
-def _refuse_calib_cache(path: Path) -> None:
-    """Check a TensorRT calibration cache and say plainly that it cannot be used yet."""
-    from trt_provision.calibration.ranges import parse_trt_calibration_cache
+def _check_calib_cache(path: Path) -> None:
+    """Validate a TensorRT calibration cache up front: a bad file is one line, exit 1."""
+    from trt_provision.calibration.user_cache import read_user_trt_cache
     from trt_provision.errors import CalibrationCacheError
 
     try:
-        with open(path, "rb") as fh:
-            blob = fh.read((64 << 20) + 1)
-    except OSError as exc:
-        raise UsageError(f"--calib: cannot read {path}: {exc.strerror}") from exc
-    try:
-        parse_trt_calibration_cache(blob)
+        read_user_trt_cache(path)
     except CalibrationCacheError as exc:
-        raise UsageError(f"--calib: {path} is not a TensorRT calibration cache ({exc})") from exc
-    raise UsageError(
-        f"--calib: building from a TensorRT calibration cache is not supported yet ({path}); "
-        "calibrate from data with --calibration-data"
-    )
+        line = exc.context.get("line")
+        where = f" at line {line}" if line is not None else ""
+        raise UsageError(f"--calib: {path}{where}: {exc.message}") from exc
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ Nothing here imports a runtime, NVML, numpy or onnx.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import mmap
@@ -158,7 +159,8 @@ class DefaultEngineGate:
     ) -> None:
         if isinstance(max_engine_bytes, bool) or max_engine_bytes <= 0:
             raise ValueError(f"max_engine_bytes must be > 0, got {max_engine_bytes}")
-        self._root = Path(cache_root).resolve() if cache_root is not None else None
+        # os.path.realpath, not Path.resolve: a symlink loop must not raise RuntimeError.
+        self._root = Path(os.path.realpath(cache_root)) if cache_root is not None else None
         self._max_bytes = max_engine_bytes
         self._trust = trust
         self._allow_host_code = allow_host_code
@@ -274,7 +276,9 @@ class DefaultEngineGate:
             raise EngineGateError(f"engine unreadable: {exc.strerror}", path=where) from exc
         target = engine_path
         if stat.S_ISLNK(st.st_mode):
-            target = engine_path.resolve()
+            # realpath leaves a symlink loop unresolved (Path.resolve raises RuntimeError):
+            # the stat below then fails with ELOOP and the engine is refused.
+            target = Path(os.path.realpath(engine_path))
             if not self._inside_root(target):
                 raise EngineGateError(
                     "engine is a symlink pointing outside the cache",
@@ -286,14 +290,17 @@ class DefaultEngineGate:
                 st = os.stat(target)
             except OSError as exc:
                 raise EngineGateError(
-                    "engine symlink is dangling", path=where, found=str(target)
+                    "engine symlink loops" if exc.errno == errno.ELOOP
+                    else "engine symlink is dangling",
+                    path=where,
+                    found=str(target),
                 ) from exc
         if not stat.S_ISREG(st.st_mode):
             raise EngineGateError("engine is not a regular file", path=where)
         untrusted = untrusted_reason(target, st)
         if untrusted is not None:
             raise EngineGateError(f"engine {untrusted[0]}", path=where, fix=untrusted[1])
-        if self._root is not None and not self._inside_root(engine_path.resolve()):
+        if self._root is not None and not self._inside_root(Path(os.path.realpath(engine_path))):
             raise EngineGateError(
                 "engine is outside the cache directory", path=where, expected=str(self._root)
             )
@@ -638,4 +645,13 @@ def _location_escapes(location: str, base: Path, inside: Path) -> str | None:
     real = Path(os.path.realpath(base / pure))
     if Path(os.path.realpath(inside)) not in real.parents:
         return "location leaves the cache directory (through a symlink)"
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        return None  # ONNX Runtime refuses the engine when it finds no data there
+    except OSError as exc:
+        return f"location cannot be checked: {exc.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        # A FIFO or a device: not left to the installed ONNX Runtime to refuse.
+        return "location is not a regular file"
     return None

@@ -38,6 +38,7 @@ import re
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,7 @@ from trt_provision._bounded import BoundedInputError, loads_bounded
 from trt_provision._fs import fsync_dir, publish_file, write_temp_file
 from trt_provision._lazy import import_optional
 from trt_provision.errors import EngineGateError, ManifestError, StoreError, TrtProvisionError
-from trt_provision.integrity import format_sha256_line, parse_sha256_sidecar
+from trt_provision.integrity import format_sha256_line, parse_sha256_sidecar, read_cache_file
 from trt_provision.seams import EngineGate, EngineStore
 from trt_provision.types import EngineCacheEntry, EngineIdentity, RuntimeTarget
 
@@ -683,7 +684,10 @@ class S3EngineStore:
             )
             return
         log.warning(message + ": %s", subject, reason, extra=extra)
-        log.debug("remote failure detail", exc_info=exc, extra={"event": f"{event}.detail"})
+        # Not exc_info: a third-party message may quote the endpoint with its query string
+        # (botocore's EndpointResolutionError does), so the traceback is redacted first.
+        detail = redact_urls("".join(traceback.format_exception(exc)))
+        log.debug("remote failure detail:\n%s", detail, extra={"event": f"{event}.detail"})
 
     def _fetch(
         self,
@@ -926,19 +930,32 @@ class S3EngineStore:
         return uploaded
 
     def _read_local(self, entry: EngineCacheEntry) -> tuple[bytes, bytes, bytes | None, int]:
+        """The local sidecars, read like the gate reads them (``read_cache_file``: regular
+        files inside the cache, owned by us, bounded) and to the bounds a fetching device
+        accepts: a ``.sig`` planted as a FIFO or a link to ``/dev/zero`` (the gate reads
+        no ``.sig`` without a trust policy) is refused, never waited on or read whole."""
         engine = entry.engine_path
+        root = engine.parent.parent  # <cache>/<model>/<engine>
+        sig_path = engine.with_name(engine.name + SIG_SUFFIX)
         try:
-            sha_bytes = engine.with_name(engine.name + SHA_SUFFIX).read_bytes()
-            meta_bytes = engine.with_name(engine.name + JSON_SUFFIX).read_bytes()
-            size = engine.stat().st_size
+            sha_bytes = read_cache_file(
+                engine.with_name(engine.name + SHA_SUFFIX), MAX_SHA_SIDECAR_BYTES,
+                what="sha256 sidecar", root=root,
+            )
+            meta_bytes = read_cache_file(
+                engine.with_name(engine.name + JSON_SUFFIX), MAX_METADATA_BYTES,
+                what="metadata sidecar", root=root,
+            )
+            sig_bytes: bytes | None = None
+            if os.path.lexists(sig_path):
+                sig_bytes = read_cache_file(
+                    sig_path, MAX_SIGNATURE_BYTES, what="signature", root=root
+                )
+            size = os.stat(engine).st_size
+        except EngineGateError as exc:
+            raise _Refused(f"local {exc}") from exc
         except OSError as exc:
-            raise _Refused(f"local engine or sidecar unreadable: {exc.strerror}") from exc
-        try:
-            sig_bytes: bytes | None = engine.with_name(engine.name + SIG_SUFFIX).read_bytes()
-        except FileNotFoundError:
-            sig_bytes = None
-        except OSError as exc:
-            raise _Refused(f"local signature unreadable: {exc.strerror}") from exc
+            raise _Refused(f"local engine unreadable: {exc.strerror}") from exc
         if not sha_bytes.startswith(entry.sha256.encode()):
             raise _Refused("local sha256 sidecar does not match the engine entry")
         return sha_bytes, meta_bytes, sig_bytes, size
@@ -1177,7 +1194,15 @@ class S3EngineStore:
     # ------------------------------------------------------------------ listing
 
     def exists(self, identity: EngineIdentity) -> bool:
-        """Whether a complete object set is present (its .sha256 exists)."""
+        """Whether a complete object set is present (its .sha256 exists).
+
+        Once the run has stopped using the remote, StoreError at once: asking again would
+        cost another deadline against the server that was given up on."""
+        if self._offline is not None:
+            raise StoreError(
+                f"remote store not used for the rest of this run: {self._offline}",
+                key=self.key_for(identity),
+            )
         try:
             return self._head(self.key_for(identity) + SHA_SUFFIX) is not None
         except self._remote_errors() as exc:
