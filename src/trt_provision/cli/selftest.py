@@ -40,11 +40,9 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trt_provision.cli._common import require_paths
     from trt_provision.errors import UsageError
     from trt_provision.selftest import run_selftest
 
-    require_paths((args.manifest, "--manifest"))
     # Checked before a run that may take minutes on a TensorRT host, not when writing.
     for path, flag in ((args.report_dir, "--report-dir"), (args.work_dir, "--work-dir")):
         if path is not None and Path(path).exists() and not Path(path).is_dir():
