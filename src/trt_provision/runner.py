@@ -9,7 +9,7 @@ inputs → per-output comparison. The measurements are recorded beside the engin
 Comparison, per output (reference = ONNX Runtime FP32, candidate = the engine):
 
 * an element passes when ``|candidate - reference| <= atol + rtol * |reference|`` (numpy's
-  ``isclose``); the output passes when every element does and there is at least one;
+  ``isclose``); the output passes when every element does and at least one pair is finite;
 * ``max_abs_error`` = max ``|candidate - reference|``;
 * ``max_rel_error`` = max ``|candidate - reference| / |reference|`` over elements whose
   reference is not zero;
@@ -403,6 +403,10 @@ def _compare_one(name: str, ref: Any, cand: Any, atol: float, rtol: float) -> Ou
                                 "no elements to compare")
     r64 = r.astype(np.float64).reshape(-1)
     c64 = c.astype(np.float64).reshape(-1)
+    if not np.any(np.isfinite(r64) & np.isfinite(c64)):
+        # All NaN/Inf (e.g. NaN inputs): matching NaNs compare nothing, never a perfect score.
+        return OutputComparison(name, int(r.size), -1.0, math.inf, math.inf, int(r.size), False,
+                                "no finite elements to compare (NaN/Inf in the outputs)")
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         close = np.isclose(c64, r64, atol=atol, rtol=rtol, equal_nan=True)
         diff = np.abs(c64 - r64)

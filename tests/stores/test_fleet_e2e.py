@@ -143,6 +143,7 @@ def test_push_pull_with_signatures_through_the_cli(
 
 
 def test_cache_clear_needs_yes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "cache").mkdir()  # a --cache-dir that does not exist is a typo, refused
     cache = str(tmp_path / "cache")
     assert main(["cache", "clear", "--cache-dir", cache]) == 1
     assert "--yes" in capsys.readouterr().err

@@ -46,6 +46,10 @@ def require_paths(*named: tuple[Path | str | None, str]) -> None:
         p = Path(path).expanduser()
         if not p.exists():
             raise UsageError(f"{flag}: not found: {path}")
+        # A FIFO or socket would block the read for ever; character devices (/dev/null as an
+        # empty file) are left to the bounded readers.
+        if p.is_fifo() or p.is_socket() or p.is_block_device():
+            raise UsageError(f"{flag}: not a regular file or directory: {path}")
 
 
 def require_dir(path: Path, flag: str) -> None:
@@ -79,7 +83,10 @@ def settings_from_args(args: argparse.Namespace, base: Settings | None = None) -
     if getattr(args, "runtime", None) is not None:
         changes["runtime"] = args.runtime
     if getattr(args, "max_temp", None) is not None:
-        changes["max_temperature_c"] = finite_float(args.max_temp, "--max-temp")
+        celsius = finite_float(args.max_temp, "--max-temp")
+        if not 0 < celsius <= 200:  # -500 would refuse every build, 1e9 would disable the gate
+            raise UsageError(f"--max-temp expects degrees Celsius in (0, 200], got {celsius:g}")
+        changes["max_temperature_c"] = celsius
     return dataclasses.replace(settings, **changes) if changes else settings
 
 

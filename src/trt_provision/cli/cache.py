@@ -7,7 +7,12 @@ import datetime
 from pathlib import Path
 from typing import Any
 
-from trt_provision.cli._common import add_settings_args, print_json, settings_from_args
+from trt_provision.cli._common import (
+    add_settings_args,
+    print_json,
+    require_dir,
+    settings_from_args,
+)
 
 __all__ = ["register"]
 
@@ -69,10 +74,20 @@ def _when(stamp: float) -> str:
     return datetime.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M")
 
 
+def _check_cache_dir(args: argparse.Namespace, cache_dir: Path) -> None:
+    """A ``--cache-dir`` the user typed must be a directory (a typo is not an empty cache);
+    the default cache may not exist yet, but a file in its place is an error."""
+    if getattr(args, "cache_dir", None) is not None:
+        require_dir(Path(cache_dir), "--cache-dir")
+    elif Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+        require_dir(Path(cache_dir), "cache directory")
+
+
 def run_ls(args: argparse.Namespace) -> int:
     from trt_provision.stores.maintenance import list_engines
 
     settings = settings_from_args(args)
+    _check_cache_dir(args, settings.cache_dir)
     engines = list_engines(settings.cache_dir)
     if args.json:
         print_json(
@@ -147,6 +162,7 @@ def run_gc(args: argparse.Namespace) -> int:
     from trt_provision.stores.maintenance import apply_gc, plan_gc
 
     settings, targets, models = host_targets_and_models(args)
+    _check_cache_dir(args, settings.cache_dir)
     plan = plan_gc(settings.cache_dir, host_targets=targets, current_models=models)
     freed = apply_gc(plan) if args.apply else 0
     if args.json:
@@ -167,13 +183,14 @@ def run_gc(args: argparse.Namespace) -> int:
 
 
 def run_clear(args: argparse.Namespace) -> int:
-    from trt_provision.errors import TrtProvisionError
+    from trt_provision.errors import UsageError
     from trt_provision.stores.maintenance import clear_cache, list_engines
 
     settings = settings_from_args(args)
+    _check_cache_dir(args, settings.cache_dir)
     if not args.yes:
         engines = list_engines(settings.cache_dir)
-        raise TrtProvisionError(
+        raise UsageError(
             f"cache clear deletes {len(engines)} engine(s) in {settings.cache_dir}; "
             "pass --yes to confirm"
         )

@@ -145,8 +145,47 @@ def _resolve_paths(args: argparse.Namespace) -> None:
         raise UsageError(
             f"--saveEngine: directory {Path(args.save_engine).parent} does not exist"
         )
+    if Path(args.model).is_dir():  # also ``--onnx=``, which names the current directory
+        raise UsageError(
+            f"{'MODEL' if args.onnx is None else '--onnx'}: is a directory, "
+            f"expected an ONNX model file: {args.model}"
+        )
+    _check_outputs(args)
     if args.calib_cache is not None:
         _check_calib_cache(Path(args.calib_cache))
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Output paths are checked before anything is built: a trtexec habit
+    (``compile m.onnx m.plan``) or a directory as --saveEngine is named, not found late."""
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise UsageError(
+            f"OUT_DIR: not a directory: {args.out} (to write one engine file use --saveEngine=FILE)"
+        )
+    if args.save_engine is not None and Path(args.save_engine).is_dir():
+        raise UsageError(f"--saveEngine: is a directory, expected a file path: {args.save_engine}")
+    # A copy must never land on the source model or inside the cache, where it would replace
+    # a verified engine or sidecar with other bytes.
+    cache = Path(settings_from_args(args).cache_dir).expanduser().resolve()
+    model = Path(args.model).expanduser().resolve()
+    for path, flag in ((args.save_engine, "--saveEngine"), (args.out, "OUT_DIR")):
+        if path is None:
+            continue
+        final = Path(path).expanduser().resolve()
+        if flag == "--saveEngine" and model in (
+            final, *(final.with_name(final.name + s) for s in (".json", ".sha256", ".sig"))
+        ):
+            raise UsageError(f"{flag}: would overwrite the source model {args.model}")
+        if final == cache or cache in final.parents:
+            raise UsageError(f"{flag}: {path} is inside the engine cache {cache}; "
+                             "copies go elsewhere")
+    timing = getattr(args, "timing_cache", None)
+    if timing is not None:
+        timing = Path(timing).expanduser()
+        if timing.is_dir():
+            raise UsageError(f"--timingCacheFile: is a directory, expected a file path: {timing}")
+        if not timing.parent.is_dir():
+            raise UsageError(f"--timingCacheFile: directory {timing.parent} does not exist")
 
 
 def _check_calib_cache(path: Path) -> None:

@@ -53,6 +53,8 @@ def run_generate(args: argparse.Namespace) -> int:
     if public.resolve() == args.private_key.resolve():
         raise UsageError("--public-key must differ from PRIVATE_KEY")
     for path in (args.private_key, public):
+        if path.is_dir():  # --force must never be the answer to a directory
+            raise UsageError(f"key file is a directory: {path}; name a file to write")
         if path.exists() and not args.force:
             raise UsageError(f"key file already exists: {path} (use --force to replace it)")
     public_path, key = generate_keypair(args.private_key, args.public_key, overwrite=args.force)
@@ -62,21 +64,34 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_sign(args: argparse.Namespace) -> int:
+    from trt_provision.errors import ManifestError, UsageError
     from trt_provision.trust import sign_engine
 
     require_paths((args.key, "--key"), *((e, "ENGINE") for e in args.engines))
 
     for engine in args.engines:
-        print(f"signed {sign_engine(engine, args.key)}")
+        try:
+            signed = sign_engine(engine, args.key)
+        except ManifestError as exc:
+            # The key file is the user's flag, not a manifest: name it as typed.
+            if exc.context.get("path") == str(args.key):
+                raise UsageError(f"--key: {exc.message}: {args.key}") from exc
+            raise
+        print(f"signed {signed}")
     return 0
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from trt_provision.errors import EngineGateError
+    from trt_provision.errors import EngineGateError, ManifestError, UsageError
     from trt_provision.trust import load_public_key, verify_engine
 
     require_paths(*((p, "PUBLIC_KEY (--public-key)") for p in args.public_key))
-    keys = [load_public_key(p) for p in args.public_key]
+    keys = []
+    for path in args.public_key:
+        try:
+            keys.append(load_public_key(path))
+        except ManifestError as exc:  # the flag's file, not a manifest
+            raise UsageError(f"--public-key: {exc.message}: {path}") from exc
     rows: list[dict[str, Any]] = []
     for engine in args.engines:
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import importlib
 import logging
 import sys
@@ -110,8 +111,27 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
         setattr(args, late, extra[0])
         extra = []
     if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        # The subcommand's usage, not the top level's, and the nearest real flag for a typo.
+        chosen = _chosen_parser(parser, list(argv if argv is not None else sys.argv[1:]))
+        hint = ""
+        known = [o for a in chosen._actions for o in a.option_strings if o.startswith("--")]
+        for token in extra:
+            close = difflib.get_close_matches(token.split("=", 1)[0], known, n=1)
+            if token.startswith("--") and close:
+                hint = f" (did you mean {close[0]}?)"
+                break
+        chosen.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     return args
+
+
+def _chosen_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The (sub)subcommand parser the command line selected, for its usage line."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for i, token in enumerate(argv):
+                if token in action.choices:
+                    return _chosen_parser(action.choices[token], argv[i + 1:])
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -69,12 +69,20 @@ def run(args: argparse.Namespace) -> int:
 
     model: Path = args.model
     if not model.is_file():
-        raise ModelError("model not found", path=str(model))
+        what = "is a directory" if model.is_dir() else (
+            "is not a regular file" if model.exists() else "not found")
+        raise ModelError(f"model {what}", path=str(model))
     output: Path = args.output
     if output.suffix != ".onnx":
         raise ModelError("output must be an .onnx path", path=str(output))
     if not output.parent.is_dir():
         raise ModelError("output directory does not exist", path=str(output.parent))
+    if output.is_dir():
+        raise ModelError("output is a directory, expected an .onnx file path", path=str(output))
+    if output.exists() and output.resolve() == model.resolve():
+        # Writing over the source would lose the FP32 model every later build and check needs.
+        raise ModelError("output would overwrite the source model; choose another -o",
+                         path=str(output))
     source = _existing(args.calibration_data, "calibration data")
     evaluation = _existing(args.evaluation_data, "evaluation data")
     spec = None

@@ -84,6 +84,25 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def _saved_engine_origin(target: Path, args: argparse.Namespace) -> str | None:
+    """The cached engine a ``compile --saveEngine=FILE`` copy came from (its FILE.json names
+    it), so that ``run model.plan`` points at what can be run; None when it is not one."""
+    import json
+
+    sidecar = target.with_name(target.name + ".json")
+    try:
+        if not (target.is_file() and sidecar.is_file()) or sidecar.stat().st_size > 1 << 20:
+            return None
+        metadata = json.loads(sidecar.read_bytes())
+        name, model = metadata["engine"], metadata["identity"]["model_name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(name, str) or not isinstance(model, str) or "/" in name + model:
+        return None
+    cached = Path(settings_from_args(args).cache_dir) / model / name
+    return str(cached) if cached.is_file() else name
+
+
 def _is_manifest(path: Path) -> bool:
     return path.suffix.lower() == ".toml"
 
@@ -114,6 +133,12 @@ def run(args: argparse.Namespace) -> int:
 
     target: Path = args.target
     if not _is_manifest(target) and not target.name.endswith(ENGINE_SUFFIX):
+        cached = _saved_engine_origin(target, args)
+        if cached:
+            raise UsageError(
+                f"ENGINE|MANIFEST: {target} is a --saveEngine copy; run gates an engine by its "
+                f"identity name, so run the cached engine: {cached}"
+            )
         raise UsageError(
             f"ENGINE|MANIFEST: run takes an engine (*{ENGINE_SUFFIX}) or a manifest (*.toml), "
             f"got {target}; for an ONNX model, provision or compile it first"

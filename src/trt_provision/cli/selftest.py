@@ -40,8 +40,13 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from trt_provision.errors import UsageError
     from trt_provision.selftest import run_selftest
 
+    # Checked before a run that may take minutes on a TensorRT host, not when writing.
+    for path, flag in ((args.report_dir, "--report-dir"), (args.work_dir, "--work-dir")):
+        if path is not None and Path(path).exists() and not Path(path).is_dir():
+            raise UsageError(f"{flag}: not a directory: {path}")
     report = run_selftest(
         manifest=args.manifest, report_dir=args.report_dir, work_dir=args.work_dir
     )
