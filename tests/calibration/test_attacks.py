@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from trt_provision.calibration.accuracy import AccuracyGate, compare_models
+from trt_provision.calibration.data import InputSpec
 from trt_provision.calibration.precision import prepare_model_for_precision
+from trt_provision.calibration.splits import split_for_judging
 from trt_provision.errors import AccuracyGateError
 from trt_provision.types import BuildConfig, CalibrationSpec, PrecisionMode
 
@@ -71,3 +73,23 @@ def test_integer_outputs_are_judged_by_exact_agreement_not_cosine(tmp_path: Path
     assert any("exact agreement 0.8000" in f for f in gate.failures(report))
     same = compare_models(ref, ref, batches, data="test")
     assert same.outputs[0].exact_agreement == 1.0 and gate.passes(same)
+
+
+def test_held_out_rows_identical_to_calibration_rows_are_flagged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # a constant source: every "held-out" row is a calibration row
+    specs = (InputSpec("x", "float32", (None, 16)),)
+    config = BuildConfig(precision=PrecisionMode.INT8)
+    same = [{"x": np.ones((4, 16), np.float32)} for _ in range(10)]
+    with caplog.at_level("WARNING"):
+        splits = split_for_judging(same, specs, config)
+    meta = splits.to_metadata()
+    assert meta["identical_to_calibration_rows"] == {"validation": 8, "test": 8}
+    assert "not measured on held-out data" in caplog.text
+    rows = split_for_judging([{"x": np.ones((10, 16), np.float32)}], specs, config)
+    assert rows.to_metadata()["identical_to_calibration_rows"] == {"validation": 2, "test": 2}
+    rng = np.random.default_rng(0)
+    fresh = [{"x": rng.standard_normal((4, 16)).astype(np.float32)} for _ in range(10)]
+    assert "identical_to_calibration_rows" not in split_for_judging(
+        fresh, specs, config).to_metadata()
