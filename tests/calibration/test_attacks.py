@@ -13,7 +13,7 @@ from trt_provision.calibration.accuracy import AccuracyGate, compare_models
 from trt_provision.calibration.data import InputSpec
 from trt_provision.calibration.precision import prepare_model_for_precision
 from trt_provision.calibration.splits import split_for_judging
-from trt_provision.errors import AccuracyGateError
+from trt_provision.errors import AccuracyGateError, EngineBuildError
 from trt_provision.types import BuildConfig, CalibrationSpec, PrecisionMode
 
 from .models import make_int_pair, make_offset_regressor, outlier_batches
@@ -93,3 +93,19 @@ def test_held_out_rows_identical_to_calibration_rows_are_flagged(
     fresh = [{"x": rng.standard_normal((4, 16)).astype(np.float32)} for _ in range(10)]
     assert "identical_to_calibration_rows" not in split_for_judging(
         fresh, specs, config).to_metadata()
+
+
+def test_fp16_with_nothing_converted_is_refused_not_labelled_fp16(tmp_path: Path) -> None:
+    # inputs near 1e37: every activation is beyond the FP16 range, every node stays FP32
+    from .models import make_mlp_classifier
+
+    model = make_mlp_classifier(tmp_path / "mlp.onnx")
+    rng = np.random.default_rng(0)
+    data = tmp_path / "huge.npy"
+    np.save(data, (rng.standard_normal((10, 8, 16)) * 1e37).astype(np.float32))
+    with pytest.raises(EngineBuildError, match=r"nothing to convert.*beyond fp16 range"):
+        _prepare(model, _config("fp16", data), tmp_path)
+    normal = tmp_path / "normal.npy"
+    np.save(normal, rng.standard_normal((10, 8, 16)).astype(np.float32))
+    meta = _prepare(model, _config("fp16", normal), tmp_path / "ok").metadata
+    assert meta["fp16"]["converted_nodes"] >= 2 and meta["accuracy"]["verdict"] == "passed"
