@@ -278,3 +278,38 @@ def make_if_model(path: Path, *, features: int = 8) -> Path:
         [numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero")],
     )
     return _save(graph, path)
+
+
+def make_offset_regressor(path: Path, *, offset: float = 1000.0) -> Path:
+    """``make_mlp_classifier(outlier_reaches_fc2=True)`` followed by a one-value regression
+    head plus a large constant: the output's plain cosine stays 0.9999 whatever the varying
+    part does, so INT8 noise hides behind the offset."""
+    make_mlp_classifier(path, outlier_reaches_fc2=True)
+    model = onnx.load(str(path))
+    rng = np.random.default_rng(0)
+    model.graph.initializer.extend([
+        numpy_helper.from_array(rng.standard_normal((10, 1)).astype(np.float32), "w3"),
+        numpy_helper.from_array(np.array([offset], np.float32), "offset"),
+    ])
+    model.graph.node.extend([
+        helper.make_node("MatMul", ["logits", "w3"], ["r"], name="fc3"),
+        helper.make_node("Add", ["r", "offset"], ["y"], name="add_offset"),
+    ])
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1]))
+    onnx.save(model, str(path))
+    return path
+
+
+def make_int_pair(ref_path: Path, cand_path: Path, *, shift_every: int = 5) -> tuple[Path, Path]:
+    """Two int64 "label" models: the reference passes its labels through, the candidate adds
+    1 to one label in ``shift_every`` (a neighbouring class)."""
+    shift = np.zeros(shift_every, np.int64)
+    shift[0] = 1
+    x = helper.make_tensor_value_info("x", TensorProto.INT64, ["N", shift_every])
+    y = helper.make_tensor_value_info("y", TensorProto.INT64, ["N", shift_every])
+    _save(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "ref", [x], [y]),
+          ref_path)
+    _save(helper.make_graph([helper.make_node("Add", ["x", "shift"], ["y"])], "cand", [x], [y],
+                            [numpy_helper.from_array(shift, "shift")]), cand_path)
+    return ref_path, cand_path

@@ -6,8 +6,15 @@ Per output, over all batches of one split:
 * ``max_rel_error``  - ``max_abs_error / max |reference|`` (relative to the output's range;
   an element-wise ratio explodes wherever the reference is near zero);
 * ``cosine``         - cosine similarity of the flattened outputs (1.0 when both are zero);
+* ``centered_cosine`` - the cosine of both outputs minus the reference's mean (Pearson
+  correlation): an output dominated by a constant offset (a regression head ``+ 1000``) keeps
+  a plain cosine of 0.9999 while its varying part is noise; the gate's ``min_cosine`` applies
+  to both;
 * ``top1_agreement`` - for classification-like outputs only (see :func:`classification_outputs`):
-  the share of rows (every position but the last axis) whose arg-max class is the same.
+  the share of rows (every position but the last axis) whose arg-max class is the same;
+* ``exact_agreement`` - for integer and boolean outputs (labels from ArgMax, indices, masks):
+  the share of equal elements. A cosine of class indices says nothing (label 500 read as 501
+  is cosine 0.99999); the gate's ``min_top1_agreement`` applies to it.
 
 A comparison over zero elements is an error, never a perfect score. The gate
 (:class:`AccuracyGate`) is on by default for int8/mixed and for fp16 measured on real data;
@@ -69,6 +76,8 @@ class OutputAccuracy:
     elements: int
     top1_agreement: float | None = None  # classification-like outputs only
     rows: int = 0
+    centered_cosine: float | None = None  # None where the reference is constant
+    exact_agreement: float | None = None  # integer / boolean outputs only
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -77,6 +86,10 @@ class OutputAccuracy:
             "cosine": _round(self.cosine),
             "elements": self.elements,
         }
+        if self.centered_cosine is not None:
+            out["centered_cosine"] = _round(self.centered_cosine)
+        if self.exact_agreement is not None:
+            out["exact_agreement"] = _round(self.exact_agreement)
         if self.top1_agreement is not None:
             out["top1_agreement"] = _round(self.top1_agreement)
             out["rows"] = self.rows
@@ -108,11 +121,13 @@ class AccuracyReport:
 
     @property
     def worst_cosine(self) -> float:
-        return min((o.cosine for o in self.outputs if o.elements), default=1.0)
+        return min((min(o.cosine, 1.0 if o.centered_cosine is None else o.centered_cosine)
+                    for o in self.outputs if o.elements), default=1.0)
 
     @property
     def worst_top1(self) -> float | None:
-        values = [o.top1_agreement for o in self.outputs if o.top1_agreement is not None]
+        values = [v for o in self.outputs for v in (o.top1_agreement, o.exact_agreement)
+                  if v is not None]
         return min(values) if values else None
 
     def score(self) -> tuple[float, float, float]:
@@ -150,6 +165,15 @@ class AccuracyGate:
                 continue
             if self.min_cosine is not None and not out.cosine >= self.min_cosine:
                 found.append(f"output {out.name!r}: cosine {out.cosine:.6f} < {self.min_cosine}")
+            elif (self.min_cosine is not None and out.centered_cosine is not None
+                    and not out.centered_cosine >= self.min_cosine):
+                found.append(f"output {out.name!r}: centered cosine {out.centered_cosine:.6f} "
+                             f"< {self.min_cosine} (the plain cosine {out.cosine:.6f} is "
+                             "dominated by a constant offset)")
+            if (self.min_top1_agreement is not None and out.exact_agreement is not None
+                    and not out.exact_agreement >= self.min_top1_agreement):
+                found.append(f"output {out.name!r}: exact agreement {out.exact_agreement:.4f} "
+                             f"< {self.min_top1_agreement} (integer output)")
             if self.max_rel_error is not None and not out.max_rel_error <= self.max_rel_error:
                 found.append(f"output {out.name!r}: relative error {out.max_rel_error:.6g} > "
                              f"{self.max_rel_error}")
@@ -206,6 +230,10 @@ class _Accumulator:
         self.classification = classification
         self.rows = 0
         self.agree = 0
+        self.ref_sum = 0.0
+        self.cand_sum = 0.0
+        self.integer = False
+        self.equal = 0
 
     def add(self, ref: npt.NDArray[Any], cand: npt.NDArray[Any]) -> None:
         import numpy as np
@@ -225,6 +253,11 @@ class _Accumulator:
             self.dot += float(np.dot(r, c))
             self.ref_sq += float(np.dot(r, r))
             self.cand_sq += float(np.dot(c, c))
+            self.ref_sum += float(r.sum())
+            self.cand_sum += float(c.sum())
+        if ref_arr.dtype.kind in "biu":
+            self.integer = True
+            self.equal += int(np.sum(ref_arr == cand_arr))
         self.elements += r.size
         if self.classification and ref_arr.ndim >= 1 and ref_arr.size:
             classes = ref_arr.shape[-1]
@@ -254,8 +287,26 @@ class _Accumulator:
         rel = self.max_abs / self.ref_max if self.ref_max > 0 else (
             0.0 if self.max_abs == 0 else math.inf
         )
+        exact = (self.equal / self.elements) if self.integer and self.elements else None
         return OutputAccuracy(name, self.max_abs, rel, max(-1.0, min(1.0, cosine)),
-                              self.elements, top1, self.rows)
+                              self.elements, top1, self.rows, self._centered(), exact)
+
+    def _centered(self) -> float | None:
+        """Cosine after subtracting the reference's mean from both outputs (None: constant
+        reference, where centering leaves nothing to compare)."""
+        if self.integer or not self.elements:
+            return None
+        n, mean = self.elements, self.ref_sum / self.elements
+        # sum((r - m)(c - m)), sum((r - m)^2), sum((c - m)^2) from the running sums
+        dot = self.dot - mean * (self.ref_sum + self.cand_sum) + n * mean * mean
+        ref_sq = self.ref_sq - 2 * mean * self.ref_sum + n * mean * mean
+        cand_sq = self.cand_sq - 2 * mean * self.cand_sum + n * mean * mean
+        # below float64's resolution of the uncentred sums the reference is constant
+        if ref_sq <= 1e-12 * max(self.ref_sq, 1e-300):
+            return None
+        if cand_sq <= 0.0:
+            return 0.0
+        return max(-1.0, min(1.0, dot / math.sqrt(ref_sq * cand_sq)))
 
 
 def _session(path: Path) -> Any:

@@ -587,6 +587,14 @@ def _prepare_fp16(model_path: Path, config: BuildConfig, workdir: Path) -> Prepa
     # only excluded op types stay FP32.
     block = {p.node: f"excluded ({p.keyword})" for p in pinned if p.keyword.startswith("op:")}
     model, conversion = convert_to_fp16(model, block_nodes=block, activation_extremes=extremes)
+    if not conversion.converted:
+        # Truth in labels, as for int8's "nothing to quantize": every node kept FP32 (values
+        # beyond the FP16 range, excluded ops) is the FP32 model under an fp16 label.
+        reasons = sorted({b.reason for b in conversion.blocked})[:3]
+        raise EngineBuildError(
+            "nothing to convert: no node of the model was converted to fp16 ("
+            + ("; ".join(reasons) or "no float compute") + "); build it as fp32",
+            model=name, kept_fp32=len(conversion.blocked))
     out = save_model(model, workdir / f"{model_path.stem}.fp16.onnx")
     applied = {p.node: ("fp16" if p.node in conversion.converted
                         else f"fp32 ({conversion.reason_for(p.node) or 'kept'})")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from trt_provision.calibration.data import Batch, InputSpec
@@ -46,6 +46,8 @@ class DataSplits:
     source_batches: int
     judged: bool = True
     note: str = ""
+    overlap: dict[str, int] | None = None  # held-out rows identical to a calibration row
+
 
     def to_metadata(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -59,6 +61,8 @@ class DataSplits:
         }
         if self.note:
             out["note"] = self.note
+        if self.overlap:
+            out["identical_to_calibration_rows"] = dict(self.overlap)
         return out
 
 
@@ -70,6 +74,44 @@ def _rows(batch: Batch) -> int:
 
 def _describe(batches: Sequence[Batch]) -> dict[str, int]:
     return {"batches": len(batches), "rows": sum(_rows(b) for b in batches)}
+
+
+def _row_digests(batch: Batch) -> list[bytes]:
+    """One digest per row (all inputs' slices along the leading axis), or one for the batch
+    when its inputs do not share a leading length."""
+    import hashlib
+
+    import numpy as np
+
+    arrays = [np.ascontiguousarray(batch[k]) for k in sorted(batch)]
+    lengths = {a.shape[0] if a.ndim else -1 for a in arrays}
+    if len(lengths) != 1 or -1 in lengths:
+        h = hashlib.sha256()
+        for a in arrays:
+            h.update(a.tobytes())
+        return [h.digest()]
+    digests = []
+    for r in range(lengths.pop()):
+        h = hashlib.sha256()
+        for a in arrays:
+            h.update(np.ascontiguousarray(a[r]).tobytes())
+        digests.append(h.digest())
+    return digests
+
+
+def _overlap(splits: DataSplits, model: str) -> DataSplits:
+    """Count validation / test rows byte-identical to a calibration row (a constant or
+    duplicated source): such a split is not held out, and the metadata and log say so."""
+    seen = {d for b in splits.calibration for d in _row_digests(b)}
+    counts = {name: sum(d in seen for b in getattr(splits, name) for d in _row_digests(b))
+              for name in ("validation", "test")}
+    if not any(counts.values()):
+        return splits
+    logger.warning(
+        "%s: %d validation and %d test rows are identical to calibration rows; the accuracy "
+        "figures are not measured on held-out data", model or "model", counts["validation"],
+        counts["test"], extra={"event": "calibration.split.overlap", "model": model})
+    return replace(splits, overlap=counts)
 
 
 def _by_pattern(batches: Sequence[Batch], pattern: Sequence[str]) -> dict[str, list[Batch]]:
@@ -120,8 +162,8 @@ def split_for_judging(
                  else _row_split(evaluation, pattern, specs, config))
         method = "evaluation-batches" if len(evaluation) >= 2 else "evaluation-rows"
         if parts is not None and parts["validation"] and parts["test"]:
-            return DataSplits(tuple(batches), tuple(parts["validation"]), tuple(parts["test"]),
-                              method, total)
+            return _overlap(DataSplits(tuple(batches), tuple(parts["validation"]),
+                                       tuple(parts["test"]), method, total), model)
         return _too_little(batches, config, model, source,
                            f"evaluation data has {len(evaluation)} batch(es); at least 2 "
                            "batches (or 2 rows along a dynamic batch dimension) are needed")
@@ -137,8 +179,8 @@ def split_for_judging(
             f"calibration data has {total} batch(es); judging needs at least {MIN_BATCHES} "
             f"batches, or {MIN_BATCHES}+ rows per batch along a dynamic batch dimension, "
             "or calibration.evaluation_data")
-    return DataSplits(tuple(parts["calibration"]), tuple(parts["validation"]),
-                      tuple(parts["test"]), method, total)
+    return _overlap(DataSplits(tuple(parts["calibration"]), tuple(parts["validation"]),
+                               tuple(parts["test"]), method, total), model)
 
 
 def _too_little(
