@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from trt_provision.errors import EngineBuildError, ManifestError
 
 __all__ = ["MAX_METRIC_BYTES", "load_metric", "metric_file_sha256", "run_metric"]
@@ -63,7 +65,7 @@ def load_metric(spec: str, *, model: str = "") -> Any:
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)
-    except Exception as exc:  # the user's code may raise anything
+    except (Exception, SystemExit) as exc:  # the user's code may raise (or exit) anything
         raise EngineBuildError(
             f"accuracy metric script failed to import: {type(exc).__name__}: {exc}",
             path=str(path), model=model,
@@ -84,7 +86,7 @@ def run_metric(
 
     try:
         result = func(list(reference), list(candidate), list(inputs))
-    except Exception as exc:  # the user's code may raise anything
+    except (Exception, SystemExit) as exc:  # sys.exit() in a metric must not end the run
         raise EngineBuildError(
             f"accuracy metric {name} failed: {type(exc).__name__}: {exc}", model=model
         ) from exc
@@ -96,6 +98,11 @@ def run_metric(
         raise EngineBuildError(
             f"accuracy metric {name} must return (score, passed) or "
             f"{{'score': ..., 'passed': ...}}, got {type(result).__name__}", model=model)
+    # numpy scalars are what a metric naturally returns (``iou.mean() > 0.5``): accept them.
+    if isinstance(score, np.generic) and not isinstance(score, np.bool_):
+        score = score.item()
+    if isinstance(passed, np.bool_):
+        passed = bool(passed)
     if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(
             float(score)) or not isinstance(passed, bool):
         raise EngineBuildError(
