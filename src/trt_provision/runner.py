@@ -43,6 +43,7 @@ from trt_provision.errors import (
     ModelError,
     StoreError,
 )
+from trt_provision.gates.engine_gate import identity_from_metadata
 from trt_provision.integrity import PERF_SUFFIX, loads_bounded, read_cache_file, read_metadata
 from trt_provision.model_info import ModelInfo, describe_model
 from trt_provision.seams import InferenceRuntime, MemoryBudget
@@ -116,22 +117,7 @@ def entry_for_engine_file(engine_path: Path) -> EngineCacheEntry:
     Nothing is trusted here: ``deserialize_engine`` runs the full gate on this entry (name,
     sidecars, sha256, host, size, trust) before anything is loaded."""
     metadata = read_metadata(engine_path)
-    raw = metadata["identity"]
-    try:
-        identity = EngineIdentity(
-            model_name=str(raw["model_name"]),
-            model_sha256=str(raw["model_sha256"]),
-            precision=PrecisionMode(raw["precision"]),
-            runtime=str(raw["runtime"]),
-            runtime_version=str(raw["runtime_version"]),
-            target=str(raw["target"]),
-            platform=str(raw["platform"]),
-            options_digest=str(raw["options_digest"]),
-        )
-    except (KeyError, ValueError, TypeError, ManifestError) as exc:
-        raise EngineGateError(
-            f"metadata identity is malformed: {exc}", path=str(engine_path)
-        ) from exc
+    identity = identity_from_metadata(metadata, str(engine_path))
     return EngineCacheEntry(
         engine_path=engine_path, sha256=str(metadata["sha256"]), identity=identity
     )

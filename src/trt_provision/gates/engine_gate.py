@@ -39,7 +39,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from trt_provision._fs import untrusted_chain, untrusted_reason
-from trt_provision.errors import EngineGateError, InvalidNameError
+from trt_provision.errors import EngineGateError, InvalidNameError, ManifestError
 from trt_provision.identity import ParsedEngineName, parse_engine_filename
 from trt_provision.integrity import (
     BLOCK_SIZE,
@@ -506,21 +506,7 @@ class DefaultEngineGate:
     def _identity_from_metadata(
         metadata: Mapping[str, Any], parsed: ParsedEngineName, where: str
     ) -> EngineIdentity:
-        raw = metadata["identity"]
-        try:
-            identity = EngineIdentity(
-                model_name=str(raw["model_name"]),
-                model_sha256=str(raw["model_sha256"]),
-                precision=PrecisionMode(raw["precision"]),
-                runtime=str(raw["runtime"]),
-                runtime_version=str(raw["runtime_version"]),
-                target=str(raw["target"]),
-                platform=str(raw["platform"]),
-                options_digest=str(raw["options_digest"]),
-            )
-        except (KeyError, ValueError, TypeError, InvalidNameError) as exc:
-            # An unsafe model name in a sidecar is a bad engine, not a bad manifest.
-            raise EngineGateError(f"metadata identity is malformed: {exc}", path=where) from exc
+        identity = identity_from_metadata(metadata, where)
         if ParsedEngineName.of(identity) != parsed:
             raise EngineGateError(
                 "metadata identity does not match the engine filename",
@@ -655,3 +641,22 @@ def _location_escapes(location: str, base: Path, inside: Path) -> str | None:
         # A FIFO or a device: not left to the installed ONNX Runtime to refuse.
         return "location is not a regular file"
     return None
+
+
+def identity_from_metadata(metadata: Mapping[str, Any], where: str) -> EngineIdentity:
+    """The identity a metadata sidecar claims (checked by the caller against the filename)."""
+    try:
+        raw = metadata["identity"]
+        return EngineIdentity(
+            model_name=str(raw["model_name"]),
+            model_sha256=str(raw["model_sha256"]),
+            precision=PrecisionMode(raw["precision"]),
+            runtime=str(raw["runtime"]),
+            runtime_version=str(raw["runtime_version"]),
+            target=str(raw["target"]),
+            platform=str(raw["platform"]),
+            options_digest=str(raw["options_digest"]),
+        )
+    except (KeyError, ValueError, TypeError, ManifestError) as exc:
+        # An unsafe model name in a sidecar is a bad engine, not a bad manifest.
+        raise EngineGateError(f"metadata identity is malformed: {exc}", path=where) from exc
