@@ -259,7 +259,7 @@ class Cell:
     on_remote: bool | None = None  # the expected engine of this host, when asked
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "target": self.target.label, "state": self.state,
+        return {"model": self.model, "target": self.target.to_dict(), "state": self.state,
                 "engines": list(self.engines), "on_remote": self.on_remote}
 
 

@@ -1,5 +1,6 @@
-"""The report as JSON (schema: ``_docs/report.md`` and ``report.schema.json`` beside this
-module; ``schema_version`` changes whenever a field changes meaning or goes away)."""
+"""The report as JSON (described in ``_docs/report.md``, JSON Schema in
+``_docs/report.schema.json``; ``schema_version`` changes whenever a field changes meaning or
+goes away)."""
 
 from __future__ import annotations
 
