@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 from trt_provision.report.collect import (
     CELL_STATES,
@@ -32,6 +33,7 @@ border-bottom:1px solid var(--line)}h3{font-size:1em;margin:.2em 0}
 .scroll{overflow-x:auto;-webkit-overflow-scrolling:touch}
 table{border-collapse:collapse;font-size:.9em}
 .card table{min-width:440px}
+.card th,.card td{overflow-wrap:normal}.card td.why{min-width:14em}
 th,td{border:1px solid var(--line);padding:4px 6px;text-align:left;vertical-align:top}
 th{background:var(--card)}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -241,7 +243,7 @@ def _auto_table(rows: Sequence[AutoCandidate]) -> str:
     body = "".join(
         f"<tr><td>{_e(c.precision)}</td><td>{_e(c.verdict)}</td>"
         f'<td class="num">{_f(c.speedup)}</td><td class="num">{_f(c.median_ms, 4)}</td>'
-        f'<td class="num">{_f(c.worst_cosine, 6)}</td><td>{_e(c.why)}</td></tr>'
+        f'<td class="num">{_f(c.worst_cosine, 6)}</td><td class="why">{_e(c.why)}</td></tr>'
         for c in rows
     )
     return (
@@ -271,7 +273,7 @@ def _latency_charts(rows: Iterable[EngineRow]) -> list[str]:
         # One p99 outlier (a busy host) must not flatten every bar: the scale stops at 3×
         # the slowest p50 and a p99 beyond it is drawn at the edge.
         top = min(max(p50s + p99s), 3 * max(p50s)) or 1.0
-        bar_h, gap, left, width = 16, 8, 110, 340
+        bar_h, gap, left, width = 16, 8, 110, 190
         height = len(engines) * (bar_h + gap) + 24
         svg = [f'<svg viewBox="0 0 {left + width + 60} {height}" role="img" '
                f'aria-label="latency of {_e(model)} by precision">']
@@ -305,8 +307,11 @@ _VERDICT_MARKS = {"chosen": "#1a7f37", "refused": "#cf222e", "slower": "#6e7781"
 
 def _auto_chart(rows: Iterable[EngineRow]) -> str:
     """Accuracy (worst cosine) against speed-up over fp32 for every auto candidate."""
-    points = [(r.model, c) for r in rows for c in r.auto
-              if c.speedup is not None and c.worst_cosine is not None]
+    # fp32 is the reference every candidate is compared with: its cosine is 1 by definition.
+    points = [(r.model, c if c.worst_cosine is not None or c.precision != "fp32"
+               else replace(c, worst_cosine=1.0))
+              for r in rows for c in r.auto]
+    points = [(m, c) for m, c in points if c.speedup is not None and c.worst_cosine is not None]
     if not points:
         return ("<figure><figcaption>Accuracy vs speed-up: no <code>auto</code> candidate "
                 "with both a speed-up and an accuracy in the cache.</figcaption></figure>")
@@ -321,15 +326,15 @@ def _auto_chart(rows: Iterable[EngineRow]) -> str:
         return left + (w - left - 10) * max(0.0, x) / x_max
 
     def py(y: float) -> float:
-        return 8 + (h - bottom - 8) * (1.0 - (y - y_min) / ((1.0 - y_min) or 1.0))
+        return 20 + (h - bottom - 20) * (1.0 - (y - y_min) / ((1.0 - y_min) or 1.0))
 
     svg = [f'<svg viewBox="0 0 {w} {h}" role="img" aria-label="accuracy against speed-up">',
            f'<line x1="{left}" y1="{h - bottom}" x2="{w - 10}" y2="{h - bottom}" '
            'stroke="#59636e"/>',
-           f'<line x1="{left}" y1="8" x2="{left}" y2="{h - bottom}" stroke="#59636e"/>',
-           f'<line x1="{px(1.0):.1f}" y1="8" x2="{px(1.0):.1f}" y2="{h - bottom}" '
+           f'<line x1="{left}" y1="20" x2="{left}" y2="{h - bottom}" stroke="#59636e"/>',
+           f'<line x1="{px(1.0):.1f}" y1="20" x2="{px(1.0):.1f}" y2="{h - bottom}" '
            'stroke="#d1d9e0" stroke-dasharray="3 3"/>',
-           f'<text x="{px(1.0) + 2:.1f}" y="18">fp32</text>',
+           f'<text x="{px(1.0):.1f}" y="{h - bottom + 14}" text-anchor="middle">1</text>',
            f'<text x="{(w + left) / 2:.0f}" y="{h - 4}" text-anchor="middle">'
            "speed-up over fp32 (×)</text>",
            f'<text x="4" y="{py(1.0) + 4:.1f}">1</text>',
