@@ -317,15 +317,48 @@ class EngineCompiler:
             return self._result(plan, CompileOutcome.REUSED, plan.reusable, 0.0)
         # A profile TensorRT would refuse is refused here for every strategy, dry run too.
         self._check_profiles(plan.backbone)
+        # build = "always" is the builder of record: it never takes another device's engine.
+        remote = self._remote if request.use_remote and request.build != "always" else None
+        ident = plan.identity
+        missing = EngineCompileResult(
+            name=name,
+            identity=plan.identity,
+            outcome=CompileOutcome.MISSING,
+            entry=None,
+            total_seconds=time.perf_counter() - plan.started,
+            error=(
+                f"no published engine for {ident.target} {ident.platform} "
+                f"{ident.runtime}-{ident.runtime_version}"
+                + ("" if remote is not None else " (no remote store in use)")
+                + f' and settings.build = "never": build {ident.filename} on a '
+                f"{ident.target} {ident.platform} builder of record and publish it"
+            ),
+        )
         if request.dry_run:
+            on_remote: bool | None = None
+            if remote is not None:
+                try:
+                    on_remote = remote.exists(plan.identity)
+                except TrtProvisionError as exc:
+                    self._log.warning(
+                        "dry run: cannot tell whether the remote store has %s: %s",
+                        plan.identity.filename, exc,
+                        extra={"event": "provision.dry_run.remote_unknown", "model": name},
+                    )
+            if on_remote is not True and request.build == "never":
+                return missing
+            note = plan.why_build.replace("built:", "would be built:", 1)
+            if on_remote:
+                note = "would be fetched: the remote store has it"
+            elif on_remote is False and note:
+                note += "; the remote store does not have it"
             return EngineCompileResult(
                 name=name,
                 identity=plan.identity,
                 outcome=CompileOutcome.PLANNED,
                 entry=None,
                 total_seconds=time.perf_counter() - plan.started,
-                notes=(plan.why_build.replace("built:", "would be built:", 1),)
-                if plan.why_build else (),
+                notes=(note,) if note else (),
             )
         with self._store.lock(plan.identity):
             # Another process may have published it while we waited for the lock.
@@ -333,16 +366,21 @@ class EngineCompiler:
                 entry = self._try_reuse(plan.identity, plan.target, quiet=True)
                 if entry is not None:
                     return self._result(plan, CompileOutcome.REUSED, entry, 0.0)
-                if self._remote is not None and request.use_remote:
-                    fetched = self._remote.fetch(
-                        plan.identity, self._store, self._gate, plan.target
-                    )
+                if remote is not None:
+                    fetched = remote.fetch(plan.identity, self._store, self._gate, plan.target)
                     if fetched is not None:
                         return self._result(plan, CompileOutcome.FETCHED, fetched, 0.0,
                                             notes=("fetched from the remote store",))
+            if request.build == "never":
+                self._log.error(
+                    "%s missing: %s", name, missing.error,
+                    extra={"event": "provision.model.missing", "model": name},
+                )
+                return missing
             entry, seconds = self._build(plan)
             if self._sign is not None:
                 self._sign(entry)
+        # The upload is a conditional put: it never replaces another device's signed engine.
         if self._remote is not None and request.use_remote:
             uploaded = self._remote.upload(entry)
             self._log.info(

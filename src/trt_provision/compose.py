@@ -75,7 +75,8 @@ def trust_policies(settings: Settings) -> tuple[str, str]:
         return settings.trust, settings.trust
     if settings.public_key is None:
         return "off", "off"
-    return "verify-if-signed", "require"
+    # A device that never builds loads only what a builder of record signed.
+    return ("require" if settings.build == "never" else "verify-if-signed"), "require"
 
 
 def build_trust(settings: Settings, *, remote: bool = False) -> TrustCheck | None:

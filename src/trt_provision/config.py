@@ -15,7 +15,7 @@ from typing import Any
 
 from trt_provision.config_json import build_config_from_json
 from trt_provision.errors import InvalidNameError, ManifestError
-from trt_provision.types import BackboneSpec
+from trt_provision.types import BUILD_POLICIES, BackboneSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -55,6 +55,7 @@ _SETTINGS_KEYS = {
     "allow_engine_host_code",
     "plugin_namespace",
     "plugin_libraries",
+    "build",
 }
 _BUILD_KEYS = {
     "precision",
@@ -135,8 +136,13 @@ class Settings:
     # libraries with more creators, loaded once per process before any build or load.
     plugin_namespace: str = ""
     plugin_libraries: tuple[Path, ...] = ()
+    # Who builds: "fallback" (reuse, fetch, else build), "never" (reuse or fetch only; a
+    # missing engine is reported), "always" (reuse or build here, never fetch).
+    build: str = "fallback"
 
     def __post_init__(self) -> None:
+        if self.build not in BUILD_POLICIES:
+            raise ValueError(f"build must be one of {BUILD_POLICIES}, got {self.build!r}")
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
         if self.ort_provider not in PROVIDERS:
@@ -219,6 +225,7 @@ def _settings(path: Path, raw: Mapping[str, Any], remote: Any) -> Settings:
         ("runtime", RUNTIMES),
         ("ort_provider", PROVIDERS),
         ("trust", TRUST_LEVELS),
+        ("build", BUILD_POLICIES),
     ):
         if key in raw:
             if raw[key] not in allowed:

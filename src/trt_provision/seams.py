@@ -146,6 +146,11 @@ class RemoteEngineStore(Protocol):
         """Conditional put; False when another device won the race or upload is off."""
         ...
 
+    def exists(self, identity: EngineIdentity) -> bool:
+        """Whether the store has the engine (nothing downloaded); StoreError when it
+        cannot tell."""
+        ...
+
 
 @runtime_checkable
 class CalibrationPlanner(Protocol):

@@ -70,10 +70,17 @@ class CompileOutcome(str, enum.Enum):
     PLANNED = "planned"  # dry run: would be built
     FAILED = "failed"  # the build (or its inputs) failed; the run went on with the next model
     REFUSED = "refused"  # built, but the accuracy gate refused the converted graph
+    MISSING = "missing"  # settings.build = "never" and no published engine to fetch
 
     @property
     def ok(self) -> bool:
-        return self not in (CompileOutcome.FAILED, CompileOutcome.REFUSED)
+        return self not in (CompileOutcome.FAILED, CompileOutcome.REFUSED, CompileOutcome.MISSING)
+
+
+# settings.build: "fallback" reuses, fetches, then builds; "never" only reuses and fetches
+# (a device of a fleet whose builder of record publishes); "always" reuses its own engines
+# and builds, never fetching (the builder of record itself).
+BUILD_POLICIES = ("fallback", "never", "always")
 
 
 MAX_SHAPE_DIM = 2**31 - 1  # what TensorRT and ONNX Runtime can address in one dimension
@@ -552,8 +559,11 @@ class EngineCompileRequest:
     # False: a model that fails is reported (FAILED/REFUSED) and the next one is provisioned;
     # True: the first failure is raised and the models after it are not attempted.
     fail_fast: bool = False
+    build: str = "fallback"  # one of BUILD_POLICIES
 
     def __post_init__(self) -> None:
+        if self.build not in BUILD_POLICIES:
+            raise ValueError(f"build must be one of {BUILD_POLICIES}, got {self.build!r}")
         names = [b.name for b in self.backbones]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -626,6 +636,10 @@ class EngineCompileSummary:
         return self._count(CompileOutcome.REFUSED)
 
     @property
+    def missing(self) -> int:
+        return self._count(CompileOutcome.MISSING)
+
+    @property
     def internal_errors(self) -> int:
         return sum(1 for r in self.results if r.internal)
 
@@ -644,6 +658,7 @@ class EngineCompileSummary:
             "planned": self.planned,
             "failed": self.failed,
             "refused": self.refused,
+            "missing": self.missing,
             "cache_hit_ratio": round(self.cache_hit_ratio, 4),
             "wall_seconds": round(self.wall_seconds, 4),
             "results": [r.to_dict() for r in self.results],

@@ -36,6 +36,11 @@ class FakeRemote:
         except EngineGateError:
             return None
 
+    def exists(self, identity: EngineIdentity) -> bool:
+        if self.down:
+            raise StoreError("remote store check failed: down")
+        return identity.filename in self.objects
+
     def upload(self, entry: EngineCacheEntry) -> bool:
         if self.down:
             return False

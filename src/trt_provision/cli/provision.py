@@ -64,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest)
     settings = settings_from_args(args, manifest.settings)
     require_runtime(settings)
+    if args.force_rebuild and settings.build == "never":
+        from trt_provision.errors import UsageError
+
+        raise UsageError('--force-rebuild builds, and the manifest says settings.build = "never"')
     wired = wire(settings, use_remote=args.remote)
     if not args.dry_run:
         wired.store.ensure_usable()  # a read-only cache still serves reuse
@@ -81,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         use_remote=args.remote,
         fail_fast=args.fail_fast,
+        build=settings.build,
     )
     if args.json or not sys.stderr.isatty():
         summary = wired.compiler.compile_engines_for_corpus(request)
@@ -107,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         data["runtime"] = wired.runtime.current_runtime_label()
         data["cache_dir"] = str(settings.cache_dir)
         data["exit_code"] = code
+        data["build"] = settings.build
         print_json(data)
         _final_line(summary)
         return code
@@ -124,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
     for r in summary.results:
         ident = r.identity
         outcome = r.outcome.value.upper()
+        if r.notes and r.notes[0].startswith(("would be fetched", "would be built")):
+            outcome = "FETCH" if r.notes[0].startswith("would be fetched") else "BUILD"
         if ident is None:
             table.add_row(r.name, outcome, "-", "-", "-", f"{r.total_seconds:.2f}")
         else:
@@ -141,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     for r in failures:
         console.print(
-            f"{r.name}: {r.outcome.value}: {r.error_type}: {r.error}", highlight=False,
+            f"{r.name}: {r.outcome.value}: "
+            + (f"{r.error_type}: " if r.error_type else "") + f"{r.error}", highlight=False,
             markup=False, soft_wrap=True,
         )
     console.print(
@@ -149,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         + (f", planned {summary.planned}" if summary.planned else "")
         + (f", failed {summary.failed}" if summary.failed else "")
         + (f", refused {summary.refused}" if summary.refused else "")
+        + (f", missing {summary.missing}" if summary.missing else "")
         + f"; cache hit ratio {summary.cache_hit_ratio:.0%}; {summary.wall_seconds:.2f} s; "
         f"cache {settings.cache_dir}",
         highlight=False,
@@ -174,7 +184,7 @@ def exit_code(summary: Any) -> int:
     """3 when a model hit a bug of ours, 1 when any model failed or was refused, else 0."""
     if summary.internal_errors:
         return 3
-    return 1 if summary.failed or summary.refused else 0
+    return 1 if summary.failed or summary.refused or summary.missing else 0
 
 
 def _final_line(summary: Any) -> None:
