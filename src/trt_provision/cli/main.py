@@ -26,7 +26,7 @@ EXIT_INTERNAL = 3
 # Each module exposes register(subparsers) and sets func=callable(args) -> int.
 COMMAND_MODULES: tuple[str, ...] = (
     "provision", "compile", "verify", "inspect", "probe", "cache", "remote", "keys",
-    "run", "selftest", "prepare", "report",
+    "run", "selftest", "prepare", "report", "export",
 )
 
 log = logging.getLogger("trt_provision.cli")

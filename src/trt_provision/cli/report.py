@@ -13,7 +13,7 @@ from typing import Any
 
 from trt_provision.cli._common import add_settings_args, require_paths, settings_from_args
 
-__all__ = ["register"]
+__all__ = ["expected_identity", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def _expected_identity(wired: Any, backbone: Any) -> Any:
+def expected_identity(wired: Any, backbone: Any) -> Any:
     """The identity this host would provision for ``backbone``, or None when knowing it
     would run a manifest's Python code (a ``file.py:fn`` calibration loader) or fails."""
     from trt_provision.errors import TrtProvisionError
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         models.append(ModelInfo(backbone.name, backbone.build_config.precision.value, digest,
                                 backbone.version_label))
         targets.append(wired.runtime.runtime_target(backbone.build_config))
-        expected[backbone.name] = _expected_identity(wired, backbone) if digest else None
+        expected[backbone.name] = expected_identity(wired, backbone) if digest else None
     local_policy, _ = trust_policies(settings)
     keys = []
     if settings.public_key is not None:

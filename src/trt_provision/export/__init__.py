@@ -1,0 +1,1 @@
+"""Exports of cached engines into other tools' layouts (a Triton model repository)."""
