@@ -104,6 +104,18 @@ def test_never_fetches_what_the_builder_published_and_reports_the_rest_missing(
     for suffix in ("", ".sha256", ".json", ".sig"):
         client.delete_object(Bucket=bucket, Key=f"fleet/engines/dynamic_mlp/{mlp}{suffix}")
 
+    # The report asks the remote store too (one HEAD per engine, nothing downloaded).
+    rc, out, _ = _run(["report", str(device), "--cache-dir", str(tmp_path / "b"), "--remote",
+                       "--json"], capsys)
+    assert rc == 0 and out["remote_checked"] is True
+    on_remote = {e["model"]: e["on_remote"] for e in out["engines"]}
+    assert on_remote == {"demo_cnn": True, "dynamic_mlp": False}
+    assert {e["signature"]["state"] for e in out["engines"]} == {"verified"}
+    rc, out, _ = _run(["report", str(device), "--cache-dir", dev, "--remote", "--json"],
+                      capsys)
+    assert {c["model"]: (c["state"], c["on_remote"]) for c in out["matrix"]} == {
+        "demo_cnn": ("missing", True), "dynamic_mlp": ("missing", False)}
+
     rc, out, _ = _run(["provision", str(device), "--cache-dir", dev, "--dry-run", "--json"],
                       capsys)
     assert rc == 1 and _outcomes(out) == {"demo_cnn": "planned", "dynamic_mlp": "missing"}
