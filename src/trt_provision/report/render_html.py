@@ -43,19 +43,21 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.verified{background:#dafbe1}td.bad{background:#ffebe9}td.stale{background:#fff8c5}
 td.missing{background:#f6f8fa}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:10px}
-.card{border:1px solid var(--line);border-radius:6px;padding:8px;background:var(--bg);
+.card{border:1px solid var(--line);border-radius:6px;padding:8px;background:var(--bg);min-width:0;
 break-inside:avoid;overflow-wrap:anywhere}
 .card dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 8px;margin:.4em 0}
 .card dt{color:var(--mut)}.card dd{margin:0}
 .file{font-family:ui-monospace,monospace;font-size:.8em;color:var(--mut)}
 .charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:10px}
-figure{margin:0;border:1px solid var(--line);border-radius:6px;padding:6px;break-inside:avoid}
+figure{margin:0;border:1px solid var(--line);border-radius:6px;padding:6px;break-inside:avoid;
+min-width:0}
 figcaption{font-size:.9em;color:var(--mut)}
 svg{width:100%;height:auto;display:block}
 svg text{font:11px system-ui,sans-serif;fill:#1f2328}
 .legend span{margin-right:10px;white-space:nowrap}
 ul.notes{color:var(--mut);font-size:.9em}
-@media (max-width:600px){body{padding:6px;font-size:14px}.cards{grid-template-columns:1fr}}
+@media (max-width:600px){body{padding:6px;font-size:14px}
+.cards,.charts{grid-template-columns:minmax(0,1fr)}}
 @media print{body{max-width:none;padding:0;font-size:10pt}.scroll{overflow:visible}
 td.verified,td.bad,td.stale,td.missing{-webkit-print-color-adjust:exact;print-color-adjust:exact}
 h2{break-after:avoid}a{color:inherit;text-decoration:none}}
