@@ -67,6 +67,12 @@ def test_accuracy_keys_are_shown_when_the_sidecar_has_them(
         samples=12, bound=0.9871, threshold=0.99))
     acc = _engine(report_json(manifest, cache), engine.name)["accuracy"]
     assert (acc["samples"], acc["bound"], acc["threshold"]) == (12, 0.9871, 0.99)
+    # Recorded with the test split instead of the section's top: found there too.
+    candidate = engine_of(cache, "demo_cnn", "fp32")
+    rewrite_metadata(candidate, lambda m: m.update(accuracy={
+        "verdict": "passed", "test": {"samples": 40, "bound": 0.9990, "threshold": 0.999}}))
+    acc = _engine(report_json(manifest, cache), candidate.name)["accuracy"]
+    assert (acc["samples"], acc["bound"], acc["threshold"]) == (40, 0.999, 0.999)
     capsys.readouterr()
     assert main(["report", str(manifest), "--cache-dir", str(cache), "--markdown"]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if "| int8 |" in ln)

@@ -305,6 +305,11 @@ class Report:
 # ------------------------------------------------------------------ reading one engine
 
 
+def _first(section: Mapping[str, Any], key: str) -> Any:
+    value = section.get(key)
+    return value if value is not None else _get(section, "test", key)
+
+
 def _accuracy(meta: Mapping[str, Any]) -> Accuracy | None:
     acc = meta.get("accuracy")
     if not isinstance(acc, Mapping):
@@ -329,9 +334,10 @@ def _accuracy(meta: Mapping[str, Any]) -> Accuracy | None:
     return Accuracy(
         verdict=_text(acc.get("verdict"), 40),
         data=_text(acc.get("data"), 40),
-        samples=_int(acc.get("samples")),
-        bound=_num(acc.get("bound")),
-        threshold=_num(acc.get("threshold")),
+        # At the top of the section, else in its test split (the one the verdict is on).
+        samples=_int(_first(acc, "samples")),
+        bound=_num(_first(acc, "bound")),
+        threshold=_num(_first(acc, "threshold")),
         gate=gate,
         splits=tuple(splits),
         worst_cosine=min(cosines) if cosines else None,
