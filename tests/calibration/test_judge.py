@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto
 
-from trt_provision.calibration import precision as precision_mod
+from trt_provision.calibration.stages import search as precision_mod
 from trt_provision.calibration.accuracy import compare_models, synthetic_batches
 from trt_provision.calibration.data import InputSpec
 from trt_provision.calibration.precision import prepare_model_for_precision
