@@ -11,8 +11,9 @@ import datetime as _dt
 import logging
 import os
 import platform
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from trt_provision.errors import (
     TrtProvisionError,
 )
 from trt_provision.identity import compute_identity, model_sha256
+from trt_provision.integrity import sha256_file
 from trt_provision.seams import (
     CalibrationPlanner,
     EngineGate,
@@ -120,6 +122,55 @@ class EngineCompiler:
         self._log = logger or log
 
     # ------------------------------------------------------------------ public
+
+    @property
+    def host(self) -> HostCapabilities:
+        return self._host
+
+    @property
+    def runtime(self) -> InferenceRuntime:
+        return self._runtime
+
+    def calibration_key(self, backbone: BackboneSpec, model_hash: str) -> str | None:
+        """The calibration key of ``backbone`` (None without a calibration planner)."""
+        if self._calibration is None:
+            return None
+        return self._calibration.calibration_key(backbone, model_hash)
+
+    def reuse_or_build(
+        self, backbone: BackboneSpec, identity: EngineIdentity, target: RuntimeTarget,
+        model_hash: str,
+    ) -> tuple[EngineCacheEntry, bool]:
+        """Under the identity's lock: the cached engine if it verifies, else a build,
+        published. Returns the entry and whether it was reused."""
+        with self._store.lock(identity):
+            entry = self._try_reuse(identity, target, quiet=True)
+            if entry is not None:
+                return entry, True
+            entry, _ = self._build(
+                _Plan(backbone, identity, target, model_hash, None, time.perf_counter())
+            )
+            return entry, False
+
+    def publish_copy(
+        self, source: EngineCacheEntry, metadata: Mapping[str, Any], seconds: float, *,
+        backbone: BackboneSpec, identity: EngineIdentity, target: RuntimeTarget,
+        model_hash: str,
+    ) -> EngineCacheEntry:
+        """Publish a copy of the verified engine ``source`` under ``identity``, its sidecar
+        written afresh with ``metadata`` (``auto`` publishes its winner so)."""
+        plan = _Plan(backbone, identity, target, model_hash, None, time.perf_counter())
+        staged = self._store.staging_path(identity)
+        shutil.copyfile(source.engine_path, staged)
+        if sha256_file(staged)[0] != source.sha256:
+            # The engine changed on disk after it was verified: publish nothing.
+            staged.unlink(missing_ok=True)
+            raise EngineBuildError("the chosen candidate engine changed after verification",
+                                   path=str(source.engine_path))
+        try:
+            return self._store.publish(identity, staged, self._metadata(plan, metadata, seconds))
+        finally:
+            staged.unlink(missing_ok=True)
 
     def identity_for(
         self, backbone: BackboneSpec, *, unresolved_calibration: str | None = None
@@ -372,7 +423,9 @@ class EngineCompiler:
     def _build(self, plan: _Plan) -> tuple[EngineCacheEntry, float]:
         backbone = plan.backbone
         if backbone.build_config.precision is PrecisionMode.AUTO:
-            return build_auto(self, plan)  # builds each candidate through this method
+            # Each candidate is built through reuse_or_build, the winner published by
+            # publish_copy: auto uses this class's public API only.
+            return build_auto(self, backbone, plan.identity, plan.target, plan.model_hash)
         self._check_thermal()
         staged = self._store.staging_path(plan.identity)
         self._log.info(

@@ -8,6 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trt_provision.naming import (
+    engine_filename,
+    normalize_runtime_version,
+    validate_identity_fields,
+    validate_model_name,
+)
+
 __all__ = [
     "DEFAULT_PINNED_KEYWORDS",
     "MAX_SHAPE_DIM",
@@ -420,8 +427,6 @@ class RuntimeTarget:
     def __post_init__(self) -> None:
         # Installed versions come from the environment (e.g. "1.19.0+cpu"): normalise them
         # once, here, so the identity, the filename and the gate all see the same string.
-        from trt_provision.identity import normalize_runtime_version
-
         object.__setattr__(
             self, "runtime_version", normalize_runtime_version(self.runtime_version)
         )
@@ -441,9 +446,7 @@ class EngineIdentity:
     options_digest: str
 
     def __post_init__(self) -> None:
-        # Imported here: identity.py validates the fields against the filename schema.
-        from trt_provision.identity import validate_identity_fields
-
+        # The filename schema (naming.py) checks every field.
         validate_identity_fields(self)
 
     @property
@@ -466,8 +469,6 @@ class EngineIdentity:
 
     @property
     def filename(self) -> str:
-        from trt_provision.identity import engine_filename
-
         return engine_filename(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -538,8 +539,6 @@ class BackboneSpec:
     version_label: str | None = None
 
     def __post_init__(self) -> None:
-        from trt_provision.identity import validate_model_name
-
         validate_model_name(self.name)
 
 
