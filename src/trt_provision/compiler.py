@@ -1,5 +1,9 @@
 """EngineCompiler: stateless orchestration of identity → reuse → fetch → build → publish.
 
+A build: the precision pipeline prepares the graph (spec → splits → ranges → graph →
+verdict) → the strategy builds the engine from it → publish. A check of the built engine
+belongs between the build and the publish (``_build``).
+
 The compiler knows only the Protocols in ``seams.py``; ``compose.py`` wires the concrete
 strategies. It never deletes anything: stale engines are left for ``cache gc``.
 """
@@ -12,10 +16,12 @@ import logging
 import os
 import platform
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from trt_provision._version import __version__
@@ -34,6 +40,7 @@ from trt_provision.seams import (
     EngineGate,
     EngineStore,
     InferenceRuntime,
+    PrecisionPipeline,
     RemoteEngineStore,
 )
 from trt_provision.thermal import check_temperature_limit
@@ -47,6 +54,7 @@ from trt_provision.types import (
     EngineIdentity,
     HostCapabilities,
     PrecisionMode,
+    PreparedGraph,
     RuntimeTarget,
     profile_problems,
 )
@@ -105,6 +113,7 @@ class EngineCompiler:
         host: HostCapabilities,
         remote: RemoteEngineStore | None = None,
         calibration: CalibrationPlanner | None = None,
+        precision: PrecisionPipeline | None = None,
         max_temperature_c: float | None = None,
         verify_workers: int = 0,
         sign: Callable[[EngineCacheEntry], None] | None = None,
@@ -116,6 +125,7 @@ class EngineCompiler:
         self._host = host
         self._remote = remote
         self._calibration = calibration
+        self._precision = precision
         self._max_temp = max_temperature_c
         self._workers = verify_workers
         self._sign = sign
@@ -436,10 +446,18 @@ class EngineCompiler:
             extra={"event": "engine.build.start", "model": backbone.name},
         )
         started = time.perf_counter()
+        workdir: Path | None = None
         try:
-            artifact = self._runtime.compile_engine(
-                backbone.model_path, backbone.build_config, staged
-            )
+            prepared, workdir = self._prepare(plan, staged)
+            if prepared is None:
+                artifact = self._runtime.compile_engine(
+                    backbone.model_path, backbone.build_config, staged
+                )
+            else:
+                artifact = self._runtime.compile_engine(
+                    backbone.model_path, backbone.build_config, staged, prepared=prepared
+                )
+            # The built engine is checked here, before anything is published.
             seconds = time.perf_counter() - started
             entry = self._store.publish(
                 plan.identity, staged, self._metadata(plan, artifact.metadata, seconds)
@@ -447,6 +465,8 @@ class EngineCompiler:
         finally:  # a failure is reported once, by the caller (the model's result or raise)
             with contextlib.suppress(FileNotFoundError):
                 staged.unlink()
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
         self._log.info(
             "finished building %s in %.2f s",
             entry.engine_path.name,
@@ -454,6 +474,30 @@ class EngineCompiler:
             extra={"event": "engine.build.finish", "model": backbone.name, "seconds": seconds},
         )
         return entry, seconds
+
+    def _prepare(self, plan: _Plan, staged: Path) -> tuple[PreparedGraph | None, Path | None]:
+        """The precision pipeline's graph for this strategy, in a work directory next to the
+        staging file (removed after the build); None where the strategy builds the model as
+        it is (fp32, or TensorRT's own calibrator on the weakly typed path)."""
+        config = plan.backbone.build_config
+        if self._precision is None or config.precision is PrecisionMode.FP32:
+            return None, None
+        consumer = self._runtime.graph_consumer(config)
+        if consumer is None:
+            return None, None
+        # The writer's pid and the runtime in the name let cache gc tell live work dirs
+        # from dead ones.
+        kind = "trt" if consumer == "tensorrt" else "ort"
+        workdir = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-{kind}-", dir=staged.parent))
+        try:
+            prepared = self._precision.prepare(
+                plan.backbone.model_path, config, workdir, consumer=consumer,
+                model_hash=plan.model_hash,
+            )
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        return prepared, workdir
 
     def _metadata(
         self, plan: _Plan, artifact_meta: dict[str, Any] | Any, seconds: float

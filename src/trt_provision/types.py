@@ -34,6 +34,7 @@ __all__ = [
     "OptimizationProfile",
     "PluginSpec",
     "PrecisionMode",
+    "PreparedGraph",
     "RuntimeTarget",
     "ThermalState",
     "profile_problems",
@@ -517,6 +518,15 @@ class EngineCacheEntry:
     @property
     def metadata_path(self) -> Path:
         return self.engine_path.with_name(self.engine_path.name + ".json")
+
+
+@dataclass(frozen=True)
+class PreparedGraph:
+    """The graph a strategy builds a reduced-precision engine from (FP16 or Q/DQ), as the
+    precision pipeline prepared and judged it, with the evidence its sidecar records."""
+
+    model_path: Path
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

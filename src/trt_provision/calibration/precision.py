@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from trt_provision.calibration.qdq import CONSUMERS
 from trt_provision.calibration.stages.graph import graph_for
@@ -31,17 +28,38 @@ from trt_provision.calibration.stages.ranges import GovernedRanges, ranges_for
 from trt_provision.calibration.stages.spec import UNJUDGED_AUTO, resolve_spec
 from trt_provision.calibration.stages.splits import split_data
 from trt_provision.calibration.stages.verdict import verdict_on
-from trt_provision.types import BuildConfig, PrecisionMode
+from trt_provision.types import BuildConfig, PrecisionMode, PreparedGraph
 
-__all__ = ["GovernedRanges", "PreparedModel", "governed_ranges", "prepare_model_for_precision"]
+__all__ = [
+    "GovernedPrecisionPipeline",
+    "GovernedRanges",
+    "PreparedModel",
+    "governed_ranges",
+    "prepare_model_for_precision",
+]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class PreparedModel:
-    model_path: Path
-    metadata: Mapping[str, Any] = field(default_factory=dict)
+# The pipeline's result: the prepared graph and its metadata (the seams' DTO).
+PreparedModel = PreparedGraph
+
+
+class GovernedPrecisionPipeline:
+    """:class:`~trt_provision.seams.PrecisionPipeline` over the governed calibration caches
+    in ``cache_dir``: the compiler calls it and hands the graph to the strategy."""
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.cache_dir = Path(cache_dir)
+
+    def prepare(
+        self, model_path: Path, build_config: BuildConfig, workdir: Path, *, consumer: str,
+        model_hash: str | None = None,
+    ) -> PreparedGraph:
+        return prepare_model_for_precision(
+            model_path, build_config, workdir, calibration_cache_dir=self.cache_dir,
+            consumer=consumer, model_hash=model_hash,
+        )
 
 
 def governed_ranges(

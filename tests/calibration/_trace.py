@@ -1,9 +1,12 @@
 """Follow one value through a build: which modules of the precision pipeline receive it.
 
 ``follow(value, prefixes)`` records every call into a module under ``prefixes`` whose
-arguments hold ``value`` (by identity); ``visits`` records every entry into such a module
-from outside it. Both give a path of modules; a *return* is a step into a module that the
-path had already left, the measure of a pipeline that is not one-way.
+arguments hold ``value`` (by identity); ``visits`` records every call of such a module's
+top-level functions from outside the module (methods and properties of its DTOs, closures
+and comprehensions are not visits: reading a DTO is not going back to its stage). Both
+give a path of modules; a *return* is a step into a module that the path had already left,
+the measure of a pipeline that is not one-way. One trace at a time: a profiler is per
+process (and per thread: work on other threads is not followed).
 """
 
 from __future__ import annotations
@@ -67,12 +70,14 @@ def follow(value: object, prefixes: Sequence[str]) -> Iterator[Trace]:
         if frame.f_code.co_name.startswith("<"):  # comprehensions, lambdas, genexprs
             return
         caller = frame.f_back.f_globals.get("__name__", "") if frame.f_back else ""
-        if caller != module:
+        if caller != module and "." not in frame.f_code.co_qualname:
             trace.visits.append(module)
         if _holds(frame, value):
             trace.stops.append((module, frame.f_code.co_name))
 
     previous: Callable[..., Any] | None = sys.getprofile()
+    if previous is not None:
+        raise RuntimeError("a profiler is already installed; traces do not nest")
     sys.setprofile(profile)
     try:
         yield trace
