@@ -8,7 +8,6 @@ hands them ``readers``: a BuildConfig carrying only precision, profiles and
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,10 +92,8 @@ def resolve_spec(
         from trt_provision.identity import model_sha256
 
         model_hash = model_sha256(model)
-    readers = dataclasses.replace(
-        BuildConfig(), precision=config.precision, profiles=config.profiles,
-        allow_inaccurate=config.allow_inaccurate,
-    )
+    readers = BuildConfig(precision=config.precision, profiles=config.profiles,
+                          allow_inaccurate=config.allow_inaccurate)
     return PrecisionSpec(
         model=model,
         precision=config.precision,

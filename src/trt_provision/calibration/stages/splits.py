@@ -33,7 +33,6 @@ class Evidence:
     splits: DataSplits | None  # None: no data (fp16 smoke check, or a user cache alone)
     resolved: ResolvedKey | None  # the calibration key and dataset version
     synthetic: tuple[Batch, ...] = ()  # stand-in inputs where there is no data
-    description: str = ""
 
 
 def split_data(spec: PrecisionSpec, *, judge: bool = True) -> Evidence:
@@ -45,7 +44,7 @@ def split_data(spec: PrecisionSpec, *, judge: bool = True) -> Evidence:
     if spec.has_data:
         return _with_data(spec, preprocessed, steps, judge=judge)
     resolved = None
-    if spec.user_cache is not None:  # the user's cache file is the "dataset"
+    if spec.precision.needs_calibration:  # a user's cache file alone: it is the "dataset"
         assert spec.model_hash is not None
         resolved = resolve_key(spec.key, spec.model_hash, dataset=None)
     synthetic: tuple[Batch, ...] = ()
@@ -71,7 +70,7 @@ def _with_data(spec: PrecisionSpec, preprocessed: Path, steps: Any, *, judge: bo
         relaxed = dataclasses.replace(spec.readers, allow_inaccurate=True)
         with _quiet(splits_logger):
             splits = split_for_judging(batches, dataset.specs, relaxed, evaluation=evaluation)
-    return Evidence(spec, preprocessed, steps, splits, resolved, description=dataset.description)
+    return Evidence(spec, preprocessed, steps, splits, resolved)
 
 
 @contextlib.contextmanager
