@@ -51,6 +51,12 @@ class Trace:
         }
 
 
+def _top_level(frame: FrameType) -> bool:
+    """A module-level function (co_qualname needs Python 3.11; this works on 3.10 too)."""
+    function = frame.f_globals.get(frame.f_code.co_name)
+    return getattr(function, "__code__", None) is frame.f_code
+
+
 def _holds(frame: FrameType, value: object) -> bool:
     code = frame.f_code
     count = code.co_argcount + code.co_kwonlyargcount
@@ -70,7 +76,7 @@ def follow(value: object, prefixes: Sequence[str]) -> Iterator[Trace]:
         if frame.f_code.co_name.startswith("<"):  # comprehensions, lambdas, genexprs
             return
         caller = frame.f_back.f_globals.get("__name__", "") if frame.f_back else ""
-        if caller != module and "." not in frame.f_code.co_qualname:
+        if caller != module and _top_level(frame):
             trace.visits.append(module)
         if _holds(frame, value):
             trace.stops.append((module, frame.f_code.co_name))
