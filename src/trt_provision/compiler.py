@@ -457,7 +457,8 @@ class EngineCompiler:
                 artifact = self._runtime.compile_engine(
                     backbone.model_path, backbone.build_config, staged, prepared=prepared
                 )
-            # The built engine is checked here, before anything is published.
+            # Slot for checking the built engine on its own runtime: after the build,
+            # before anything is published.
             seconds = time.perf_counter() - started
             entry = self._store.publish(
                 plan.identity, staged, self._metadata(plan, artifact.metadata, seconds)

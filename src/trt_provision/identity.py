@@ -20,6 +20,9 @@ ONNX Runtime ``1.19.0+cpu`` therefore keeps its build flavour in the identity an
 ``ortcpu-1_19_0+cpu``; because a normalised version holds no ``_``, the filename maps back to
 exactly the same version (``parse_engine_filename(engine_filename(i))`` round-trips). A version
 that cannot be normalised raises :class:`~trt_provision.errors.InvalidNameError`.
+
+The field checks and ``engine_filename`` live in :mod:`trt_provision.naming` (below
+``types.py``, whose DTOs validate with them); this module re-exports them.
 """
 
 from __future__ import annotations
