@@ -31,17 +31,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import statistics
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from trt_provision._bounded import loads_bounded
 from trt_provision.errors import AccuracyGateError, EngineBuildError, TrtProvisionError
 from trt_provision.identity import compute_identity
-from trt_provision.integrity import sha256_file
 from trt_provision.types import (
     BackboneSpec,
     BuildConfig,
@@ -55,10 +53,11 @@ from trt_provision.types import (
 if TYPE_CHECKING:
     import numpy.typing as npt
 
-    from trt_provision.compiler import EngineCompiler, _Plan
+    from trt_provision.seams import InferenceRuntime
 
 __all__ = [
     "AutoCandidates",
+    "CandidateBuilder",
     "auto_identity",
     "build_auto",
     "candidates_for",
@@ -134,6 +133,33 @@ def candidates_for(
     return AutoCandidates(tuple(chosen), tuple(skipped))
 
 
+class CandidateBuilder(Protocol):
+    """What ``auto`` needs from the compiler: its public API, nothing of its internals."""
+
+    @property
+    def host(self) -> HostCapabilities: ...
+
+    @property
+    def runtime(self) -> InferenceRuntime: ...
+
+    def calibration_key(self, backbone: BackboneSpec, model_hash: str) -> str | None: ...
+
+    def identity_for(
+        self, backbone: BackboneSpec, *, unresolved_calibration: str | None = None
+    ) -> tuple[EngineIdentity, RuntimeTarget, str]: ...
+
+    def reuse_or_build(
+        self, backbone: BackboneSpec, identity: EngineIdentity, target: RuntimeTarget,
+        model_hash: str,
+    ) -> tuple[EngineCacheEntry, bool]: ...
+
+    def publish_copy(
+        self, source: EngineCacheEntry, metadata: Mapping[str, Any], seconds: float, *,
+        backbone: BackboneSpec, identity: EngineIdentity, target: RuntimeTarget,
+        model_hash: str,
+    ) -> EngineCacheEntry: ...
+
+
 def _candidate(
     backbone: BackboneSpec, precision: PrecisionMode, target: RuntimeTarget | None = None
 ) -> BackboneSpec:
@@ -149,15 +175,15 @@ def _candidate(
 
 
 def auto_identity(
-    compiler: EngineCompiler, backbone: BackboneSpec, model_hash: str, target: RuntimeTarget
+    compiler: CandidateBuilder, backbone: BackboneSpec, model_hash: str, target: RuntimeTarget
 ) -> EngineIdentity:
     """The identity of the auto engine: everything its choice depends on."""
     config = backbone.build_config
-    cands = candidates_for(config, target, compiler._host)
+    cands = candidates_for(config, target, compiler.host)
     calibration_key = None
     calibrated = [p for p in cands.precisions if p.needs_calibration]
-    if calibrated and compiler._calibration is not None:
-        calibration_key = compiler._calibration.calibration_key(
+    if calibrated:
+        calibration_key = compiler.calibration_key(
             _candidate(backbone, calibrated[0]), model_hash
         )
     return compute_identity(
@@ -340,27 +366,23 @@ def time_candidates(
 # ------------------------------------------------------------------ the choice
 
 
-def build_auto(compiler: EngineCompiler, plan: _Plan) -> tuple[EngineCacheEntry, float]:
-    """Build, judge and time every candidate; publish the winner under ``plan.identity``."""
-    from trt_provision.compiler import _Plan
-
+def build_auto(
+    compiler: CandidateBuilder, backbone: BackboneSpec, identity: EngineIdentity,
+    target: RuntimeTarget, model_hash: str,
+) -> tuple[EngineCacheEntry, float]:
+    """Build, judge and time every candidate; publish the winner under ``identity``."""
     started = time.perf_counter()
-    backbone = plan.backbone
-    cands = candidates_for(backbone.build_config, plan.target, compiler._host)
+    auto_target = target
+    cands = candidates_for(backbone.build_config, auto_target, compiler.host)
     rows: list[dict[str, Any]] = []
     built: list[tuple[PrecisionMode, EngineCacheEntry, dict[str, Any]]] = []
     for precision in cands.precisions:
-        cand = _candidate(backbone, precision, plan.target)
-        identity, target, model_hash = compiler.identity_for(cand)
-        row: dict[str, Any] = {"precision": precision.value, "engine": identity.filename}
+        cand = _candidate(backbone, precision, auto_target)
+        cand_identity, cand_target, cand_hash = compiler.identity_for(cand)
+        row: dict[str, Any] = {"precision": precision.value, "engine": cand_identity.filename}
         try:
-            with compiler._store.lock(identity):
-                entry = compiler._try_reuse(identity, target, quiet=True)
-                row["reused"] = entry is not None
-                if entry is None:
-                    entry, _ = compiler._build(
-                        _Plan(cand, identity, target, model_hash, None, time.perf_counter())
-                    )
+            entry, row["reused"] = compiler.reuse_or_build(cand, cand_identity, cand_target,
+                                                           cand_hash)
             meta = read_sidecar(entry)
         except AccuracyGateError as exc:
             rows.append({**row, "verdict": "refused", "why": exc.message,
@@ -384,7 +406,7 @@ def build_auto(compiler: EngineCompiler, plan: _Plan) -> tuple[EngineCacheEntry,
         if ok:
             built.append((precision, entry, meta))
     feed = timing_feed(backbone.model_path, backbone.build_config)
-    medians = time_candidates(compiler._runtime, [e for _, e, _ in built], feed)
+    medians = time_candidates(compiler.runtime, [e for _, e, _ in built], feed)
     fp32_s = medians[0]
     by_precision = {p.value: (e, m, s) for (p, e, m), s in zip(built, medians, strict=True)}
     winner = PrecisionMode.FP32
@@ -422,24 +444,15 @@ def build_auto(compiler: EngineCompiler, plan: _Plan) -> tuple[EngineCacheEntry,
         "%s", summary_line(decision),
         extra={"event": "engine.auto.choice", "model": backbone.name, "chosen": winner.value},
     )
-    staged = compiler._store.staging_path(plan.identity)
-    shutil.copyfile(entry.engine_path, staged)
-    if sha256_file(staged)[0] != entry.sha256:
-        # The winner changed on disk after it was verified: publish nothing.
-        staged.unlink(missing_ok=True)
-        raise EngineBuildError("the chosen candidate engine changed after verification",
-                               path=str(entry.engine_path))
     # The winner's own build facts (IO, accuracy, calibration...) describe this copy too;
     # what the compiler and the store write is written afresh for the auto identity.
     inherited = {k: v for k, v in meta.items() if k not in _OWN_KEYS}
     inherited["auto"] = decision
     seconds = time.perf_counter() - started
-    try:
-        published = compiler._store.publish(
-            plan.identity, staged, compiler._metadata(plan, inherited, seconds)
-        )
-    finally:
-        staged.unlink(missing_ok=True)
+    published = compiler.publish_copy(
+        entry, inherited, seconds, backbone=backbone, identity=identity, target=auto_target,
+        model_hash=model_hash,
+    )
     return published, seconds
 
 

@@ -1,5 +1,9 @@
 """EngineCompiler: stateless orchestration of identity → reuse → fetch → build → publish.
 
+A build: the precision pipeline prepares the graph (spec → splits → ranges → graph →
+verdict) → the strategy builds the engine from it → publish. A check of the built engine
+belongs between the build and the publish (``_build``).
+
 The compiler knows only the Protocols in ``seams.py``; ``compose.py`` wires the concrete
 strategies. It never deletes anything: stale engines are left for ``cache gc``.
 """
@@ -11,10 +15,13 @@ import datetime as _dt
 import logging
 import os
 import platform
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from trt_provision._version import __version__
@@ -27,11 +34,13 @@ from trt_provision.errors import (
     TrtProvisionError,
 )
 from trt_provision.identity import compute_identity, model_sha256
+from trt_provision.integrity import sha256_file
 from trt_provision.seams import (
     CalibrationPlanner,
     EngineGate,
     EngineStore,
     InferenceRuntime,
+    PrecisionPipeline,
     RemoteEngineStore,
 )
 from trt_provision.thermal import check_temperature_limit
@@ -45,6 +54,7 @@ from trt_provision.types import (
     EngineIdentity,
     HostCapabilities,
     PrecisionMode,
+    PreparedGraph,
     RuntimeTarget,
     profile_problems,
 )
@@ -103,6 +113,7 @@ class EngineCompiler:
         host: HostCapabilities,
         remote: RemoteEngineStore | None = None,
         calibration: CalibrationPlanner | None = None,
+        precision: PrecisionPipeline | None = None,
         max_temperature_c: float | None = None,
         verify_workers: int = 0,
         sign: Callable[[EngineCacheEntry], None] | None = None,
@@ -114,12 +125,62 @@ class EngineCompiler:
         self._host = host
         self._remote = remote
         self._calibration = calibration
+        self._precision = precision
         self._max_temp = max_temperature_c
         self._workers = verify_workers
         self._sign = sign
         self._log = logger or log
 
     # ------------------------------------------------------------------ public
+
+    @property
+    def host(self) -> HostCapabilities:
+        return self._host
+
+    @property
+    def runtime(self) -> InferenceRuntime:
+        return self._runtime
+
+    def calibration_key(self, backbone: BackboneSpec, model_hash: str) -> str | None:
+        """The calibration key of ``backbone`` (None without a calibration planner)."""
+        if self._calibration is None:
+            return None
+        return self._calibration.calibration_key(backbone, model_hash)
+
+    def reuse_or_build(
+        self, backbone: BackboneSpec, identity: EngineIdentity, target: RuntimeTarget,
+        model_hash: str,
+    ) -> tuple[EngineCacheEntry, bool]:
+        """Under the identity's lock: the cached engine if it verifies, else a build,
+        published. Returns the entry and whether it was reused."""
+        with self._store.lock(identity):
+            entry = self._try_reuse(identity, target, quiet=True)
+            if entry is not None:
+                return entry, True
+            entry, _ = self._build(
+                _Plan(backbone, identity, target, model_hash, None, time.perf_counter())
+            )
+            return entry, False
+
+    def publish_copy(
+        self, source: EngineCacheEntry, metadata: Mapping[str, Any], seconds: float, *,
+        backbone: BackboneSpec, identity: EngineIdentity, target: RuntimeTarget,
+        model_hash: str,
+    ) -> EngineCacheEntry:
+        """Publish a copy of the verified engine ``source`` under ``identity``, its sidecar
+        written afresh with ``metadata`` (``auto`` publishes its winner so)."""
+        plan = _Plan(backbone, identity, target, model_hash, None, time.perf_counter())
+        staged = self._store.staging_path(identity)
+        shutil.copyfile(source.engine_path, staged)
+        if sha256_file(staged)[0] != source.sha256:
+            # The engine changed on disk after it was verified: publish nothing.
+            staged.unlink(missing_ok=True)
+            raise EngineBuildError("the chosen candidate engine changed after verification",
+                                   path=str(source.engine_path))
+        try:
+            return self._store.publish(identity, staged, self._metadata(plan, metadata, seconds))
+        finally:
+            staged.unlink(missing_ok=True)
 
     def identity_for(
         self, backbone: BackboneSpec, *, unresolved_calibration: str | None = None
@@ -410,7 +471,9 @@ class EngineCompiler:
     def _build(self, plan: _Plan) -> tuple[EngineCacheEntry, float]:
         backbone = plan.backbone
         if backbone.build_config.precision is PrecisionMode.AUTO:
-            return build_auto(self, plan)  # builds each candidate through this method
+            # Each candidate is built through reuse_or_build, the winner published by
+            # publish_copy: auto uses this class's public API only.
+            return build_auto(self, backbone, plan.identity, plan.target, plan.model_hash)
         self._check_thermal()
         staged = self._store.staging_path(plan.identity)
         self._log.info(
@@ -421,10 +484,19 @@ class EngineCompiler:
             extra={"event": "engine.build.start", "model": backbone.name},
         )
         started = time.perf_counter()
+        workdir: Path | None = None
         try:
-            artifact = self._runtime.compile_engine(
-                backbone.model_path, backbone.build_config, staged
-            )
+            prepared, workdir = self._prepare(plan, staged)
+            if prepared is None:
+                artifact = self._runtime.compile_engine(
+                    backbone.model_path, backbone.build_config, staged
+                )
+            else:
+                artifact = self._runtime.compile_engine(
+                    backbone.model_path, backbone.build_config, staged, prepared=prepared
+                )
+            # Slot for checking the built engine on its own runtime: after the build,
+            # before anything is published.
             seconds = time.perf_counter() - started
             entry = self._store.publish(
                 plan.identity, staged, self._metadata(plan, artifact.metadata, seconds)
@@ -432,6 +504,8 @@ class EngineCompiler:
         finally:  # a failure is reported once, by the caller (the model's result or raise)
             with contextlib.suppress(FileNotFoundError):
                 staged.unlink()
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
         self._log.info(
             "finished building %s in %.2f s",
             entry.engine_path.name,
@@ -439,6 +513,30 @@ class EngineCompiler:
             extra={"event": "engine.build.finish", "model": backbone.name, "seconds": seconds},
         )
         return entry, seconds
+
+    def _prepare(self, plan: _Plan, staged: Path) -> tuple[PreparedGraph | None, Path | None]:
+        """The precision pipeline's graph for this strategy, in a work directory next to the
+        staging file (removed after the build); None where the strategy builds the model as
+        it is (fp32, or TensorRT's own calibrator on the weakly typed path)."""
+        config = plan.backbone.build_config
+        if self._precision is None or config.precision is PrecisionMode.FP32:
+            return None, None
+        consumer = self._runtime.graph_consumer(config)
+        if consumer is None:
+            return None, None
+        # The writer's pid and the runtime in the name let cache gc tell live work dirs
+        # from dead ones.
+        kind = "trt" if consumer == "tensorrt" else "ort"
+        workdir = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-{kind}-", dir=staged.parent))
+        try:
+            prepared = self._precision.prepare(
+                plan.backbone.model_path, config, workdir, consumer=consumer,
+                model_hash=plan.model_hash,
+            )
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        return prepared, workdir
 
     def _metadata(
         self, plan: _Plan, artifact_meta: dict[str, Any] | Any, seconds: float

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from trt_provision._lazy import is_available
 from trt_provision.calibration.planner import GovernedCalibrationPlanner
+from trt_provision.calibration.precision import GovernedPrecisionPipeline
 from trt_provision.compiler import EngineCompiler
 from trt_provision.config import Settings
 from trt_provision.gates.budget import GpuMemoryBudget, choose_free_memory_probe
@@ -130,23 +131,6 @@ def _tensorrt_calibration(
     return calibration
 
 
-def _strong_precision_converter(
-    cache_dir: Path, consumer: str = "tensorrt"
-) -> Callable[[Path, BuildConfig, Path], tuple[Path, Mapping[str, Any]]]:
-    """The FP16 or Q/DQ graph the precision pipeline derives for ``consumer`` (strongly
-    typed TensorRT, or the ONNX Runtime strategy with "onnxruntime-cpu")."""
-
-    def convert(model: Path, config: BuildConfig, workdir: Path) -> tuple[Path, Mapping[str, Any]]:
-        from trt_provision.calibration.precision import prepare_model_for_precision
-
-        prepared = prepare_model_for_precision(
-            model, config, workdir, calibration_cache_dir=cache_dir, consumer=consumer
-        )
-        return prepared.model_path, prepared.metadata
-
-    return convert
-
-
 def wire(
     settings: Settings,
     *,
@@ -178,7 +162,6 @@ def wire(
                 plugin_namespace=settings.plugin_namespace,
                 plugin_libraries=settings.plugin_libraries,
                 calibration=_tensorrt_calibration(calibration_dir, host.trt_version),
-                precision_converter=_strong_precision_converter(calibration_dir),
             ),
         )
     else:
@@ -191,7 +174,6 @@ def wire(
             if settings.ort_provider == "cuda"
             else "CPUExecutionProvider",
             calibration_cache_dir=calibration_dir,
-            precision_converter=_strong_precision_converter(calibration_dir, "onnxruntime-cpu"),
         )
     remote: RemoteEngineStore | None = None
     if use_remote and (settings.remote is not None or os.environ.get("ARTIFACTS_BUCKET")):
@@ -209,6 +191,7 @@ def wire(
         host=host,
         remote=remote if use_remote else None,
         calibration=calibration,
+        precision=GovernedPrecisionPipeline(calibration_dir),
         max_temperature_c=settings.max_temperature_c,
         sign=build_signer(settings),
     )

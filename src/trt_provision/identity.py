@@ -20,6 +20,9 @@ ONNX Runtime ``1.19.0+cpu`` therefore keeps its build flavour in the identity an
 ``ortcpu-1_19_0+cpu``; because a normalised version holds no ``_``, the filename maps back to
 exactly the same version (``parse_engine_filename(engine_filename(i))`` round-trips). A version
 that cannot be normalised raises :class:`~trt_provision.errors.InvalidNameError`.
+
+The field checks and ``engine_filename`` live in :mod:`trt_provision.naming` (below
+``types.py``, whose DTOs validate with them); this module re-exports them.
 """
 
 from __future__ import annotations
@@ -31,17 +34,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trt_provision.errors import InvalidNameError, ModelError
+from trt_provision.errors import InvalidNameError, ManifestError, ModelError
+from trt_provision.naming import (
+    DIGEST_CHARS,
+    ENGINE_SUFFIX,
+    HASH_CHARS,
+    MAX_MODEL_NAME,
+    MAX_VERSION_CHARS,
+    engine_filename,
+    normalize_runtime_version,
+    validate_identity_fields,
+    validate_model_name,
+)
 
 if TYPE_CHECKING:
     from trt_provision.types import BuildConfig, EngineIdentity, RuntimeTarget
 
 __all__ = [
+    "DIGEST_CHARS",
     "ENGINE_SUFFIX",
+    "HASH_CHARS",
+    "MAX_MODEL_NAME",
+    "MAX_VERSION_CHARS",
     "ParsedEngineName",
     "build_option_digest",
     "compute_identity",
     "engine_filename",
+    "metric_file_sha256",
     "model_sha256",
     "normalize_runtime_version",
     "parse_engine_filename",
@@ -49,18 +68,6 @@ __all__ = [
     "validate_model_name",
 ]
 
-ENGINE_SUFFIX = ".engine"
-MAX_MODEL_NAME = 64
-HASH_CHARS = 16
-DIGEST_CHARS = 12
-
-_MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-_VERSION_RE = re.compile(r"[0-9][0-9a-z]*(\.[0-9a-z]+)*(\+[0-9a-z]+(\.[0-9a-z]+)*)?")
-MAX_VERSION_CHARS = 64
-_TARGET_RE = re.compile(r"sm[0-9]{2,3}((\+|cc)|-dla[0-9]{1,2})?|cpu-[a-z0-9]+")
-_PLATFORM_RE = re.compile(r"jp[0-9]+(\.[0-9]+)*|dgpu|host")
-_RUNTIME_RE = re.compile(r"[a-z][a-z0-9]*")
-_HEX_RE = re.compile(r"[0-9a-f]+")
 _FILENAME_RE = re.compile(
     r"(?P<model>[A-Za-z0-9][A-Za-z0-9_-]{0,63})"
     r"\.(?P<hash>[0-9a-f]{16})"
@@ -72,87 +79,6 @@ _FILENAME_RE = re.compile(
     r"\.(?P<digest>[0-9a-f]{12})"
     r"\.engine"
 )
-
-
-def validate_model_name(name: str) -> str:
-    """Refuse names that could escape the cache directory or break the schema."""
-    if not isinstance(name, str) or not name:
-        raise InvalidNameError("model name must be a non-empty string", name=repr(name))
-    if len(name) > MAX_MODEL_NAME:
-        raise InvalidNameError(
-            f"model name is longer than {MAX_MODEL_NAME} characters", name=repr(name[:80])
-        )
-    if "\x00" in name or "/" in name or "\\" in name or ".." in name:
-        raise InvalidNameError(
-            "model name must not contain path separators, '..' or NUL", name=repr(name)
-        )
-    if not _MODEL_RE.fullmatch(name):
-        raise InvalidNameError(
-            "model name may use only letters, digits, '_' and '-' and must start with a "
-            "letter or digit",
-            name=repr(name),
-        )
-    return name
-
-
-def normalize_runtime_version(version: str) -> str:
-    """The canonical filename-safe form of a runtime version (see the module docstring)."""
-    if not isinstance(version, str):
-        raise InvalidNameError("runtime version must be a string", found=repr(version))
-    text = version.strip().lower()
-    release, plus, local = text.partition("+")
-    canonical = re.sub(r"[-_]", ".", release) + (plus + re.sub(r"[-_]", ".", local))
-    if len(canonical) > MAX_VERSION_CHARS or not _VERSION_RE.fullmatch(canonical):
-        raise InvalidNameError(
-            "runtime version cannot be written in an engine filename",
-            expected="<release>[+<local>] of letters, digits and '.'",
-            found=repr(version[:80]),
-        )
-    return canonical
-
-
-def validate_identity_fields(identity: EngineIdentity) -> None:
-    """Check every field against the filename schema; a bad one raises InvalidNameError."""
-    validate_model_name(identity.model_name)
-    checks: list[tuple[str, str, re.Pattern[str]]] = [
-        ("model_sha256", identity.model_sha256, _HEX_RE),
-        ("runtime", identity.runtime, _RUNTIME_RE),
-        ("runtime_version", identity.runtime_version, _VERSION_RE),
-        ("target", identity.target, _TARGET_RE),
-        ("platform", identity.platform, _PLATFORM_RE),
-        ("options_digest", identity.options_digest, _HEX_RE),
-    ]
-    for field_name, value, pattern in checks:
-        if not isinstance(value, str) or not pattern.fullmatch(value):
-            raise InvalidNameError(
-                f"identity field {field_name} is malformed", field=field_name, found=repr(value)
-            )
-    if len(identity.model_sha256) < HASH_CHARS:
-        raise InvalidNameError(
-            "identity model_sha256 must have at least 16 hex characters", field="model_sha256"
-        )
-    if len(identity.options_digest) != DIGEST_CHARS:
-        raise InvalidNameError(
-            f"identity options_digest must have {DIGEST_CHARS} hex characters",
-            field="options_digest",
-        )
-
-
-def engine_filename(identity: EngineIdentity) -> str:
-    return (
-        ".".join(
-            [
-                identity.model_name,
-                identity.model_sha256[:HASH_CHARS],
-                identity.precision.value,
-                identity.target,
-                identity.platform.replace(".", "_"),
-                f"{identity.runtime}-{identity.runtime_version.replace('.', '_')}",
-                identity.options_digest,
-            ]
-        )
-        + ENGINE_SUFFIX
-    )
 
 
 @dataclass(frozen=True)
@@ -275,6 +201,33 @@ def _hash_file(digest: Any, path: Path) -> None:
 
 # ---------------------------------------------------------------- build options
 
+# A metric script is a small Python file; the cap keeps hashing a wrong path bounded.
+MAX_METRIC_BYTES = 4 << 20
+
+
+def metric_file_sha256(spec: str) -> str:
+    """sha256 of the metric script of ``file.py:function``, read (never run) for the engine
+    identity, so an edited metric rebuilds. A missing or oversized file is a ManifestError."""
+    import hashlib
+
+    file_part, sep, func_name = spec.partition(".py:")
+    if not sep or not func_name:
+        raise ManifestError(f"accuracy_metric must be 'file.py:function', got {spec!r}",
+                            key="accuracy_metric")
+    path = Path(file_part + ".py")
+    try:
+        with open(path, "rb") as fh:
+            blob = fh.read(MAX_METRIC_BYTES + 1)
+    except OSError as exc:
+        raise ManifestError(f"cannot read accuracy metric script: {exc.strerror}",
+                            key="accuracy_metric", path=str(path)) from exc
+    if len(blob) > MAX_METRIC_BYTES:
+        raise ManifestError(
+            f"accuracy metric script is larger than {MAX_METRIC_BYTES >> 20} MiB",
+            key="accuracy_metric", path=str(path))
+    return hashlib.sha256(blob).hexdigest()
+
+
 
 def build_option_payload(
     config: BuildConfig,
@@ -321,8 +274,6 @@ def build_option_payload(
     }
     if config.accuracy_metric is not None:
         # The script's bytes, not only its name: an edited metric judges differently.
-        from trt_provision.calibration.metric import metric_file_sha256
-
         extra_gate["accuracy_metric_sha256"] = metric_file_sha256(config.accuracy_metric)
     if extra_gate:
         payload.setdefault("accuracy_gate", {}).update(extra_gate)

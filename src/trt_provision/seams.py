@@ -17,6 +17,7 @@ from trt_provision.types import (
     BuildConfig,
     EngineCacheEntry,
     EngineIdentity,
+    PreparedGraph,
     RuntimeTarget,
     ThermalState,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "EngineStore",
     "InferenceRuntime",
     "MemoryBudget",
+    "PrecisionPipeline",
     "RemoteEngineStore",
     "ThermalStatePublisher",
 ]
@@ -87,10 +89,17 @@ class InferenceRuntime(Protocol):
         """What an engine built here with this config is bound to (cheap, no build)."""
         ...
 
+    def graph_consumer(self, build_config: BuildConfig) -> str | None:
+        """Whose prepared graph this strategy builds ``build_config`` from: "tensorrt" or
+        "onnxruntime-cpu" (the Q/DQ option set of the graph), None for the model as it is."""
+        ...
+
     def compile_engine(
-        self, model_path: Path, build_config: BuildConfig, staged_path: Path
+        self, model_path: Path, build_config: BuildConfig, staged_path: Path,
+        prepared: PreparedGraph | None = None,
     ) -> BuildArtifact:
-        """Build the engine into ``staged_path``; the store publishes it afterwards."""
+        """Build the engine into ``staged_path``; the store publishes it afterwards.
+        ``prepared``: the precision pipeline's graph of ``model_path`` to build from."""
         ...
 
     def deserialize_engine(self, entry: EngineCacheEntry) -> EngineHandle:
@@ -150,6 +159,17 @@ class RemoteEngineStore(Protocol):
         """Whether the store has the engine (nothing downloaded); StoreError when it
         cannot tell."""
         ...
+
+
+@runtime_checkable
+class PrecisionPipeline(Protocol):
+    """Applies a precision to a model for one consumer (spec, splits, ranges, graph,
+    verdict): the graph the strategy builds from, or a refusal (AccuracyGateError)."""
+
+    def prepare(
+        self, model_path: Path, build_config: BuildConfig, workdir: Path, *, consumer: str,
+        model_hash: str | None = None,
+    ) -> PreparedGraph: ...
 
 
 @runtime_checkable

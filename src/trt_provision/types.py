@@ -8,6 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trt_provision.naming import (
+    engine_filename,
+    normalize_runtime_version,
+    validate_identity_fields,
+    validate_model_name,
+)
+
 __all__ = [
     "DEFAULT_PINNED_KEYWORDS",
     "MAX_SHAPE_DIM",
@@ -27,6 +34,7 @@ __all__ = [
     "OptimizationProfile",
     "PluginSpec",
     "PrecisionMode",
+    "PreparedGraph",
     "RuntimeTarget",
     "ThermalState",
     "profile_problems",
@@ -427,8 +435,6 @@ class RuntimeTarget:
     def __post_init__(self) -> None:
         # Installed versions come from the environment (e.g. "1.19.0+cpu"): normalise them
         # once, here, so the identity, the filename and the gate all see the same string.
-        from trt_provision.identity import normalize_runtime_version
-
         object.__setattr__(
             self, "runtime_version", normalize_runtime_version(self.runtime_version)
         )
@@ -448,9 +454,7 @@ class EngineIdentity:
     options_digest: str
 
     def __post_init__(self) -> None:
-        # Imported here: identity.py validates the fields against the filename schema.
-        from trt_provision.identity import validate_identity_fields
-
+        # The filename schema (naming.py) checks every field.
         validate_identity_fields(self)
 
     @property
@@ -473,8 +477,6 @@ class EngineIdentity:
 
     @property
     def filename(self) -> str:
-        from trt_provision.identity import engine_filename
-
         return engine_filename(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -526,6 +528,15 @@ class EngineCacheEntry:
 
 
 @dataclass(frozen=True)
+class PreparedGraph:
+    """The graph a strategy builds a reduced-precision engine from (FP16 or Q/DQ), as the
+    precision pipeline prepared and judged it, with the evidence its sidecar records."""
+
+    model_path: Path
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class BuildArtifact:
     """What a runtime's compile step produced in the staging file it was given."""
 
@@ -545,8 +556,6 @@ class BackboneSpec:
     version_label: str | None = None
 
     def __post_init__(self) -> None:
-        from trt_provision.identity import validate_model_name
-
         validate_model_name(self.name)
 
 

@@ -11,12 +11,12 @@ import onnx
 import pytest
 from onnx import TensorProto
 
-from trt_provision.calibration import precision as precision_mod
 from trt_provision.calibration.accuracy import compare_models, synthetic_batches
 from trt_provision.calibration.data import InputSpec
 from trt_provision.calibration.precision import prepare_model_for_precision
 from trt_provision.calibration.qdq import check_tensorrt_qdq
 from trt_provision.calibration.splits import split_for_judging
+from trt_provision.calibration.stages import search
 from trt_provision.errors import AccuracyGateError, CalibrationCacheError, EngineBuildError
 from trt_provision.types import BuildConfig, CalibrationSpec, OptimizationProfile, PrecisionMode
 
@@ -139,7 +139,7 @@ def test_good_int8_passes_the_default_gate_and_records_both_splits(
 def test_label_flipping_int8_is_refused_by_default(
     mlp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(precision_mod, "SENSITIVITY_MAX_LAYERS", 0)
+    monkeypatch.setattr(search, "SENSITIVITY_MAX_LAYERS", 0)
     data = _save_batches(tmp_path / "d.npy", outlier_batches(10))
     with pytest.raises(AccuracyGateError, match="refused by the accuracy gate") as info:
         _prepare(mlp, _config("int8", data, algorithm="minmax"), tmp_path)
@@ -149,7 +149,7 @@ def test_label_flipping_int8_is_refused_by_default(
 def test_allow_inaccurate_builds_with_a_warning_in_the_metadata(
     mlp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(precision_mod, "SENSITIVITY_MAX_LAYERS", 0)
+    monkeypatch.setattr(search, "SENSITIVITY_MAX_LAYERS", 0)
     data = _save_batches(tmp_path / "d.npy", outlier_batches(10))
     meta = _prepare(mlp, _config("int8", data, algorithm="minmax", allow_inaccurate=True),
                     tmp_path).metadata

@@ -153,6 +153,17 @@ def test_fp16_overflow_batchnorm_is_converted_correctly(tmp_path: Path) -> None:
     assert prepared.metadata["accuracy"]["outputs"]["y"]["cosine"] > 0.999
 
 
+def test_fp16_ignores_a_user_int8_calibration_cache(tmp_path: Path) -> None:
+    # A trtexec --calib cache holds INT8 scales: an fp16 build neither reads nor keys it.
+    model = make_bn_overflow(tmp_path / "bn.onnx")
+    config = BuildConfig(precision=PrecisionMode.FP16,
+                         calibration=CalibrationSpec(trt_cache=str(tmp_path / "missing.calib")))
+    prepared = prepare_model_for_precision(model, config, tmp_path / "w",
+                                           calibration_cache_dir=None)
+    assert prepared.metadata["accuracy"]["verdict"] == "smoke only"
+    assert "calibration_key" not in prepared.metadata
+
+
 def test_naive_fp16_of_the_same_model_would_overflow(tmp_path: Path) -> None:
     # Guard for the test above: the variance really is beyond fp16.
     model = onnx.load(str(make_bn_overflow(tmp_path / "bn.onnx")))

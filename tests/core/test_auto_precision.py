@@ -482,6 +482,7 @@ def _trt_compiler(cache_dir: Path, version: str) -> Any:
     from fakes.fake_cuda import FakeCudaRuntime
     from fakes.fake_tensorrt import make_fake_tensorrt
     from trt_provision.calibration.planner import GovernedCalibrationPlanner
+    from trt_provision.calibration.precision import GovernedPrecisionPipeline
     from trt_provision.compiler import EngineCompiler
     from trt_provision.gates.engine_gate import DefaultEngineGate
     from trt_provision.runtimes.tensorrt import TensorrtOptions, TensorrtRuntime
@@ -495,12 +496,12 @@ def _trt_compiler(cache_dir: Path, version: str) -> Any:
     options = TensorrtOptions(
         optional_plugins=(),
         calibration=compose._tensorrt_calibration(calibration_dir, version),
-        precision_converter=compose._strong_precision_converter(calibration_dir),
     )
     runtime = TensorrtRuntime(gate=gate, host=host, options=options, trt_module=trt,
                               cuda_module=cuda)
     return EngineCompiler(runtime=runtime, store=LocalEngineStore(cache_dir), gate=gate,
-                          host=host, calibration=GovernedCalibrationPlanner(calibration_dir))
+                          host=host, calibration=GovernedCalibrationPlanner(calibration_dir),
+                          precision=GovernedPrecisionPipeline(calibration_dir))
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -10,15 +11,23 @@ from fakes.fake_runtime import FakeRuntime
 from fakes.fake_thermal import FakeThermal
 from trt_provision.compiler import EngineCompiler
 from trt_provision.config import load_manifest
-from trt_provision.errors import EngineBuildError, ModelError, ThermalLimitError
+from trt_provision.errors import (
+    AccuracyGateError,
+    EngineBuildError,
+    ModelError,
+    ThermalLimitError,
+)
 from trt_provision.gates.engine_gate import DefaultEngineGate
 from trt_provision.stores.local import LocalEngineStore
 from trt_provision.types import (
     BackboneSpec,
+    BuildArtifact,
     BuildConfig,
     CompileOutcome,
     EngineCompileRequest,
     HostCapabilities,
+    PrecisionMode,
+    PreparedGraph,
     ThermalState,
 )
 
@@ -219,3 +228,91 @@ def test_injected_logger_receives_the_structured_events(
     events = [getattr(r, "event", None) for r in caplog.records if r.name == "provisioning.fleet-a"]
     assert events[0] == "provision.start" and events[-1] == "provision.finish"
     assert events.count("engine.build.finish") == 3
+
+
+# ------------------------------------------------------------- the precision pipeline
+
+
+class _RecordingPipeline:
+    """A PrecisionPipeline that writes a stand-in graph, or fails on demand."""
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.fail = fail
+        self.calls: list[tuple[str, str | None, Path]] = []
+
+    def prepare(self, model_path: Path, build_config: BuildConfig, workdir: Path, *,
+                consumer: str, model_hash: str | None = None) -> PreparedGraph:
+        assert workdir.is_dir()
+        self.calls.append((consumer, model_hash, workdir))
+        if self.fail is not None:
+            raise self.fail
+        graph = workdir / "prepared.onnx"
+        graph.write_bytes(Path(model_path).read_bytes() + b"prepared")
+        return PreparedGraph(graph, {"precision": build_config.precision.value})
+
+
+class _GraphRuntime(FakeRuntime):
+    """A strategy that builds reduced precisions from the prepared graph of ``consumer``."""
+
+    def __init__(self, consumer: str | None) -> None:
+        super().__init__()
+        self.consumer = consumer
+        self.prepared: list[PreparedGraph | None] = []
+
+    def graph_consumer(self, build_config: BuildConfig) -> str | None:
+        return None if build_config.precision is PrecisionMode.FP32 else self.consumer
+
+    def compile_engine(self, model_path: Path, build_config: BuildConfig, staged_path: Path,
+                       prepared: PreparedGraph | None = None) -> BuildArtifact:
+        self.prepared.append(prepared)
+        if prepared is not None:
+            assert prepared.model_path.is_file()  # alive for the whole build
+        return super().compile_engine(model_path, build_config, staged_path)
+
+
+def _fp16_request(demo_models: dict[str, Path], demo_configs: dict[str, BuildConfig]
+                  ) -> EngineCompileRequest:
+    name = "demo_cnn"
+    config = dataclasses.replace(demo_configs[name], precision=PrecisionMode.FP16)
+    return EngineCompileRequest((BackboneSpec(name, demo_models[name], config),))
+
+
+def test_the_compiler_prepares_the_graph_and_the_strategy_builds_from_it(
+    cache_dir: Path, demo_models: dict[str, Path], demo_configs: dict[str, BuildConfig]
+) -> None:
+    runtime = _GraphRuntime("tensorrt")
+    pipeline = _RecordingPipeline()
+    compiler = _compiler(cache_dir, runtime, precision=pipeline)
+    (result,) = compiler.compile_engines_for_corpus(
+        _fp16_request(demo_models, demo_configs)).results
+    assert result.outcome is CompileOutcome.BUILT and result.identity is not None
+    ((consumer, model_hash, workdir),) = pipeline.calls
+    assert consumer == "tensorrt" and model_hash == result.identity.model_sha256
+    (prepared,) = runtime.prepared
+    assert prepared is not None and prepared.model_path.parent == workdir
+    assert not workdir.exists()  # removed once the engine is published
+    assert cache_dir in workdir.parents and workdir.name.startswith(".tmp-")
+
+
+def test_a_strategy_that_builds_the_model_as_it_is_gets_no_graph(
+    cache_dir: Path, demo_models: dict[str, Path], demo_configs: dict[str, BuildConfig]
+) -> None:
+    runtime = _GraphRuntime(None)
+    pipeline = _RecordingPipeline()
+    compiler = _compiler(cache_dir, runtime, precision=pipeline)
+    summary = compiler.compile_engines_for_corpus(_fp16_request(demo_models, demo_configs))
+    assert summary.built == 1 and not pipeline.calls and runtime.prepared == [None]
+
+
+def test_a_refused_graph_is_never_built_and_leaves_no_work_dir(
+    cache_dir: Path, demo_models: dict[str, Path], demo_configs: dict[str, BuildConfig]
+) -> None:
+    runtime = _GraphRuntime("onnxruntime-cpu")
+    pipeline = _RecordingPipeline(fail=AccuracyGateError("fp16 graph refused", model="m"))
+    compiler = _compiler(cache_dir, runtime, precision=pipeline)
+    (result,) = compiler.compile_engines_for_corpus(
+        _fp16_request(demo_models, demo_configs)).results
+    assert result.outcome is CompileOutcome.REFUSED
+    assert runtime.prepared == [] and not list(cache_dir.rglob(".tmp-*"))
+    (_, _, workdir) = pipeline.calls[0]
+    assert not workdir.exists()

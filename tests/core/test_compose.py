@@ -82,7 +82,8 @@ def test_dead_work_dirs_are_cleaned_live_ones_kept(tmp_path: Path) -> None:
 def test_tensorrt_adapters_feed_both_precision_paths(tmp_path: Path, demo_dir: Path) -> None:
     import onnx
 
-    from trt_provision.compose import _strong_precision_converter, _tensorrt_calibration
+    from trt_provision.calibration.precision import GovernedPrecisionPipeline
+    from trt_provision.compose import _tensorrt_calibration
     from trt_provision.types import BuildConfig, CalibrationSpec, OptimizationProfile, PrecisionMode
 
     model = demo_dir / "models" / "demo_cnn.onnx"
@@ -99,10 +100,10 @@ def test_tensorrt_adapters_feed_both_precision_paths(tmp_path: Path, demo_dir: P
     assert set(first) == {"image"} and first["image"].dtype.name == "float32"
     workdir = tmp_path / "work"
     workdir.mkdir()
-    converted, metadata = _strong_precision_converter(cache)(model, int8, workdir)
-    ops = {node.op_type for node in onnx.load(str(converted)).graph.node}
+    prepared = GovernedPrecisionPipeline(cache).prepare(model, int8, workdir, consumer="tensorrt")
+    ops = {node.op_type for node in onnx.load(str(prepared.model_path)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    assert metadata["calibration_key"] and metadata["quantization"]
+    assert prepared.metadata["calibration_key"] and prepared.metadata["quantization"]
 
 
 def test_tensorrt_runtime_is_wired_without_importing_tensorrt(tmp_path: Path) -> None:

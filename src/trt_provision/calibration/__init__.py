@@ -9,8 +9,11 @@ Modules, one concern each:
 * ``qdq``       - Q/DQ ONNX from ranges
 * ``fp16``      - FP16 graph conversion
 * ``accuracy``  - converted graph vs FP32, and the accuracy gate
-* ``planner``   - ``GovernedCalibrationPlanner`` (the ``CalibrationPlanner`` seam)
-* ``precision`` - ``prepare_model_for_precision``, the entry point of the build strategies
+* ``planner``   - ``GovernedCalibrationPlanner`` (the ``CalibrationPlanner`` seam), keys
+* ``stages``    - the precision pipeline: spec, splits, ranges, graph, verdict (one module
+  each) and the policies that call them (``search``)
+* ``precision`` - ``prepare_model_for_precision`` runs the stages;
+  ``GovernedPrecisionPipeline`` is the ``PrecisionPipeline`` seam the compiler calls
 * ``tensorrt``  - ``tensorrt_calibration_input`` for weakly typed TensorRT builds
 
 Nothing heavy is imported here; ONNX Runtime is imported inside the functions that use it.
@@ -20,6 +23,7 @@ from trt_provision.calibration.cache import GovernedCalibrationCache, calibratio
 from trt_provision.calibration.data import CalibrationDataset, dataset_digest
 from trt_provision.calibration.planner import GovernedCalibrationPlanner
 from trt_provision.calibration.precision import (
+    GovernedPrecisionPipeline,
     PreparedModel,
     governed_ranges,
     prepare_model_for_precision,
@@ -36,6 +40,7 @@ __all__ = [
     "CalibrationDataset",
     "GovernedCalibrationCache",
     "GovernedCalibrationPlanner",
+    "GovernedPrecisionPipeline",
     "PreparedModel",
     "TensorRanges",
     "calibration_key",

@@ -18,36 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from trt_provision.errors import EngineBuildError, ManifestError
+from trt_provision.errors import EngineBuildError
+from trt_provision.identity import MAX_METRIC_BYTES, metric_file_sha256  # the identity hashes it
 
 __all__ = ["MAX_METRIC_BYTES", "load_metric", "metric_file_sha256", "run_metric"]
-
-# A metric script is a small Python file; the cap keeps hashing a wrong path bounded.
-MAX_METRIC_BYTES = 4 << 20
-
-
-def metric_file_sha256(spec: str) -> str:
-    """sha256 of the metric script of ``file.py:function``, read (never run) for the engine
-    identity, so an edited metric rebuilds. A missing or oversized file is a ManifestError."""
-    import hashlib
-
-    file_part, sep, func_name = spec.partition(".py:")
-    if not sep or not func_name:
-        raise ManifestError(f"accuracy_metric must be 'file.py:function', got {spec!r}",
-                            key="accuracy_metric")
-    path = Path(file_part + ".py")
-    try:
-        with open(path, "rb") as fh:
-            blob = fh.read(MAX_METRIC_BYTES + 1)
-    except OSError as exc:
-        raise ManifestError(f"cannot read accuracy metric script: {exc.strerror}",
-                            key="accuracy_metric", path=str(path)) from exc
-    if len(blob) > MAX_METRIC_BYTES:
-        raise ManifestError(
-            f"accuracy metric script is larger than {MAX_METRIC_BYTES >> 20} MiB",
-            key="accuracy_metric", path=str(path))
-    return hashlib.sha256(blob).hexdigest()
-
 
 def load_metric(spec: str, *, model: str = "") -> Any:
     """Import ``file.py:function`` and return the function (a clear error if it is not)."""

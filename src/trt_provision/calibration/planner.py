@@ -26,11 +26,16 @@ from trt_provision.types import BackboneSpec, BuildConfig, CalibrationSpec
 
 __all__ = [
     "GovernedCalibrationPlanner",
+    "KeyBasis",
     "ResolvedKey",
     "algorithm_key",
     "calibration_spec_of",
+    "key_basis_of",
+    "key_for",
+    "open_data",
     "open_dataset",
     "resolve_calibration_key",
+    "resolve_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -51,11 +56,20 @@ def calibration_spec_of(config: BuildConfig, model: str = "") -> CalibrationSpec
 def open_dataset(
     model_path: Path, config: BuildConfig, *, source: Any = None, base_dir: Path | None = None
 ) -> CalibrationDataset:
-    spec = config.calibration or CalibrationSpec()
+    return open_data(model_path, config.calibration or CalibrationSpec(), config,
+                     source=source, base_dir=base_dir)
+
+
+def open_data(
+    model_path: Path, spec: CalibrationSpec, readers: BuildConfig, *, source: Any = None,
+    base_dir: Path | None = None,
+) -> CalibrationDataset:
+    """The dataset of ``spec`` (or ``source``) for the model's inputs; ``readers`` gives the
+    profiles the batches are checked against."""
     return CalibrationDataset(
         source if source is not None else spec.source,
         model_input_specs(model_path),
-        config,
+        readers,
         max_batches=spec.max_batches,
         # Not every CalibrationSpec carries the opt-in; absent means lossless casts only.
         allow_lossy_cast=bool(getattr(spec, "allow_lossy_cast", False)),
@@ -71,6 +85,12 @@ class ResolvedKey:
     batches: int | None  # known when the dataset was read for its digest
 
 
+def _needs_digest(spec: CalibrationSpec) -> bool:
+    """Whether the dataset version is the digest of the data (read to compute it)."""
+    user_cache_only = spec.source is None and spec.trt_cache is not None
+    return not user_cache_only and spec.dataset_version is None
+
+
 def resolve_calibration_key(
     config: BuildConfig,
     model_hash: str,
@@ -81,6 +101,45 @@ def resolve_calibration_key(
 ) -> ResolvedKey:
     """Key of the calibration of ``config`` for a model; reads the data only if needed."""
     spec = calibration_spec_of(config, str(model_path or ""))
+    if dataset is None and _needs_digest(spec):
+        if model_path is None:
+            raise CalibrationCacheError("a dataset or a model path is needed for the digest")
+        dataset = open_dataset(model_path, config, base_dir=base_dir)
+    return resolve_key(key_basis_of(config), model_hash, dataset=dataset)
+
+
+@dataclass(frozen=True)
+class KeyBasis:
+    """What a calibration key depends on besides the model and the data, read once from a
+    BuildConfig: the stages key their caches from this, never from the whole config."""
+
+    precision: str
+    calibration: CalibrationSpec
+    gate: tuple[float | None, float | None, float | None]  # cosine, rel error, top-1
+    accuracy_metric: str | None
+    plugins: tuple[tuple[str, str, str], ...]
+    pinned_keywords: tuple[str, ...]
+    excluded_op_types: tuple[str, ...]
+
+
+def key_basis_of(config: BuildConfig) -> KeyBasis:
+    return KeyBasis(
+        precision=config.precision.value,
+        calibration=config.calibration or CalibrationSpec(),
+        gate=(config.min_cosine, config.max_rel_error, config.min_top1_agreement),
+        accuracy_metric=config.accuracy_metric,
+        plugins=tuple((p.name, p.version, p.namespace) for p in config.plugins),
+        pinned_keywords=tuple(config.fp16_pinned_keywords),
+        excluded_op_types=tuple(config.excluded_op_types),
+    )
+
+
+def resolve_key(
+    basis: KeyBasis, model_hash: str, *, dataset: CalibrationDataset | Sequence[Batch] | None
+) -> ResolvedKey:
+    """The key of ``basis``'s algorithm; ``dataset`` is digested when its version is not
+    given (an explicit ``dataset_version``, or a user's TensorRT cache file)."""
+    spec = basis.calibration
     digest: str | None = None
     batches: int | None = None
     if spec.source is None and spec.trt_cache is not None:
@@ -90,42 +149,44 @@ def resolve_calibration_key(
         version = spec.dataset_version
     else:
         if dataset is None:
-            if model_path is None:
-                raise CalibrationCacheError("a dataset or a model path is needed for the digest")
-            dataset = open_dataset(model_path, config, base_dir=base_dir)
+            raise CalibrationCacheError("a dataset or a model path is needed for the digest")
         digest = dataset_digest(dataset)
         batches = len(dataset)
         version = f"sha256:{digest}"
-    key = algorithm_key(config, model_hash, version, spec.algorithm)
+    key = key_for(basis, model_hash, version, spec.algorithm)
     return ResolvedKey(key=key, dataset_version=version, dataset_digest=digest, batches=batches)
 
 
 def algorithm_key(
     config: BuildConfig, model_hash: str, dataset_version: str, algorithm: str
 ) -> str:
+    """The calibration key of ``config`` for one algorithm (see :func:`key_for`)."""
+    return key_for(key_basis_of(config), model_hash, dataset_version, algorithm)
+
+
+def key_for(basis: KeyBasis, model_hash: str, dataset_version: str, algorithm: str) -> str:
     """The calibration key for one algorithm (``auto`` keys the choice; each concrete
     algorithm keys its own governed ranges, so switching never replaces another's cache)."""
-    spec = config.calibration or CalibrationSpec()
+    spec = basis.calibration
     params = range_params_for(spec, algorithm)
     if algorithm == "auto" or spec.evaluation_data:
         # The choice among algorithms and the judgement depend on the gate.
-        params["gate"] = [config.min_cosine, config.max_rel_error, config.min_top1_agreement,
-                          config.accuracy_metric, bool(spec.evaluation_data)]
-        if config.accuracy_metric is not None:
+        params["gate"] = [*basis.gate, basis.accuracy_metric, bool(spec.evaluation_data)]
+        if basis.accuracy_metric is not None:
             from trt_provision.calibration.metric import metric_file_sha256
 
-            params["gate"].append(metric_file_sha256(config.accuracy_metric))
+            params["gate"].append(metric_file_sha256(basis.accuracy_metric))
     if spec.trt_cache is not None:  # another cache file gives other ranges: another key
         params["trt_cache_sha256"] = _user_cache_sha256(spec.trt_cache)
     return calibration_key(
         model_hash=model_hash,
-        precision=config.precision.value,
+        precision=basis.precision,
         dataset_version=dataset_version,
         algorithm=algorithm,
         algorithm_params=params,
-        plugins=[(p.name, p.version, p.namespace) for p in config.plugins],
-        pinned_keywords=config.fp16_pinned_keywords,
-        excluded_op_types=config.excluded_op_types,
+        plugins=list(basis.plugins),
+        pinned_keywords=basis.pinned_keywords,
+        excluded_op_types=basis.excluded_op_types,
     )
 
 

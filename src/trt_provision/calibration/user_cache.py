@@ -3,8 +3,9 @@
 The file is TensorRT's text format (a ``TRT-<version>-<algorithm>`` header, then one
 ``tensor: <hex float32 scale>`` line per tensor, as ``write_trt_calibration_cache`` writes
 it). It is read bounded and validated before use; its sha256 enters the calibration key, so a
-different cache never reuses an engine. The ranges are not judged against data unless
-calibration data is given as well: the build records that plainly.
+different cache never reuses an engine. The precision stages quantize with these ranges; they
+are not judged against data unless calibration data is given as well, and the build records
+that plainly.
 """
 
 from __future__ import annotations
@@ -13,17 +14,13 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from trt_provision.calibration.ranges import TensorRanges, parse_trt_calibration_cache
 from trt_provision.errors import CalibrationCacheError
-from trt_provision.types import BuildConfig, PrecisionMode
 
 __all__ = [
     "MAX_USER_CACHE_BYTES",
-    "NOT_JUDGED_NOTE",
     "UserTrtCache",
-    "prepare_int8_from_user_cache",
     "read_user_trt_cache",
 ]
 
@@ -31,7 +28,6 @@ logger = logging.getLogger(__name__)
 
 # A calibration table has one short line per tensor: 16 MiB is far beyond any real model.
 MAX_USER_CACHE_BYTES = 16 << 20
-NOT_JUDGED_NOTE = "ranges from a user calibration cache; not judged"
 
 
 @dataclass(frozen=True)
@@ -66,74 +62,3 @@ def read_user_trt_cache(path: str | Path) -> UserTrtCache:
             "TensorRT calibration cache names no tensor", path=str(path)
         )
     return UserTrtCache(path, blob, hashlib.sha256(blob).hexdigest(), ranges)
-
-
-def prepare_int8_from_user_cache(
-    model_path: Path, config: BuildConfig, workdir: Path, *, consumer: str, model_hash: str,
-) -> Any:
-    """The Q/DQ graph of ``model_path`` with the user cache's scales as its ranges
-    (range = scale * 127, symmetric). Judged only when calibration data is given too;
-    otherwise the metadata says the ranges are not judged."""
-    from trt_provision.calibration import precision as p
-    from trt_provision.calibration.accuracy import accuracy_gate, compare_models
-    from trt_provision.calibration.graph import load_model, match_pinned_nodes, preprocess_model
-    from trt_provision.calibration.planner import resolve_calibration_key
-    from trt_provision.calibration.qdq import quantize_qdq
-
-    spec = config.calibration
-    assert spec is not None and spec.trt_cache is not None
-    name = str(model_path)
-    user = read_user_trt_cache(spec.trt_cache)
-    preprocessed = workdir / "preprocessed.onnx"
-    preprocess_model(model_path, preprocessed)
-    loaded = load_model(preprocessed)
-    pinned = match_pinned_nodes(loaded, config.fp16_pinned_keywords, config.excluded_op_types)
-    del loaded
-    out = workdir / f"{model_path.stem}.{config.precision.value}.trt-cache.onnx"
-    qdq = quantize_qdq(
-        preprocessed, user.ranges, out, excluded=pinned,
-        pinned_fp16=consumer == "tensorrt" or config.precision is PrecisionMode.MIXED,
-        workdir=workdir / "qdq-trt-cache", consumer=consumer,
-    )
-    p._check_quantized(qdq, name, config)
-    resolved = resolve_calibration_key(config, model_hash, model_path=model_path)
-    accuracy: dict[str, Any]
-    if spec.source is not None:
-        data = p.load_splits(model_path, config, model_hash)
-        gate = accuracy_gate(config)
-        metric = p._metric(config, name)
-        validation = compare_models(model_path, out, data.splits.validation,
-                                      data="validation", model=name, metric=metric)
-        test = compare_models(model_path, out, data.splits.test, data="test", model=name,
-                                metric=metric)
-        accuracy = p._judge(name, config, gate, validation, test, data.splits)
-    else:
-        accuracy = {"verdict": "not judged", "warning": NOT_JUDGED_NOTE}
-        logger.warning(
-            "%s: %s", name, NOT_JUDGED_NOTE,
-            extra={"event": "calibration.user_cache.not_judged", "model": name},
-        )
-    metadata: dict[str, Any] = {
-        "precision": config.precision.value,
-        "calibration_key": resolved.key,
-        "dataset_version": resolved.dataset_version,
-        "calibration": {
-            "source": "user TensorRT calibration cache",
-            "trt_cache": str(user.path),
-            "trt_cache_sha256": user.sha256,
-            "algorithm": user.ranges.algorithm,
-            "params": dict(user.ranges.params),
-            "tensors": len(user.ranges.ranges),
-            "note": NOT_JUDGED_NOTE if spec.source is None else
-            "ranges from a user calibration cache; judged on the calibration data",
-        },
-        "quantization": {"format": "qdq",
-                         **(qdq.options.to_metadata() if qdq.options is not None else {}),
-                         "dequantize_nodes": qdq.quantized_nodes,
-                         "quantized_nodes": qdq.quantized_ops,
-                         "quantized_in_subgraphs": qdq.quantized_in_subgraphs,
-                         "unquantized_without_range": list(qdq.unranged)},
-        "pinned_layers": p._pinned_evidence(pinned, qdq.pinned_precision),
-        "accuracy": accuracy,
-    }
-    return p.PreparedModel(model_path=out, metadata=metadata)

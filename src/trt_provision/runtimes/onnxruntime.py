@@ -32,6 +32,7 @@ from trt_provision.types import (
     BuildConfig,
     EngineCacheEntry,
     HostCapabilities,
+    PreparedGraph,
     RuntimeTarget,
     ThermalState,
 )
@@ -163,14 +164,21 @@ class OnnxRuntimeRuntime:
 
     # ------------------------------------------------------------------ build
 
+    def graph_consumer(self, build_config: BuildConfig) -> str | None:
+        """Every reduced precision is built from the pipeline's graph (CPU Q/DQ options)."""
+        return None if build_config.precision.value == "fp32" else "onnxruntime-cpu"
+
     def compile_engine(
-        self, model_path: Path, build_config: BuildConfig, staged_path: Path
+        self, model_path: Path, build_config: BuildConfig, staged_path: Path,
+        prepared: PreparedGraph | None = None,
     ) -> BuildArtifact:
         started = time.perf_counter()
-        if build_config.precision.value != "fp32" and self._precision_converter is None:
+        if (build_config.precision.value != "fp32" and prepared is None
+                and self._precision_converter is None):
             raise EngineBuildError(
-                f"precision {build_config.precision.value} needs a precision converter; this "
-                "ONNX Runtime strategy was created without one (compose.wire provides it)",
+                f"precision {build_config.precision.value} needs the precision pipeline's "
+                "graph (the compiler passes it when compose.wire gives it the pipeline) or a "
+                "precision converter; this build has neither",
                 model=str(model_path),
             )
         # The writer's pid in the name lets cache gc tell live work dirs from dead ones.
@@ -178,7 +186,10 @@ class OnnxRuntimeRuntime:
         try:
             prepared_path = Path(model_path)
             prepared_meta: Mapping[str, Any] = {}
-            if self._precision_converter is not None and build_config.precision.value != "fp32":
+            if prepared is not None:
+                prepared_path, prepared_meta = Path(prepared.model_path), prepared.metadata
+            elif (self._precision_converter is not None
+                  and build_config.precision.value != "fp32"):
                 prepared_path, prepared_meta = self._precision_converter(
                     Path(model_path), build_config, workdir
                 )

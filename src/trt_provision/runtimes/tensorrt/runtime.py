@@ -54,6 +54,7 @@ from trt_provision.types import (
     HardwareCompatibility,
     HostCapabilities,
     PrecisionMode,
+    PreparedGraph,
     RuntimeTarget,
     ThermalState,
 )
@@ -150,10 +151,18 @@ class TensorrtRuntime:
         return self._thermal.thermal_state()
 
     # ----------------------------------------------------------------- build
+    def graph_consumer(self, build_config: BuildConfig) -> str | None:
+        """"tensorrt" where this build parses the pipeline's FP16 or Q/DQ graph (see
+        ``_needs_conversion``); None where it parses the model as it is (fp32, or the weakly
+        typed path with TensorRT's own calibrator, fed by ``options.calibration``)."""
+        return "tensorrt" if self._needs_conversion(build_config) else None
+
     def compile_engine(
-        self, model_path: Path, build_config: BuildConfig, staged_path: Path
+        self, model_path: Path, build_config: BuildConfig, staged_path: Path,
+        prepared: PreparedGraph | None = None,
     ) -> BuildArtifact:
-        """Parse ``model_path`` (or its precision-carrying form) and build into ``staged_path``.
+        """Parse ``model_path`` (or its precision-carrying form: ``prepared``, else the
+        configured converter's) and build into ``staged_path``.
 
         The graph TensorRT will parse is checked first (DequantizeLinear inputs INT8 with
         zero point 0), before any build starts.
@@ -163,7 +172,9 @@ class TensorrtRuntime:
         workdir: Path | None = None
         converted: Mapping[str, Any] = {}
         source = model_path
-        convert = self._options.precision_converter
+        if prepared is not None:
+            source, converted = Path(prepared.model_path), prepared.metadata
+        convert = self._options.precision_converter if prepared is None else None
         if convert is not None and self._needs_conversion(build_config):
             # The writer's pid in the name lets cache gc tell live work dirs from dead ones.
             workdir = Path(
