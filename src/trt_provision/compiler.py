@@ -7,6 +7,7 @@ strategies. It never deletes anything: stale engines are left for ``cache gc``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import logging
 import os
@@ -46,6 +47,7 @@ from trt_provision.types import (
     HostCapabilities,
     PrecisionMode,
     RuntimeTarget,
+    default_profiles,
     profile_problems,
 )
 
@@ -91,6 +93,37 @@ def _python_calibration_loader(backbone: BackboneSpec) -> bool:
     return spec.dataset_version is None and (".py:" in source or source.endswith(".py"))
 
 
+def with_default_profiles(
+    backbone: BackboneSpec, logger: logging.Logger | None = None
+) -> BackboneSpec:
+    """The backbone with a defaulted profile (dynamic dims 1) for each dynamic input it
+    gives none, as trtexec and Polygraphy build; part of the build config, so of the
+    identity. ``logger``: warn, naming the input and how to give a profile."""
+    from trt_provision.calibration.data import model_input_specs
+
+    config = backbone.build_config
+    if any(p.defaulted for p in config.profiles) or not backbone.model_path.is_file():
+        return backbone  # already defaulted, or a missing model the hash step reports
+    inputs = {spec.name: spec.named_shape for spec in model_input_specs(backbone.model_path)}
+    added = default_profiles(config.profiles, inputs)
+    if not added:
+        return backbone
+    for p in added:
+        if logger is None:
+            break
+        logger.warning(
+            "%s: input %r %s has dynamic dimensions and no optimization profile: using "
+            "%s (TensorRT builds for that shape only; ONNX Runtime serves any); give "
+            "--minShapes/--optShapes/--maxShapes, or a [[models.profiles]] entry in the "
+            "manifest", backbone.name, p.input_name,
+            "[" + ", ".join("?" if d is None else str(d) for d in inputs[p.input_name]) + "]",
+            list(p.opt_shape),
+            extra={"event": "profile.defaulted", "model": backbone.name, "input": p.input_name},
+        )
+    return dataclasses.replace(backbone, build_config=dataclasses.replace(
+        config, profiles=config.profiles + added))
+
+
 class EngineCompiler:
     """Compiles, or reuses from cache, one engine per backbone for this host."""
 
@@ -126,6 +159,7 @@ class EngineCompiler:
     ) -> tuple[EngineIdentity, RuntimeTarget, str]:
         """``unresolved_calibration``: a stand-in calibration key, so no calibration data
         is loaded (a dry run with a Python loader)."""
+        backbone = with_default_profiles(backbone)
         model_hash = model_sha256(backbone.model_path)
         if backbone.build_config.precision is PrecisionMode.AUTO:
             target = self._runtime.runtime_target(backbone.build_config)
@@ -258,6 +292,7 @@ class EngineCompiler:
 
     def _plan(self, backbone: BackboneSpec, request: EngineCompileRequest) -> _Plan:
         started = time.perf_counter()
+        backbone = with_default_profiles(backbone, self._log)
         if request.dry_run and _python_calibration_loader(backbone):
             # A file.py:fn source is Python code: a dry run never executes it. Without its
             # data the calibration key (and so the identity) is unknown: planned, not reused.
@@ -357,7 +392,7 @@ class EngineCompiler:
     def _check_profiles(self, backbone: BackboneSpec) -> None:
         from trt_provision.calibration.data import model_input_specs
 
-        inputs = {spec.name: spec.shape for spec in model_input_specs(backbone.model_path)}
+        inputs = {spec.name: spec.named_shape for spec in model_input_specs(backbone.model_path)}
         problems = profile_problems(backbone.build_config.profiles, inputs)
         if problems:
             raise EngineBuildError(

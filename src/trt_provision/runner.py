@@ -131,6 +131,9 @@ class EngineInput:
     dtype: np.dtype[Any]
     dims: tuple[int | None, ...]
     profile: OptimizationProfile | None = None
+    # False for a profile we defaulted on a runtime that serves any size (ONNX Runtime):
+    # its opt shape is the synthetic default, its range no limit.
+    bounded: bool = True
 
     def default_shape(self) -> tuple[int, ...]:
         """The profile's opt shape (what the engine was tuned for), else 1 per dynamic dim."""
@@ -146,7 +149,8 @@ class EngineInput:
         for i, (got, want) in enumerate(zip(shape, self.dims, strict=True)):
             if want is not None and got != want:
                 return f"dim {i} is {got}, the engine expects {want}"
-        if self.profile is not None and len(self.profile.min_shape) == len(shape):
+        if (self.profile is not None and self.bounded
+                and len(self.profile.min_shape) == len(shape)):
             lo, hi = self.profile.min_shape, self.profile.max_shape
             if any(not a <= s <= b for a, s, b in zip(lo, shape, hi, strict=True)):
                 return f"shape {list(shape)} is outside the profile {list(lo)}..{list(hi)}"
@@ -215,6 +219,9 @@ def engine_inputs(
             "is not available (pass --model)",
             path=where,
         )
+    identity = metadata.get("identity")
+    runtime = identity.get("runtime") if isinstance(identity, Mapping) else None
+    any_size = isinstance(runtime, str) and runtime.startswith("ort")
     inputs: list[EngineInput] = []
     for name, dtype_name, shape in described:
         dtype = np.dtype(dtype_name)
@@ -222,7 +229,9 @@ def engine_inputs(
             raise InferenceError("unsupported input dtype", input=name, dtype=dtype_name)
         dims = tuple(d if isinstance(d, int) and not isinstance(d, bool) and d > 0 else None
                      for d in shape)
-        inputs.append(EngineInput(name, dtype, dims, profiles.get(name)))
+        profile = profiles.get(name)
+        bounded = not (any_size and profile is not None and profile.defaulted)
+        inputs.append(EngineInput(name, dtype, dims, profile, bounded))
     return tuple(inputs)
 
 
@@ -442,7 +451,7 @@ def reference_outputs(
     import onnxruntime as ort  # declared dependency; imported lazily to keep the CLI fast
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors are raised (and reported once), not logged
     try:
         session = ort.InferenceSession(str(model_path), options,
                                        providers=["CPUExecutionProvider"])

@@ -90,3 +90,103 @@ def test_a_loader_sees_a_neutral_command_line(
     assert not seen.exists()  # a dry run never executes the loader
     _run("provision", str(manifest), "--json", cache=cache_dir)
     assert json.loads(seen.read_text()) == [str(tmp_path / "loader.py")]
+
+
+# ---------------------------------------------------------------- shared dynamic dimensions
+
+
+@pytest.mark.parametrize(
+    ("flags", "differ"),
+    [
+        (["--shapes", "token_ids:8x16,mask:4x16"], "min token_ids 8 vs mask 4"),
+        (["--minShapes", "token_ids:1x16,mask:1x16", "--optShapes", "token_ids:8x16,mask:8x16",
+          "--maxShapes", "token_ids:32x16,mask:16x16"], "max token_ids 32 vs mask 16"),
+    ],
+    ids=["static", "max-only"],
+)
+def test_profiles_that_disagree_on_a_shared_dimension_are_refused(
+    tmp_path: Path, demo_dir: Path, cache_dir: Path, flags: list[str], differ: str
+) -> None:
+    proc = _run("compile", str(demo_dir / "models" / "two_inputs.onnx"), *flags, cache=cache_dir)
+    assert proc.returncode == 1, proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert "inputs 'token_ids', 'mask' share the dynamic dimension 'batch'" in line
+    assert differ in line
+    assert not list(cache_dir.rglob("*.engine"))  # nothing published
+
+
+def test_run_reports_an_onnx_runtime_failure_once_without_its_coloured_log(
+    tmp_path: Path, demo_dir: Path, cache_dir: Path
+) -> None:
+    import numpy as np
+
+    proc = _run("compile", str(demo_dir / "models" / "two_inputs.onnx"), "--json",
+                "--minShapes", "token_ids:1x16,mask:1x16", "--optShapes",
+                "token_ids:8x16,mask:8x16", "--maxShapes", "token_ids:32x16,mask:32x16",
+                cache=cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    engine = json.loads(proc.stdout)["engine"]
+    # Each input inside its profile, together impossible: ONNX Runtime fails in the graph.
+    np.savez(tmp_path / "bad.npz", token_ids=np.ones((8, 16), np.int64),
+             mask=np.ones((4, 16), bool))
+    proc = _run("run", engine, "--inputs", str(tmp_path / "bad.npz"), "--iterations", "1",
+                "--warmup", "0", "--no-record", cache=cache_dir)
+    assert proc.returncode == 1
+    assert "\x1b[" not in proc.stderr and "[E:onnxruntime" not in proc.stderr, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: InferenceError: inference failed")
+
+
+# ---------------------------------------------------------------- dynamic inputs, no profile
+
+
+def test_compile_defaults_a_missing_profile_with_a_warning(
+    tmp_path: Path, demo_dir: Path, cache_dir: Path
+) -> None:
+    import numpy as np
+
+    model = demo_dir / "models" / "dynamic_mlp.onnx"
+    proc = _run("compile", str(model), "--json", cache=cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    (warning,) = [x for x in proc.stderr.splitlines() if x.startswith("WARNING")]
+    assert "input 'features' [batch, 64] has dynamic dimensions and no optimization profile" \
+        in warning
+    assert "using [1, 64]" in warning and "--minShapes/--optShapes/--maxShapes" in warning
+    engine = Path(json.loads(proc.stdout)["engine"])
+    metadata = json.loads(engine.with_name(engine.name + ".json").read_text())
+    assert metadata["build_config"]["profiles"] == [
+        {"input": "features", "min": [1, 64], "opt": [1, 64], "max": [1, 64], "defaulted": True}
+    ]
+    # The defaulted profile is part of the identity: a user's own [1, 64] is another engine.
+    given = _run("compile", str(model), "--json", "--shapes", "features:1x64", cache=cache_dir)
+    assert given.returncode == 0 and "WARNING" not in given.stderr, given.stderr
+    assert json.loads(given.stdout)["engine"] != str(engine)
+    # Reused, not rebuilt, on the next run (the same defaulted identity).
+    again = _run("compile", str(model), "--json", cache=cache_dir)
+    assert json.loads(again.stdout)["outcome"] == "reused"
+    # ONNX Runtime serves any batch: the defaulted profile does not restrict inference.
+    np.savez(tmp_path / "b16.npz", features=np.ones((16, 64), np.float32))
+    ran = _run("run", str(engine), "--inputs", str(tmp_path / "b16.npz"), "--iterations", "1",
+               "--warmup", "0", "--json", "--no-record", cache=cache_dir)
+    assert ran.returncode == 0, ran.stderr
+    (result,) = json.loads(ran.stdout)["results"]
+    assert result["inputs"]["features"]["shape"] == [16, 64] and result["passed"]
+
+
+def test_provision_defaults_a_missing_profile_per_model(
+    tmp_path: Path, demo_dir: Path, cache_dir: Path
+) -> None:
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(f'[[models]]\nname = "mlp"\npath = "{demo_dir / "models" / "dynamic_mlp.onnx"}"\n'
+                        f'[[models]]\nname = "two"\npath = "{demo_dir / "models" / "two_inputs.onnx"}"\n')
+    proc = _run("provision", str(manifest), "--json", cache=cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    warned = [x for x in proc.stderr.splitlines() if x.startswith("WARNING")]
+    assert len(warned) == 3, proc.stderr  # features; token_ids and mask
+    assert any("two: input 'mask' [batch, 16]" in w and "[[models.profiles]]" in w
+               for w in warned)
+    assert {r["outcome"] for r in json.loads(proc.stdout)["results"]} == {"built"}
+    # `run MANIFEST` finds the same (defaulted) identities.
+    ran = _run("run", str(manifest), "--iterations", "1", "--warmup", "0", "--json",
+               cache=cache_dir)
+    assert ran.returncode == 0, ran.stderr

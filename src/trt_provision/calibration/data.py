@@ -25,7 +25,7 @@ import os
 import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,10 +62,19 @@ class InputSpec:
     name: str
     dtype: str
     shape: tuple[int | None, ...]
+    # The symbolic name of each dynamic dim ("batch"; None when unnamed or static).
+    dim_names: tuple[str | None, ...] = field(default=(), compare=False)
 
     @property
     def rank(self) -> int:
         return len(self.shape)
+
+    @property
+    def named_shape(self) -> tuple[int | str | None, ...]:
+        """Each dim's size, else its symbolic name, else None: inputs sharing a name must
+        agree on its size."""
+        names = self.dim_names or (None,) * len(self.shape)
+        return tuple(d if d is not None else n for d, n in zip(self.shape, names, strict=True))
 
 
 def model_input_specs(model_path: Path) -> tuple[InputSpec, ...]:
@@ -89,9 +98,13 @@ def model_input_specs(model_path: Path) -> tuple[InputSpec, ...]:
             raise ModelError("model input is not a tensor", input=value.name)
         dtype = helper.tensor_dtype_to_np_dtype(ttype.elem_type).name
         dims: list[int | None] = []
+        names: list[str | None] = []
         for dim in ttype.shape.dim:
-            dims.append(dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None)
-        specs.append(InputSpec(name=value.name, dtype=dtype, shape=tuple(dims)))
+            static = dim.HasField("dim_value") and dim.dim_value > 0
+            dims.append(dim.dim_value if static else None)
+            names.append(None if static or not dim.HasField("dim_param") else dim.dim_param or None)
+        specs.append(InputSpec(name=value.name, dtype=dtype, shape=tuple(dims),
+                               dim_names=tuple(names)))
     return tuple(specs)
 
 
