@@ -190,3 +190,26 @@ def test_provision_defaults_a_missing_profile_per_model(
     ran = _run("run", str(manifest), "--iterations", "1", "--warmup", "0", "--json",
                cache=cache_dir)
     assert ran.returncode == 0, ran.stderr
+
+
+# ---------------------------------------------------------------- TensorRT-only flags
+
+
+def test_tensorrt_only_flags_warn_once_on_onnx_runtime(
+    tmp_path: Path, demo_dir: Path, cache_dir: Path
+) -> None:
+    timing = tmp_path / "timing.cache"
+    proc = _run("compile", str(demo_dir / "models" / "demo_cnn.onnx"), "--fp16",
+                "--shapes", "image:4x3x32x32", "--useDLACore", "0", "--timingCacheFile",
+                str(timing), "--builderOptimizationLevel", "5", "--noTF32", "--runtime",
+                "onnxruntime", cache=cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    (warning,) = [x for x in proc.stderr.splitlines() if x.startswith("WARNING")]
+    assert "ignored on the ONNX Runtime runtime (TensorRT only)" in warning
+    for flag in ("--useDLACore", "--timingCacheFile", "--builderOptimizationLevel", "--noTF32"):
+        assert flag in warning
+    assert "no timing cache is read or created" in warning and not timing.exists()
+    # Flags ONNX Runtime honours warn about nothing.
+    quiet = _run("compile", str(demo_dir / "models" / "demo_cnn.onnx"), "--fp16", "--shapes",
+                 "image:4x3x32x32", "--runtime", "onnxruntime", cache=cache_dir)
+    assert quiet.returncode == 0 and "WARNING" not in quiet.stderr, quiet.stderr
