@@ -213,3 +213,26 @@ def test_tensorrt_only_flags_warn_once_on_onnx_runtime(
     quiet = _run("compile", str(demo_dir / "models" / "demo_cnn.onnx"), "--fp16", "--shapes",
                  "image:4x3x32x32", "--runtime", "onnxruntime", cache=cache_dir)
     assert quiet.returncode == 0 and "WARNING" not in quiet.stderr, quiet.stderr
+
+
+# ---------------------------------------------------------------- smaller habits
+
+
+@pytest.mark.parametrize(("cuda", "extra"), [("12.4", "cu12"), ("13.0", "cu13")])
+def test_selftest_table_names_the_extra_this_host_needs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    cuda: str, extra: str,
+) -> None:
+    from trt_provision.cli.main import main
+    from trt_provision.types import HostCapabilities
+
+    monkeypatch.setattr("trt_provision.selftest.is_available", lambda name: False)
+    monkeypatch.setattr("trt_provision.host.probe_host",
+                        lambda: HostCapabilities(cuda_driver_version=cuda))
+    monkeypatch.setenv("COLUMNS", "400")  # one table row per line
+    assert main(["selftest", "--report-dir", str(tmp_path / "r")]) == 1
+    table = capsys.readouterr().out
+    (row,) = [x for x in table.splitlines() if "tensorrt Python module" in x]
+    assert f"pip install 'trt-provision[tensorrt-{extra}]'" in row
+    (row,) = [x for x in table.splitlines() if "cuda-python (cuda.bindings)" in x]
+    assert f"pip install 'trt-provision[cuda-{extra}]'" in row
