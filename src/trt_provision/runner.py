@@ -14,6 +14,11 @@ Comparison, per output (reference = ONNX Runtime FP32, candidate = the engine):
 * ``max_rel_error`` = max ``|candidate - reference| / |reference|`` over elements whose
   reference is not zero;
 * ``cosine`` of the flattened outputs (1.0 when both are all zeros).
+
+The figures are over the element pairs where both are finite; where none is (NaN inputs, a
+missing or misshapen output) they are not computed (NaN here, null in JSON, "n/a" in the
+table) and the note says why. An element finite on one side only fails the check and is
+counted in the note, never folded into a made-up figure.
 """
 
 from __future__ import annotations
@@ -378,41 +383,43 @@ class Comparison:
         }
 
 
-def _finite_or_text(value: float) -> float | str:
+def _finite_or_text(value: float) -> float | str | None:
+    """A figure for JSON: rounded; None where it could not be computed (NaN)."""
+    if math.isnan(value):
+        return None
     return round(value, 9) if math.isfinite(value) else str(value)
+
+
+_NA = math.nan  # a figure that could not be computed: never a score
 
 
 def _compare_one(name: str, ref: Any, cand: Any, atol: float, rtol: float) -> OutputComparison:
     if cand is None:
-        return OutputComparison(name, 0, -1.0, math.inf, math.inf, 0, False,
+        return OutputComparison(name, 0, _NA, _NA, _NA, 0, False,
                                 "the engine did not return this output")
     r = np.asarray(ref)
     c = np.asarray(cand)
     if r.shape != c.shape:
-        return OutputComparison(name, int(r.size), -1.0, math.inf, math.inf, int(r.size), False,
+        return OutputComparison(name, int(r.size), _NA, _NA, _NA, int(r.size), False,
                                 f"shape {list(c.shape)} differs from the reference "
                                 f"{list(r.shape)}")
     if r.size == 0:
         # Nothing compared is never a perfect score.
-        return OutputComparison(name, 0, -1.0, math.inf, math.inf, 0, False,
-                                "no elements to compare")
+        return OutputComparison(name, 0, _NA, _NA, _NA, 0, False, "no elements to compare")
     r64 = r.astype(np.float64).reshape(-1)
     c64 = c.astype(np.float64).reshape(-1)
     if not np.any(np.isfinite(r64) & np.isfinite(c64)):
         # All NaN/Inf (e.g. NaN inputs): matching NaNs compare nothing, never a perfect score.
-        return OutputComparison(name, int(r.size), -1.0, math.inf, math.inf, int(r.size), False,
+        return OutputComparison(name, int(r.size), _NA, _NA, _NA, int(r.size), False,
                                 "no finite elements to compare (NaN/Inf in the outputs)")
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         close = np.isclose(c64, r64, atol=atol, rtol=rtol, equal_nan=True)
         diff = np.abs(c64 - r64)
         both_finite = np.isfinite(r64) & np.isfinite(c64)
-        nonfinite_mismatch = bool(np.any(~close & ~both_finite))
-        max_abs = math.inf if nonfinite_mismatch else float(np.max(diff, where=both_finite,
-                                                                   initial=0.0))
+        nonfinite_mismatch = int(np.count_nonzero(~close & ~both_finite))
+        max_abs = float(np.max(diff, where=both_finite, initial=0.0))
         nonzero = both_finite & (r64 != 0)
-        if nonfinite_mismatch:
-            max_rel = math.inf
-        elif np.any(nonzero):
+        if np.any(nonzero):
             max_rel = float(np.max(diff[nonzero] / np.abs(r64[nonzero])))
         else:
             max_rel = 0.0 if max_abs == 0.0 else math.inf
@@ -424,11 +431,11 @@ def _compare_one(name: str, ref: Any, cand: Any, atol: float, rtol: float) -> Ou
             cosine = 0.0
         else:
             cosine = max(-1.0, min(1.0, float(np.dot(rf, cf)) / math.sqrt(ref_sq * cand_sq)))
-    if nonfinite_mismatch:
-        cosine = -1.0
     mismatched = int(close.size - int(np.count_nonzero(close)))
+    note = (f"{nonfinite_mismatch} element(s) NaN/Inf on one side only; the figures are over "
+            "the finite pairs" if nonfinite_mismatch else "")
     return OutputComparison(name, int(r.size), cosine, max_abs, max_rel, mismatched,
-                            mismatched == 0)
+                            mismatched == 0, note)
 
 
 def compare_outputs(

@@ -16,11 +16,14 @@ import pytest
 pytestmark = pytest.mark.tier1
 
 
-def _run(*argv: str, cache: Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def _run(*argv: str, cache: Path, cwd: Path | None = None,
+         env_columns: int | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TRT_PROVISION_CACHE_DIR": str(cache)}
+    if env_columns is not None:  # a wide table: one row per line
+        env["COLUMNS"] = str(env_columns)
     return subprocess.run(
         [sys.executable, "-m", "trt_provision", *argv],
-        capture_output=True, text=True, timeout=300, cwd=cwd,
-        env={**os.environ, "TRT_PROVISION_CACHE_DIR": str(cache)},
+        capture_output=True, text=True, timeout=300, cwd=cwd, env=env,
     )
 
 
@@ -236,3 +239,27 @@ def test_selftest_table_names_the_extra_this_host_needs(
     assert f"pip install 'trt-provision[tensorrt-{extra}]'" in row
     (row,) = [x for x in table.splitlines() if "cuda-python (cuda.bindings)" in x]
     assert f"pip install 'trt-provision[cuda-{extra}]'" in row
+
+
+def test_run_with_nan_inputs_prints_no_invented_figures(
+    tmp_path: Path, demo_dir: Path, cache_dir: Path
+) -> None:
+    import numpy as np
+
+    proc = _run("compile", str(demo_dir / "models" / "dynamic_mlp.onnx"), "--json",
+                "--shapes", "features:16x64", cache=cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    engine = json.loads(proc.stdout)["engine"]
+    np.savez(tmp_path / "nan.npz", features=np.full((16, 64), np.nan, np.float32))
+    argv = ("run", engine, "--inputs", str(tmp_path / "nan.npz"), "--iterations", "1",
+            "--warmup", "0", "--no-record")
+    table = _run(*argv, cache=cache_dir, env_columns=200)
+    assert table.returncode == 1
+    (line,) = [x for x in table.stdout.splitlines() if x.strip().startswith("scores:")]
+    assert "cosine n/a, max abs n/a, max rel n/a" in line and "no finite elements" in line
+    assert "-1" not in line and "inf" not in line
+    assert "max abs error n/a" in table.stderr and "inf" not in table.stderr
+    doc = json.loads(_run(*argv, "--json", cache=cache_dir).stdout)
+    scores = doc["results"][0]["comparison"]["outputs"]["scores"]
+    assert scores["cosine"] is None and scores["max_abs_error"] is None
+    assert scores["passed"] is False

@@ -236,7 +236,7 @@ def _failure_line(failed: list[dict[str, Any]], total: int) -> str:
         reason = (
             f"output {name!r} differs from ONNX Runtime FP32 beyond atol={comparison.get('atol')}"
             f" rtol={comparison.get('rtol')}: {out.get('mismatched')} of {out.get('elements')} "
-            f"elements, max abs error {out.get('max_abs_error')}"
+            f"elements, max abs error {_num(out.get('max_abs_error'))}"
             + (f" ({out['note']})" if out.get("note") else "")
         )
     prefix = f"{len(failed)} of {total} engines failed; " if total > 1 else ""
@@ -248,6 +248,8 @@ def _mib(value: Any) -> str:
 
 
 def _num(value: Any) -> str:
+    if value is None:  # not computed: no finite pair to compare (see the note)
+        return "n/a"
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
