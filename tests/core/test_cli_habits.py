@@ -263,3 +263,23 @@ def test_run_with_nan_inputs_prints_no_invented_figures(
     scores = doc["results"][0]["comparison"]["outputs"]["scores"]
     assert scores["cosine"] is None and scores["max_abs_error"] is None
     assert scores["passed"] is False
+
+
+@pytest.mark.parametrize("command", [
+    ["provision", "{demo}/demo.toml"], ["compile", "{demo}/models/demo_cnn.onnx"],
+    ["run", "{demo}/demo.toml"], ["cache", "ls"], ["verify"],
+    ["prepare", "{demo}/models/demo_cnn.onnx", "--precision", "fp16", "-o", "{tmp}/out.onnx"],
+], ids=lambda c: c[0])
+def test_an_empty_cache_dir_is_refused_not_the_current_directory(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    demo_dir: Path, command: list[str],
+) -> None:
+    from trt_provision.cli.main import main
+
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    argv = [a.format(demo=demo_dir, tmp=tmp_path) for a in command]
+    assert main([*argv, "--cache-dir", ""]) == 1
+    assert capsys.readouterr().err.strip() == "error: --cache-dir: empty path"
+    assert list(work.iterdir()) == []

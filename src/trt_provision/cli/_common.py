@@ -17,8 +17,10 @@ from trt_provision.errors import UsageError
 __all__ = [
     "add_settings_args",
     "finite_float",
+    "path_arg",
     "print_json",
     "require_dir",
+    "require_nonempty",
     "require_paths",
     "require_runtime",
     "runtime_problems",
@@ -52,6 +54,18 @@ def require_paths(*named: tuple[Path | str | None, str]) -> None:
             raise UsageError(f"{flag}: not a regular file or directory: {path}")
 
 
+def path_arg(text: str) -> Path | str:
+    """argparse type of a path flag: a Path, but ``''`` stays ``''`` so that it can be
+    refused (Path('') is the current directory: an empty ``--cache-dir $UNSET`` would
+    silently fill it with engines)."""
+    return Path(text) if text else ""
+
+
+def require_nonempty(value: Path | str | None, flag: str) -> None:
+    if value is not None and str(value) == "":
+        raise UsageError(f"{flag}: empty path")
+
+
 def require_dir(path: Path, flag: str) -> None:
     """An existing directory (e.g. a cache to verify): a missing one or a file is an error."""
     if not path.exists():
@@ -63,7 +77,7 @@ def require_dir(path: Path, flag: str) -> None:
 def add_settings_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-dir",
-        type=Path,
+        type=path_arg,
         help="engine cache directory (default: $TRT_PROVISION_CACHE_DIR or the XDG cache)",
     )
     parser.add_argument(
@@ -78,6 +92,7 @@ def settings_from_args(args: argparse.Namespace, base: Settings | None = None) -
     settings = base or Settings(cache_dir=resolve_cache_dir())
     changes: dict[str, Any] = {}
     if getattr(args, "cache_dir", None) is not None:
+        require_nonempty(args.cache_dir, "--cache-dir")
         # realpath, not resolve(): a symlink loop must reach the cache checks (exit 1), not raise.
         changes["cache_dir"] = Path(os.path.realpath(Path(args.cache_dir).expanduser()))
     if getattr(args, "runtime", None) is not None:
