@@ -14,7 +14,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,14 +197,33 @@ class EngineCompiler:
         # so an all-hit run verifies its engines concurrently, each read once.
         # One verifier per core: hashing is CPU-bound and releases the GIL.
         workers = self._workers or min(len(request.backbones), os.cpu_count() or 4)
+        # A model settled here (reused, or failed to plan) is reported as it finishes, not
+        # after the builds of the models listed before it.
+        settled: dict[int, EngineCompileResult] = {}
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
-            plans = list(
-                pool.map(lambda b: self._plan_or_failure(b, request), request.backbones)
-            )
+            futures = [pool.submit(self._plan_or_failure, b, request) for b in request.backbones]
+            index = {f: i for i, f in enumerate(futures)}
+            for future in as_completed(futures):
+                if future.exception() is not None:
+                    continue  # fail fast: raised below
+                plan = future.result()
+                if isinstance(plan, _Failed):
+                    result = self._failure(plan.backbone, None, plan.error, plan.started)
+                elif plan.reusable is not None:
+                    result = self._resolve(plan, request)
+                else:
+                    continue
+                settled[index[future]] = result
+                if progress is not None:
+                    progress(result)
+            plans = [f.result() for f in futures]  # fail fast: the first in manifest order
         # Phase 2 (sequential): fetch or build what is missing, in manifest order. A model
         # that fails is reported and the run goes on, unless the request says fail fast.
         results: list[EngineCompileResult] = []
-        for plan in plans:
+        for i, plan in enumerate(plans):
+            if i in settled:
+                results.append(settled[i])
+                continue
             if isinstance(plan, _Failed):
                 result = self._failure(plan.backbone, None, plan.error, plan.started)
             else:

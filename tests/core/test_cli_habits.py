@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -283,3 +284,47 @@ def test_an_empty_cache_dir_is_refused_not_the_current_directory(
     assert main([*argv, "--cache-dir", ""]) == 1
     assert capsys.readouterr().err.strip() == "error: --cache-dir: empty path"
     assert list(work.iterdir()) == []
+
+
+def test_the_progress_bar_advances_as_each_model_finishes(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    demo_dir: Path, cache_dir: Path,
+) -> None:
+    """A model already in the cache is counted when it is verified, not after the builds of
+    the models listed before it."""
+    import rich.progress
+
+    from trt_provision.cli.main import main
+    from trt_provision.runtimes.onnxruntime import OnnxRuntimeRuntime
+
+    models = demo_dir / "models"
+    cnn = (f'[[models]]\nname = "demo_cnn"\npath = "{models / "demo_cnn.onnx"}"\n'
+           'profiles = [{ input = "image", min = [1, 3, 32, 32], opt = [4, 3, 32, 32], '
+           'max = [8, 3, 32, 32] }]\n')
+    mlp = (f'[[models]]\nname = "dynamic_mlp"\npath = "{models / "dynamic_mlp.onnx"}"\n'
+           'profiles = [{ input = "features", min = [1, 64], opt = [16, 64], max = [64, 64] }]\n')
+    (tmp_path / "mlp.toml").write_text(mlp)
+    (tmp_path / "both.toml").write_text(cnn + mlp)
+    assert main(["provision", str(tmp_path / "mlp.toml"), "--cache-dir", str(cache_dir),
+                 "--json"]) == 0
+    capsys.readouterr()
+
+    seen: list[str] = []
+    real_update, real_compile = rich.progress.Progress.update, OnnxRuntimeRuntime.compile_engine
+
+    def update(self: Any, task: Any, **kwargs: Any) -> None:
+        if kwargs.get("advance"):
+            seen.append(str(kwargs.get("description")))
+        real_update(self, task, **kwargs)
+
+    def compile_engine(self: Any, model: Path, *args: Any, **kwargs: Any) -> Any:
+        seen.append(f"building {Path(model).stem}")
+        return real_compile(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(rich.progress.Progress, "update", update)
+    monkeypatch.setattr(OnnxRuntimeRuntime, "compile_engine", compile_engine)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["provision", str(tmp_path / "both.toml"), "--cache-dir", str(cache_dir)]) == 0
+    assert seen == ["dynamic_mlp: reused", "building demo_cnn", "demo_cnn: built"]
+    table = capsys.readouterr().out  # the summary table keeps the manifest's order
+    assert table.index("demo_cnn") < table.index("dynamic_mlp")
