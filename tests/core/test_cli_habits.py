@@ -5,6 +5,7 @@ dimensions disagree, TensorRT-only flags on ONNX Runtime, dynamic inputs without
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -227,6 +228,7 @@ def test_selftest_table_names_the_extra_this_host_needs(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
     cuda: str, extra: str,
 ) -> None:
+    import trt_provision.compose  # noqa: F401  (bound to the real probe before it is patched)
     from trt_provision.cli.main import main
     from trt_provision.types import HostCapabilities
 
@@ -328,3 +330,47 @@ def test_the_progress_bar_advances_as_each_model_finishes(
     assert seen == ["dynamic_mlp: reused", "building demo_cnn", "demo_cnn: built"]
     table = capsys.readouterr().out  # the summary table keeps the manifest's order
     assert table.index("demo_cnn") < table.index("dynamic_mlp")
+
+
+# ---------------------------------------------------------------- --saveEngine copies
+
+
+@pytest.mark.parametrize("name", ["model.engine", "model.plan"])
+def test_a_save_engine_copy_runs_and_inspects_like_the_cached_engine(
+    tmp_path: Path, demo_dir: Path, cache_dir: Path, name: str
+) -> None:
+    """trtexec habit: ``--saveEngine=FILE``, then ``--loadEngine=FILE`` (here: run FILE)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    copy = out / name
+    built = _run("compile", str(demo_dir / "models" / "demo_cnn.onnx"), "--json", "--shapes",
+                 "image:4x3x32x32", f"--saveEngine={copy}", cache=cache_dir)
+    assert built.returncode == 0, built.stderr
+    cached = Path(json.loads(built.stdout)["engine"])
+    ran = _run("run", str(copy), "--iterations", "2", "--warmup", "0", "--json",
+               cache=cache_dir)
+    assert ran.returncode == 0, ran.stderr
+    (result,) = json.loads(ran.stdout)["results"]
+    assert result["engine"] == str(copy) and result["copy_of"] == cached.name
+    assert result["comparison"]["passed"]
+    # Measurements go beside the copy, under its name; nothing is left behind elsewhere.
+    assert Path(result["recorded"]) == out / f"{name}.perf.json"
+    assert json.loads((out / f"{name}.perf.json").read_text())["engine"] == name
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        name + s for s in ("", ".json", ".sha256", ".perf.json"))
+    shown = _run("inspect", str(copy), "--json", cache=cache_dir)
+    assert shown.returncode == 0, shown.stderr
+    doc = json.loads(shown.stdout)
+    assert doc["copy_of"] == cached.name and doc["sha256"]["ok"] is True
+    assert doc["identity"]["model_name"] == "demo_cnn"
+    assert doc["measurements"]["for_these_bytes"] is True
+    # A copy whose bytes changed is refused by both, naming why.
+    copy.write_bytes(copy.read_bytes() + b"\0")
+    ran = _run("run", str(copy), "--iterations", "1", "--warmup", "0", cache=cache_dir)
+    assert ran.returncode == 1
+    assert ran.stderr.strip().splitlines() == [
+        f"error: EngineGateError: engine copy: its bytes do not match its .sha256 sidecar "
+        f"(path={copy}, expected={json.loads(built.stdout)['sha256']}, "
+        f"found={hashlib.sha256(copy.read_bytes()).hexdigest()})"]
+    shown = _run("inspect", str(copy), "--json", cache=cache_dir)
+    assert shown.returncode == 1 and json.loads(shown.stdout)["sha256"]["ok"] is False

@@ -24,7 +24,9 @@ __all__ = [
     "require_paths",
     "require_runtime",
     "runtime_problems",
+    "saved_copy_name",
     "settings_from_args",
+    "verify_saved_copy",
 ]
 
 
@@ -146,3 +148,64 @@ def require_runtime(settings: Settings) -> None:
         exc.args = (exc.message,)
         exc.context = {}
         raise exc
+
+
+def saved_copy_name(path: Path) -> str | None:
+    """The cached engine's filename when ``path`` is a ``compile --saveEngine`` copy (its
+    ``FILE.json`` describes an engine of another name); None otherwise. Not yet proven:
+    :func:`verify_saved_copy` checks the bytes."""
+    from trt_provision.errors import EngineGateError, InvalidNameError
+    from trt_provision.identity import parse_engine_filename
+    from trt_provision.integrity import MAX_METADATA_BYTES, loads_bounded, read_cache_file
+
+    sidecar = path.with_name(path.name + ".json")
+    if not (path.is_file() and sidecar.is_file()):
+        return None
+    try:
+        data = loads_bounded(
+            read_cache_file(sidecar, MAX_METADATA_BYTES, what="metadata sidecar"), str(sidecar)
+        )
+    except EngineGateError:
+        return None
+    name = data.get("engine") if isinstance(data, dict) else None
+    if not isinstance(name, str) or name == path.name or "/" in name or "\\" in name:
+        return None
+    try:
+        parse_engine_filename(name)
+    except InvalidNameError:
+        return None
+    return name
+
+
+def verify_saved_copy(path: Path, name: str) -> tuple[dict[str, Any], str]:
+    """(metadata, sha256) of a --saveEngine copy whose sidecars prove it: ``FILE.sha256``
+    names FILE and matches its bytes, and ``FILE.json`` describes the engine of that sha256.
+    EngineGateError naming what does not hold."""
+    from trt_provision.errors import EngineGateError
+    from trt_provision.integrity import (
+        MAX_METADATA_BYTES,
+        parse_metadata_bytes,
+        parse_sha256_sidecar,
+        read_cache_file,
+        sha256_file,
+    )
+
+    sidecar = path.with_name(path.name + ".json")
+    raw = read_cache_file(sidecar, MAX_METADATA_BYTES, what="metadata sidecar")
+    metadata = parse_metadata_bytes(raw, sidecar, name)
+    claimed = parse_sha256_sidecar(path.with_name(path.name + ".sha256"), path.name)
+    if metadata["sha256"] != claimed:
+        raise EngineGateError(
+            "engine copy: its .json and .sha256 sidecars describe different engines",
+            path=str(path), expected=claimed, found=metadata["sha256"],
+        )
+    try:
+        actual, _size = sha256_file(path)
+    except OSError as exc:
+        raise EngineGateError(f"engine copy unreadable: {exc.strerror}", path=str(path)) from exc
+    if actual != claimed:
+        raise EngineGateError(
+            "engine copy: its bytes do not match its .sha256 sidecar",
+            path=str(path), expected=claimed, found=actual,
+        )
+    return metadata, claimed
