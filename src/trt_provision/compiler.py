@@ -111,13 +111,15 @@ def with_default_profiles(
     for p in added:
         if logger is None:
             break
+        shapes = (str(list(p.opt_shape)) if p.min_shape == p.max_shape else
+                  f"min {list(p.min_shape)} opt {list(p.opt_shape)} max {list(p.max_shape)}")
         logger.warning(
             "%s: input %r %s has dynamic dimensions and no optimization profile: using "
-            "%s (TensorRT builds for that shape only; ONNX Runtime serves any); give "
+            "%s (TensorRT builds for that only; ONNX Runtime serves any size); give "
             "--minShapes/--optShapes/--maxShapes, or a [[models.profiles]] entry in the "
             "manifest", backbone.name, p.input_name,
             "[" + ", ".join("?" if d is None else str(d) for d in inputs[p.input_name]) + "]",
-            list(p.opt_shape),
+            shapes,
             extra={"event": "profile.defaulted", "model": backbone.name, "input": p.input_name},
         )
     return dataclasses.replace(backbone, build_config=dataclasses.replace(

@@ -220,9 +220,9 @@ def _shared_dim_problems(
                 differ.append(f"{label} " + " vs ".join(f"{n} {size}" for n, size in given))
         if differ:
             problems.append(
-                f"inputs {', '.join(repr(n) for n, _, _ in users)} share the dynamic "
-                f"dimension {symbol!r} but their profiles give it different sizes "
-                f"({'; '.join(differ)})"
+                f"inputs {', '.join(repr(n) for n in dict.fromkeys(n for n, _, _ in users))} "
+                f"share the dynamic dimension {symbol!r} but their profiles give it "
+                f"different sizes ({'; '.join(differ)})"
             )
     return problems
 
@@ -231,15 +231,25 @@ def default_profiles(
     profiles: tuple[OptimizationProfile, ...],
     inputs: Mapping[str, tuple[int | str | None, ...]],
 ) -> tuple[OptimizationProfile, ...]:
-    """Profiles for the dynamic inputs ``profiles`` leaves out: each dynamic dim set to 1
-    (trtexec's and Polygraphy's default), marked ``defaulted``."""
+    """Profiles for the dynamic inputs ``profiles`` leaves out, marked ``defaulted``: each
+    dynamic dim 1 (trtexec's and Polygraphy's default), or the sizes a given profile sets
+    for the same symbolic dimension (``mask`` follows ``token_ids`` on ``batch``)."""
+    known: dict[str, tuple[int, int, int]] = {}
+    for p in profiles:
+        for i, d in enumerate(inputs.get(p.input_name) or ()):
+            if isinstance(d, str) and d and i < len(p.min_shape):
+                known.setdefault(d, (p.min_shape[i], p.opt_shape[i], p.max_shape[i]))
     named = {p.input_name for p in profiles}
     added = []
     for name, dims in inputs.items():
         if name in named or not dims or all(isinstance(d, int) for d in dims):
             continue
-        shape = tuple(d if isinstance(d, int) else 1 for d in dims)
-        added.append(OptimizationProfile(name, shape, shape, shape, defaulted=True))
+        shapes = [
+            tuple(d if isinstance(d, int) else known.get(d or "", (1, 1, 1))[k] for d in dims)
+            for k in range(3)
+        ]
+        lo, mid, hi = shapes
+        added.append(OptimizationProfile(name, lo, mid, hi, defaulted=True))
     return tuple(added)
 
 

@@ -374,3 +374,22 @@ def test_a_save_engine_copy_runs_and_inspects_like_the_cached_engine(
         f"found={hashlib.sha256(copy.read_bytes()).hexdigest()})"]
     shown = _run("inspect", str(copy), "--json", cache=cache_dir)
     assert shown.returncode == 1 and json.loads(shown.stdout)["sha256"]["ok"] is False
+
+
+def test_a_defaulted_profile_follows_a_given_one_on_a_shared_dimension(
+    tmp_path: Path, demo_dir: Path, cache_dir: Path
+) -> None:
+    """Only token_ids given: mask, which shares 'batch' with it, takes token_ids' sizes
+    rather than 1 (which the shared-dimension rule would then refuse)."""
+    proc = _run("compile", str(demo_dir / "models" / "two_inputs.onnx"), "--json",
+                "--minShapes", "token_ids:1x16", "--optShapes", "token_ids:8x16",
+                "--maxShapes", "token_ids:32x16", cache=cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    (warning,) = [x for x in proc.stderr.splitlines() if x.startswith("WARNING")]
+    assert "input 'mask' [batch, 16]" in warning
+    assert "using min [1, 16] opt [8, 16] max [32, 16]" in warning
+    engine = Path(json.loads(proc.stdout)["engine"])
+    profiles = json.loads(engine.with_name(engine.name + ".json").read_text())[
+        "build_config"]["profiles"]
+    assert profiles[1] == {"input": "mask", "min": [1, 16], "opt": [8, 16], "max": [32, 16],
+                           "defaulted": True}
