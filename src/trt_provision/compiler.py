@@ -105,6 +105,8 @@ def with_default_profiles(
     if any(p.defaulted for p in config.profiles) or not backbone.model_path.is_file():
         return backbone  # already defaulted, or a missing model the hash step reports
     inputs = {spec.name: spec.named_shape for spec in model_input_specs(backbone.model_path)}
+    if any(p.input_name not in inputs for p in config.profiles):
+        return backbone  # a misspelt input: the profile check names it, and what is uncovered
     added = default_profiles(config.profiles, inputs)
     if not added:
         return backbone
