@@ -361,7 +361,7 @@ def _iter_path(path: Path) -> Iterator[Any]:
 
 
 # sys.argv is process-wide and phase 1 plans models on threads: one loader import at a time.
-_ARGV_LOCK = threading.Lock()
+_ARGV_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
