@@ -181,6 +181,7 @@ def verify_saved_copy(path: Path, name: str) -> tuple[dict[str, Any], str]:
     """(metadata, sha256) of a --saveEngine copy whose sidecars prove it: ``FILE.sha256``
     names FILE and matches its bytes, and ``FILE.json`` describes the engine of that sha256.
     EngineGateError naming what does not hold."""
+    from trt_provision._fs import untrusted_reason
     from trt_provision.errors import EngineGateError
     from trt_provision.integrity import (
         MAX_METADATA_BYTES,
@@ -190,6 +191,12 @@ def verify_saved_copy(path: Path, name: str) -> tuple[dict[str, Any], str]:
         sha256_file,
     )
 
+    try:
+        untrusted = untrusted_reason(path, os.stat(path))
+    except OSError as exc:
+        raise EngineGateError(f"engine copy unreadable: {exc.strerror}", path=str(path)) from exc
+    if untrusted is not None:  # what the gate would refuse, refused before it is staged
+        raise EngineGateError(f"engine copy {untrusted[0]}", path=str(path), fix=untrusted[1])
     sidecar = path.with_name(path.name + ".json")
     raw = read_cache_file(sidecar, MAX_METADATA_BYTES, what="metadata sidecar")
     metadata = parse_metadata_bytes(raw, sidecar, name)
