@@ -11,6 +11,7 @@ strategies. It never deletes anything: stale engines are left for ``cache gc``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import logging
 import os
@@ -19,7 +20,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ from trt_provision.types import (
     PrecisionMode,
     PreparedGraph,
     RuntimeTarget,
+    default_profiles,
     profile_problems,
 )
 
@@ -99,6 +101,41 @@ def _python_calibration_loader(backbone: BackboneSpec) -> bool:
         return False
     source = str(spec.source)
     return spec.dataset_version is None and (".py:" in source or source.endswith(".py"))
+
+
+def with_default_profiles(
+    backbone: BackboneSpec, logger: logging.Logger | None = None
+) -> BackboneSpec:
+    """The backbone with a defaulted profile (dynamic dims 1) for each dynamic input it
+    gives none, as trtexec and Polygraphy build; part of the build config, so of the
+    identity. ``logger``: warn, naming the input and how to give a profile."""
+    from trt_provision.calibration.data import model_input_specs
+
+    config = backbone.build_config
+    if any(p.defaulted for p in config.profiles) or not backbone.model_path.is_file():
+        return backbone  # already defaulted, or a missing model the hash step reports
+    inputs = {spec.name: spec.named_shape for spec in model_input_specs(backbone.model_path)}
+    if any(p.input_name not in inputs for p in config.profiles):
+        return backbone  # a misspelt input: the profile check names it, and what is uncovered
+    added = default_profiles(config.profiles, inputs)
+    if not added:
+        return backbone
+    for p in added:
+        if logger is None:
+            break
+        shapes = (str(list(p.opt_shape)) if p.min_shape == p.max_shape else
+                  f"min {list(p.min_shape)} opt {list(p.opt_shape)} max {list(p.max_shape)}")
+        logger.warning(
+            "%s: input %r %s has dynamic dimensions and no optimization profile: using "
+            "%s (TensorRT builds for that only; ONNX Runtime serves any size); give "
+            "--minShapes/--optShapes/--maxShapes, or a [[models.profiles]] entry in the "
+            "manifest", backbone.name, p.input_name,
+            "[" + ", ".join("?" if d is None else str(d) for d in inputs[p.input_name]) + "]",
+            shapes,
+            extra={"event": "profile.defaulted", "model": backbone.name, "input": p.input_name},
+        )
+    return dataclasses.replace(backbone, build_config=dataclasses.replace(
+        config, profiles=config.profiles + added))
 
 
 class EngineCompiler:
@@ -187,6 +224,7 @@ class EngineCompiler:
     ) -> tuple[EngineIdentity, RuntimeTarget, str]:
         """``unresolved_calibration``: a stand-in calibration key, so no calibration data
         is loaded (a dry run with a Python loader)."""
+        backbone = with_default_profiles(backbone)
         model_hash = model_sha256(backbone.model_path)
         if backbone.build_config.precision is PrecisionMode.AUTO:
             target = self._runtime.runtime_target(backbone.build_config)
@@ -224,14 +262,33 @@ class EngineCompiler:
         # so an all-hit run verifies its engines concurrently, each read once.
         # One verifier per core: hashing is CPU-bound and releases the GIL.
         workers = self._workers or min(len(request.backbones), os.cpu_count() or 4)
+        # A model settled here (reused, or failed to plan) is reported as it finishes, not
+        # after the builds of the models listed before it.
+        settled: dict[int, EngineCompileResult] = {}
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
-            plans = list(
-                pool.map(lambda b: self._plan_or_failure(b, request), request.backbones)
-            )
+            futures = [pool.submit(self._plan_or_failure, b, request) for b in request.backbones]
+            index = {f: i for i, f in enumerate(futures)}
+            for future in as_completed(futures):
+                if future.exception() is not None:
+                    continue  # fail fast: raised below
+                plan = future.result()
+                if isinstance(plan, _Failed):
+                    result = self._failure(plan.backbone, None, plan.error, plan.started)
+                elif plan.reusable is not None:
+                    result = self._resolve(plan, request)
+                else:
+                    continue
+                settled[index[future]] = result
+                if progress is not None:
+                    progress(result)
+            plans = [f.result() for f in futures]  # fail fast: the first in manifest order
         # Phase 2 (sequential): fetch or build what is missing, in manifest order. A model
         # that fails is reported and the run goes on, unless the request says fail fast.
         results: list[EngineCompileResult] = []
-        for plan in plans:
+        for i, plan in enumerate(plans):
+            if i in settled:
+                results.append(settled[i])
+                continue
             if isinstance(plan, _Failed):
                 result = self._failure(plan.backbone, None, plan.error, plan.started)
             else:
@@ -319,6 +376,7 @@ class EngineCompiler:
 
     def _plan(self, backbone: BackboneSpec, request: EngineCompileRequest) -> _Plan:
         started = time.perf_counter()
+        backbone = with_default_profiles(backbone, self._log)
         if request.dry_run and _python_calibration_loader(backbone):
             # A file.py:fn source is Python code: a dry run never executes it. Without its
             # data the calibration key (and so the identity) is unknown: planned, not reused.
@@ -456,7 +514,7 @@ class EngineCompiler:
     def _check_profiles(self, backbone: BackboneSpec) -> None:
         from trt_provision.calibration.data import model_input_specs
 
-        inputs = {spec.name: spec.shape for spec in model_input_specs(backbone.model_path)}
+        inputs = {spec.name: spec.named_shape for spec in model_input_specs(backbone.model_path)}
         problems = profile_problems(backbone.build_config.profiles, inputs)
         if problems:
             raise EngineBuildError(

@@ -152,7 +152,8 @@ def _shape(value: Any, where: str, source: str = "<json>") -> tuple[int, ...]:
 
 def _profile(source: str, i: int, raw: Any) -> OptimizationProfile:
     key = f"profiles[{i}]"
-    p = _object(source, key, raw, _PROFILE_FIELDS)
+    # "defaulted" is written by us (a profile we chose), read back from metadata and configs.
+    p = _object(source, key, raw, _PROFILE_FIELDS | {"defaulted"})
     missing = sorted(_PROFILE_FIELDS - set(p))
     if missing:
         raise ManifestError("profile key missing", file=source, key=f"{key}.{missing[0]}")
@@ -164,6 +165,7 @@ def _profile(source: str, i: int, raw: Any) -> OptimizationProfile:
             min_shape=shapes["min"],
             opt_shape=shapes["opt"],
             max_shape=shapes["max"],
+            defaulted=_bool(source, f"{key}.defaulted", p.get("defaulted", False)),
         )
     except ValueError as exc:
         raise ManifestError(f"invalid profile: {exc}", file=source, key=key) from exc

@@ -14,6 +14,11 @@ Comparison, per output (reference = ONNX Runtime FP32, candidate = the engine):
 * ``max_rel_error`` = max ``|candidate - reference| / |reference|`` over elements whose
   reference is not zero;
 * ``cosine`` of the flattened outputs (1.0 when both are all zeros).
+
+The figures are over the element pairs where both are finite; where none is (NaN inputs, a
+missing or misshapen output) they are not computed (NaN here, null in JSON, "n/a" in the
+table) and the note says why. An element finite on one side only fails the check and is
+counted in the note, never folded into a made-up figure.
 """
 
 from __future__ import annotations
@@ -131,6 +136,9 @@ class EngineInput:
     dtype: np.dtype[Any]
     dims: tuple[int | None, ...]
     profile: OptimizationProfile | None = None
+    # False for a profile we defaulted on a runtime that serves any size (ONNX Runtime):
+    # its opt shape is the synthetic default, its range no limit.
+    bounded: bool = True
 
     def default_shape(self) -> tuple[int, ...]:
         """The profile's opt shape (what the engine was tuned for), else 1 per dynamic dim."""
@@ -146,7 +154,8 @@ class EngineInput:
         for i, (got, want) in enumerate(zip(shape, self.dims, strict=True)):
             if want is not None and got != want:
                 return f"dim {i} is {got}, the engine expects {want}"
-        if self.profile is not None and len(self.profile.min_shape) == len(shape):
+        if (self.profile is not None and self.bounded
+                and len(self.profile.min_shape) == len(shape)):
             lo, hi = self.profile.min_shape, self.profile.max_shape
             if any(not a <= s <= b for a, s, b in zip(lo, shape, hi, strict=True)):
                 return f"shape {list(shape)} is outside the profile {list(lo)}..{list(hi)}"
@@ -215,6 +224,9 @@ def engine_inputs(
             "is not available (pass --model)",
             path=where,
         )
+    identity = metadata.get("identity")
+    runtime = identity.get("runtime") if isinstance(identity, Mapping) else None
+    any_size = isinstance(runtime, str) and runtime.startswith("ort")
     inputs: list[EngineInput] = []
     for name, dtype_name, shape in described:
         dtype = np.dtype(dtype_name)
@@ -222,7 +234,9 @@ def engine_inputs(
             raise InferenceError("unsupported input dtype", input=name, dtype=dtype_name)
         dims = tuple(d if isinstance(d, int) and not isinstance(d, bool) and d > 0 else None
                      for d in shape)
-        inputs.append(EngineInput(name, dtype, dims, profiles.get(name)))
+        profile = profiles.get(name)
+        bounded = not (any_size and profile is not None and profile.defaulted)
+        inputs.append(EngineInput(name, dtype, dims, profile, bounded))
     return tuple(inputs)
 
 
@@ -369,41 +383,43 @@ class Comparison:
         }
 
 
-def _finite_or_text(value: float) -> float | str:
+def _finite_or_text(value: float) -> float | str | None:
+    """A figure for JSON: rounded; None where it could not be computed (NaN)."""
+    if math.isnan(value):
+        return None
     return round(value, 9) if math.isfinite(value) else str(value)
+
+
+_NA = math.nan  # a figure that could not be computed: never a score
 
 
 def _compare_one(name: str, ref: Any, cand: Any, atol: float, rtol: float) -> OutputComparison:
     if cand is None:
-        return OutputComparison(name, 0, -1.0, math.inf, math.inf, 0, False,
+        return OutputComparison(name, 0, _NA, _NA, _NA, 0, False,
                                 "the engine did not return this output")
     r = np.asarray(ref)
     c = np.asarray(cand)
     if r.shape != c.shape:
-        return OutputComparison(name, int(r.size), -1.0, math.inf, math.inf, int(r.size), False,
+        return OutputComparison(name, int(r.size), _NA, _NA, _NA, int(r.size), False,
                                 f"shape {list(c.shape)} differs from the reference "
                                 f"{list(r.shape)}")
     if r.size == 0:
         # Nothing compared is never a perfect score.
-        return OutputComparison(name, 0, -1.0, math.inf, math.inf, 0, False,
-                                "no elements to compare")
+        return OutputComparison(name, 0, _NA, _NA, _NA, 0, False, "no elements to compare")
     r64 = r.astype(np.float64).reshape(-1)
     c64 = c.astype(np.float64).reshape(-1)
     if not np.any(np.isfinite(r64) & np.isfinite(c64)):
         # All NaN/Inf (e.g. NaN inputs): matching NaNs compare nothing, never a perfect score.
-        return OutputComparison(name, int(r.size), -1.0, math.inf, math.inf, int(r.size), False,
+        return OutputComparison(name, int(r.size), _NA, _NA, _NA, int(r.size), False,
                                 "no finite elements to compare (NaN/Inf in the outputs)")
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         close = np.isclose(c64, r64, atol=atol, rtol=rtol, equal_nan=True)
         diff = np.abs(c64 - r64)
         both_finite = np.isfinite(r64) & np.isfinite(c64)
-        nonfinite_mismatch = bool(np.any(~close & ~both_finite))
-        max_abs = math.inf if nonfinite_mismatch else float(np.max(diff, where=both_finite,
-                                                                   initial=0.0))
+        nonfinite_mismatch = int(np.count_nonzero(~close & ~both_finite))
+        max_abs = float(np.max(diff, where=both_finite, initial=0.0))
         nonzero = both_finite & (r64 != 0)
-        if nonfinite_mismatch:
-            max_rel = math.inf
-        elif np.any(nonzero):
+        if np.any(nonzero):
             max_rel = float(np.max(diff[nonzero] / np.abs(r64[nonzero])))
         else:
             max_rel = 0.0 if max_abs == 0.0 else math.inf
@@ -415,11 +431,11 @@ def _compare_one(name: str, ref: Any, cand: Any, atol: float, rtol: float) -> Ou
             cosine = 0.0
         else:
             cosine = max(-1.0, min(1.0, float(np.dot(rf, cf)) / math.sqrt(ref_sq * cand_sq)))
-    if nonfinite_mismatch:
-        cosine = -1.0
     mismatched = int(close.size - int(np.count_nonzero(close)))
+    note = (f"{nonfinite_mismatch} element(s) NaN/Inf on one side only; the figures are over "
+            "the finite pairs" if nonfinite_mismatch else "")
     return OutputComparison(name, int(r.size), cosine, max_abs, max_rel, mismatched,
-                            mismatched == 0)
+                            mismatched == 0, note)
 
 
 def compare_outputs(
@@ -442,7 +458,7 @@ def reference_outputs(
     import onnxruntime as ort  # declared dependency; imported lazily to keep the CLI fast
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors are raised (and reported once), not logged
     try:
         session = ort.InferenceSession(str(model_path), options,
                                        providers=["CPUExecutionProvider"])

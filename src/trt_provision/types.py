@@ -37,6 +37,7 @@ __all__ = [
     "PreparedGraph",
     "RuntimeTarget",
     "ThermalState",
+    "default_profiles",
     "profile_problems",
     "shape_outside_profile",
 ]
@@ -115,6 +116,9 @@ class OptimizationProfile:
     min_shape: tuple[int, ...]
     opt_shape: tuple[int, ...]
     max_shape: tuple[int, ...]
+    # Chosen by us for a dynamic input the user gave no profile (its dynamic dims set to 1,
+    # as trtexec and Polygraphy do): TensorRT builds for it, ONNX Runtime serves any size.
+    defaulted: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.input_name, str) or not self.input_name:
@@ -134,20 +138,24 @@ class OptimizationProfile:
                 )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "input": self.input_name,
             "min": list(self.min_shape),
             "opt": list(self.opt_shape),
             "max": list(self.max_shape),
         }
+        if self.defaulted:  # only then: user-given profiles keep the identity they had
+            data["defaulted"] = True
+        return data
 
 
 def profile_problems(
     profiles: tuple[OptimizationProfile, ...],
-    inputs: Mapping[str, tuple[int | None, ...]],
+    inputs: Mapping[str, tuple[int | str | None, ...]],
 ) -> list[str]:
     """What TensorRT would refuse in ``profiles`` for a model with these ``inputs``
-    (name -> dims, None for a dynamic dim); empty when every rule holds.
+    (name -> dims: a size, a symbolic name or None for a dynamic dim); empty when every
+    rule holds.
 
     One place for every strategy, so a manifest that builds with ONNX Runtime on a laptop
     also builds with TensorRT on the device. The rules are TensorRT's, from
@@ -160,7 +168,9 @@ def profile_problems(
     - min <= opt <= max in every dimension (checked when the profile is built);
     - every input with a dynamic dimension is covered, else ``addOptimizationProfile``
       fails ("the profile must define all dynamic inputs"; buildSerializedNetwork then
-      reports the network's dynamic inputs without a profile).
+      reports the network's dynamic inputs without a profile);
+    - inputs that share a symbolic dimension (``batch``) give it the same size in min, opt
+      and max: the engine could not run at its own shapes otherwise.
     """
     problems: list[str] = []
     for p in profiles:
@@ -178,7 +188,7 @@ def profile_problems(
             )
             continue
         for i, fixed in enumerate(dims):
-            if fixed is None:
+            if not isinstance(fixed, int):
                 continue
             for label, shape in (("min", p.min_shape), ("opt", p.opt_shape),
                                  ("max", p.max_shape)):
@@ -193,9 +203,10 @@ def profile_problems(
             if not lo <= mid <= hi:
                 problems.append(f"profile {p.input_name!r} dim {i} needs min <= opt <= max, "
                                 f"got {lo} / {mid} / {hi}")
+    problems.extend(_shared_dim_problems(profiles, inputs))
     named = {p.input_name for p in profiles}
     for name, dims in inputs.items():
-        if any(d is None for d in dims) and name not in named:
+        if any(not isinstance(d, int) for d in dims) and name not in named:
             problems.append(
                 f"input {name!r} {_dims_text(dims)} has dynamic dimensions and needs an "
                 f"optimization profile (min/opt/max)"
@@ -203,7 +214,61 @@ def profile_problems(
     return problems
 
 
-def _dims_text(dims: tuple[int | None, ...]) -> str:
+def _shared_dim_problems(
+    profiles: tuple[OptimizationProfile, ...],
+    inputs: Mapping[str, tuple[int | str | None, ...]],
+) -> list[str]:
+    sizes: dict[str, list[tuple[str, int, OptimizationProfile]]] = {}
+    for p in profiles:
+        dims = inputs.get(p.input_name)
+        if dims is None or len(dims) != len(p.min_shape):
+            continue  # reported above
+        for i, d in enumerate(dims):
+            if isinstance(d, str) and d:
+                sizes.setdefault(d, []).append((p.input_name, i, p))
+    problems = []
+    for symbol, users in sizes.items():
+        differ = []
+        for label, attr in (("min", "min_shape"), ("opt", "opt_shape"), ("max", "max_shape")):
+            given = [(name, getattr(p, attr)[i]) for name, i, p in users]
+            if len({size for _, size in given}) > 1:
+                differ.append(f"{label} " + " vs ".join(f"{n} {size}" for n, size in given))
+        if differ:
+            problems.append(
+                f"inputs {', '.join(repr(n) for n in dict.fromkeys(n for n, _, _ in users))} "
+                f"share the dynamic dimension {symbol!r} but their profiles give it "
+                f"different sizes ({'; '.join(differ)})"
+            )
+    return problems
+
+
+def default_profiles(
+    profiles: tuple[OptimizationProfile, ...],
+    inputs: Mapping[str, tuple[int | str | None, ...]],
+) -> tuple[OptimizationProfile, ...]:
+    """Profiles for the dynamic inputs ``profiles`` leaves out, marked ``defaulted``: each
+    dynamic dim 1 (trtexec's and Polygraphy's default), or the sizes a given profile sets
+    for the same symbolic dimension (``mask`` follows ``token_ids`` on ``batch``)."""
+    known: dict[str, tuple[int, int, int]] = {}
+    for p in profiles:
+        for i, d in enumerate(inputs.get(p.input_name) or ()):
+            if isinstance(d, str) and d and i < len(p.min_shape):
+                known.setdefault(d, (p.min_shape[i], p.opt_shape[i], p.max_shape[i]))
+    named = {p.input_name for p in profiles}
+    added = []
+    for name, dims in inputs.items():
+        if name in named or not dims or all(isinstance(d, int) for d in dims):
+            continue
+        shapes = [
+            tuple(d if isinstance(d, int) else known.get(d or "", (1, 1, 1))[k] for d in dims)
+            for k in range(3)
+        ]
+        lo, mid, hi = shapes
+        added.append(OptimizationProfile(name, lo, mid, hi, defaulted=True))
+    return tuple(added)
+
+
+def _dims_text(dims: tuple[int | str | None, ...]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 

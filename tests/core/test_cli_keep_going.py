@@ -84,7 +84,9 @@ def test_fail_fast_stops_at_the_first_failure(
     bad_profile = (
         '[[models]]\nname = "two_inputs"\n'
         f'path = "{demo_dir / "models" / "two_inputs.onnx"}"\n'
-    )  # dynamic inputs without a profile: refused before the build
+        'profiles = [{ input = "token_ids", min = [8, 16], opt = [8, 16], max = [8, 16] },\n'
+        '            { input = "mask", min = [4, 16], opt = [4, 16], max = [4, 16] }]\n'
+    )  # inputs sharing the dimension 'batch' at different sizes: refused before the build
     manifest = _manifest(tmp_path, demo_dir, bad_profile)
     proc = _run("provision", str(manifest), "--json", "--fail-fast", cache=cache_dir)
     assert proc.returncode == 1

@@ -122,22 +122,6 @@ def test_cache_clear_without_yes_names_the_flag_not_a_type(
     assert "--yes" in line and "TrtProvisionError" not in line
 
 
-def test_run_on_a_save_engine_copy_points_at_the_cached_engine(
-    capsys: pytest.CaptureFixture[str], demo_dir: Path, cache_dir: Path, tmp_path: Path,
-) -> None:
-    """trtexec habit: ``--saveEngine=m.plan`` then ``run m.plan`` (``--loadEngine``)."""
-    model = demo_dir / "models" / "demo_cnn.onnx"
-    plan = tmp_path / "m.plan"
-    assert main(["compile", str(model), _STATIC, f"--saveEngine={plan}",
-                 "--cache-dir", str(cache_dir)]) == 0
-    capsys.readouterr()
-    (cached,) = cache_dir.rglob("*.engine")
-    line = _one_line_user_error(capsys, ["run", str(plan), "--cache-dir", str(cache_dir)])
-    assert "--saveEngine copy" in line and line.endswith(str(cached))
-    assert main(["run", line.rsplit(" ", 1)[1], "--iterations", "1", "--warmup", "0",
-                 "--cache-dir", str(cache_dir)]) == 0
-
-
 @pytest.mark.parametrize("flag", ["--report-dir", "--work-dir"])
 def test_selftest_dirs_that_are_files_are_named(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, flag: str,

@@ -98,16 +98,6 @@ def test_provision_refuses_what_tensorrt_would_refuse(
     assert needle in json.loads(capsys.readouterr().out)["results"][0]["error"]
 
 
-def test_compile_without_a_profile_for_a_dynamic_input_is_refused(
-    capsys: pytest.CaptureFixture[str], demo_dir: Path, cache_dir: Path
-) -> None:
-    argv = ["compile", str(demo_dir / "models" / "dynamic_mlp.onnx"),
-            "--cache-dir", str(cache_dir), "--runtime", "onnxruntime"]
-    assert main(argv) == 1
-    err = capsys.readouterr().err
-    assert "input 'features' [?, 64] has dynamic dimensions and needs an optimization" in err
-
-
 def test_onnxruntime_inference_outside_the_profile_is_refused(
     capsys: pytest.CaptureFixture[str], demo_dir: Path, cache_dir: Path
 ) -> None:

@@ -17,12 +17,15 @@ Accepted sources (``CalibrationSpec.source`` or the Python API):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
 import os
+import sys
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,10 +62,19 @@ class InputSpec:
     name: str
     dtype: str
     shape: tuple[int | None, ...]
+    # The symbolic name of each dynamic dim ("batch"; None when unnamed or static).
+    dim_names: tuple[str | None, ...] = field(default=(), compare=False)
 
     @property
     def rank(self) -> int:
         return len(self.shape)
+
+    @property
+    def named_shape(self) -> tuple[int | str | None, ...]:
+        """Each dim's size, else its symbolic name, else None: inputs sharing a name must
+        agree on its size."""
+        names = self.dim_names or (None,) * len(self.shape)
+        return tuple(d if d is not None else n for d, n in zip(self.shape, names, strict=True))
 
 
 def model_input_specs(model_path: Path) -> tuple[InputSpec, ...]:
@@ -86,9 +98,13 @@ def model_input_specs(model_path: Path) -> tuple[InputSpec, ...]:
             raise ModelError("model input is not a tensor", input=value.name)
         dtype = helper.tensor_dtype_to_np_dtype(ttype.elem_type).name
         dims: list[int | None] = []
+        names: list[str | None] = []
         for dim in ttype.shape.dim:
-            dims.append(dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None)
-        specs.append(InputSpec(name=value.name, dtype=dtype, shape=tuple(dims)))
+            static = dim.HasField("dim_value") and dim.dim_value > 0
+            dims.append(dim.dim_value if static else None)
+            names.append(None if static or not dim.HasField("dim_param") else dim.dim_param or None)
+        specs.append(InputSpec(name=value.name, dtype=dtype, shape=tuple(dims),
+                               dim_names=tuple(names)))
     return tuple(specs)
 
 
@@ -344,6 +360,34 @@ def _iter_path(path: Path) -> Iterator[Any]:
         )
 
 
+# sys.argv is process-wide and phase 1 plans models on threads: one loader import at a time.
+_ARGV_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _neutral_argv(path: Path) -> Iterator[None]:
+    """While user code runs, sys.argv is that of ``python loader.py``: a loader that parses
+    arguments at import (argparse on sys.argv) must not see, or take over, our command line."""
+    with _ARGV_LOCK:
+        saved = sys.argv
+        sys.argv = [str(path)]
+        try:
+            yield
+        finally:
+            sys.argv = saved
+
+
+def _loader_error(exc: BaseException, path: Path, func_name: str) -> CalibrationCacheError:
+    # SystemExit is user code ending the process (sys.exit, argparse's usage error): an error
+    # of this model's calibration data, never our exit. Ctrl-C (KeyboardInterrupt) goes through.
+    what = f"exited (sys.exit({exc.code!r}))" if isinstance(exc, SystemExit) else "failed"
+    detail = "" if isinstance(exc, SystemExit) else f": {type(exc).__name__}: {exc}"
+    return CalibrationCacheError(
+        f"calibration loader {path.name}:{func_name} {what}{detail}",
+        path=str(path), function=func_name,
+    )
+
+
 def _call_loader(spec: str, base_dir: Path | None) -> Iterable[Any]:
     file_part, _, func_name = spec.partition(":")
     func_name = func_name or "load_data"
@@ -358,19 +402,31 @@ def _call_loader(spec: str, base_dir: Path | None) -> Iterable[Any]:
         raise CalibrationCacheError("cannot import calibration loader script", path=str(path))
     module = importlib.util.module_from_spec(module_spec)
     try:
-        module_spec.loader.exec_module(module)
-        func = getattr(module, func_name)
-        result = func()
+        with _neutral_argv(path):
+            module_spec.loader.exec_module(module)
+            func = getattr(module, func_name)
+            result = func()
     except AttributeError as exc:
         raise CalibrationCacheError(
             f"calibration loader script has no function {func_name!r}", path=str(path)
         ) from exc
-    except Exception as exc:  # the user's code may raise anything
-        raise CalibrationCacheError(
-            f"calibration loader failed: {type(exc).__name__}: {exc}",
-            path=str(path), function=func_name,
-        ) from exc
+    except (Exception, SystemExit) as exc:  # the user's code may raise (or exit) anything
+        raise _loader_error(exc, path, func_name) from exc
+    if isinstance(result, Iterator):  # a generator runs the user's code as it is read
+        return _guarded(result, path, func_name)
     return _as_iterable(result)
+
+
+def _guarded(items: Iterator[Any], path: Path, func_name: str) -> Iterator[Any]:
+    while True:
+        try:
+            with _neutral_argv(path):
+                item = next(items)
+        except StopIteration:
+            return
+        except (Exception, SystemExit) as exc:
+            raise _loader_error(exc, path, func_name) from exc
+        yield item
 
 
 def _as_iterable(source: Any) -> Iterable[Any]:

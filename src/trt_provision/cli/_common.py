@@ -17,12 +17,16 @@ from trt_provision.errors import UsageError
 __all__ = [
     "add_settings_args",
     "finite_float",
+    "path_arg",
     "print_json",
     "require_dir",
+    "require_nonempty",
     "require_paths",
     "require_runtime",
     "runtime_problems",
+    "saved_copy_name",
     "settings_from_args",
+    "verify_saved_copy",
 ]
 
 
@@ -52,6 +56,18 @@ def require_paths(*named: tuple[Path | str | None, str]) -> None:
             raise UsageError(f"{flag}: not a regular file or directory: {path}")
 
 
+def path_arg(text: str) -> Path | str:
+    """argparse type of a path flag: a Path, but ``''`` stays ``''`` so that it can be
+    refused (Path('') is the current directory: an empty ``--cache-dir $UNSET`` would
+    silently fill it with engines)."""
+    return Path(text) if text else ""
+
+
+def require_nonempty(value: Path | str | None, flag: str) -> None:
+    if value is not None and str(value) == "":
+        raise UsageError(f"{flag}: empty path")
+
+
 def require_dir(path: Path, flag: str) -> None:
     """An existing directory (e.g. a cache to verify): a missing one or a file is an error."""
     if not path.exists():
@@ -63,7 +79,7 @@ def require_dir(path: Path, flag: str) -> None:
 def add_settings_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-dir",
-        type=Path,
+        type=path_arg,
         help="engine cache directory (default: $TRT_PROVISION_CACHE_DIR or the XDG cache)",
     )
     parser.add_argument(
@@ -78,6 +94,7 @@ def settings_from_args(args: argparse.Namespace, base: Settings | None = None) -
     settings = base or Settings(cache_dir=resolve_cache_dir())
     changes: dict[str, Any] = {}
     if getattr(args, "cache_dir", None) is not None:
+        require_nonempty(args.cache_dir, "--cache-dir")
         # realpath, not resolve(): a symlink loop must reach the cache checks (exit 1), not raise.
         changes["cache_dir"] = Path(os.path.realpath(Path(args.cache_dir).expanduser()))
     if getattr(args, "runtime", None) is not None:
@@ -131,3 +148,71 @@ def require_runtime(settings: Settings) -> None:
         exc.args = (exc.message,)
         exc.context = {}
         raise exc
+
+
+def saved_copy_name(path: Path) -> str | None:
+    """The cached engine's filename when ``path`` is a ``compile --saveEngine`` copy (its
+    ``FILE.json`` describes an engine of another name); None otherwise. Not yet proven:
+    :func:`verify_saved_copy` checks the bytes."""
+    from trt_provision.errors import EngineGateError, InvalidNameError
+    from trt_provision.identity import parse_engine_filename
+    from trt_provision.integrity import MAX_METADATA_BYTES, loads_bounded, read_cache_file
+
+    sidecar = path.with_name(path.name + ".json")
+    if not (path.is_file() and sidecar.is_file()):
+        return None
+    try:
+        data = loads_bounded(
+            read_cache_file(sidecar, MAX_METADATA_BYTES, what="metadata sidecar"), str(sidecar)
+        )
+    except EngineGateError:
+        return None
+    name = data.get("engine") if isinstance(data, dict) else None
+    if not isinstance(name, str) or name == path.name or "/" in name or "\\" in name:
+        return None
+    try:
+        parse_engine_filename(name)
+    except InvalidNameError:
+        return None
+    return name
+
+
+def verify_saved_copy(path: Path, name: str) -> tuple[dict[str, Any], str]:
+    """(metadata, sha256) of a --saveEngine copy whose sidecars prove it: ``FILE.sha256``
+    names FILE and matches its bytes, and ``FILE.json`` describes the engine of that sha256.
+    EngineGateError naming what does not hold."""
+    from trt_provision._fs import untrusted_reason
+    from trt_provision.errors import EngineGateError
+    from trt_provision.integrity import (
+        MAX_METADATA_BYTES,
+        parse_metadata_bytes,
+        parse_sha256_sidecar,
+        read_cache_file,
+        sha256_file,
+    )
+
+    try:
+        untrusted = untrusted_reason(path, os.stat(path))
+    except OSError as exc:
+        raise EngineGateError(f"engine copy unreadable: {exc.strerror}", path=str(path)) from exc
+    if untrusted is not None:  # what the gate would refuse, refused before it is staged
+        raise EngineGateError(f"engine copy {untrusted[0]}", path=str(path), fix=untrusted[1])
+    sidecar = path.with_name(path.name + ".json")
+    raw = read_cache_file(sidecar, MAX_METADATA_BYTES, what="metadata sidecar")
+    metadata = parse_metadata_bytes(raw, sidecar, name)
+    claimed = parse_sha256_sidecar(path.with_name(path.name + ".sha256"), path.name)
+    if metadata["sha256"] != claimed:
+        raise EngineGateError(
+            "engine copy: its .json and .sha256 sidecars describe different engines",
+            path=str(path), expected=claimed, found=metadata["sha256"],
+        )
+    try:
+        actual, _size = sha256_file(path)
+    except OSError as exc:
+        raise EngineGateError(f"engine copy unreadable: {exc.strerror}", path=str(path)) from exc
+    if actual != claimed:
+        raise EngineGateError(
+            "engine copy: its bytes do not match its .sha256 sidecar",
+            path=str(path), expected=claimed, found=actual,
+        )
+    return metadata, claimed

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from trt_provision.cli._common import print_json
+from trt_provision.cli._common import print_json, saved_copy_name
 
 __all__ = ["register"]
 
@@ -35,8 +35,11 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from trt_provision.identity import ENGINE_SUFFIX
 
-    if args.engine.name.endswith(ENGINE_SUFFIX):
-        return _run_engine(args)
+    # A compile --saveEngine copy (any name: model.engine, model.plan) is inspected as the
+    # engine its metadata sidecar describes; its .sha256 sidecar proves the bytes.
+    copy_of = saved_copy_name(args.engine)
+    if copy_of is not None or args.engine.name.endswith(ENGINE_SUFFIX):
+        return _run_engine(args, copy_of)
     return _run_model(args)
 
 
@@ -102,17 +105,27 @@ def _run_model(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- engine
 
 
-def _run_engine(args: argparse.Namespace) -> int:
+def _run_engine(args: argparse.Namespace, copy_of: str | None = None) -> int:
     from trt_provision.errors import EngineGateError, StoreError
     from trt_provision.identity import parse_engine_filename
-    from trt_provision.integrity import parse_sha256_sidecar, read_metadata, sha256_file
+    from trt_provision.integrity import (
+        MAX_METADATA_BYTES,
+        parse_metadata_bytes,
+        parse_sha256_sidecar,
+        read_cache_file,
+        sha256_file,
+    )
     from trt_provision.runner import read_perf_sidecar
 
     engine: Path = args.engine
-    parsed = parse_engine_filename(engine.name)
+    parsed = parse_engine_filename(copy_of or engine.name)
     data: dict[str, Any] = {"engine": str(engine), "identity": parsed.to_dict()}
+    if copy_of is not None:
+        data["copy_of"] = copy_of
     try:
-        data["metadata"] = read_metadata(engine)
+        sidecar = engine.with_name(engine.name + ".json")
+        raw = read_cache_file(sidecar, MAX_METADATA_BYTES, what="metadata sidecar")
+        data["metadata"] = parse_metadata_bytes(raw, sidecar, copy_of or engine.name)
     except EngineGateError as exc:
         data["metadata_error"] = str(exc)
     try:
@@ -121,6 +134,10 @@ def _run_engine(args: argparse.Namespace) -> int:
             raise EngineGateError("engine is not a regular file", path=str(engine))
         actual, size = sha256_file(engine)
         data["sha256"] = {"claimed": claimed, "actual": actual, "ok": claimed == actual}
+        described = data.get("metadata", {}).get("sha256")
+        if copy_of is not None and described != claimed:
+            data["sha256"].update(ok=False, error="the .json and .sha256 sidecars describe "
+                                  "different engines")
         data["size_bytes"] = size
     except EngineGateError as exc:
         data["sha256"] = {"ok": False, "error": str(exc)}
@@ -194,6 +211,8 @@ def _print_engine(engine: Path, identity: dict[str, Any], data: dict[str, Any]) 
     table = Table(title=escape(engine.name), show_header=False)
     table.add_column("field", overflow="fold")
     table.add_column("value", overflow="fold")
+    if "copy_of" in data:
+        table.add_row("copy of", escape(data["copy_of"]))
     for key, value in identity.items():
         table.add_row(key, escape(str(value)))
     table.add_row("sha256 ok", str(data["sha256"].get("ok")))
@@ -235,7 +254,8 @@ def _print_engine(engine: Path, identity: dict[str, Any], data: dict[str, Any]) 
     for p in profiles if isinstance(profiles, list) else []:
         if isinstance(p, dict):
             say(f"profile {p.get('input')}: min {p.get('min')} opt {p.get('opt')} "
-                f"max {p.get('max')}")
+                f"max {p.get('max')}"
+                + (" (defaulted: the input had no profile)" if p.get("defaulted") else ""))
     if "measurements_error" in data:
         say(f"measurements: {data['measurements_error']}")
     elif "measurements" in data:

@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from trt_provision.cli._common import path_arg, require_nonempty
+
 __all__ = ["register"]
 
 _CONSUMERS = {"tensorrt": "tensorrt", "onnxruntime": "onnxruntime-cpu"}
@@ -43,7 +45,7 @@ def register(sub: Any) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, help="OUT.onnx")
     parser.add_argument("--allow-inaccurate", action="store_true",
                         help="write the graph even when it fails the accuracy gate")
-    parser.add_argument("--cache-dir", type=Path,
+    parser.add_argument("--cache-dir", type=path_arg,
                         help="governed calibration cache directory (default: none kept)")
     parser.add_argument("--json", action="store_true", help="print the metadata as JSON")
     parser.set_defaults(func=run)
@@ -67,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from trt_provision.errors import ModelError
     from trt_provision.types import BuildConfig, CalibrationSpec, PrecisionMode
 
+    require_nonempty(args.cache_dir, "--cache-dir")
     model: Path = args.model
     if not model.is_file():
         what = "is a directory" if model.is_dir() else (

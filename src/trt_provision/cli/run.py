@@ -16,7 +16,9 @@ from trt_provision.cli._common import (
     add_settings_args,
     print_json,
     require_paths,
+    saved_copy_name,
     settings_from_args,
+    verify_saved_copy,
 )
 
 __all__ = ["register"]
@@ -84,23 +86,40 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def _saved_engine_origin(target: Path, args: argparse.Namespace) -> str | None:
-    """The cached engine a ``compile --saveEngine=FILE`` copy came from (its FILE.json names
-    it), so that ``run model.plan`` points at what can be run; None when it is not one."""
-    import json
+@contextmanager
+def _staged_copy(copy: Path, name: str, sha256: str) -> Iterator[Path]:
+    """A ``--saveEngine`` copy proven by its sidecars, under its cached name in a private
+    directory (a hard link where the file system allows, else a copy), with sidecars that
+    name it: the engine gate then checks it exactly as it checks a cached engine."""
+    import os
+    import shutil
+    import tempfile
 
-    sidecar = target.with_name(target.name + ".json")
+    from trt_provision.integrity import format_sha256_line
+
+    folder = None
+    for parent in (copy.absolute().parent, None):  # beside it: a hard link, no copy
+        try:
+            folder = Path(tempfile.mkdtemp(prefix=".trt-provision-run-", dir=parent))
+            break
+        except OSError:
+            continue
+    if folder is None:  # pragma: no cover - the system temp directory is writable
+        raise OSError("no writable temporary directory")
     try:
-        if not (target.is_file() and sidecar.is_file()) or sidecar.stat().st_size > 1 << 20:
-            return None
-        metadata = json.loads(sidecar.read_bytes())
-        name, model = metadata["engine"], metadata["identity"]["model_name"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not isinstance(name, str) or not isinstance(model, str) or "/" in name + model:
-        return None
-    cached = Path(settings_from_args(args).cache_dir) / model / name
-    return str(cached) if cached.is_file() else name
+        staged = folder / name
+        try:
+            os.link(copy, staged)
+        except OSError:
+            shutil.copyfile(copy, staged)
+        for suffix in (".json", ".sig"):
+            side = copy.with_name(copy.name + suffix)
+            if side.is_file():
+                shutil.copyfile(side, staged.with_name(name + suffix))
+        staged.with_name(name + ".sha256").write_text(format_sha256_line(sha256, name))
+        yield staged
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _is_manifest(path: Path) -> bool:
@@ -126,19 +145,14 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trt_provision.compose import wire
-    from trt_provision.errors import TrtProvisionError, UsageError
+    from trt_provision.errors import UsageError
     from trt_provision.identity import ENGINE_SUFFIX
-    from trt_provision.runner import RunOptions, entry_for_engine_file, run_engine
 
     target: Path = args.target
+    copy_of = None if _is_manifest(target) else saved_copy_name(target)
+    if copy_of is not None:
+        return _run_saved_copy(args, target, copy_of)
     if not _is_manifest(target) and not target.name.endswith(ENGINE_SUFFIX):
-        cached = _saved_engine_origin(target, args)
-        if cached:
-            raise UsageError(
-                f"ENGINE|MANIFEST: {target} is a --saveEngine copy; run gates an engine by its "
-                f"identity name, so run the cached engine: {cached}"
-            )
         raise UsageError(
             f"ENGINE|MANIFEST: run takes an engine (*{ENGINE_SUFFIX}) or a manifest (*.toml), "
             f"got {target}; for an ONNX model, provision or compile it first"
@@ -146,7 +160,14 @@ def run(args: argparse.Namespace) -> int:
     if _is_manifest(target) and args.model is not None:
         raise UsageError("--model: applies to one ENGINE, not to a manifest")
     require_paths((target, "ENGINE|MANIFEST"), (args.inputs, "--inputs"), (args.model, "--model"))
-    options = RunOptions(
+    options = _options(args)
+    return _run_jobs(args, target, options)
+
+
+def _options(args: argparse.Namespace) -> Any:
+    from trt_provision.runner import RunOptions
+
+    return RunOptions(
         iterations=args.iterations,
         warmup=args.warmup,
         inputs_file=args.inputs,
@@ -157,6 +178,28 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         record=not args.no_record,
     )
+
+
+def _run_saved_copy(args: argparse.Namespace, copy: Path, name: str) -> int:
+    """``run FILE`` on a ``compile --saveEngine=FILE`` copy (trtexec's --loadEngine habit):
+    proven by its sidecars, run like the cached engine, measurements recorded beside FILE."""
+    require_paths((args.inputs, "--inputs"), (args.model, "--model"))
+    _metadata, sha256 = verify_saved_copy(copy, name)
+    with _staged_copy(copy, name, sha256) as staged:
+        return _run_jobs(args, staged, _options(args), copy=(copy, sha256))
+
+
+def _run_jobs(
+    args: argparse.Namespace, target: Path, options: Any, *,
+    copy: tuple[Path, str] | None = None,
+) -> int:
+    """Run the engine (or the manifest's engines) and print the report. ``copy``: the
+    --saveEngine file (and its sha256) that the staged ``target`` stands for: reported,
+    and its measurements recorded, under its own name."""
+    from trt_provision.compose import wire
+    from trt_provision.errors import StoreError, TrtProvisionError, UsageError
+    from trt_provision.runner import entry_for_engine_file, record_perf, run_engine
+
     jobs: list[tuple[str, Any]] = []  # (model name, entry or the error that stops it)
     if _is_manifest(target):
         from trt_provision.config import load_manifest
@@ -183,19 +226,19 @@ def run(args: argparse.Namespace) -> int:
                        for b in manifest.backbones}
     else:
         settings = settings_from_args(args)
-        if args.cache_dir is None:
+        if args.cache_dir is None or copy is not None:
             # The user named this file: its own directory is the root the gate confines
             # symlinks to (an engine copied out of the cache, e.g. by --saveEngine, runs too).
             settings = dataclasses.replace(settings, cache_dir=target.absolute().parent)
         wired = wire(settings, use_remote=False)
         entry = entry_for_engine_file(target)
         jobs.append((entry.identity.model_name, entry))
-        options_for = {entry.identity.model_name: options}
+        options_for = {entry.identity.model_name: (
+            options if copy is None else dataclasses.replace(options, record=False))}
 
     show_bar = (not args.json and sys.stderr.isatty()
                 and args.warmup + args.iterations >= _PROGRESS_MIN_ITERATIONS)
     results: list[dict[str, Any]] = []
-    reports: list[Any] = []
     with _progress_bar(show_bar) as start:
         for name, job in jobs:
             if isinstance(job, TrtProvisionError):
@@ -212,8 +255,15 @@ def run(args: argparse.Namespace) -> int:
                 results.append({"model": name, "engine": str(job.engine_path),
                                 "error": f"{type(exc).__name__}: {exc}"})
                 continue
-            reports.append(report)
-            results.append(report.to_dict())
+            if copy is not None and options.record:
+                try:
+                    report.recorded = record_perf(copy[0], copy[1], report.measurement())
+                except StoreError as exc:  # a read-only directory is still runnable
+                    report.record_error = str(exc)
+            result = report.to_dict()
+            if copy is not None:
+                result["engine"], result["copy_of"] = str(copy[0]), job.engine_path.name
+            results.append(result)
     failed = [r for r in results if "error" in r or not r.get("passed", False)]
     if args.json:
         print_json({"results": results, "ok": not failed})
@@ -236,7 +286,7 @@ def _failure_line(failed: list[dict[str, Any]], total: int) -> str:
         reason = (
             f"output {name!r} differs from ONNX Runtime FP32 beyond atol={comparison.get('atol')}"
             f" rtol={comparison.get('rtol')}: {out.get('mismatched')} of {out.get('elements')} "
-            f"elements, max abs error {out.get('max_abs_error')}"
+            f"elements, max abs error {_num(out.get('max_abs_error'))}"
             + (f" ({out['note']})" if out.get("note") else "")
         )
     prefix = f"{len(failed)} of {total} engines failed; " if total > 1 else ""
@@ -248,6 +298,8 @@ def _mib(value: Any) -> str:
 
 
 def _num(value: Any) -> str:
+    if value is None:  # not computed: no finite pair to compare (see the note)
+        return "n/a"
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 

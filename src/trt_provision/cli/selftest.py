@@ -65,15 +65,18 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_table(report: Any) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    # Every cell is text, not markup: "pip install 'trt-provision[tensorrt-cu12]'" would
+    # otherwise lose its extra to rich, which reads [tensorrt-cu12] as a style tag.
     console = Console(stderr=False)
     table = Table(title="trt-provision selftest: requirements")
     for column in ("requirement", "ok", "found", "problem / fix"):
         table.add_column(column)
     for r in report.requirements:
-        table.add_row(r.name, "yes" if r.ok else "NO", r.found or "",
-                      f"{r.problem} ({r.fix})" if not r.ok else "")
+        table.add_row(escape(r.name), "yes" if r.ok else "NO", escape(r.found or ""),
+                      escape(f"{r.problem} ({r.fix})") if not r.ok else "")
     console.print(table)
     if not report.cases:
         return
@@ -82,10 +85,11 @@ def _print_table(report: Any) -> None:
         cases.add_column(column)
     for c in report.cases:
         worst = min((o.cosine for o in c.outputs), default=None)
-        cases.add_row(c.model, c.precision, c.typed_path, c.status,
-                      "" if worst is None else f"{worst:.6f}", c.detail[:80])
+        cases.add_row(*(escape(str(v)) for v in (c.model, c.precision, c.typed_path, c.status)),
+                      "" if worst is None else f"{worst:.6f}", escape(c.detail[:80]))
     console.print(cases)
     for check in report.checks:
-        console.print(f"check {check.name}: {check.status} {check.detail}")
+        console.print(f"check {check.name}: {check.status} {check.detail}", markup=False,
+                      highlight=False)
     if report.files:
-        console.print(f"report: {report.files.get('markdown')}")
+        console.print(f"report: {report.files.get('markdown')}", markup=False, highlight=False)

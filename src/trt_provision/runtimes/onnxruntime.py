@@ -157,7 +157,9 @@ class OnnxRuntimeRuntime:
         ort = _ort()
         options = ort.SessionOptions()
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-        options.log_severity_level = 3  # errors only: ORT's warnings would flood the CLI
+        # Fatal only: ORT logs each error (coloured) before raising it, and we report the
+        # raised error once, as ours; its warnings would flood the CLI.
+        options.log_severity_level = 4
         if self._threads:
             options.intra_op_num_threads = self._threads
         return options
@@ -333,7 +335,7 @@ class OnnxRuntimeRuntime:
             results = h.run(h.output_names, inputs)
         except Exception as exc:
             raise InferenceError(
-                f"inference failed: {type(exc).__name__}: {exc}",
+                f"inference failed: {type(exc).__name__}: {str(exc).strip()}",
                 path=str(h.entry.engine_path),
             ) from exc
         return dict(zip(h.output_names, results, strict=True))
@@ -410,6 +412,8 @@ def _profile_bounds(
     bounds = []
     try:
         for item in raw:
+            if isinstance(item, Mapping) and item.get("defaulted") is True:
+                continue  # chosen for TensorRT's sake, not the user's: ORT serves any size
             profile = OptimizationProfile(
                 str(item["input"]), tuple(item["min"]), tuple(item["opt"]), tuple(item["max"])
             )
