@@ -29,6 +29,7 @@ from fakes.fake_tensorrt import (
     make_fake_tensorrt,
     write_model,
 )
+from fakes.fake_trtexec import install_fake_trtexec
 from trt_provision.config_json import build_config_from_json, build_config_to_json
 from trt_provision.errors import EngineBuildError, InferenceError
 from trt_provision.identity import compute_identity, engine_filename, parse_engine_filename
@@ -313,26 +314,15 @@ def test_tf32_is_part_of_the_identity() -> None:
 
 # --------------------------------------------------------------------------- trtexec (7, 10)
 
-_TRTEXEC = """#!/bin/sh
-echo "&&&& RUNNING TensorRT.trtexec [TensorRT v$FAKE_TRTEXEC_TRT] # trtexec $*"
-if [ "$1" = "--help" ]; then exit 0; fi
-printf '%s\\n' "$@" > "$FAKE_TRTEXEC_ARGV"
-for a in "$@"; do
-  case "$a" in --saveEngine=*) cp "$FAKE_TRTEXEC_ENGINE" "${a#--saveEngine=}";; esac
-done
-echo "&&&& PASSED TensorRT.trtexec"
-"""
 
 
 @pytest.fixture
 def trtexec_rig(make_rig: Callable[..., Rig], tmp_path: Path,
                 monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Rig]]:
-    binary = tmp_path / "bin" / "trtexec"
-    binary.parent.mkdir()
-    binary.write_text(_TRTEXEC)
-    binary.chmod(0o755)
+    binary = install_fake_trtexec(tmp_path / "bin")  # one fake trtexec for every test
     monkeypatch.setenv("FAKE_TRTEXEC_ARGV", str(tmp_path / "argv"))
     monkeypatch.setenv("FAKE_TRTEXEC_TRT", "101601")
+    monkeypatch.setenv("FAKE_TRTEXEC_MODE", "ok")
 
     def make(version: str = "10.16.1.11", **options: Any) -> Rig:
         rig = make_rig(version, options=_options(builder="trtexec", trtexec_path=binary,

@@ -178,7 +178,8 @@ class TensorrtRuntime:
                     "INT8 without a calibrator needs an explicitly quantized (Q/DQ) graph; "
                     "none was prepared for this build (no precision converter configured)",
                     model=str(model_path), precision=build_config.precision.value)
-            own = ModelNodes(model_nodes(model_path), quantized_nodes(source))
+            own = ModelNodes(model_nodes(model_path), quantized_nodes(source),
+                             kept_fp32_by_converter(converted))
             artifact = self._compile_onnx(source, build_config, staged_path, own)
         finally:
             if workdir is not None:
@@ -330,3 +331,16 @@ class TensorrtRuntime:
             return
         self._handles.pop(id(handle), None)
         runner.free(handle, self._budget)
+
+
+def kept_fp32_by_converter(converted: Mapping[str, Any]) -> dict[str, str]:
+    """Pinned nodes the precision converter kept FP32, with its reason (its
+    ``pinned_layers`` report: ``{"node": ..., "precision": "fp32 (<reason>)"}``)."""
+    kept: dict[str, str] = {}
+    for entry in converted.get("pinned_layers") or ():
+        if not isinstance(entry, Mapping):
+            continue
+        node, precision = entry.get("node"), str(entry.get("precision") or "")
+        if isinstance(node, str) and precision.startswith("fp32"):
+            kept[node] = precision.removeprefix("fp32").strip(" ()") or "kept fp32"
+    return kept

@@ -163,10 +163,15 @@ class TrtexecCommandFromConfig:
         timing_cache: Path | None = None,
         calibration_cache: Path | None = None,
         explicit_int8: bool = False,
+        plugin_libraries: Sequence[Path] = (),
     ) -> TrtexecCommandFromConfig:
         cfg = build_config
         args = [str(binary), f"--onnx={model_path}", f"--saveEngine={staged_path}",
                 "--skipInference"]
+        # Plugin libraries the parser and the build need, loaded by trtexec itself after
+        # initLibNvInferPlugins (samples/trtexec/trtexec.cpp, v10.3.0..v11.1;
+        # "--staticPlugins" in SystemOptions::parse, samples/common/sampleOptions.cpp).
+        args += [f"--staticPlugins={library}" for library in plugin_libraries]
         flags: list[str] = []
         if precision_path == "strong":
             flags.append("--stronglyTyped")
@@ -367,6 +372,13 @@ class TrtexecBuilder:
             raise EngineBuildError(
                 f"trtexec {version} has no --hardwareCompatibilityLevel=sameComputeCapability "
                 "(TensorRT 10.9 or newer)", trtexec=str(binary))
+        if ctx.options.plugin_namespace:
+            # trtexec registers TensorRT's plugins under the empty namespace only
+            # (initLibNvInferPlugins(logger, ""), samples/trtexec/trtexec.cpp v10.3.0..v11.1)
+            # and has no option for another one.
+            raise NotExpressible("trtexec registers plugins only under the empty namespace; "
+                                 f"plugin_namespace={ctx.options.plugin_namespace!r} needs the "
+                                 "Python builder")
         plugins: list[dict[str, Any]] = []
         if trt is not None:
             plugins = check_plugins(ctx, trt, build_config.plugins)
@@ -384,7 +396,7 @@ class TrtexecBuilder:
         command = TrtexecCommandFromConfig.build(
             binary, model_path, staged_path, build_config, path,
             timing_cache=cache_path, calibration_cache=calib_file,
-            explicit_int8=not implicit)
+            explicit_int8=not implicit, plugin_libraries=ctx.options.plugin_libraries)
         timeout = ctx.options.trtexec_timeout_s
         try:
             if cache_path is not None:

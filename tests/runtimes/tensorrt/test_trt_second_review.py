@@ -1,0 +1,125 @@
+"""Regression tests of the second TensorRT review: each fails on the code before its fix.
+
+The fake behaviours they rely on cite TensorRT's sources in tests/fakes/fake_tensorrt.py
+and tests/fakes/fake_trtexec.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from trt_rig import PROFILE, FakeTrtexec, Rig, trtexec_rig
+
+from fakes.fake_tensorrt import FakeLayerSpec, FakeModelSpec, write_model
+from trt_provision.errors import EngineBuildError
+from trt_provision.runtimes.tensorrt import TensorrtOptions
+from trt_provision.types import BuildConfig, PrecisionMode
+
+pytestmark = pytest.mark.tier1
+
+# A pinned node ("router_*") whose op the FP16 graph keeps FP32 (types.FP16_KEPT_FP32_OPS).
+EXP_SPEC = FakeModelSpec(layers=(
+    FakeLayerSpec("conv1", output_dtypes=("HALF",)),
+    FakeLayerSpec("router_exp", "UNARY", ("FLOAT",), op_type="Exp"),
+    FakeLayerSpec("router_gate", "MATRIX_MULTIPLY", ("HALF",)),
+))
+
+
+def _fp16_graph(spec: FakeModelSpec) -> Callable[..., tuple[Path, dict[str, Any]]]:
+    def convert(model: Path, cfg: BuildConfig, workdir: Path) -> tuple[Path, dict[str, Any]]:
+        return write_model(spec, workdir / "m.fp16.onnx"), {"prepared": True}
+    return convert
+
+
+# --------------------------------------------------------------------------- 2: crashes
+
+
+def test_trtexec_loads_plugin_libraries_with_static_plugins(
+    make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    library = tmp_path / "libfancy.so"
+    library.write_text("FancyOp\n")  # the fake library registers this creator
+    rig = trtexec_rig(make_rig, monkeypatch, builder="trtexec", plugin_libraries=(library,),
+                      plugin_libraries_on_disk={str(library): [("FancyOp", "1", "")]})
+    rig.state.model = FakeModelSpec(layers=(FakeLayerSpec("fancy", "PLUGIN_V2",
+                                                          op_type="FancyOp"),))
+    meta = rig.build(BuildConfig(profiles=(PROFILE,))).metadata
+    assert f"--staticPlugins={library}" in fake_trtexec.argv
+    assert meta["builder"] == "trtexec"
+
+
+def test_trtexec_without_the_plugin_library_fails_like_trtexec(
+    make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fake trtexec has no importer for an op no loaded library provides."""
+    rig = trtexec_rig(make_rig, monkeypatch, builder="trtexec")
+    rig.state.model = FakeModelSpec(layers=(FakeLayerSpec("fancy", "PLUGIN_V2",
+                                                          op_type="FancyOp"),))
+    with pytest.raises(EngineBuildError, match="exit code 1") as info:
+        rig.build(BuildConfig(profiles=(PROFILE,)))
+    assert any("No importer registered for op: FancyOp" in e
+               for e in info.value.context["errors"])
+
+
+def test_plugin_namespace_is_not_expressible_for_trtexec(
+    make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    strict = trtexec_rig(make_rig, monkeypatch, builder="trtexec", plugin_namespace="mine")
+    with pytest.raises(EngineBuildError, match="empty namespace"):
+        strict.build(BuildConfig(profiles=(PROFILE,)))
+    assert not fake_trtexec.argv_file.exists()
+    auto = trtexec_rig(make_rig, monkeypatch, builder="auto", plugin_namespace="mine")
+    assert auto.build(BuildConfig(profiles=(PROFILE,))).metadata["builder"] == "python"
+    assert not fake_trtexec.argv_file.exists()
+
+
+def test_pinned_node_the_fp16_graph_keeps_fp32_builds_strongly_typed(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig("11.4.0.106", options=TensorrtOptions(
+        optional_plugins=(), precision_converter=_fp16_graph(EXP_SPEC)))
+    rig.state.model = EXP_SPEC
+    cfg = BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,),
+                      strict_precision_constraints=True)
+    evidence = {e["layer"]: e for e in rig.build(cfg).metadata["layer_precision"]}
+    assert evidence["router_exp"]["reason"] == "kept FP32: op Exp kept fp32"
+    assert evidence["router_exp"]["applicable"] is False
+    assert evidence["router_gate"]["applied"] is True
+
+
+def test_pinned_node_kept_fp32_by_the_converter_is_recorded(
+    make_rig: Callable[..., Rig],
+) -> None:
+    spec = FakeModelSpec(layers=(FakeLayerSpec("conv1", output_dtypes=("HALF",)),
+                                 FakeLayerSpec("router_big", "MATRIX_MULTIPLY")))
+
+    def convert(model: Path, cfg: BuildConfig, workdir: Path) -> tuple[Path, dict[str, Any]]:
+        return write_model(spec, workdir / "m.fp16.onnx"), {"pinned_layers": [
+            {"node": "router_big", "precision": "fp32 (activation y beyond fp16 range)"}]}
+
+    rig = make_rig("11.4.0.106", options=TensorrtOptions(optional_plugins=(),
+                                                         precision_converter=convert))
+    rig.state.model = spec
+    cfg = BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,),
+                      strict_precision_constraints=True)
+    [record] = rig.build(cfg).metadata["layer_precision"]
+    assert record["reason"] == "kept FP32: activation y beyond fp16 range"
+
+
+def test_weak_path_keeps_the_same_pinned_node_fp32(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig("10.16.1.11")
+    rig.state.model = FakeModelSpec(layers=(
+        FakeLayerSpec("conv1"),
+        FakeLayerSpec("router_exp", "UNARY", op_type="Exp"),
+        FakeLayerSpec("router_gate", "MATRIX_MULTIPLY"),
+    ))
+    meta = rig.build(BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,),
+                                 strict_precision_constraints=True)).metadata
+    evidence = {e["layer"]: e for e in meta["layer_precision"]}
+    assert evidence["router_exp"]["precision"] == "FLOAT"
+    assert evidence["router_exp"]["reason"] == "kept FP32: op Exp kept fp32"
+    assert evidence["router_gate"]["precision"] == "HALF"
