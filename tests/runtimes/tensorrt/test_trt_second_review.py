@@ -123,3 +123,31 @@ def test_weak_path_keeps_the_same_pinned_node_fp32(make_rig: Callable[..., Rig])
     assert evidence["router_exp"]["precision"] == "FLOAT"
     assert evidence["router_exp"]["reason"] == "kept FP32: op Exp kept fp32"
     assert evidence["router_gate"]["precision"] == "HALF"
+
+
+def test_tier2_tests_use_only_members_the_runtime_has() -> None:
+    """Tier-2 tests skip here, so a call of a removed member (``probe._trt()``) only shows on
+    a TensorRT host: every attribute read on a name bound to ``TensorrtRuntime(...)`` must
+    exist on the class."""
+    import ast
+
+    from trt_provision.runtimes.tensorrt import TensorrtRuntime
+
+    here = Path(__file__).resolve().parent
+    missing: list[str] = []
+    for path in (here / "test_trt_real_gpu.py", *sorted((here.parents[1] / "tier2").glob(
+            "test_*.py"))):
+        tree = ast.parse(path.read_text())
+        runtimes = {
+            target.id for node in ast.walk(tree) if isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Name)
+            and node.value.func.id == "TensorrtRuntime"
+            for target in node.targets if isinstance(target, ast.Name)
+        }
+        missing += [
+            f"{path.name}:{node.lineno} {node.value.id}.{node.attr}"
+            for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name) and node.value.id in runtimes
+            and not hasattr(TensorrtRuntime, node.attr)
+        ]
+    assert missing == []
