@@ -1078,10 +1078,12 @@ def _fails_dla(st: FakeTrtState, config: Any, network: Any) -> bool:
         return True
     # DLA layers need min == opt == max (NvInferRuntime.h v10.3.0, IOptimizationProfile::
     # setDimensions: "If run on DLA, minimum, optimum, and maximum dimensions must to be the
-    # same"): without GPU fallback a ranged profile cannot build.
+    # same"). The warning has no exception for GPU_FALLBACK: with it TensorRT would run
+    # the ranged layers on the GPU, i.e. build no DLA engine, which the fake reports as a
+    # failed DLA build with or without the flag.
     ranged = [name for profile in config._profiles for name, (lo, opt, hi)
               in profile._shapes.items() if not lo == opt == hi]
-    if ranged and "GPU_FALLBACK" not in config._flags:
+    if ranged:
         st.log_warning(f"[E] DLA needs static shapes; inputs with a shape range: {ranged}")
         return True
     cannot = {layer.name for layer in st.model.layers if not layer.dla_capable}

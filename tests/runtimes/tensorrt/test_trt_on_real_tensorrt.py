@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from trt_rig import HALF_SPEC, PROFILE, RecordingGate, Rig, _entry, _qdq_converter
+from trt_rig import HALF_SPEC, PROFILE, STATIC_PROFILE, RecordingGate, Rig, _entry, _qdq_converter
 
 from fakes.fake_cuda import FakeCudaRuntime
 from fakes.fake_tensorrt import (
@@ -502,7 +502,7 @@ def test_jetson_memory_estimate_counts_pinned_host_copies(make_rig: Callable[...
 def test_dla_build_sets_device_core_and_fallback(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig(host=HostCapabilities(sm="sm87", jetpack="6.2"))
     rig.state.dla_cores = 2
-    cfg = BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,), dla_core=1,
+    cfg = BuildConfig(precision=PrecisionMode.FP16, profiles=(STATIC_PROFILE,), dla_core=1,
                       gpu_fallback=True, fp16_pinned_keywords=())
     meta = rig.build(cfg).metadata
     blob = _blob(rig.tmp / "e.engine")

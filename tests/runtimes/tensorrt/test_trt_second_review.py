@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from trt_rig import PROFILE, FakeTrtexec, Rig, trtexec_rig
+from trt_rig import PROFILE, STATIC_PROFILE, FakeTrtexec, Rig, trtexec_rig
 
 from fakes.fake_tensorrt import FakeLayerSpec, FakeModelSpec, write_model
 from trt_provision.errors import EngineBuildError
-from trt_provision.runtimes.tensorrt import TensorrtOptions
+from trt_provision.runtimes.tensorrt import CalibrationInput, TensorrtOptions
 from trt_provision.types import BuildConfig, PrecisionMode
 
 pytestmark = pytest.mark.tier1
@@ -151,3 +151,67 @@ def test_tier2_tests_use_only_members_the_runtime_has() -> None:
             and not hasattr(TensorrtRuntime, node.attr)
         ]
     assert missing == []
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "10.16.1.11"])
+def test_dla_int8_resolves_to_implicit_calibration(
+    make_rig: Callable[..., Rig], version: str,
+) -> None:
+    """NVIDIA's DLA INT8 route is calibration with Q/DQ stripped (Deep-Learning-Accelerator-SW
+    qdq-translator): a DLA INT8 build takes the calibrator, never the Q/DQ graph."""
+    converted: list[str] = []
+
+    def convert(model: Path, cfg: BuildConfig, workdir: Path) -> tuple[Path, dict[str, Any]]:
+        converted.append(cfg.precision.value)
+        return write_model(FakeModelSpec(), workdir / "m.qdq.onnx"), {}
+
+    cache = {"data": b"governed-table"}
+    rig = make_rig(version, options=TensorrtOptions(
+        optional_plugins=(), precision_converter=convert,
+        calibration=lambda m, c: CalibrationInput(
+            batches=[], read_cache=lambda: cache["data"], write_cache=lambda _: None)))
+    rig.state.dla_cores = 1
+    cfg = BuildConfig(precision=PrecisionMode.INT8, profiles=(STATIC_PROFILE,), dla_core=0,
+                      gpu_fallback=True, fp16_pinned_keywords=())
+    meta = rig.build(cfg).metadata
+    assert meta["int8_quantization"] == "implicit" and meta["trt_path"] == "weak"
+    assert converted == []  # no Q/DQ graph was prepared
+    assert dict(rig.runtime.runtime_target(cfg).build_options)["int8_quantization"] == \
+        "implicit"
+
+
+def test_dla_int8_through_qdq_is_refused_where_tensorrt_calibrates(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig("10.16.1.11", options=TensorrtOptions(
+        optional_plugins=(), int8_quantization="explicit", precision_converter=_fp16_graph(
+            FakeModelSpec())))
+    rig.state.dla_cores = 1
+    cfg = BuildConfig(precision=PrecisionMode.INT8, profiles=(STATIC_PROFILE,), dla_core=0,
+                      gpu_fallback=True, fp16_pinned_keywords=())
+    with pytest.raises(EngineBuildError, match="calibration, not from a Q/DQ graph"):
+        rig.build(cfg)
+    strong = make_rig("10.16.1.11", options=TensorrtOptions(
+        optional_plugins=(), precision_converter=_fp16_graph(FakeModelSpec())))
+    strong.state.dla_cores = 1
+    with pytest.raises(EngineBuildError, match="strongly typed Q/DQ graph"):
+        strong.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(STATIC_PROFILE,),
+                                 dla_core=0, gpu_fallback=True, strongly_typed=True,
+                                 fp16_pinned_keywords=()))
+    assert strong.state.recorder.calls_to("Builder.build_serialized_network") == []
+
+
+@pytest.mark.parametrize("builder", ["python", "trtexec"])
+def test_dla_with_gpu_fallback_refuses_a_shape_range(
+    make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
+    builder: str,
+) -> None:
+    """A ranged profile with GPU fallback ran on the GPU under an ``smNN-dlaK`` name."""
+    rig = trtexec_rig(make_rig, monkeypatch, "10.3.0", builder=builder)
+    rig.state.dla_cores = 1
+    cfg = BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,), dla_core=0,
+                      gpu_fallback=True, fp16_pinned_keywords=())
+    with pytest.raises(EngineBuildError, match="min == opt == max"):
+        rig.build(cfg)
+    assert not fake_trtexec.argv_file.exists()
+    assert rig.state.recorder.calls_to("Builder.build_serialized_network") == []

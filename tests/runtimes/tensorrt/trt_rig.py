@@ -30,6 +30,8 @@ from trt_provision.types import (
 
 TRT10 = ("10.3.0", "10.16.1.11")
 PROFILE = OptimizationProfile("input", (1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8))
+# DLA builds need min == opt == max (NvInferRuntime.h, IOptimizationProfile::setDimensions).
+STATIC_PROFILE = OptimizationProfile("input", (2, 3, 8, 8), (2, 3, 8, 8), (2, 3, 8, 8))
 HALF_SPEC = FakeModelSpec(
     layers=(
         FakeLayerSpec("conv1"),
