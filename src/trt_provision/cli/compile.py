@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import re
 import shutil
 from pathlib import Path
@@ -22,12 +21,7 @@ from trt_provision.cli._common import (
     require_runtime,
     settings_from_args,
 )
-from trt_provision.cli.trtexec_flags import (
-    add_compile_flags,
-    build_options,
-    parse_shapes,
-    tensorrt_only_flags,
-)
+from trt_provision.cli.trtexec_flags import add_compile_flags, build_options, parse_shapes
 from trt_provision.errors import ManifestError, StoreError, TrtProvisionError, UsageError
 
 __all__ = ["parse_shapes", "register"]
@@ -233,13 +227,6 @@ def _run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     require_runtime(settings)
     wired = wire(settings, use_remote=False)
-    ignored = tensorrt_only_flags(args)
-    if ignored and wired.runtime.current_runtime_label() == "onnxruntime":
-        logging.getLogger(__name__).warning(
-            "ignored on the ONNX Runtime runtime (TensorRT only): %s%s", ", ".join(ignored),
-            "; no timing cache is read or created" if args.timing_cache is not None else "",
-            extra={"event": "compile.flags.ignored", "flags": ignored},
-        )
     wired.store.ensure_writable()
     summary = wired.compiler.compile_engines_for_corpus(
         EngineCompileRequest(

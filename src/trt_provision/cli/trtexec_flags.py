@@ -29,7 +29,6 @@ __all__ = [
     "parse_mem_pool_size",
     "parse_shapes",
     "profiles_from_shapes",
-    "tensorrt_only_flags",
 ]
 
 _MIB = 1 << 20
@@ -251,22 +250,3 @@ def build_options(args: argparse.Namespace) -> Mapping[str, Any]:
     if args.strongly_typed:
         data["strongly_typed"] = True
     return data
-
-
-# Options only the TensorRT builder reads (argparse dest -> both spellings). ONNX Runtime
-# builds without them, so naming them on that runtime is a warning, never silence.
-_TENSORRT_ONLY = (
-    ("dla_core", "--useDLACore (--dla-core)"),
-    ("gpu_fallback", "--allowGPUFallback (--gpu-fallback)"),
-    ("timing_cache", "--timingCacheFile (--timing-cache)"),
-    ("tf32", "--noTF32/--tf32"),
-    ("builder_optimization_level", "--builderOptimizationLevel (--builder-optimization-level)"),
-    ("strongly_typed", "--stronglyTyped (--strongly-typed)"),
-    ("workspace", "--workspace"),
-    ("mem_pool_size", "--memPoolSize"),
-)
-
-
-def tensorrt_only_flags(args: argparse.Namespace) -> list[str]:
-    """The TensorRT-only flags given on this command line, as the user may have spelt them."""
-    return [flag for dest, flag in _TENSORRT_ONLY if getattr(args, dest, None) is not None]
