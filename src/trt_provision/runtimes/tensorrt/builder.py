@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from trt_provision.errors import EngineBuildError, TrtProvisionError
-from trt_provision.runtimes.tensorrt._context import TrtContext
+from trt_provision.runtimes.tensorrt._context import TrtContext, check_dla_int8
 from trt_provision.runtimes.tensorrt._paths import trt_path
 from trt_provision.runtimes.tensorrt._process import captured_warnings
 from trt_provision.runtimes.tensorrt.calibrator import (
@@ -98,7 +98,8 @@ class PythonBuilder:
         ctx = self._ctx
         logger = ctx.logger(trt)
         plugins = check_plugins(ctx, trt, build_config.plugins)
-        implicit = ctx.implicit_int8(trt)
+        check_dla_int8(ctx.options, trt, build_config)
+        implicit = ctx.implicit_int8(trt, build_config)
         path = choose_precision_path(trt, build_config, implicit_int8=implicit)
         builder = trt.Builder(logger)
         network = builder.create_network(_network_flags(trt, path))
@@ -326,17 +327,21 @@ def _apply_dla(trt: Any, builder: Any, config: Any, build_config: BuildConfig) -
 
 
 def check_dla_profiles(build_config: BuildConfig) -> None:
-    """Without GPU fallback every layer runs on the DLA, which needs min == opt == max
-    (NVIDIA/TensorRT v10.3.0 include/NvInferRuntime.h, IOptimizationProfile::setDimensions:
-    "If run on DLA, minimum, optimum, and maximum dimensions must to be the same")."""
-    if build_config.dla_core is None or build_config.gpu_fallback:
+    """DLA layers need min == opt == max (NVIDIA/TensorRT v10.3.0 include/NvInferRuntime.h,
+    IOptimizationProfile::setDimensions: "If run on DLA, minimum, optimum, and maximum
+    dimensions must to be the same"). With GPU fallback a ranged profile does not fail: its
+    layers run on the GPU, and the engine named ``smNN-dlaK`` would not be a DLA engine. So
+    a ranged profile is refused with or without ``gpu_fallback``."""
+    if build_config.dla_core is None:
         return
     ranged = sorted(p.input_name for p in build_config.profiles
                     if not p.min_shape == p.opt_shape == p.max_shape)
     if ranged:
         raise EngineBuildError(
-            "a DLA build without gpu_fallback needs min == opt == max in every profile",
-            inputs=ranged, dla_core=build_config.dla_core)
+            "a DLA build needs min == opt == max in every profile (with or without "
+            "gpu_fallback: a shape range runs on the GPU)",
+            inputs=ranged, dla_core=build_config.dla_core,
+            gpu_fallback=build_config.gpu_fallback)
 
 
 def _calibration_targets(

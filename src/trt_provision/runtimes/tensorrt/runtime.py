@@ -27,7 +27,7 @@ import numpy as np
 
 from trt_provision.errors import EngineBuildError, InferenceError, TrtProvisionError
 from trt_provision.runtimes.tensorrt import runner
-from trt_provision.runtimes.tensorrt._context import TrtContext
+from trt_provision.runtimes.tensorrt._context import TrtContext, check_dla_int8
 from trt_provision.runtimes.tensorrt.builder import AMPERE_SM, PythonBuilder
 from trt_provision.runtimes.tensorrt.loader import load_into
 from trt_provision.runtimes.tensorrt.network import (
@@ -137,7 +137,7 @@ class TensorrtRuntime:
         trt = self._ctx.optional_trt()
         if trt is None:
             return "explicit"  # only trtexec builds without the module, never through a calibrator
-        implicit = self._ctx.implicit_int8(trt)
+        implicit = self._ctx.implicit_int8(trt, build_config)
         try:
             path = choose_precision_path(trt, build_config, implicit_int8=implicit)
         except EngineBuildError:
@@ -160,6 +160,7 @@ class TensorrtRuntime:
         """
         model_path = Path(model_path)
         staged_path = Path(staged_path)
+        check_dla_int8(self._options, self._ctx.optional_trt(), build_config)  # before any work
         workdir: Path | None = None
         converted: Mapping[str, Any] = {}
         source = model_path
@@ -199,7 +200,7 @@ class TensorrtRuntime:
         if path == "strong":
             return True
         if path == "weak" and build_config.precision.needs_calibration:
-            return not self._ctx.implicit_int8(self._ctx.optional_trt())
+            return not self._ctx.implicit_int8(self._ctx.optional_trt(), build_config)
         return False
 
     def _needs_qdq_graph(self, build_config: BuildConfig) -> bool:
@@ -208,7 +209,7 @@ class TensorrtRuntime:
             return False
         path = self._planned_precision_path(build_config)
         if path == "weak":
-            return not self._ctx.implicit_int8(self._ctx.optional_trt())
+            return not self._ctx.implicit_int8(self._ctx.optional_trt(), build_config)
         return path == "strong"
 
     def _planned_precision_path(self, build_config: BuildConfig) -> str | None:
@@ -225,7 +226,7 @@ class TensorrtRuntime:
             if trt is None:
                 return path_from_config(build_config)
         return choose_precision_path(trt, build_config,
-                                     implicit_int8=self._ctx.implicit_int8(trt))
+                                     implicit_int8=self._ctx.implicit_int8(trt, build_config))
 
     def _compile_onnx(
         self, model_path: Path, build_config: BuildConfig, staged_path: Path, own: ModelNodes

@@ -300,7 +300,7 @@ class TrtexecBuilder:
             # The same choice (and the same refusals) as the Python builder: a weakly typed
             # build on a TensorRT without that path (TRT 11) is an EngineBuildError.
             return choose_precision_path(trt, build_config,
-                                         implicit_int8=self._ctx.implicit_int8(trt))
+                                         implicit_int8=self._ctx.implicit_int8(trt, build_config))
         path = path_from_config(build_config)
         if path is None:
             raise NotExpressible(
@@ -324,6 +324,7 @@ class TrtexecBuilder:
     def _build(
         self, binary: Path, model_path: Path, build_config: BuildConfig, staged_path: Path
     ) -> BuildArtifact:
+        from trt_provision.runtimes.tensorrt._context import check_dla_int8
         from trt_provision.runtimes.tensorrt.builder import (
             check_dla_profiles,
             check_hardware_compatibility,
@@ -337,7 +338,8 @@ class TrtexecBuilder:
         started = time.monotonic()
         trt = ctx.optional_trt()
         path = self.precision_path(trt, build_config)
-        implicit = trt is not None and ctx.implicit_int8(trt)
+        check_dla_int8(ctx.options, trt, build_config)
+        implicit = trt is not None and ctx.implicit_int8(trt, build_config)
         reduced = build_config.precision is not PrecisionMode.FP32
         if (path == "weak" and reduced and build_config.fp16_pinned_keywords
                 and build_config.strict_precision_constraints):
