@@ -124,7 +124,9 @@ def test_trt11_strict_fails_when_the_graph_lacks_fp16_on_pinned_layers(
     make_rig: Callable[..., Rig],
 ) -> None:
     rig = make_rig("11.4.0.106")
-    rig.state.model = FakeModelSpec()  # router/kan layers carry FLOAT
+    rig.state.model = FakeModelSpec(layers=(  # an FP16 graph whose router layer is FLOAT
+        FakeLayerSpec("conv1", output_dtypes=("HALF",)),
+        FakeLayerSpec("router_gate", "MATRIX_MULTIPLY")))
     with pytest.raises(EngineBuildError, match="does not carry FP16"):
         rig.build(BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,)))
 
@@ -448,15 +450,16 @@ def test_required_plugin_missing_fails_before_building(make_rig: Callable[..., R
 
 def test_plugins_found_and_optional_absent_are_reported(make_rig: Callable[..., Rig]) -> None:
     library = Path("/opt/plugins/libtile.so")
-    rig = make_rig(options=TensorrtOptions(plugin_libraries=(library,)))  # DecodeNMS optional
+    rig = make_rig(options=TensorrtOptions(plugin_libraries=(library,),
+                                           optional_plugins=("EfficientNMS_TRT",)))
     rig.state.plugins = [("TilePack", "1", "")]  # libnvinfer_plugin's own
     rig.state.plugin_libraries = {str(library): [("TileSSMScan", "2", "tile")]}
     cfg = BuildConfig(profiles=(PROFILE,), plugins=(
         PluginSpec("TilePack"), PluginSpec("TileSSMScan", "2", "tile")))
     report = {p["name"]: p for p in rig.build(cfg).metadata["plugins"]}
     assert report["TilePack"]["found"] and report["TileSSMScan"]["found"]
-    assert report["DecodeNMS"] == {"name": "DecodeNMS", "version": "1", "namespace": "",
-                                   "required": False, "found": False}
+    assert report["EfficientNMS_TRT"] == {"name": "EfficientNMS_TRT", "version": "1",
+                                          "namespace": "", "required": False, "found": False}
 
 
 def test_non_strict_plugins_build_anyway(make_rig: Callable[..., Rig]) -> None:

@@ -215,3 +215,36 @@ def test_dla_with_gpu_fallback_refuses_a_shape_range(
         rig.build(cfg)
     assert not fake_trtexec.argv_file.exists()
     assert rig.state.recorder.calls_to("Builder.build_serialized_network") == []
+
+
+# --------------------------------------------------------------------------- 3: wrong results
+
+
+@pytest.mark.parametrize("converter", [False, True])
+def test_strong_fp16_of_an_fp32_graph_is_refused(
+    make_rig: Callable[..., Rig], converter: bool,
+) -> None:
+    """No converter (or one that converted nothing): the strongly typed network would be the
+    FP32 engine under an fp16 label."""
+    fp32 = FakeModelSpec(layers=(FakeLayerSpec("conv1"), FakeLayerSpec("fc", "MATRIX_MULTIPLY")))
+    options = TensorrtOptions(optional_plugins=(),
+                              precision_converter=_fp16_graph(fp32) if converter else None)
+    rig = make_rig("11.4.0.106", options=options)
+    rig.state.model = fp32
+    with pytest.raises(EngineBuildError, match="no tensor below FP32"):
+        rig.build(BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,),
+                              fp16_pinned_keywords=()))
+    assert rig.state.recorder.calls_to("Builder.build_serialized_network") == []
+    # a graph that carries FP16 builds
+    rig.state.model = FakeModelSpec(layers=(FakeLayerSpec("conv1", output_dtypes=("HALF",)),))
+    fp16 = make_rig("11.4.0.106", options=TensorrtOptions(
+        optional_plugins=(), precision_converter=_fp16_graph(rig.state.model)))
+    fp16.state.model = rig.state.model
+    assert fp16.build(BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,),
+                                  fp16_pinned_keywords=())).metadata["trt_path"] == "strong"
+
+
+def test_default_optional_plugins_name_no_missing_creator() -> None:
+    """TensorRT has no "DecodeNMS" creator (plugin/ of NVIDIA/TensorRT v10.16): asking for it
+    by default reported a plugin that can never be found."""
+    assert TensorrtOptions().optional_plugins == ()

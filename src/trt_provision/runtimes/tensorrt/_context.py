@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from trt_provision._lazy import import_optional
+from trt_provision.errors import EngineBuildError, MissingDependencyError
 from trt_provision.runtimes.tensorrt._paths import path_available
 from trt_provision.runtimes.tensorrt._process import (
     ensure_plugins,
@@ -13,7 +14,6 @@ from trt_provision.runtimes.tensorrt._process import (
 )
 from trt_provision.runtimes.tensorrt.cuda_buffers import device_compute_capability, load_cudart
 from trt_provision.runtimes.tensorrt.options import TensorrtOptions
-from trt_provision.errors import EngineBuildError, MissingDependencyError
 from trt_provision.types import BuildConfig, HostCapabilities
 
 __all__ = ["TrtContext", "check_dla_int8", "has_calibrator"]

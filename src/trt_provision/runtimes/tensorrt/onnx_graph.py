@@ -30,6 +30,7 @@ __all__ = [
     "layer_node",
     "model_nodes",
     "quantized_nodes",
+    "reduced_precision_tensors",
 ]
 
 _UNIQUE_SUFFIX = re.compile(r"_\d+$")
@@ -167,3 +168,25 @@ def layer_node(layer_name: str, nodes: Mapping[str, str]) -> str | None:
         return layer_name
     base = _UNIQUE_SUFFIX.sub("", layer_name)
     return base if base in nodes else None
+
+
+# FLOAT16, BFLOAT16, INT8, FLOAT8 (E4M3FN, E4M3FNUZ, E5M2, E5M2FNUZ), INT4 (onnx.TensorProto).
+_REDUCED_TYPES = frozenset({10, 16, 3, 17, 18, 19, 20, 22})
+
+
+def reduced_precision_tensors(model_path: Path) -> int:
+    """How many tensors of the graph are typed below FP32 (initializers, value infos, I/O,
+    Cast targets, Q/DQ nodes): a strongly typed network computes in the graph's types, so a
+    graph with none builds an FP32 engine whatever the label says."""
+    model = _load(model_path)
+    graph = model.graph
+    count = sum(1 for t in graph.initializer if t.data_type in _REDUCED_TYPES)
+    count += sum(1 for info in (*graph.input, *graph.value_info, *graph.output)
+                 if info.type.HasField("tensor_type")
+                 and info.type.tensor_type.elem_type in _REDUCED_TYPES)
+    for node in graph.node:
+        casts_down = node.op_type == "Cast" and any(
+            a.name == "to" and a.i in _REDUCED_TYPES for a in node.attribute)
+        if casts_down or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            count += 1
+    return count

@@ -41,6 +41,7 @@ from trt_provision.runtimes.tensorrt.onnx_graph import (
     check_dequantize_inputs,
     model_nodes,
     quantized_nodes,
+    reduced_precision_tensors,
 )
 from trt_provision.runtimes.tensorrt.options import PrecisionConverter, TensorrtOptions
 from trt_provision.runtimes.tensorrt.runner import TensorrtEngineHandle
@@ -179,6 +180,7 @@ class TensorrtRuntime:
                     "INT8 without a calibrator needs an explicitly quantized (Q/DQ) graph; "
                     "none was prepared for this build (no precision converter configured)",
                     model=str(model_path), precision=build_config.precision.value)
+            self._check_strong_graph_is_reduced(source, model_path, build_config)
             own = ModelNodes(model_nodes(model_path), quantized_nodes(source),
                              kept_fp32_by_converter(converted))
             artifact = self._compile_onnx(source, build_config, staged_path, own)
@@ -190,6 +192,24 @@ class TensorrtRuntime:
         metadata = {**converted, **artifact.metadata, "model": str(model_path),
                     "converted_model": "precision-carrying graph from " + model_path.name}
         return dataclasses.replace(artifact, metadata=metadata)
+
+    def _check_strong_graph_is_reduced(
+        self, source: Path, model_path: Path, build_config: BuildConfig
+    ) -> None:
+        """A strongly typed network computes in its graph's types: an fp16/int8 build whose
+        graph has no tensor below FP32 (no converter configured, or one that converted
+        nothing) would be the FP32 engine under a reduced-precision label."""
+        if build_config.precision is PrecisionMode.FP32:
+            return
+        if self._planned_precision_path(build_config) != "strong":
+            return
+        if reduced_precision_tensors(source) == 0:
+            raise EngineBuildError(
+                "strongly typed builds take their precision from the graph, and this graph "
+                "has no tensor below FP32 (configure a precision converter or give an "
+                f"{build_config.precision.value} model); it would be the FP32 engine",
+                model=str(model_path), precision=build_config.precision.value,
+                converter=self._options.precision_converter is not None)
 
     def _needs_conversion(self, build_config: BuildConfig) -> bool:
         """Strong path: any reduced precision. Weak path: INT8/mixed under explicit
