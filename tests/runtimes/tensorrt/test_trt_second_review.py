@@ -13,10 +13,15 @@ from typing import Any
 import pytest
 from trt_rig import PROFILE, STATIC_PROFILE, FakeTrtexec, Rig, trtexec_rig
 
-from fakes.fake_tensorrt import FakeLayerSpec, FakeModelSpec, write_model
+from fakes.fake_tensorrt import FakeLayerSpec, FakeModelSpec, FakeTensorSpec, write_model
 from trt_provision.errors import EngineBuildError
 from trt_provision.runtimes.tensorrt import CalibrationInput, TensorrtOptions
-from trt_provision.types import BuildConfig, PrecisionMode
+from trt_provision.types import (
+    BuildConfig,
+    HostCapabilities,
+    OptimizationProfile,
+    PrecisionMode,
+)
 
 pytestmark = pytest.mark.tier1
 
@@ -248,3 +253,99 @@ def test_default_optional_plugins_name_no_missing_creator() -> None:
     """TensorRT has no "DecodeNMS" creator (plugin/ of NVIDIA/TensorRT v10.16): asking for it
     by default reported a plugin that can never be found."""
     assert TensorrtOptions().optional_plugins == ()
+
+
+def test_trtexec_refuses_an_engine_it_calibrated_on_random_data(
+    make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rig = trtexec_rig(make_rig, monkeypatch, "10.3.0", builder="trtexec",
+                      int8_quantization="implicit", calibration=lambda m, c: CalibrationInput(
+                          batches=[], read_cache=lambda: b"rejected-table",
+                          write_cache=lambda _: None))
+    monkeypatch.setenv("FAKE_TRTEXEC_MODE", "calibrates")
+    with pytest.raises(EngineBuildError, match="calibrated instead of reading") as info:
+        rig.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,),
+                              fp16_pinned_keywords=()))
+    assert "[I] [TRT] Starting Calibration." in info.value.context["calibration_log"]
+    assert not (rig.tmp / "e.engine").exists()
+
+
+def test_trtexec_input_name_with_a_comma_is_not_expressible(
+    make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = FakeModelSpec(inputs=(FakeTensorSpec("a,b", (-1, 3, 8, 8)),))
+    profile = OptimizationProfile("a,b", (1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8))
+    strict = trtexec_rig(make_rig, monkeypatch, builder="trtexec")
+    strict.state.model = spec
+    with pytest.raises(EngineBuildError, match="containing ','"):
+        strict.build(BuildConfig(profiles=(profile,)))
+    auto = trtexec_rig(make_rig, monkeypatch, builder="auto")
+    auto.state.model = spec
+    assert auto.build(BuildConfig(profiles=(profile,))).metadata["builder"] == "python"
+    assert not fake_trtexec.argv_file.exists()
+
+
+def test_trtexec_builds_weak_fp16_when_no_node_matches_a_keyword(
+    make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rig = trtexec_rig(make_rig, monkeypatch, builder="trtexec")
+    rig.state.model = FakeModelSpec(layers=(FakeLayerSpec("conv1"),
+                                            FakeLayerSpec("fc", "MATRIX_MULTIPLY")))
+    meta = rig.build(BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,))).metadata
+    assert meta["builder"] == "trtexec" and "--fp16" in fake_trtexec.argv
+
+
+def test_timing_cache_is_keyed_by_the_device_name(
+    make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tactic timings belong to a device model (an A30 and an A100 are both sm80)."""
+    host = HostCapabilities(sm="sm87", gpu_name="Orin (nvgpu)")
+    rig = make_rig(host=host, options=TensorrtOptions(optional_plugins=(),
+                                                      timing_cache_dir=Path("tc")))
+    meta = rig.build(BuildConfig(profiles=(PROFILE,),
+                                 timing_cache_path=rig.tmp / "tc")).metadata
+    assert Path(meta["timing_cache"]).name == "trt-10.16.1.11.sm87.Orin__nvgpu_.timing-cache"
+
+
+def test_trtexec_gets_its_own_timing_cache_copy(
+    make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """trtexec rewrites the file it is given: a failed run must leave the shared cache as it
+    was, and a good one publishes its copy back."""
+    rig = trtexec_rig(make_rig, monkeypatch, builder="trtexec")
+    shared = rig.tmp / "tc" / "trt-10.16.1.11.sm87.timing-cache"
+    shared.parent.mkdir()
+    shared.write_bytes(b"old")
+    cfg = BuildConfig(profiles=(PROFILE,), timing_cache_path=rig.tmp / "tc")
+    monkeypatch.setenv("FAKE_TRTEXEC_MODE", "fail")
+    with pytest.raises(EngineBuildError):
+        rig.build(cfg)
+    assert shared.read_bytes() == b"old"
+    monkeypatch.setenv("FAKE_TRTEXEC_MODE", "ok")
+    rig.build(cfg, name="ok.engine")
+    assert shared.read_bytes() == b"oldtc"
+    assert sorted(p.name for p in rig.tmp.glob("*.timing-cache")) == []
+
+
+def test_trtexec_fp32_on_tensorrt_11_is_the_strong_path_without_the_module(
+    make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from trt_rig import RecordingGate
+
+    from fakes.fake_cuda import FakeCudaRuntime
+    from trt_provision.errors import MissingDependencyError
+    from trt_provision.runtimes.tensorrt import TensorrtRuntime
+
+    reference = trtexec_rig(make_rig, monkeypatch, "11.4.0.106")
+
+    def no_tensorrt(module: str, extra: str | None = None) -> Any:
+        raise MissingDependencyError(module, extra or "tensorrt")
+
+    monkeypatch.setattr("trt_provision.runtimes.tensorrt._context.import_optional", no_tensorrt)
+    runtime = TensorrtRuntime(
+        gate=RecordingGate(), host=HostCapabilities(sm="sm87", trt_version="11.4.0.106"),
+        options=TensorrtOptions(optional_plugins=(), builder="trtexec"),
+        cuda_module=FakeCudaRuntime())
+    meta = runtime.compile_engine(reference.model, BuildConfig(profiles=(PROFILE,)),
+                                  reference.tmp / "x.engine").metadata
+    assert meta["trt_path"] == "strong" and "--stronglyTyped" in fake_trtexec.argv

@@ -79,6 +79,10 @@ class TrtContext:
             self._sm = f"sm{major}{minor}"
         return self._sm
 
+    def device_name(self) -> str | None:
+        """The GPU's model name from the host probe (NVML), when known."""
+        return self.host.gpu_name if self.host and self.host.gpu_name else None
+
     def sm_number(self) -> int:
         return int(self.device_sm()[2:].rstrip("+").removesuffix("cc"))
 

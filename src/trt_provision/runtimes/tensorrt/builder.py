@@ -132,7 +132,7 @@ class PythonBuilder:
         cache_dir = build_config.timing_cache_path or ctx.options.timing_cache_dir
         if cache_dir is not None:
             cache_file = TimingCacheFile(
-                timing_cache_path(cache_dir, ctx.version(), ctx.device_sm()))
+                timing_cache_path(cache_dir, ctx.version(), ctx.device_sm(), ctx.device_name()))
             timing_cache = cache_file.attach(config)
             if timing_cache is None:
                 cache_file = None  # TensorRT refused it: build without, leave the file alone

@@ -252,7 +252,7 @@ class TensorrtRuntime:
         self, model_path: Path, build_config: BuildConfig, staged_path: Path, own: ModelNodes
     ) -> BuildArtifact:
         if self._options.builder != "python":
-            delegated = self._trtexec.delegate(model_path, build_config, staged_path)
+            delegated = self._trtexec.delegate(model_path, build_config, staged_path, own)
             if delegated is not None:
                 return delegated
 
