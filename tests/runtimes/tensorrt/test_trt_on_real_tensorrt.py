@@ -247,9 +247,14 @@ def test_int8_prefers_explicit_quantization_from_10_1(
     rig = make_rig(version, options=_options(precision_converter=_qdq_converter(calls)))
     meta = rig.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,))).metadata
     assert calls == ["int8"] and meta["int8_quantization"] == "explicit"
-    assert meta["trt_path"] == "weak" and "INT8" in meta["builder_flags"]
+    # The judged Q/DQ graph is built strongly typed on 10.x too (no INT8/FP16 flags).
+    assert meta["trt_path"] == "strong" and "INT8" not in meta["builder_flags"]
     assert not rig.cuda.recorder.calls_to("IBuilderConfig.int8_calibrator")
     assert "calibration" not in meta
+    weak = rig.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,),
+                                 strongly_typed=False), name="weak.engine").metadata
+    assert weak["trt_path"] == "weak" and "INT8" in weak["builder_flags"]
+    assert weak["int8_quantization"] == "explicit"
 
 
 def test_implicit_calibrator_on_request_logs_its_deprecation(
@@ -354,7 +359,8 @@ def test_trtexec_gets_no_tf32_dla_flags_and_explicit_int8(
     meta = qdq.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,),
                                  fp16_pinned_keywords=())).metadata
     argv = _argv(qdq)
-    assert "--int8" in argv and not any(a.startswith("--calib") for a in argv)
+    assert "--stronglyTyped" in argv and "--int8" not in argv
+    assert not any(a.startswith("--calib") for a in argv)
     assert meta["int8_quantization"] == "explicit"
 
 

@@ -1114,5 +1114,5 @@ def test_no_conversion_for_fp32_or_the_weak_path(make_rig: Callable[..., Rig]) -
     options = TensorrtOptions(optional_plugins=(), precision_converter=convert)
     make_rig("11.4.0.106", options=options).build(BuildConfig(profiles=(PROFILE,)))
     make_rig("10.16.1.11", options=options).build(
-        BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,)))
+        BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,), strongly_typed=False))
     assert calls == []

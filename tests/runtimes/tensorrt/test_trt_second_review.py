@@ -349,3 +349,23 @@ def test_trtexec_fp32_on_tensorrt_11_is_the_strong_path_without_the_module(
     meta = runtime.compile_engine(reference.model, BuildConfig(profiles=(PROFILE,)),
                                   reference.tmp / "x.engine").metadata
     assert meta["trt_path"] == "strong" and "--stronglyTyped" in fake_trtexec.argv
+
+
+@pytest.mark.parametrize("precision", [PrecisionMode.FP16, PrecisionMode.INT8])
+def test_prepared_graph_is_built_strongly_typed_on_tensorrt_10(
+    make_rig: Callable[..., Rig], precision: PrecisionMode,
+) -> None:
+    """What was judged is what is built: the converter's FP16 / Q/DQ graph is gated in its
+    own types; weakly typed, the FP16/INT8 flags let TensorRT pick other precisions for the
+    layers the graph keeps FP32 (and weak FP16 ran no gate at all)."""
+    from trt_rig import _qdq_converter
+
+    calls: list[str] = []
+    rig = make_rig("10.16.1.11", options=TensorrtOptions(
+        optional_plugins=(), precision_converter=_qdq_converter(calls)))
+    meta = rig.build(BuildConfig(precision=precision, profiles=(PROFILE,))).metadata
+    assert calls == [precision.value]
+    assert meta["trt_path"] == "strong"
+    assert not {"FP16", "INT8"} & set(meta["builder_flags"])
+    flags = rig.state.recorder.calls_to("Builder.create_network")[-1].args
+    assert flags and flags[0] != 0  # the STRONGLY_TYPED creation flag

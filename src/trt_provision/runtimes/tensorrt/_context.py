@@ -97,6 +97,15 @@ class TrtContext:
     def register_plugins(self, trt: Any) -> None:
         ensure_plugins(trt, self.options.plugin_namespace, self.options.plugin_libraries)
 
+    def prefer_strong(self, build_config: BuildConfig, onnx: bool = True) -> bool:
+        """Whether an unset ``strongly_typed`` builds the converter's graph strongly typed:
+        an ONNX build with a precision converter, reduced precision, not for a DLA (whether
+        a strongly typed network builds for the DLA is open until a real run; NVIDIA's DLA
+        route is weakly typed)."""
+        return (onnx and self.options.precision_converter is not None
+                and build_config.strongly_typed is None and build_config.dla_core is None
+                and build_config.precision.value != "fp32")
+
     def implicit_int8(self, trt: Any | None, build_config: BuildConfig) -> bool:
         """Whether weakly typed INT8 calibrates through a calibrator (implicit quantization).
 

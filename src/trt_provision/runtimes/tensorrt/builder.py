@@ -100,7 +100,9 @@ class PythonBuilder:
         plugins = check_plugins(ctx, trt, build_config.plugins)
         check_dla_int8(ctx.options, trt, build_config)
         implicit = ctx.implicit_int8(trt, build_config)
-        path = choose_precision_path(trt, build_config, implicit_int8=implicit)
+        path = choose_precision_path(
+            trt, build_config, implicit_int8=implicit,
+            prefer_strong=ctx.prefer_strong(build_config, onnx=model_path is not None))
         builder = trt.Builder(logger)
         network = builder.create_network(_network_flags(trt, path))
         source_facts = populate(trt, network, logger)

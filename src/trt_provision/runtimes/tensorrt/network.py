@@ -87,12 +87,18 @@ class LayerEvidence:
 
 
 def choose_precision_path(
-    trt: Any, build_config: BuildConfig, *, implicit_int8: bool = False
+    trt: Any, build_config: BuildConfig, *, implicit_int8: bool = False,
+    prefer_strong: bool = False,
 ) -> str:
     """``"weak"`` or ``"strong"`` from the request and what this TensorRT offers.
 
     ``implicit_int8``: INT8 on the weak path goes through a calibrator (else through an
     explicitly quantized Q/DQ graph, which needs only the INT8 builder flag).
+    ``prefer_strong``: a precision converter prepares (and judges) the FP16 or Q/DQ graph;
+    unless ``strongly_typed`` says otherwise that graph is built strongly typed wherever the
+    bindings have ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` (10.x included), so the
+    engine computes in the types that were judged, not in what the FP16/INT8 flags let
+    TensorRT pick.
     """
     weak = path_available(trt, "weak")
     strong = path_available(trt, "strong")
@@ -117,6 +123,8 @@ def choose_precision_path(
                 precision=build_config.precision.value,
             )
         return "weak"
+    if prefer_strong and strong and not (needs_int8 and implicit_int8):
+        return "strong"
     if weak and (weak_int8 or not needs_int8):
         return "weak"
     if strong:

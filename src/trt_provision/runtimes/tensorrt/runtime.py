@@ -140,7 +140,8 @@ class TensorrtRuntime:
             return "explicit"  # only trtexec builds without the module, never through a calibrator
         implicit = self._ctx.implicit_int8(trt, build_config)
         try:
-            path = choose_precision_path(trt, build_config, implicit_int8=implicit)
+            path = choose_precision_path(trt, build_config, implicit_int8=implicit,
+                                         prefer_strong=self._ctx.prefer_strong(build_config))
         except EngineBuildError:
             return "implicit" if implicit else "explicit"  # the build refuses it anyway
         return "implicit" if path == "weak" and implicit else "explicit"
@@ -244,9 +245,10 @@ class TensorrtRuntime:
         else:
             trt = self._ctx.optional_trt()
             if trt is None:
-                return path_from_config(build_config)
+                return path_from_config(build_config, self._ctx.prefer_strong(build_config))
         return choose_precision_path(trt, build_config,
-                                     implicit_int8=self._ctx.implicit_int8(trt, build_config))
+                                     implicit_int8=self._ctx.implicit_int8(trt, build_config),
+                                     prefer_strong=self._ctx.prefer_strong(build_config))
 
     def _compile_onnx(
         self, model_path: Path, build_config: BuildConfig, staged_path: Path, own: ModelNodes

@@ -310,9 +310,10 @@ class TrtexecBuilder:
         if trt is not None:
             # The same choice (and the same refusals) as the Python builder: a weakly typed
             # build on a TensorRT without that path (TRT 11) is an EngineBuildError.
-            return choose_precision_path(trt, build_config,
-                                         implicit_int8=self._ctx.implicit_int8(trt, build_config))
-        path = path_from_config(build_config)
+            return choose_precision_path(
+                trt, build_config, implicit_int8=self._ctx.implicit_int8(trt, build_config),
+                prefer_strong=self._ctx.prefer_strong(build_config))
+        path = path_from_config(build_config, self._ctx.prefer_strong(build_config))
         if path is None:
             raise NotExpressible(
                 "without the tensorrt module the precision path is unknown; set strongly_typed")
@@ -496,9 +497,9 @@ class TrtexecBuilder:
         return target
 
 
-def path_from_config(build_config: BuildConfig) -> str | None:
+def path_from_config(build_config: BuildConfig, prefer_strong: bool = False) -> str | None:
     """The precision path the build config alone decides; None when only TensorRT can."""
-    if build_config.strongly_typed is True:
+    if build_config.strongly_typed is True or prefer_strong:
         return "strong"
     if build_config.strongly_typed is False:
         return "weak"
