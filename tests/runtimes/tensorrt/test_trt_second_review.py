@@ -369,3 +369,63 @@ def test_prepared_graph_is_built_strongly_typed_on_tensorrt_10(
     assert not {"FP16", "INT8"} & set(meta["builder_flags"])
     flags = rig.state.recorder.calls_to("Builder.create_network")[-1].args
     assert flags and flags[0] != 0  # the STRONGLY_TYPED creation flag
+
+
+def test_qdq_for_tensorrt_quantizes_no_weighted_op_output() -> None:
+    from trt_provision.calibration.qdq import WEIGHTED_OPS, qdq_option_set
+
+    options = qdq_option_set("tensorrt").extra_options()
+    assert options["OpTypesToExcludeOutputQuantization"] == list(WEIGHTED_OPS)
+    assert qdq_option_set("onnxruntime-cpu").extra_options()[
+        "OpTypesToExcludeOutputQuantization"] == []
+
+
+def _user_qdq_model(path: Path, weight_type: int) -> Path:
+    """A user's Q/DQ model: a QuantizeLinear without zero point (TensorRT's importer makes it
+    INT8) and a weight DequantizeLinear of ``weight_type``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])
+    weight = helper.make_tensor("w_q", weight_type, [1], [1])
+    nodes = [
+        helper.make_node("QuantizeLinear", ["input", "s"], ["q"], name="q_in"),
+        helper.make_node("DequantizeLinear", ["q", "s"], ["x"], name="dq_in"),
+        helper.make_node("DequantizeLinear", ["w_q", "s"], ["w"], name="dq_w"),
+        helper.make_node("Mul", ["x", "w"], ["output"], name="mul"),
+    ]
+    graph = helper.make_graph(
+        nodes, "user_qdq",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        initializer=[scale, weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("weight_type", [3, 17, 22])  # INT8, FLOAT8E4M3FN, INT4
+def test_user_qdq_models_tensorrt_imports_are_accepted(
+    make_rig: Callable[..., Rig], weight_type: int, tmp_path: Path,
+) -> None:
+    rig = make_rig("11.4.0.106")
+    model = _user_qdq_model(tmp_path / "user.onnx", weight_type)
+    meta = rig.runtime.compile_engine(model, BuildConfig(
+        precision=PrecisionMode.INT8, profiles=(PROFILE,), fp16_pinned_keywords=()),
+        tmp_path / "u.engine").metadata
+    assert meta["trt_path"] == "strong"
+
+
+def test_our_qdq_graph_keeps_the_int8_only_rule(
+    make_rig: Callable[..., Rig], tmp_path: Path,
+) -> None:
+    fp8 = _user_qdq_model(tmp_path / "fp8.onnx", 17)
+
+    def convert(model: Path, cfg: BuildConfig, workdir: Path) -> tuple[Path, dict[str, Any]]:
+        return fp8, {}
+
+    rig = make_rig("11.4.0.106", options=TensorrtOptions(optional_plugins=(),
+                                                         precision_converter=convert))
+    with pytest.raises(EngineBuildError, match="only INT8 in a graph we prepared"):
+        rig.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,),
+                              fp16_pinned_keywords=()))

@@ -175,7 +175,8 @@ class TensorrtRuntime:
         try:
             if workdir is not None and convert is not None:
                 source, converted = convert(model_path, build_config, workdir)
-            quantizers = check_dequantize_inputs(source)
+            # A converter's graph is ours (INT8 only); the model as given is the user's.
+            quantizers = check_dequantize_inputs(source, ours=source != model_path)
             if quantizers == 0 and self._needs_qdq_graph(build_config):
                 raise EngineBuildError(
                     "INT8 without a calibrator needs an explicitly quantized (Q/DQ) graph; "
