@@ -987,7 +987,7 @@ class _Builder(_Obj):
             "calibration": calibration,
             "inputs": [
                 [t.name, list(t.shape), t.dtype.name,
-                 [list(s) for s in profile.get(t.name, (t.shape, t.shape, t.shape))]]
+                 [list(s) for s in profile.get(t.name, ((), (), ()))]]
                 for t in network._inputs
             ],
             "outputs": [[t.name, list(t.shape), t.dtype.name] for t in network._outputs],
@@ -1174,6 +1174,9 @@ class _Engine(_Obj):
         return tuple(self._find(name)[2])
 
     def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[tuple[int, ...]]:
+        """An input no profile covers (a static engine) has no profile shape: getProfileShape
+        returns Dims{-1, {}} (NvInferRuntime.h v10.3.0, ICudaEngine::getProfileShape), which
+        the fake gives back as empty shapes; ``get_tensor_shape`` has the static shape."""
         for t in self._blob["inputs"]:
             if t[0] == name:
                 return [tuple(s) for s in t[3]]

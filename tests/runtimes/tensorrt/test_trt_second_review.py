@@ -429,3 +429,22 @@ def test_our_qdq_graph_keeps_the_int8_only_rule(
     with pytest.raises(EngineBuildError, match="only INT8 in a graph we prepared"):
         rig.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,),
                               fp16_pinned_keywords=()))
+
+
+def test_static_engine_without_a_profile_loads_and_runs(make_rig: Callable[..., Rig]) -> None:
+    """A static network has no profile: getProfileShape returns Dims{-1, {}}; the input's
+    shape comes from get_tensor_shape."""
+    import numpy as np
+    from trt_rig import _entry, identity_net
+
+    rig = make_rig()
+    art = rig.runtime.compile_network(identity_net(), BuildConfig(), rig.tmp / "s.engine")
+    assert art.metadata["io_device_bytes"] == 2 * 4 * 4  # x and its copy, (1, 4) float32
+    handle = rig.runtime.deserialize_engine(
+        _entry(art.staged_path, rig.runtime.runtime_target(BuildConfig()), BuildConfig()))
+    try:
+        x = np.arange(4, dtype=np.float32).reshape(1, 4)
+        [out] = rig.runtime.infer(handle, {"x": x}).values()
+        np.testing.assert_array_equal(out, x)
+    finally:
+        rig.runtime.release_engine(handle)
