@@ -1312,6 +1312,13 @@ class _Runtime(_Obj):
             self._dla_core = int(value)
 
     @property
+    def num_DLA_cores(self) -> int:
+        # IRuntime::getNbDLACores: "number of DLA hardware cores accessible or 0 if DLA is
+        # unavailable" (NVIDIA/TensorRT v10.3.0 include/NvInferRuntime.h); read-only.
+        self._st.rec("Runtime.num_DLA_cores")
+        return self._st.dla_cores
+
+    @property
     def engine_host_code_allowed(self) -> bool:
         return self._host_code
 

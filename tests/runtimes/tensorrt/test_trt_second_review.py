@@ -448,3 +448,24 @@ def test_static_engine_without_a_profile_loads_and_runs(make_rig: Callable[..., 
         np.testing.assert_array_equal(out, x)
     finally:
         rig.runtime.release_engine(handle)
+
+
+def test_dla_engine_is_refused_before_loading_on_a_host_without_that_core(
+    make_rig: Callable[..., Rig],
+) -> None:
+    from trt_rig import _entry
+
+    from trt_provision.errors import EngineGateError
+
+    rig = make_rig("10.3.0")
+    rig.state.dla_cores = 2
+    cfg = BuildConfig(precision=PrecisionMode.FP16, profiles=(STATIC_PROFILE,), dla_core=1,
+                      gpu_fallback=True, fp16_pinned_keywords=())
+    rig.build(cfg)
+    rig.state.dla_cores = 1  # the engine goes to a host with one core
+    rig.state.recorder.clear()
+    with pytest.raises(EngineGateError, match="DLA core this host does not have"):
+        rig.runtime.deserialize_engine(
+            _entry(rig.tmp / "e.engine", rig.runtime.runtime_target(cfg), cfg))
+    assert rig.state.recorder.calls_to("Runtime.deserialize_cuda_engine") == []
+    assert rig.gate.calls == [] and rig.budget.reserved == {}

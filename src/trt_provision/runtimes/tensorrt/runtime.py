@@ -25,7 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from trt_provision.errors import EngineBuildError, InferenceError, TrtProvisionError
+from trt_provision.errors import (
+    EngineBuildError,
+    EngineGateError,
+    InferenceError,
+    TrtProvisionError,
+)
 from trt_provision.runtimes.tensorrt import runner
 from trt_provision.runtimes.tensorrt._context import TrtContext, check_dla_int8
 from trt_provision.runtimes.tensorrt.builder import AMPERE_SM, PythonBuilder
@@ -289,6 +294,8 @@ class TensorrtRuntime:
     # ----------------------------------------------------------------- load
     def deserialize_engine(self, entry: EngineCacheEntry) -> TensorrtEngineHandle:
         identity = entry.identity
+        if identity.dla_core is not None:
+            self._check_dla_core_present(identity.dla_core, entry.engine_path)
         expected = self._target_for(identity.hardware_compatibility, identity.dla_core)
         verified = self._gate.validate(entry.engine_path, expected)
         reservation = self._budget.reserve(verified) if self._budget is not None else None
@@ -306,6 +313,17 @@ class TensorrtRuntime:
         log.info("engine loaded", extra={"event": "trt.engine.loaded",
                                          "path": str(verified.engine_path)})
         return handle
+
+    def _check_dla_core_present(self, core: int, engine_path: Path) -> None:
+        """A DLA engine runs only on the core it was built for (the loader sets
+        ``Runtime.DLA_core``, which does nothing where the core is missing: NvInferRuntime.h,
+        IRuntime::setDLACore); refuse it by name before anything is deserialized."""
+        trt = self._ctx.trt()
+        available = int(trt.Runtime(self._ctx.logger(trt)).num_DLA_cores)
+        if core >= available:
+            raise EngineGateError(
+                "engine was built for a DLA core this host does not have",
+                path=str(engine_path), dla_core=core, num_dla_cores=available)
 
     # ----------------------------------------------------------------- run
     def _own(self, handle: EngineHandle) -> TensorrtEngineHandle:
