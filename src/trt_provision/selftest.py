@@ -89,9 +89,12 @@ MIN_COSINE: dict[PrecisionMode, float] = {
     PrecisionMode.MIXED: 0.98,
 }
 POLYGRAPHY_MIN_COSINE = 0.9999
-# Plugins libnvinfer_plugin registers (TensorRT plugin/README.md); one found is enough to
-# prove the registry was initialised before our build and load.
-PROBE_PLUGINS: tuple[str, ...] = ("EfficientNMS_TRT", "BatchedNMS_TRT", "ROIAlign_TRT")
+# Plugins libnvinfer_plugin registers, with the version each creator reports (NVIDIA/TensorRT
+# plugin/: efficientNMSPlugin "1" in 10.3..11.1, batchedNMSPlugin "1" (gone in 11.x),
+# roiAlignPlugin "2"); one found is enough to prove the registry was initialised before our
+# build and load. The registry is keyed by (name, version, namespace).
+PROBE_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("EfficientNMS_TRT", "1"), ("BatchedNMS_TRT", "1"), ("ROIAlign_TRT", "2"))
 # The refusal the runtime raises, before any build, for a path this TensorRT lacks.
 _NOT_OFFERED = re.compile(r"(weakly|strongly) typed build requested but this TensorRT has no")
 # The precision pipeline's refusal of an int8/mixed label on a model with no quantizable
@@ -566,7 +569,10 @@ def _case(
 def _plugin_check(trt: Wired, backbone: BackboneSpec, inputs: Mapping[str, Any]) -> CheckResult:
     """Build and load with plugin lookups: proves the plugin registry is initialised and
     searched before build and load (creators libnvinfer_plugin registers)."""
-    plugins = tuple(PluginSpec(name=name, required=False) for name in PROBE_PLUGINS)
+    # TensorRT's own creators register under the configured namespace (init_libnvinfer_plugins).
+    namespace = getattr(trt.settings, "plugin_namespace", "") or ""
+    plugins = tuple(PluginSpec(name=name, version=version, namespace=namespace, required=False)
+                    for name, version in PROBE_PLUGINS)
     variant = _variant(backbone, PrecisionMode.FP32, None, None, plugins=plugins)
     try:
         entry, _ = _compile(trt, variant)
@@ -575,7 +581,7 @@ def _plugin_check(trt: Wired, backbone: BackboneSpec, inputs: Mapping[str, Any])
         return CheckResult("plugins", "error", _short(exc))
     listed = _metadata(entry).get("plugins") or []
     found = sorted(p["name"] for p in listed if isinstance(p, dict) and p.get("found"))
-    facts = {"looked_up": list(PROBE_PLUGINS), "found": found}
+    facts = {"looked_up": [f"{n} v{v}" for n, v in PROBE_PLUGINS], "found": found}
     if not found:
         return CheckResult("plugins", "fail",
                            "no libnvinfer_plugin creator registered at build time", facts)

@@ -79,7 +79,8 @@ def fake_trt(monkeypatch: pytest.MonkeyPatch) -> Installer:
         trt = make_fake_tensorrt(version, cuda=cuda, recorder=cuda.recorder)
         state = fake_state(trt)
         if plugins:
-            state.plugins = [("EfficientNMS_TRT", "1", ""), ("ROIAlign_TRT", "1", "")]
+            # The versions the creators report (plugin/ of NVIDIA/TensorRT v10.3..v11.1).
+            state.plugins = [("EfficientNMS_TRT", "1", ""), ("ROIAlign_TRT", "2", "")]
         trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
         modules = {"tensorrt": trt, "cuda.bindings.runtime": cuda}
         for name in ("cuda", "cuda.bindings"):
