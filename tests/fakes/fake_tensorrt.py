@@ -914,6 +914,15 @@ class _BuilderConfig(_Obj):
     def profiling_verbosity(self, value: Any) -> None:
         self._verbosity = value
 
+    @property
+    def progress_monitor(self) -> Any:
+        return getattr(self, "_monitor", None)
+
+    @progress_monitor.setter
+    def progress_monitor(self, monitor: Any) -> None:
+        self._st.rec("IBuilderConfig.progress_monitor", monitor)
+        self._monitor = monitor
+
     def create_timing_cache(self, serialized_timing_cache: Any) -> Any:
         data = bytes(serialized_timing_cache)
         self._st.rec("IBuilderConfig.create_timing_cache", len(data))
@@ -970,6 +979,8 @@ class _Builder(_Obj):
         st.rec("Builder.build_serialized_network", network, config)
         if st.build_returns_none:
             return None
+        if not _drive_progress_monitor(st, config, network):
+            return None
         if (_fails_profiles(st, config, network) or _fails_strong_typing(st, config, network)
                 or _fails_constraints(st, config, network) or _fails_dla(st, config, network)):
             return None
@@ -1002,6 +1013,33 @@ class _Builder(_Obj):
             "dla_core": config._dla_core,
         }
         return st.new("IHostMemory", data=ENGINE_MAGIC + json.dumps(blob).encode())
+
+
+def _drive_progress_monitor(st: FakeTrtState, config: Any, network: Any) -> bool:
+    """Report phases to the config's IProgressMonitor like the builder does (NvInfer.h
+    v10.3.0, IProgressMonitor: phaseStart with a nullptr parent for a top-level phase,
+    stepComplete per step, "true to continue to the next step or false to stop the build",
+    phaseFinish also when the build is cancelled). A monitor that raises cancels the build:
+    the binding's trampoline returns false then (python/src/infer/pyCore.cpp v10.16,
+    PyProgressMonitor::stepComplete). Returns False for a cancelled build."""
+    monitor = getattr(config, "_monitor", None)
+    if monitor is None:
+        return True
+    phases = (("Building engine", None, 2), ("Optimizing layers", "Building engine",
+                                             max(network.num_layers, 1)))
+    for name, parent, steps in phases:
+        monitor.phase_start(name, parent, steps)
+        for step in range(steps):
+            try:
+                go_on = bool(monitor.step_complete(name, step))
+            except Exception:
+                go_on = False
+            if not go_on:
+                monitor.phase_finish(name)
+                st.log_warning(f"[E] build cancelled by the progress monitor in {name!r}")
+                return False
+        monitor.phase_finish(name)
+    return True
 
 
 def _fails_profiles(st: FakeTrtState, config: Any, network: Any) -> bool:
@@ -1397,6 +1435,23 @@ class _Registry(_Obj):
         return object()
 
 
+class _ProgressMonitor(_Obj):
+    """The binding's IProgressMonitor: constructible, its methods pure virtual (the
+    trampoline in python/src/infer/pyCore.cpp calls the Python override)."""
+
+    def __init__(self) -> None:
+        pass
+
+    def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+        raise RuntimeError("Tried to call pure virtual function IProgressMonitor.phase_start")
+
+    def step_complete(self, phase_name: str, step: int) -> bool:
+        raise RuntimeError("Tried to call pure virtual function IProgressMonitor.step_complete")
+
+    def phase_finish(self, phase_name: str) -> None:
+        raise RuntimeError("Tried to call pure virtual function IProgressMonitor.phase_finish")
+
+
 class _Calibrator(_Obj):
     def __init__(self) -> None:
         self._st.rec("IInt8EntropyCalibrator2.__init__")
@@ -1430,6 +1485,7 @@ _IMPLS: dict[str, type] = {
     "IPluginRegistry": _Registry,
     "IPluginCreator": _Creator,
     "IInt8EntropyCalibrator2": _Calibrator,
+    "IProgressMonitor": _ProgressMonitor,
 }
 
 

@@ -469,3 +469,95 @@ def test_dla_engine_is_refused_before_loading_on_a_host_without_that_core(
             _entry(rig.tmp / "e.engine", rig.runtime.runtime_target(cfg), cfg))
     assert rig.state.recorder.calls_to("Runtime.deserialize_cuda_engine") == []
     assert rig.gate.calls == [] and rig.budget.reserved == {}
+
+
+# --------------------------------------------------------------------------- 5: long builds
+
+
+def test_build_phases_are_logged_with_elapsed_time(
+    make_rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    rig = make_rig()
+    with caplog.at_level(logging.DEBUG, logger="trt_provision.runtimes.tensorrt.progress"):
+        rig.build()
+    events = [(r.event, r.phase) for r in caplog.records  # type: ignore[attr-defined]
+              if getattr(r, "event", "").startswith("trt.build.phase.")]
+    assert events[0] == ("trt.build.phase.start", "Building engine")
+    assert ("trt.build.phase.finish", "Building engine") in events
+    assert ("trt.build.phase.step", "Optimizing layers") in events
+    starts = [r for r in caplog.records if getattr(r, "event", "") == "trt.build.phase.start"]
+    assert starts[1].parent == "Building engine"  # type: ignore[attr-defined]
+    assert all(r.elapsed_s >= 0 for r in starts)  # type: ignore[attr-defined]
+    assert rig.state.recorder.calls_to("IBuilderConfig.progress_monitor")
+
+
+def test_jetson_workspace_is_capped_to_free_memory(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(host=HostCapabilities(sm="sm87", jetpack="6.2", gpu_integrated=True),
+                   options=TensorrtOptions(optional_plugins=(),
+                                           free_memory_bytes=lambda: 512 << 20))
+    meta = rig.build(BuildConfig(profiles=(PROFILE,), workspace_mib=1024)).metadata
+    assert meta["workspace_bytes"] == 256 << 20 and meta["workspace_requested_bytes"] == 1 << 30
+    [call] = rig.state.recorder.calls_to("IBuilderConfig.set_memory_pool_limit")
+    assert call.args[-1] == 256 << 20
+
+
+def test_a_failed_jetson_build_is_named_out_of_memory(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(host=HostCapabilities(sm="sm87", jetpack="6.2", gpu_integrated=True),
+                   options=TensorrtOptions(optional_plugins=(),
+                                           free_memory_bytes=lambda: 300 << 20))
+    rig.state.build_returns_none = True
+    with pytest.raises(EngineBuildError, match="probably out of memory") as info:
+        rig.build()
+    assert info.value.context["out_of_memory"] is True
+    assert info.value.context["free_bytes_at_start"] == 300 << 20
+
+
+# --------------------------------------------------------------------------- 4: fakes
+
+
+def test_fake_builder_cancels_when_the_monitor_says_stop(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    trt = rig.trt
+
+    class Stop(trt.IProgressMonitor):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+
+        def phase_start(self, phase_name: str, parent_phase: Any, num_steps: int) -> None:
+            pass
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            return False
+
+        def phase_finish(self, phase_name: str) -> None:
+            pass
+
+    builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
+    network = builder.create_network(0)
+    x = network.add_input("x", trt.float32, (1, 4))
+    network.mark_output(network.add_identity(x).get_output(0))
+    config = builder.create_builder_config()
+    config.progress_monitor = Stop()
+    assert builder.build_serialized_network(network, config) is None
+
+
+@pytest.mark.parametrize(("banner", "flag", "known"), [
+    ("110400", "--fp16", False), ("110400", "--calib=x", False), ("110400", "--best", False),
+    ("101601", "--fp16", True), ("100300", "--stronglyTyped", True), ("101601", "--bogus", False),
+])
+def test_fake_trtexec_parses_its_argv_per_version(
+    fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    banner: str, flag: str, known: bool,
+) -> None:
+    import subprocess
+
+    monkeypatch.setenv("FAKE_TRTEXEC_TRT", banner)
+    monkeypatch.setenv("FAKE_TRTEXEC_ENGINE", str(tmp_path / "src.engine"))
+    (tmp_path / "src.engine").write_bytes(b"x")
+    done = subprocess.run([str(fake_trtexec.binary), flag, f"--saveEngine={tmp_path / 'e'}"],
+                          capture_output=True, text=True, check=False, timeout=120)
+    assert (done.returncode == 0) is known
+    if not known:
+        assert f"Unknown option: {flag.partition('=')[0]}" in done.stdout

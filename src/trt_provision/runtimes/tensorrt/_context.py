@@ -14,6 +14,7 @@ from trt_provision.runtimes.tensorrt._process import (
 )
 from trt_provision.runtimes.tensorrt.cuda_buffers import device_compute_capability, load_cudart
 from trt_provision.runtimes.tensorrt.options import TensorrtOptions
+from trt_provision.runtimes.tensorrt.progress import meminfo_available_bytes
 from trt_provision.types import BuildConfig, HostCapabilities
 
 __all__ = ["TrtContext", "check_dla_int8", "has_calibrator"]
@@ -85,6 +86,12 @@ class TrtContext:
 
     def sm_number(self) -> int:
         return int(self.device_sm()[2:].rstrip("+").removesuffix("cc"))
+
+    def free_memory(self) -> int | None:
+        """Bytes an integrated GPU can still allocate: the configured probe, else the host's
+        ``MemAvailable``."""
+        probe = self.options.free_memory_bytes
+        return probe() if probe is not None else meminfo_available_bytes()
 
     @property
     def integrated(self) -> bool:

@@ -34,6 +34,10 @@ from trt_provision.runtimes.tensorrt.network import (
     choose_precision_path,
     strong_precision_evidence,
 )
+from trt_provision.runtimes.tensorrt.progress import (
+    attach_progress_monitor,
+    workspace_for_free_memory,
+)
 from trt_provision.runtimes.tensorrt.timing_cache import TimingCacheFile, timing_cache_path
 from trt_provision.types import (
     BuildArtifact,
@@ -108,7 +112,17 @@ class PythonBuilder:
         source_facts = populate(trt, network, logger)
         check_network_io(trt, network)
         config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, build_config.workspace_mib << 20)
+        requested = build_config.workspace_mib << 20
+        workspace, free_at_start = requested, None
+        if ctx.integrated:
+            workspace, free_at_start = workspace_for_free_memory(requested, ctx.free_memory)
+            if workspace < requested:
+                log.warning("workspace capped to %d MiB of %d MiB free", workspace >> 20,
+                            (free_at_start or 0) >> 20,
+                            extra={"event": "trt.build.workspace_capped",
+                                   "requested_bytes": requested, "workspace_bytes": workspace,
+                                   "free_bytes": free_at_start})
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
         config.builder_optimization_level = build_config.builder_optimization_level
         set_hardware_compatibility(trt, config, build_config.hardware_compatibility,
                                    ctx.sm_number())
@@ -139,6 +153,7 @@ class PythonBuilder:
             if timing_cache is None:
                 cache_file = None  # TensorRT refused it: build without, leave the file alone
 
+        monitor = attach_progress_monitor(trt, config, str(model_path or "network"))
         try:
             serialized = builder.build_serialized_network(network, config)
         except Exception as exc:
@@ -150,7 +165,17 @@ class PythonBuilder:
                 feeder.finish()
         if feeder is not None:
             feeder.raise_if_failed()
+        del monitor  # kept alive through the build: the config holds only a pointer
         if serialized is None:
+            if ctx.integrated:
+                free_now = ctx.free_memory()
+                raise EngineBuildError(
+                    "TensorRT returned no engine on a device that shares its RAM with the "
+                    "host, probably out of memory (TensorRT reports that as 'could not find "
+                    "any implementation'); free memory or lower workspace_mib",
+                    model=str(model_path), precision_path=path, out_of_memory=True,
+                    free_bytes_at_start=free_at_start, free_bytes_after=free_now,
+                    workspace_bytes=workspace, build_log=build_log[-20:])
             raise EngineBuildError(
                 "TensorRT returned no engine (see the TensorRT log above)",
                 model=str(model_path), precision_path=path,
@@ -173,7 +198,8 @@ class PythonBuilder:
             "plugins": plugins,
             "hardware_compatibility": build_config.hardware_compatibility.value,
             "builder_optimization_level": build_config.builder_optimization_level,
-            "workspace_bytes": build_config.workspace_mib << 20,
+            "workspace_bytes": workspace,
+            "workspace_requested_bytes": requested,
             "timing_cache": str(cache_file.path) if cache_file else None,
             "engine_bytes": len(data),
             **stamp,

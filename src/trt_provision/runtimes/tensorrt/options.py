@@ -49,6 +49,9 @@ class TensorrtOptions:
     # under explicit quantization. Returns the new model path and metadata for the sidecar.
     precision_converter: PrecisionConverter | None = None
     int8_quantization: str = "auto"
+    # Free memory of an integrated GPU (Jetson) before a build: the workspace is capped to a
+    # share of it. None: the host's MemAvailable.
+    free_memory_bytes: Callable[[], int | None] | None = None
 
     def __post_init__(self) -> None:
         if self.builder not in _BUILDERS:
