@@ -822,7 +822,50 @@ def run_selftest(
     return _finish(report, report_dir, started)
 
 
+class _BuildPhases(logging.Handler):
+    """Collects the TensorRT build-phase events (IProgressMonitor) of the selftest's builds:
+    whether a real TensorRT reports phases to our monitor is only known on a real run."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.events: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = str(getattr(record, "event", ""))
+        if event in ("trt.build.phase.start", "trt.build.phase.finish"):
+            self.events.append((event, str(getattr(record, "phase", ""))))
+
+    def check(self, built: bool) -> CheckResult:
+        starts = [p for e, p in self.events if e == "trt.build.phase.start"]
+        finishes = [p for e, p in self.events if e == "trt.build.phase.finish"]
+        facts = {"phases": sorted(set(starts))[:20], "starts": len(starts),
+                 "finishes": len(finishes)}
+        if not built:
+            return CheckResult("build-phases", "skipped", "no engine was built", facts)
+        if not starts or len(starts) != len(finishes):
+            return CheckResult("build-phases", "fail", "TensorRT reported no (or unfinished) "
+                               "build phases to the progress monitor", facts)
+        return CheckResult("build-phases", "pass", f"{len(starts)} phase(s) reported", facts)
+
+
 def _run_cases(
+    report: SelftestReport, trt: Wired, ort: Wired, backbones: Sequence[BackboneSpec],
+    manifest_dir: Path, precisions: Sequence[PrecisionMode],
+) -> None:
+    phases = _BuildPhases()
+    progress_log = logging.getLogger("trt_provision.runtimes.tensorrt.progress")
+    level = progress_log.level
+    progress_log.setLevel(logging.INFO)
+    progress_log.addHandler(phases)
+    try:
+        _run_all_cases(report, trt, ort, backbones, manifest_dir, precisions)
+    finally:
+        progress_log.removeHandler(phases)
+        progress_log.setLevel(level)
+    report.checks.append(phases.check(any(c.status in ("pass", "fail") for c in report.cases)))
+
+
+def _run_all_cases(
     report: SelftestReport, trt: Wired, ort: Wired, backbones: Sequence[BackboneSpec],
     manifest_dir: Path, precisions: Sequence[PrecisionMode],
 ) -> None:
