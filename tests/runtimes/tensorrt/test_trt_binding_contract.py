@@ -67,8 +67,9 @@ def test_int8_quantization_mode_is_part_of_the_engine_identity(
     # What the digest says is what the builder records in the sidecar.
     assert implicit.build(INT8).metadata["int8_quantization"] == "implicit"
     assert explicit.build(INT8, "x.engine").metadata["int8_quantization"] == "explicit"
+    # The calibrator's engine is judged by no gate: the identity says so.
     assert dict(implicit.runtime.runtime_target(INT8).build_options) == {
-        "int8_quantization": "implicit"}
+        "int8_quantization": "implicit", "accuracy_gate": "not run"}
 
 
 def test_int8_mode_leaves_other_digests_and_filenames_alone(
@@ -78,7 +79,8 @@ def test_int8_mode_leaves_other_digests_and_filenames_alone(
     explicit = make_rig(options=TensorrtOptions(optional_plugins=(), int8_quantization="explicit"))
     fp16 = BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,))
     assert _digest(implicit, fp16) == _digest(explicit, fp16)
-    assert implicit.runtime.runtime_target(fp16).build_options == ()
+    # Weakly typed FP16 (the builder flag, no prepared graph) claims no gate.
+    assert implicit.runtime.runtime_target(fp16).build_options == (("accuracy_gate", "not run"),)
     # The target compares (gate, filenames) without the options.
     assert implicit.runtime.runtime_target(INT8) == explicit.runtime.runtime_target(INT8)
 

@@ -561,3 +561,25 @@ def test_fake_trtexec_parses_its_argv_per_version(
     assert (done.returncode == 0) is known
     if not known:
         assert f"Unknown option: {flag.partition('=')[0]}" in done.stdout
+
+
+def test_weak_fp16_claims_no_accuracy_gate_in_its_identity(make_rig: Callable[..., Rig]) -> None:
+    """The weakly typed FP16 flag builds no prepared graph, so no gate judges the engine: its
+    digest must not change with gate thresholds it never met; a gated (strong) one must."""
+    from trt_rig import _qdq_converter
+
+    from trt_provision.identity import compute_identity
+
+    def digest(rig: Rig, cfg: BuildConfig) -> str:
+        return compute_identity(model_name="m", model_hash="ab" * 32, config=cfg,
+                                target=rig.runtime.runtime_target(cfg)).options_digest
+
+    loose = BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,), min_cosine=0.9)
+    tight = BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,), min_cosine=0.999)
+    weak = make_rig("10.16.1.11")
+    assert dict(weak.runtime.runtime_target(loose).build_options)["accuracy_gate"] == "not run"
+    assert digest(weak, loose) == digest(weak, tight)
+    gated = make_rig("10.16.1.11", options=TensorrtOptions(
+        optional_plugins=(), precision_converter=_qdq_converter()))
+    assert gated.runtime.runtime_target(loose).build_options == ()
+    assert digest(gated, loose) != digest(gated, tight)

@@ -74,6 +74,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# The identity's mark of a reduced-precision engine no accuracy gate judged (identity.py
+# then leaves the gate's thresholds out of the options digest).
+UNGATED = "not run"
+
 
 class TensorrtRuntime:
     """Builds, loads and runs TensorRT engines."""
@@ -128,12 +132,34 @@ class TensorrtRuntime:
 
     def runtime_target(self, build_config: BuildConfig) -> RuntimeTarget:
         target = self._target_for(build_config.hardware_compatibility, build_config.dla_core)
+        options: list[tuple[str, str]] = []
         mode = self._int8_quantization(build_config)
-        if mode is None:
-            return target
-        # An engine calibrated through the implicit calibrator is another engine than the one
-        # built from the Q/DQ graph: the mode enters the options digest.
-        return dataclasses.replace(target, build_options=(("int8_quantization", mode),))
+        if mode is not None:
+            # An engine calibrated through the implicit calibrator is another engine than the
+            # one built from the Q/DQ graph: the mode enters the options digest.
+            options.append(("int8_quantization", mode))
+        if self._ungated(build_config, mode):
+            options.append(("accuracy_gate", UNGATED))
+        return dataclasses.replace(target, build_options=tuple(options)) if options else target
+
+    def _ungated(self, build_config: BuildConfig, int8_mode: str | None) -> bool:
+        """Weakly typed FP16 (the builder flag) and implicit INT8 (the calibrator) build no
+        prepared graph, so no accuracy gate judges them: the identity must not claim one."""
+        if build_config.precision is PrecisionMode.FP32:
+            return False
+        try:
+            trt = self._ctx.optional_trt()
+            if trt is None:
+                path = path_from_config(build_config, self._ctx.prefer_strong(build_config))
+            else:
+                path = choose_precision_path(
+                    trt, build_config, implicit_int8=self._ctx.implicit_int8(trt, build_config),
+                    prefer_strong=self._ctx.prefer_strong(build_config))
+        except EngineBuildError:
+            return False  # the build refuses it anyway
+        if path != "weak":
+            return False
+        return build_config.precision is PrecisionMode.FP16 or int8_mode == "implicit"
 
     def _int8_quantization(self, build_config: BuildConfig) -> str | None:
         """``"implicit"`` or ``"explicit"``, as the builders will resolve it (the value the
