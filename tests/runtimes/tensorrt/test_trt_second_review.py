@@ -583,3 +583,19 @@ def test_weak_fp16_claims_no_accuracy_gate_in_its_identity(make_rig: Callable[..
         optional_plugins=(), precision_converter=_qdq_converter()))
     assert gated.runtime.runtime_target(loose).build_options == ()
     assert digest(gated, loose) != digest(gated, tight)
+
+
+def test_auto_builds_with_python_when_the_trtexec_found_is_another_tensorrt(
+    make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``auto`` means trtexec when it can build this run, else Python: a trtexec of another
+    TensorRT (say on PATH from another install) must not fail the build."""
+    auto = trtexec_rig(make_rig, monkeypatch, builder="auto")
+    monkeypatch.setenv("FAKE_TRTEXEC_TRT", "100300")
+    assert auto.build(BuildConfig(profiles=(PROFILE,))).metadata["builder"] == "python"
+    assert not fake_trtexec.argv_file.exists()
+    strict = trtexec_rig(make_rig, monkeypatch, builder="trtexec")
+    monkeypatch.setenv("FAKE_TRTEXEC_TRT", "100300")
+    with pytest.raises(EngineBuildError, match="another TensorRT") as info:
+        strict.build(BuildConfig(profiles=(PROFILE,)))
+    assert info.value.context["trtexec_version"] == "10.3.0"

@@ -272,6 +272,16 @@ class NotExpressible(Exception):
     """A build the trtexec command line cannot express (``builder="auto"`` falls back)."""
 
 
+class UnusableTrtexec(NotExpressible):
+    """The trtexec found cannot build for this run (another TensorRT, no readable version):
+    ``builder="trtexec"`` refuses with this message and context, ``"auto"`` uses Python."""
+
+    def __init__(self, message: str, **context: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.context = context
+
+
 class TrtexecBuilder:
     """Delegates an ONNX build to trtexec; the tensorrt module is optional here."""
 
@@ -297,6 +307,8 @@ class TrtexecBuilder:
         try:
             return self._build(binary, model_path, build_config, staged_path, own)
         except NotExpressible as exc:
+            if mode == "trtexec" and isinstance(exc, UnusableTrtexec):
+                raise EngineBuildError(exc.message, **exc.context) from exc
             if mode == "trtexec":
                 raise EngineBuildError(f"this build cannot be delegated to trtexec: {exc}",
                                        model=str(model_path)) from exc
@@ -328,10 +340,10 @@ class TrtexecBuilder:
             self._versions[binary] = trtexec_version(binary)
         found = self._versions[binary]
         if found is None:
-            raise EngineBuildError("cannot read the TensorRT version of trtexec",
-                                   trtexec=str(binary))
+            raise UnusableTrtexec("cannot read the TensorRT version of trtexec",
+                                  trtexec=str(binary))
         if tuple(expected.split(".")[:3]) != tuple(found.split(".")[:3]):
-            raise EngineBuildError(
+            raise UnusableTrtexec(
                 "trtexec was built with another TensorRT than the one this run uses",
                 trtexec=str(binary), trtexec_version=found, trt_version=expected)
         return found
