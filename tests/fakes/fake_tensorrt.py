@@ -222,6 +222,10 @@ class FakeTrtState:
     warnings_logged: list[str] = field(default_factory=list)
     device_memory_bytes: int = 1 << 20
     build_returns_none: bool = False
+    # (severity, text) the builder logs through its logger on every build, e.g. a Jetson
+    # build that runs out of memory (open-mmlab/mmdeploy#1059: "Device memory is insufficient
+    # to use tactic" warnings, then "Could not find any implementation for node ...").
+    build_messages: list[tuple[str, str]] = field(default_factory=list)
     context_returns_none: bool = False
     execute_returns: bool = True
     # IExecutionContext.set_input_shape / set_tensor_address return these (False: refused).
@@ -944,6 +948,7 @@ class _BuilderConfig(_Obj):
 
 class _Builder(_Obj):
     def __init__(self, logger: Any) -> None:
+        self._logger = logger
         self._st.rec("Builder", logger)
         self._st.use_logger(logger, "createInferBuilder")
 
@@ -977,6 +982,8 @@ class _Builder(_Obj):
     def build_serialized_network(self, network: Any, config: Any) -> Any:
         st = self._st
         st.rec("Builder.build_serialized_network", network, config)
+        for severity, text in st.build_messages:
+            self._logger.log(getattr(st.module.ILogger, severity), text)
         if st.build_returns_none:
             return None
         if not _drive_progress_monitor(st, config, network):

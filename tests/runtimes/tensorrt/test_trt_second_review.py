@@ -508,10 +508,24 @@ def test_a_failed_jetson_build_is_named_out_of_memory(make_rig: Callable[..., Ri
                    options=TensorrtOptions(optional_plugins=(),
                                            free_memory_bytes=lambda: 300 << 20))
     rig.state.build_returns_none = True
-    with pytest.raises(EngineBuildError, match="probably out of memory") as info:
+    # What a Jetson NX build said (open-mmlab/mmdeploy#1059).
+    rig.state.build_messages = [
+        ("WARNING", "Tactic Device request: 4364MB Available: 3788MB. Device memory is "
+                    "insufficient to use tactic."),
+        ("ERROR", "10: [optimizer.cpp::computeCosts::3728] Error Code 10: Internal Error "
+                  "(Could not find any implementation for node MaxPool.)"),
+    ]
+    with pytest.raises(EngineBuildError, match="ran out of memory") as info:
         rig.build()
     assert info.value.context["out_of_memory"] is True
     assert info.value.context["free_bytes_at_start"] == 300 << 20
+    assert any("Could not find" in m for m in info.value.context["tensorrt_said"])
+    # Another failure on the same device is not called out of memory.
+    rig.state.build_messages = [("ERROR", "Network validation failed.")]
+    with pytest.raises(EngineBuildError, match="returned no engine") as other:
+        rig.build(name="other.engine")
+    assert "out_of_memory" not in other.value.context
+    assert other.value.context["tensorrt_said"] == ["Network validation failed."]
 
 
 # --------------------------------------------------------------------------- 4: fakes

@@ -19,7 +19,7 @@ import numpy as np
 from trt_provision.errors import EngineBuildError, TrtProvisionError
 from trt_provision.runtimes.tensorrt._context import TrtContext, check_dla_int8
 from trt_provision.runtimes.tensorrt._paths import trt_path
-from trt_provision.runtimes.tensorrt._process import captured_warnings
+from trt_provision.runtimes.tensorrt._process import captured_warnings, recent_messages
 from trt_provision.runtimes.tensorrt.calibrator import (
     CalibrationFeeder,
     calibration_batches,
@@ -36,6 +36,8 @@ from trt_provision.runtimes.tensorrt.network import (
 )
 from trt_provision.runtimes.tensorrt.progress import (
     attach_progress_monitor,
+    build_messages,
+    out_of_memory,
     workspace_for_free_memory,
 )
 from trt_provision.runtimes.tensorrt.timing_cache import TimingCacheFile, timing_cache_path
@@ -154,6 +156,7 @@ class PythonBuilder:
                 cache_file = None  # TensorRT refused it: build without, leave the file alone
 
         monitor = attach_progress_monitor(trt, config, str(model_path or "network"))
+        seen = recent_messages(logger)
         try:
             serialized = builder.build_serialized_network(network, config)
         except Exception as exc:
@@ -167,19 +170,21 @@ class PythonBuilder:
             feeder.raise_if_failed()
         del monitor  # kept alive through the build: the config holds only a pointer
         if serialized is None:
-            if ctx.integrated:
-                free_now = ctx.free_memory()
+            said = build_messages(seen, recent_messages(logger))
+            if out_of_memory(said, integrated=ctx.integrated):
                 raise EngineBuildError(
-                    "TensorRT returned no engine on a device that shares its RAM with the "
-                    "host, probably out of memory (TensorRT reports that as 'could not find "
-                    "any implementation'); free memory or lower workspace_mib",
+                    "TensorRT ran out of memory building this engine (it reports that as "
+                    "'could not find any implementation'); free memory, lower workspace_mib "
+                    "or build where more memory is free",
                     model=str(model_path), precision_path=path, out_of_memory=True,
-                    free_bytes_at_start=free_at_start, free_bytes_after=free_now,
-                    workspace_bytes=workspace, build_log=build_log[-20:])
+                    free_bytes_at_start=free_at_start, free_bytes_after=ctx.free_memory()
+                    if ctx.integrated else None, workspace_bytes=workspace,
+                    tensorrt_said=said[-10:])
             raise EngineBuildError(
                 "TensorRT returned no engine (see the TensorRT log above)",
                 model=str(model_path), precision_path=path,
                 pinned_layers=[e.layer for e in evidence], build_log=build_log[-20:],
+                tensorrt_said=said[-10:],
             )
         data = bytes(serialized)
         write_synced(staged_path, data)

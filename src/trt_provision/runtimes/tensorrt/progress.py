@@ -12,9 +12,10 @@
 * **Jetson memory.** The GPU of an integrated device allocates from the RAM every process
   shares: a workspace larger than what is free makes TensorRT skip every tactic that needs
   it, and a build that runs out altogether ends with "could not find any implementation"
-  rather than an out-of-memory error. So on such a device the workspace is capped to a
-  share of ``MemAvailable`` before the build, and a build that returns no engine there is
-  named as probably out of memory, with the free memory in the error.
+  rather than an out-of-memory error (after warnings "Device memory is insufficient to use
+  tactic": open-mmlab/mmdeploy#1059, a Jetson NX build). So on such a device the workspace
+  is capped to a share of ``MemAvailable`` before the build, and a failed build whose
+  TensorRT log says so is named out of memory, with the free memory in the error.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from typing import Any
 __all__ = [
     "WORKSPACE_FREE_SHARE",
     "attach_progress_monitor",
+    "build_messages",
     "meminfo_available_bytes",
+    "out_of_memory",
     "workspace_for_free_memory",
 ]
 
@@ -111,3 +114,23 @@ def workspace_for_free_memory(
         return requested, None
     cap = max(int(available * WORKSPACE_FREE_SHARE), _MIN_WORKSPACE)
     return min(requested, cap), available
+
+
+_NO_IMPLEMENTATION = re.compile(r"could not find any implementation", re.IGNORECASE)
+_INSUFFICIENT = re.compile(r"memory is insufficient|insufficient memory", re.IGNORECASE)
+
+
+def build_messages(before: list[str], after: list[str]) -> list[str]:
+    """What TensorRT logged during one build: ``after`` less the ``before`` it starts with
+    (both from a bounded ring, so an overflow keeps all of ``after``)."""
+    if len(after) >= len(before) and after[:len(before)] == before:
+        return after[len(before):]
+    return after
+
+
+def out_of_memory(messages: list[str], *, integrated: bool) -> bool:
+    """A failed build that ran out of memory: TensorRT skipped tactics for insufficient
+    memory, or (on a device sharing RAM with the host) found no implementation at all."""
+    if any(_INSUFFICIENT.search(m) for m in messages):
+        return any(_NO_IMPLEMENTATION.search(m) for m in messages) or integrated
+    return integrated and any(_NO_IMPLEMENTATION.search(m) for m in messages)
