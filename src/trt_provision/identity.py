@@ -277,6 +277,10 @@ def build_option_payload(
         extra_gate["accuracy_metric_sha256"] = metric_file_sha256(config.accuracy_metric)
     if extra_gate:
         payload.setdefault("accuracy_gate", {}).update(extra_gate)
+    # A strategy that builds without a judged graph (TensorRT's weakly typed FP16 flag) says
+    # so: such an engine claims no gate, whatever thresholds the config carries.
+    if (runtime_options or {}).get("accuracy_gate") == "not run":
+        payload.pop("accuracy_gate", None)
     # Like the gate, these enter only when set: engines built without them keep their digest.
     if config.tf32:
         payload["tf32"] = True  # an fp32 engine that may compute in TF32 is another engine

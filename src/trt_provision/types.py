@@ -17,6 +17,7 @@ from trt_provision.naming import (
 
 __all__ = [
     "DEFAULT_PINNED_KEYWORDS",
+    "FP16_KEPT_FP32_OPS",
     "MAX_SHAPE_DIM",
     "BackboneSpec",
     "BuildArtifact",
@@ -43,6 +44,22 @@ __all__ = [
 ]
 
 DEFAULT_PINNED_KEYWORDS: tuple[str, ...] = ("router", "kan")
+
+# Ops the FP16 graph keeps in FP32 (unreliable FP16 results: accumulations, exponentials,
+# index maths; or no FP16 kernels: ONNX-ML). One list for the FP16 converter and the
+# TensorRT strategy, so a pinned node of these types is "kept FP32" on both precision paths.
+FP16_KEPT_FP32_OPS: frozenset[str] = frozenset({
+    "ArrayFeatureExtractor", "Binarizer", "CastMap", "CategoryMapper", "DictVectorizer",
+    "FeatureVectorizer", "Imputer", "LabelEncoder", "LinearClassifier", "LinearRegressor",
+    "Normalizer", "OneHotEncoder", "SVMClassifier", "SVMRegressor", "Scaler",
+    "TreeEnsembleClassifier", "TreeEnsembleRegressor", "ZipMap",
+    "NonMaxSuppression", "TopK", "RoiAlign", "Range", "CumSum", "Multinomial",
+    "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "EyeLike",
+    "ConstantOfShape", "Constant", "Cast", "CastLike", "Shape", "Size",
+    "Exp", "Log", "Pow", "ReduceProd", "ReduceLogSumExp", "ReduceSumSquare", "ReduceL2",
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+    "Loop", "If", "Scan",
+})
 
 
 class PrecisionMode(str, enum.Enum):
