@@ -94,8 +94,8 @@ def test_tensorrt_adapters_feed_both_precision_paths(tmp_path: Path, demo_dir: P
                                     algorithm="minmax"),
     )
     cache = tmp_path / "calib"
-    assert _tensorrt_calibration(cache)(model, BuildConfig()) is None
-    weak = _tensorrt_calibration(cache)(model, int8)
+    assert _tensorrt_calibration(cache)(model, BuildConfig(), "10.3.0") is None
+    weak = _tensorrt_calibration(cache)(model, int8, "10.3.0")
     first = next(iter(weak.batches))
     assert set(first) == {"image"} and first["image"].dtype.name == "float32"
     workdir = tmp_path / "work"

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.tier1
 INT8 = BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,), fp16_pinned_keywords=())
 
 
-def _cached_calibration(model: Path, config: BuildConfig) -> CalibrationInput:
+def _cached_calibration(model: Path, config: BuildConfig, trt_version: str) -> CalibrationInput:
     return CalibrationInput(batches=[], read_cache=lambda: b"table", write_cache=lambda _: None)
 
 

@@ -263,7 +263,7 @@ def test_implicit_calibrator_on_request_logs_its_deprecation(
     batches = [{"input": np.zeros((2, 3, 8, 8), np.float32)}]
     rig = make_rig("10.3.0", options=_options(
         int8_quantization="implicit",
-        calibration=lambda m, c: CalibrationInput(batches, lambda: None, lambda d: None)))
+        calibration=lambda m, c, v: CalibrationInput(batches, lambda: None, lambda d: None)))
     meta = rig.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,))).metadata
     assert meta["int8_quantization"] == "implicit" and meta["calibration"] == {"batches": 1}
     assert any("int8_calibrator" in line for line in meta["build_log"])
@@ -452,7 +452,7 @@ def test_calibrator_reads_no_data_when_the_cache_is_used(make_rig: Callable[...,
 
     rig = make_rig("10.3.0", options=_options(
         int8_quantization="implicit",
-        calibration=lambda m, c: CalibrationInput(batches(), lambda: b"table", lambda d: None)))
+        calibration=lambda m, c, v: CalibrationInput(batches(), lambda: b"table", lambda d: None)))
     meta = rig.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,))).metadata
     assert meta["calibration"] == {"batches": 0}
 

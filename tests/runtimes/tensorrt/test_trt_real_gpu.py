@@ -127,7 +127,7 @@ def test_int8_from_calibration_batches_then_from_the_cache(
     cache: dict[str, bytes] = {}
     fed: list[int] = []
 
-    def provide(model_path: Path, config: BuildConfig) -> CalibrationInput:
+    def provide(model_path: Path, config: BuildConfig, trt_version: str) -> CalibrationInput:
         def counted() -> Any:
             for b in batches:
                 fed.append(1)

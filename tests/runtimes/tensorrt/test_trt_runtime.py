@@ -279,8 +279,8 @@ def test_non_strict_builds_and_records_the_failure(make_rig: Callable[..., Rig])
 
 
 def _calibration(batches: list[dict[str, np.ndarray[Any, Any]]], cache: dict[str, bytes]
-                 ) -> Callable[[Path, BuildConfig], CalibrationInput]:
-    def provide(model: Path, config: BuildConfig) -> CalibrationInput:
+                 ) -> Callable[[Path, BuildConfig, str], CalibrationInput]:
+    def provide(model: Path, config: BuildConfig, trt_version: str) -> CalibrationInput:
         return CalibrationInput(
             batches=batches, read_cache=lambda: cache.get("data"),
             write_cache=lambda data: cache.__setitem__("data", data),

@@ -173,7 +173,7 @@ def test_dla_int8_resolves_to_implicit_calibration(
     cache = {"data": b"governed-table"}
     rig = make_rig(version, options=TensorrtOptions(
         optional_plugins=(), precision_converter=convert,
-        calibration=lambda m, c: CalibrationInput(
+        calibration=lambda m, c, v: CalibrationInput(
             batches=[], read_cache=lambda: cache["data"], write_cache=lambda _: None)))
     rig.state.dla_cores = 1
     cfg = BuildConfig(precision=PrecisionMode.INT8, profiles=(STATIC_PROFILE,), dla_core=0,
@@ -259,7 +259,7 @@ def test_trtexec_refuses_an_engine_it_calibrated_on_random_data(
     make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rig = trtexec_rig(make_rig, monkeypatch, "10.3.0", builder="trtexec",
-                      int8_quantization="implicit", calibration=lambda m, c: CalibrationInput(
+                      int8_quantization="implicit", calibration=lambda m, c, v: CalibrationInput(
                           batches=[], read_cache=lambda: b"rejected-table",
                           write_cache=lambda _: None))
     monkeypatch.setenv("FAKE_TRTEXEC_MODE", "calibrates")
@@ -613,3 +613,24 @@ def test_auto_builds_with_python_when_the_trtexec_found_is_another_tensorrt(
     with pytest.raises(EngineBuildError, match="another TensorRT") as info:
         strict.build(BuildConfig(profiles=(PROFILE,)))
     assert info.value.context["trtexec_version"] == "10.3.0"
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "10.16.1.11"])
+def test_calibration_cache_is_keyed_by_the_imported_tensorrt(
+    make_rig: Callable[..., Rig], version: str,
+) -> None:
+    """The calibration cache binds to the TensorRT that reads it: the strategy passes the
+    imported module's version to the provider, never the host probe's guess."""
+    asked: list[str] = []
+
+    def provide(model: Path, cfg: BuildConfig, trt_version: str) -> CalibrationInput:
+        asked.append(trt_version)
+        return CalibrationInput(batches=[], read_cache=lambda: b"governed-table",
+                                write_cache=lambda _: None)
+
+    rig = make_rig(version, options=TensorrtOptions(optional_plugins=(), calibration=provide))
+    rig.state.dla_cores = 1
+    cfg = BuildConfig(precision=PrecisionMode.INT8, profiles=(STATIC_PROFILE,), dla_core=0,
+                      gpu_fallback=True, fp16_pinned_keywords=())
+    rig.build(cfg)
+    assert asked == [version]

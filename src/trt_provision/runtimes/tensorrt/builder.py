@@ -223,7 +223,9 @@ class PythonBuilder:
     ) -> CalibrationFeeder:
         """Calibrator fed at the profile's ``opt`` shapes (TensorRT calibrates at those)."""
         provider = self._ctx.options.calibration
-        data = provider(model_path or Path(), build_config) if provider else None
+        # The cache is bound to the TensorRT that reads it: the imported one, not the probe's.
+        data = (provider(model_path or Path(), build_config, self._ctx.version())
+                if provider else None)
         if data is None:
             raise EngineBuildError(
                 "INT8 through a calibrator needs calibration data or a calibration cache",

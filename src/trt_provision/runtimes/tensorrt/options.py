@@ -36,7 +36,7 @@ class TensorrtOptions:
     # Shared libraries with plugin creators, loaded into TensorRT's registry once per process
     # before any build or deserialize.
     plugin_libraries: tuple[Path, ...] = ()
-    calibration: Callable[[Path, BuildConfig], CalibrationInput | None] | None = None
+    calibration: Callable[[Path, BuildConfig, str], CalibrationInput | None] | None = None
     # "python": the TensorRT Python builder; "trtexec": delegate ONNX builds to a trtexec
     # binary (configured, else on PATH, else JetPack's /usr/src/tensorrt/bin); "auto":
     # trtexec when one is found and the build can be expressed on its command line, else

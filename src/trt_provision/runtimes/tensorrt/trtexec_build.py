@@ -500,7 +500,7 @@ class TrtexecBuilder:
         write: Callable[[Path, bytes], None],
     ) -> Path:
         provider = self._ctx.options.calibration
-        data = provider(model_path, build_config) if provider else None
+        data = provider(model_path, build_config, self._ctx.version()) if provider else None
         cache = data.read_cache() if data is not None else None
         if not cache:
             raise NotExpressible("INT8 needs an existing calibration cache for trtexec")
