@@ -139,10 +139,8 @@ def wire(
     host = host or probe_host()
     store = build_store(settings)
     gate = build_gate(settings)
-    budget: MemoryBudget = GpuMemoryBudget(
-        settings.memory_budget_bytes,
-        probe=choose_free_memory_probe(host, os_reserve_bytes=settings.os_memory_reserve_bytes),
-    )
+    free_memory = choose_free_memory_probe(host, os_reserve_bytes=settings.os_memory_reserve_bytes)
+    budget: MemoryBudget = GpuMemoryBudget(settings.memory_budget_bytes, probe=free_memory)
     thermal: ThermalStatePublisher = choose_thermal_publisher(host)
     label = choose_runtime_label(settings, host)
     calibration_dir = Path(settings.cache_dir) / ".calibration"
@@ -161,6 +159,8 @@ def wire(
                 plugin_namespace=settings.plugin_namespace,
                 plugin_libraries=settings.plugin_libraries,
                 calibration=_tensorrt_calibration(calibration_dir),
+                # The Jetson workspace is sized from what the budget sees (OS reserve kept).
+                free_memory_bytes=free_memory.free_bytes,
             ),
         )
     else:

@@ -119,6 +119,16 @@ def test_tensorrt_runtime_is_wired_without_importing_tensorrt(tmp_path: Path) ->
     assert "tensorrt" not in sys.modules
 
 
+def test_jetson_build_workspace_sees_the_budgets_free_memory(tmp_path: Path) -> None:
+    """The TensorRT strategy sizes a Jetson workspace from the same probe as the memory
+    budget, so the OS reserve is kept out of it (a reserve beyond all RAM leaves nothing)."""
+    settings = Settings(cache_dir=tmp_path, runtime="tensorrt", os_memory_reserve_bytes=1 << 60)
+    host = HostCapabilities(sm="sm87", jetpack="6.2", trt_version="10.3.0", gpu_integrated=True)
+    wired = wire(settings, host=host, use_remote=False)
+    probe = wired.runtime._options.free_memory_bytes  # type: ignore[attr-defined]
+    assert probe is not None and probe() == 0
+
+
 def test_republishing_drops_the_old_signature(tmp_path: Path, demo_dir: Path) -> None:
     """A rebuilt engine must not keep a signature of its predecessor: with a public key
     configured that stale signature would make every later run refuse and rebuild it."""
