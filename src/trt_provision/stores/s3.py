@@ -39,7 +39,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -79,6 +79,9 @@ SHA_SUFFIX = ".sha256"
 JSON_SUFFIX = ".json"
 SIG_SUFFIX = ".sig"
 RATE_WINDOW_S = 10.0
+# Every body other than a GET's object: error answers (to any request) and the answers to
+# PUT, HEAD, DELETE and the multipart requests. S3 sends a few hundred bytes of XML there.
+MAX_RESPONSE_BODY_BYTES = 64 << 10
 UNAUTHENTICATED_WARNING = "remote engines are not authenticated; set public_key"
 
 _SYNC_EVERY = 32 << 20
@@ -248,6 +251,11 @@ class _Conflict(Exception):
     """Internal: a conditional request found the slot taken by another device."""
 
 
+class _ResponseTooLarge(Exception):
+    """Internal: a successful answer without an object (to a PUT, a multipart request...)
+    carried more than MAX_RESPONSE_BODY_BYTES: a broken or hostile server."""
+
+
 def _error_code(exc: Any) -> tuple[str, int]:
     response = getattr(exc, "response", None) or {}
     code = str(response.get("Error", {}).get("Code", ""))
@@ -268,12 +276,112 @@ _AUTH_CODES = {
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 
 
-def _socket_of(body: Any) -> socket.socket | None:
-    """The socket under a botocore streaming body (urllib3 response → connection), if any."""
-    raw = getattr(body, "_raw_stream", None)
+def _socket_of(raw: Any) -> socket.socket | None:
+    """The socket under a urllib3 response (response → connection), if it still has one."""
     conn = getattr(raw, "connection", None) or getattr(raw, "_connection", None)
     sock = getattr(conn, "sock", None)
     return sock if isinstance(sock, socket.socket) else None
+
+
+def _shut_down(raws: list[Any]) -> None:
+    """Wake the helper thread blocked reading one of ``raws``: its read fails at once."""
+    for raw in raws:
+        sock = _socket_of(raw)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def _close(raws: list[Any]) -> None:
+    for raw in raws:
+        with contextlib.suppress(Exception):
+            raw.close()
+
+
+# The urllib3 responses of the request a helper thread is making, so that the thread that
+# waits for it can close them or shut their sockets down (see _bounded_send).
+_calls = threading.local()
+
+
+class _ReadBody:
+    """A body already read (to its bound), in place of the urllib3 response botocore would
+    read whole: ``AWSResponse.content`` joins ``raw.stream()``."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def stream(self, *_: Any, **__: Any) -> Iterator[bytes]:
+        if self._data:
+            yield self._data
+
+    def read(self, *_: Any, **__: Any) -> bytes:
+        data, self._data = self._data, b""
+        return data
+
+    def close(self) -> None:
+        self._data = b""
+
+
+def _read_capped(raw: Any, limit: int) -> tuple[bytes, bool]:
+    """At most ``limit`` bytes of ``raw``'s body, and whether that was all of it.
+
+    A longer body is cut and its connection closed, never handed back to the pool with
+    unread bytes (nor read on)."""
+    parts: list[bytes] = []
+    total = 0
+    pieces = raw.stream(16 << 10)  # urllib3 yields at most this much per piece, chunked or not
+    try:
+        for piece in pieces:
+            parts.append(piece)
+            total += len(piece)
+            if total > limit:
+                raw.close()
+                return b"".join(parts)[:limit], False
+    finally:
+        pieces.close()
+    return b"".join(parts), True
+
+
+def _bounded_send(http_session: Any, response_type: Any) -> Callable[..., Any]:
+    """A ``before-send`` handler that sends the request itself and bounds the answer's body.
+
+    botocore reads two kinds of body whole, into memory, before any handler of ours sees
+    them: every body of an operation without a streaming output (``URLLib3Session.send`` in
+    botocore/httpsession.py: ``if not request.stream_output: http_response.content``), and
+    the body of every error answer, GET included (``convert_to_response_dict`` in
+    botocore/endpoint.py: ``if status_code >= 300: body = http_response.content``). A server
+    answering with an endless body filled memory until the process died. The one hook before
+    both is ``before-send``: ``Endpoint._do_get_response`` sends the first response a handler
+    returns instead of sending the request itself. So this handler sends through botocore's
+    own HTTP session, asking for the body unread, and reads at most MAX_RESPONSE_BODY_BYTES
+    of it unless it is a GET's object (which ``_timed_get`` reads to its own bound). An error
+    body is cut there (botocore then parses the error from the status code); any other
+    answer that long is refused (``_ResponseTooLarge``).
+    """
+
+    def send(request: Any, **_: Any) -> Any:
+        streaming = bool(request.stream_output)
+        request.stream_output = True
+        try:
+            response = http_session.send(request)
+        finally:
+            request.stream_output = streaming
+        raw = response.raw
+        holder = getattr(_calls, "responses", None)
+        if holder is not None:
+            holder.append(raw)
+        if streaming and response.status_code < 300:
+            return response
+        body, whole = _read_capped(raw, MAX_RESPONSE_BODY_BYTES)
+        if not whole and response.status_code < 300:
+            raise _ResponseTooLarge(
+                f"answer of {response.status_code} with a body above "
+                f"{MAX_RESPONSE_BODY_BYTES} bytes"
+            )
+        return response_type(response.url, response.status_code, response.headers,
+                             _ReadBody(body))
+
+    return send
 
 
 class S3EngineStore:
@@ -313,8 +421,6 @@ class S3EngineStore:
         self._part_bytes = part_bytes
         self._rate_window = rate_window_s
         self._state_lock = threading.Lock()
-        # The body of the response botocore is parsing on this thread (see client()).
-        self._parsing = threading.local()
         self._offline: str | None = None  # why the remote is skipped for this run
         self._warned: set[str] = set()
 
@@ -366,18 +472,19 @@ class S3EngineStore:
                 region_name=s.region,
             )
             client = session.client("s3", endpoint_url=s.endpoint, config=config)
-            # When botocore's parser raises on a hostile header (a malformed Content-Length
-            # is a ValueError), the response it was parsing is dropped unclosed, socket
-            # included: remember it so the GET that failed can close it.
+            http_session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+            if not callable(getattr(http_session, "send", None)):
+                # Without it answers could not be bounded: refuse rather than read them whole.
+                raise StoreError(
+                    "this botocore version is not supported (no HTTP session to bound "
+                    "answers with); install a botocore of the 'remote' extra's range"
+                )
+            awsrequest = import_optional("botocore.awsrequest", "remote")
             client.meta.events.register(
-                "before-parse.s3.GetObject", self._remember_response_body
+                "before-send.s3", _bounded_send(http_session, awsrequest.AWSResponse)
             )
             self._client = client
         return self._client
-
-    def _remember_response_body(self, response_dict: Any = None, **_: Any) -> None:
-        if isinstance(response_dict, dict):
-            self._parsing.body = response_dict.get("body")
 
     @staticmethod
     def _botocore_errors() -> tuple[type[BaseException], ...]:
@@ -386,12 +493,22 @@ class S3EngineStore:
 
     @classmethod
     def _remote_errors(cls) -> tuple[type[BaseException], ...]:
-        return (*cls._botocore_errors(), _TooSlow)
+        return (*cls._botocore_errors(), _TooSlow, _ResponseTooLarge, MemoryError)
 
     @staticmethod
     def _is_connection_level(exc: BaseException) -> bool:
-        """Faults of the connection, not of one object: worth giving up the remote for."""
-        if isinstance(exc, _TooSlow | ConnectionError | TimeoutError | socket.timeout):
+        """Faults of the server or the connection, not of one object: worth giving up the
+        remote for. Running out of memory is one too: whatever filled it, talking on to
+        that server risks the build or the application the device is for."""
+        if isinstance(
+            exc,
+            _TooSlow
+            | _ResponseTooLarge
+            | MemoryError
+            | ConnectionError
+            | TimeoutError
+            | socket.timeout,
+        ):
             return True
         errors = import_optional("botocore.exceptions", "remote")
         return isinstance(
@@ -400,8 +517,10 @@ class S3EngineStore:
 
     def _reason(self, exc: BaseException) -> str:
         """A one-line reason without secrets or URLs."""
-        if isinstance(exc, _TooSlow):
+        if isinstance(exc, _TooSlow | _ResponseTooLarge):
             return str(exc)
+        if isinstance(exc, MemoryError):
+            return "out of memory while talking to the remote store"
         if isinstance(exc, _Conflict):
             return "another device wrote the same object meanwhile"
         code, status = _error_code(exc)
@@ -467,7 +586,7 @@ class S3EngineStore:
         s = self._settings
         events: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=4)
         cancel = threading.Event()
-        bodies: list[Any] = []
+        raws: list[Any] = []  # the urllib3 responses of this GET (see _bounded_send)
         client = self.client()
 
         def put(item: tuple[str, Any]) -> None:
@@ -480,11 +599,10 @@ class S3EngineStore:
 
         def fetch() -> None:
             body = None
-            self._parsing.body = None
+            _calls.responses = raws
             try:
                 response = client.get_object(Bucket=s.bucket, Key=key)
                 body = response["Body"]
-                bodies.append(body)
                 length = response.get("ContentLength")
                 put(("head", length))
                 total = 0
@@ -498,12 +616,14 @@ class S3EngineStore:
             except BaseException as exc:  # handed to the caller's thread, which decides
                 put(("error", exc))
             finally:
-                if body is None:
-                    body = getattr(self._parsing, "body", None)
-                self._parsing.body = None
+                _calls.responses = None
                 if body is not None:
                     with contextlib.suppress(Exception):
                         body.close()
+                # When botocore's parser raises on a hostile header (a malformed
+                # Content-Length is a ValueError), the response it was parsing is dropped
+                # unclosed, socket included: close what this GET received.
+                _close(raws)
 
         worker = threading.Thread(target=fetch, name="s3-get", daemon=True)
         started = time.monotonic()
@@ -552,10 +672,7 @@ class S3EngineStore:
             if worker.is_alive():
                 # Wake a read blocked on the socket; a request still waiting for its headers
                 # has no socket we can reach and ends with its read timeout or the process.
-                sock = _socket_of(bodies[0]) if bodies else None
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)
+                _shut_down(raws)
                 worker.join(timeout=_POLL_S)
 
     def _get_small(self, key: str, limit: int) -> bytes:
@@ -1028,18 +1145,26 @@ class S3EngineStore:
         method = getattr(self.client(), operation)
         outcome: list[tuple[bool, Any]] = []
         done = threading.Event()
+        raws: list[Any] = []  # the urllib3 responses of this request (see _bounded_send)
 
         def run() -> None:
+            _calls.responses = raws
             try:
                 outcome.append((True, method(Bucket=self._settings.bucket, **params)))
             except BaseException as exc:  # handed to the caller's thread
                 outcome.append((False, exc))
             finally:
+                _calls.responses = None
                 done.set()
 
-        threading.Thread(target=run, name=f"s3-{operation}", daemon=True).start()
+        worker = threading.Thread(target=run, name=f"s3-{operation}", daemon=True)
+        worker.start()
         deadline = self._settings.get_deadline_s
         if not done.wait(deadline):
+            # An answer whose body is being read can be cut short; one still waiting for
+            # its headers cannot (see the GET's note).
+            _shut_down(raws)
+            worker.join(timeout=_POLL_S)
             raise _TooSlow(f"{operation} exceeded the {deadline:g} s deadline")
         ok, value = outcome[0]
         if ok:
@@ -1206,8 +1331,11 @@ class S3EngineStore:
         try:
             return self._head(self.key_for(identity) + SHA_SUFFIX) is not None
         except self._remote_errors() as exc:
+            reason = self._reason(exc)
+            if self._is_connection_level(exc):
+                self._go_offline(reason)
             raise StoreError(
-                f"remote store check failed: {self._reason(exc)}", key=self.key_for(identity)
+                f"remote store check failed: {reason}", key=self.key_for(identity)
             ) from exc
 
 
