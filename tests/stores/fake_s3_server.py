@@ -32,6 +32,8 @@ ENDLESS_ERROR = "endless-error"
 ENDLESS_ERROR_CHUNKED = "endless-error-chunked"
 ENDLESS_OK = "endless-ok"
 ENDLESS_MODES = (ENDLESS_ERROR, ENDLESS_ERROR_CHUNKED, ENDLESS_OK)
+# An error status, then its body one byte per interval, forever (GET and PUT).
+TRICKLE_ERROR = "trickle-error"
 # What an "endless" body sends at most, so that a client that does read it all (the bug these
 # modes look for) costs the suite a few dozen MiB, not the machine.
 ENDLESS_CAP_BYTES = 64 << 20
@@ -134,6 +136,13 @@ def _handler(state: FakeS3) -> type[BaseHTTPRequestHandler]:
                     if not state.endless_active:
                         state.endless_done.set()
 
+        def _trickle_error(self, key: str) -> None:
+            self.close_connection = True
+            self.send_response(state.endless_status)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self._trickle(key, b"x")
+
         def _drain(self) -> bytes:
             length = int(self.headers.get("Content-Length") or 0)
             return self.rfile.read(length) if length else b""
@@ -164,6 +173,9 @@ def _handler(state: FakeS3) -> type[BaseHTTPRequestHandler]:
                 return
             if mode in ENDLESS_MODES:
                 self._endless(key, mode)
+                return
+            if mode == TRICKLE_ERROR:
+                self._trickle_error(key)
                 return
             if data is None:
                 self._error(404, "NoSuchKey")
@@ -232,6 +244,9 @@ def _handler(state: FakeS3) -> type[BaseHTTPRequestHandler]:
                 return
             if self._mode(key) in ENDLESS_MODES:
                 self._endless(key, self._mode(key))
+                return
+            if self._mode(key) == TRICKLE_ERROR:
+                self._trickle_error(key)
                 return
             with state.lock:
                 exists = key in state.objects

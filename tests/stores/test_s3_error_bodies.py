@@ -249,6 +249,37 @@ def test_endless_body_after_a_head_is_not_read(hostile: fake.FakeS3) -> None:
         assert hostile.bytes_sent[key] <= MAX_SENT_BYTES
 
 
+@pytest.mark.parametrize("operation", ["fetch", "upload"])
+def test_trickled_error_body_ends_with_the_deadline_and_its_reader(
+    hostile: fake.FakeS3,
+    builder: LocalEngineStore,
+    device: tuple[LocalEngineStore, DefaultEngineGate],
+    caplog: pytest.LogCaptureFixture,
+    operation: str,
+) -> None:
+    """An error body trickled just inside the read timeout: the deadline moves the run on,
+    and the socket is shut down under the reading thread, which ends (it used to read on
+    until the server stopped)."""
+    remote = _remote(hostile.endpoint, get_deadline_s=1.0, min_rate_bytes_s=0)
+    entry = publish_local(builder, make_identity(), b"t" * 10_000)
+    if operation == "fetch":
+        key = _seed(hostile, remote, entry)
+        store, gate = device
+        call: Callable[[], Any] = functools.partial(
+            remote.fetch, entry.identity, store, gate, TARGET
+        )
+    else:
+        key = remote.key_for(entry.identity)
+        call = functools.partial(remote.upload, entry)
+    hostile.modes[key] = fake.TRICKLE_ERROR
+
+    result, running = _call(call)
+
+    assert result in (None, False)
+    assert running == []
+    assert "rest of this run" in _warnings(caplog)[0]
+
+
 # ------------------------------------------------------------------ MemoryError
 
 

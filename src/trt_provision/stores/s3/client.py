@@ -80,6 +80,13 @@ def shut_down(raws: list[Any]) -> None:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+            continue
+        # An answer with ``Connection: close``: http.client has handed its socket over to
+        # the response, out of the connection's reach; urllib3 (2.3 on) keeps a way to it.
+        shutdown = getattr(raw, "shutdown", None)
+        if callable(shutdown):
+            with contextlib.suppress(Exception):
+                shutdown()
 
 
 def close_all(raws: list[Any]) -> None:
