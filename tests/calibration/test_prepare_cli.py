@@ -27,7 +27,7 @@ def cnn(tmp_path: Path) -> tuple[Path, Path]:
     model = make_cnn(tmp_path / "cnn.onnx")
     rng = np.random.default_rng(0)
     data = tmp_path / "d.npy"
-    np.save(data, rng.standard_normal((10, 2, 3, 8, 8)).astype(np.float32))
+    np.save(data, rng.standard_normal((10, 200, 3, 8, 8)).astype(np.float32))
     return model, data
 
 

@@ -132,7 +132,7 @@ def wilson_lower_bound(agreeing: int, samples: int, z: float = CONFIDENCE_Z) -> 
 def required_samples(threshold: float, z: float = CONFIDENCE_Z) -> int:
     """The fewest samples for which all agreeing clears ``threshold``: ``n/(n+z²) >= t``, i.e.
     ``n >= t·z²/(1-t)`` (0.95: 73; 0.99: 381). A bar of 1.0 needs what 0.99 needs."""
-    t = min(threshold, _HIGHEST_BOUNDED_BAR)
+    t = threshold if threshold < 1.0 else _HIGHEST_BOUNDED_BAR
     if t <= 0:
         return 1
     n = max(1, math.ceil(t * z * z / (1 - t)))
