@@ -393,7 +393,7 @@ class AccuracyGate:
         if "bound" not in ev:
             return f"n={ev['samples']}"
         sign = ">=" if ev["enough"] and ev["bound"] >= ev["threshold"] else "<"
-        return f"n={ev['samples']}, bound={ev['bound']} {sign} {ev['threshold']}"
+        return f"n={ev['samples']}, bound={ev['bound']:.4f} {sign} {ev['threshold']}"
 
     def failures(self, report: AccuracyReport) -> list[str]:
         found: list[str] = []
