@@ -5,6 +5,7 @@ that reports a pass rate."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,9 +67,9 @@ def test_required_samples_is_the_fewest_that_all_agreeing_clear(bar: float, need
 
 def test_the_bound_grows_with_agreement_and_with_samples() -> None:
     bounds = [wilson_lower_bound(k, 100) for k in range(101)]
-    assert all(a < b for a, b in zip(bounds, bounds[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(bounds))
     all_agree = [wilson_lower_bound(n, n) for n in range(1, 500)]
-    assert all(a < b for a, b in zip(all_agree, all_agree[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(all_agree))
 
 
 @settings(max_examples=300, deadline=None, database=None)
