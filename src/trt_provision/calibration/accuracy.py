@@ -292,6 +292,13 @@ class AccuracyReport:
             for key in ("bound", "threshold"):
                 if key in evidence:
                     out[key] = evidence[key]
+        else:
+            # Without the gate, the lowest bound of the outputs whose agreement needs no bar
+            # (its threshold is the gate's agreement_bar, recorded beside this report).
+            bounds = [wilson_lower_bound(o.agreeing(), o.samples) for o in self.outputs
+                      if o.discrete and o.samples]
+            if bounds:
+                out["bound"] = _round(min(bounds))
         return out
 
 
