@@ -36,7 +36,7 @@ def test_an_output_dominated_by_a_constant_offset_is_judged_on_its_varying_part(
     # INT8 garbage + 1000: plain cosine 0.99998 on validation and test, centered cosine < 0.3
     model = make_offset_regressor(tmp_path / "offset.onnx")
     data = tmp_path / "d.npy"
-    np.save(data, np.stack(outlier_batches(10)))
+    np.save(data, np.stack(outlier_batches(10, rows=40)))
     with pytest.raises(AccuracyGateError, match="centered cosine"):
         _prepare(model, _config("int8", data), tmp_path)
 

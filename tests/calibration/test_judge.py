@@ -141,7 +141,7 @@ def test_label_flipping_int8_is_refused_by_default(
     mlp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(precision_mod, "SENSITIVITY_MAX_LAYERS", 0)
-    data = _save_batches(tmp_path / "d.npy", outlier_batches(10))
+    data = _save_batches(tmp_path / "d.npy", outlier_batches(10, rows=40))
     with pytest.raises(AccuracyGateError, match="refused by the accuracy gate") as info:
         _prepare(mlp, _config("int8", data, algorithm="minmax"), tmp_path)
     assert "top-1 agreement" in str(info.value) or "cosine" in str(info.value)
@@ -151,7 +151,7 @@ def test_allow_inaccurate_builds_with_a_warning_in_the_metadata(
     mlp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(precision_mod, "SENSITIVITY_MAX_LAYERS", 0)
-    data = _save_batches(tmp_path / "d.npy", outlier_batches(10))
+    data = _save_batches(tmp_path / "d.npy", outlier_batches(10, rows=40))
     meta = _prepare(mlp, _config("int8", data, algorithm="minmax", allow_inaccurate=True),
                     tmp_path).metadata
     assert meta["accuracy"]["verdict"] == "failed (allow_inaccurate)"
@@ -172,7 +172,7 @@ def test_auto_picks_a_clipping_algorithm_over_min_max_on_outliers(
 
 
 def test_sensitivity_search_keeps_the_sensitive_layer_float(mlp: Path, tmp_path: Path) -> None:
-    data = _save_batches(tmp_path / "d.npy", outlier_batches(10))
+    data = _save_batches(tmp_path / "d.npy", outlier_batches(10, rows=40))
     meta = _prepare(mlp, _config("int8", data, algorithm="minmax"), tmp_path).metadata
     sens = meta["quantization"]["sensitivity"]
     assert sens["measured_on"] == "validation" and sens["passes_gate"]
