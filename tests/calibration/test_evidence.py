@@ -430,3 +430,17 @@ def test_calibration_batches_beyond_max_batches_become_evidence() -> None:
     assert len(splits.validation) == 4 and len(splits.test) == 4
     meta = splits.to_metadata()
     assert meta["validation"]["rows"] == 80 and meta["test"]["rows"] == 80
+
+
+def test_per_sample_metrics_are_the_same_in_chunks(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from trt_provision.calibration import accuracy
+
+    ref, cand = _ctc(n=40, t=10, c=50, changed=7)
+    model = _model(tmp_path / "ctc.onnx", ["N", 10, 50], op="Softmax")
+    whole = _compare(model, [ref], [cand], [40]).outputs[0]
+    monkeypatch.setattr(accuracy, "_CHUNK_ELEMENTS", 1200)  # 2 samples per chunk
+    chunked = _compare(model, [ref], [cand], [40]).outputs[0]
+    assert chunked.agreeing() == whole.agreeing() == 33
+    assert chunked.sample_scores == whole.sample_scores
+    assert chunked.sample_cosine_min == pytest.approx(whole.sample_cosine_min)

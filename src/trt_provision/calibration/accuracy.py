@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +102,7 @@ MIN_MAP_IOU = 0.95
 # Regression: a sample whose reference is near zero is measured against this share of the
 # output's typical (RMS) sample norm, so a relative error never divides by ~0.
 _REGRESSION_NORM_FLOOR = 0.1
+_CHUNK_ELEMENTS = 1 << 22  # per-sample metrics work on at most this many elements at once
 _SEQUENCE, _CLASSES, _MAP, _EMBEDDING, _REGRESSION = (
     "sequence", "classes", "map", "embedding", "regression")
 _DISCRETE_KINDS = frozenset({_SEQUENCE, _CLASSES, _MAP})
@@ -172,7 +173,7 @@ class OutputAccuracy:
     samples: int = 0
     # Per-sample quality: 1.0 / 0.0 (agrees or not) for sequence, classes and map; the
     # per-sample cosine (embedding) or its equivalent from the relative error (regression).
-    sample_scores: tuple[float, ...] = ()
+    sample_scores: tuple[float, ...] = field(default=(), repr=False)
     sample_cosine_min: float | None = None
     sample_cosine_p05: float | None = None
     sample_iou_min: float | None = None  # map outputs
@@ -713,6 +714,21 @@ class _Accumulator:
         n = r.shape[0]
         if n == 0 or r.size == 0:
             return
+        threshold = MAP_LOGIT_THRESHOLD
+        if self.kind == _MAP:
+            with np.errstate(invalid="ignore"):
+                unit = bool(np.isfinite(r).all()) and float(r.min()) >= 0 and float(r.max()) <= 1
+            threshold = MAP_PROBABILITY_THRESHOLD if unit else MAP_LOGIT_THRESHOLD
+        # Chunks of samples keep the float64 working copies bounded: a CTC batch
+        # [48, 80, 6625] is 25M elements.
+        step = max(1, _CHUNK_ELEMENTS // max(1, r.size // n))
+        for start in range(0, n, step):
+            self._add_chunk(r[start:start + step], c[start:start + step], threshold)
+
+    def _add_chunk(self, r: npt.NDArray[Any], c: npt.NDArray[Any], threshold: float) -> None:
+        import numpy as np
+
+        n = r.shape[0]
         rf = r.reshape(n, -1).astype(np.float64)
         cf = c.reshape(n, -1).astype(np.float64)
         finite = np.isfinite(rf).all(axis=1) & np.isfinite(cf).all(axis=1)
@@ -735,9 +751,7 @@ class _Accumulator:
             rows = _row_agreement(r.reshape(n, -1, classes), c.reshape(n, -1, classes))
             agree = rows.all(axis=1)
         elif self.kind == _MAP:
-            unit = bool(np.isfinite(rf).all()) and rf.min() >= 0.0 and rf.max() <= 1.0
-            thr = MAP_PROBABILITY_THRESHOLD if unit else MAP_LOGIT_THRESHOLD
-            rm, cm = rf > thr, cf > thr
+            rm, cm = rf > threshold, cf > threshold
             inter = (rm & cm).sum(axis=1)
             union = (rm | cm).sum(axis=1)
             iou = np.where(union == 0, 1.0, inter / np.maximum(union, 1))
