@@ -75,3 +75,18 @@ def test_enough_samples_build_and_record_the_evidence(tmp_path: Path) -> None:
     assert accuracy["samples"] == 400 and accuracy["gate"]["required_samples"] == 73
     assert accuracy["bound"] >= accuracy["gate"]["agreement_bar"] == 0.95
     assert accuracy["outputs"]["logits"]["kind"] == "classes"
+
+
+def test_an_output_kind_the_manifest_names_is_the_one_judged(tmp_path: Path) -> None:
+    """``[models.outputs.NAME] kind`` reaches the verdict: the logits are judged as an
+    embedding (per-sample cosine), not as inferred classes (top-1)."""
+    cache = tmp_path / "cache"
+    manifest = _manifest(tmp_path, rows=200)
+    manifest.write_text(manifest.read_text() + '\n[models.outputs.logits]\nkind = "embedding"\n')
+    proc = _provision(manifest, cache)
+    assert proc.returncode == 0, proc.stderr
+    sidecars = [json.loads(p.read_text()) for p in cache.rglob("*.json")
+                if "accuracy" in p.read_text()]
+    accuracy = next(s["accuracy"] for s in sidecars if isinstance(s.get("accuracy"), dict))
+    assert accuracy["outputs"]["logits"]["kind"] == "embedding"
+    assert accuracy["validation"]["outputs"]["logits"]["kind"] == "embedding"

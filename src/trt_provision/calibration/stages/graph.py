@@ -103,7 +103,7 @@ def _int8(ranges: Ranges) -> Graph:
             consumer=spec.consumer, keep_float=() if spec.consumer == "tensorrt" else keep,
         )
         report = compare_models(spec.model, out, splits.validation, data="validation",
-                                model=spec.name, metric=metric)
+                                model=spec.name, metric=metric, gate=gate)
         return Candidate(label, result, out, report, gate is None or gate.passes(report))
 
     candidates = [build(algo, g.ranges) for algo, g in governed.items()]
