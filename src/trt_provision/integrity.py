@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from trt_provision._bounded import BoundedInputError
 from trt_provision._bounded import loads_bounded as _loads_bounded
-from trt_provision._fs import atomic_write_bytes, untrusted_reason
+from trt_provision._fs import atomic_write_bytes, read_checked_file
 from trt_provision.errors import EngineGateError
 
 __all__ = [
@@ -98,53 +96,9 @@ def read_cache_file(
     with ``fstat`` and at most ``cap + 1`` bytes are read, so ``/dev/zero`` or a file that
     grows meanwhile costs nothing.
     """
-    where = str(path)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError as exc:
-        raise EngineGateError(f"{what} missing", path=where) from exc
-    except OSError as exc:
-        raise EngineGateError(f"{what} unreadable: {exc.strerror}", path=where) from exc
-    target = path
-    if stat.S_ISLNK(st.st_mode):
-        target = Path(os.path.realpath(path))
-        real_root = Path(os.path.realpath(root)) if root is not None else None
-        if real_root is None or real_root not in target.parents:
-            raise EngineGateError(
-                f"{what} is a symlink pointing outside the cache", path=where, found=str(target)
-            )
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(target, flags)
-    except FileNotFoundError as exc:
-        raise EngineGateError(f"{what} symlink is dangling", path=where) from exc
-    except OSError as exc:
-        raise EngineGateError(f"{what} unreadable: {exc.strerror}", path=where) from exc
-    try:
-        fst = os.fstat(fd)
-        if not stat.S_ISREG(fst.st_mode):
-            raise EngineGateError(f"{what} is not a regular file", path=where)
-        if fst.st_size > cap:
-            raise EngineGateError(f"{what} too large", path=where, found=fst.st_size)
-        untrusted = untrusted_reason(target, fst) if check_owner else None
-        if untrusted is not None:
-            raise EngineGateError(f"{what} {untrusted[0]}", path=where, fix=untrusted[1])
-        chunks: list[bytes] = []
-        left = cap + 1
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-    except OSError as exc:
-        raise EngineGateError(f"{what} unreadable: {exc.strerror}", path=where) from exc
-    finally:
-        os.close(fd)
-    raw = b"".join(chunks)
-    if len(raw) > cap:
-        raise EngineGateError(f"{what} too large", path=where, found=f"> {cap} bytes")
-    return raw
+    return read_checked_file(
+        path, cap, what=what, root=root, check_owner=check_owner, error=EngineGateError
+    )
 
 
 def parse_sha256_sidecar(sidecar: Path, engine_name: str, *, root: Path | None = None) -> str:

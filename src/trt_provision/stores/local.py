@@ -35,6 +35,7 @@ from trt_provision._fs import (
     TEMP_PREFIX,
     fsync_dir,
     make_dirs,
+    open_lock_file,
     publish_file,
     temp_path_for,
     untrusted_chain,
@@ -161,31 +162,16 @@ class LocalEngineStore:
         lock_dir = self._own_dir(self._root / LOCK_DIR, "lock directory")
         lock_path = lock_dir / (identity.filename + ".lock")
         try:
-            # O_NOFOLLOW: a planted (even dangling) symlink is refused, its target never made.
-            fd = os.open(
-                lock_path,
-                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                self._file_mode,
-            )
+            # O_NOFOLLOW: a planted (even dangling) symlink is refused, its target never made;
+            # a FIFO never blocks; a file that is not ours is refused.
+            fd = open_lock_file(lock_path, self._file_mode)
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise StoreError(
-                    "lock file is a symlink; refusing to follow it",
-                    path=str(lock_path),
-                    fix=f"remove {lock_path}",
-                ) from exc
             if exc.errno in _NO_WRITE_ACCESS:
                 raise self._read_only(exc) from exc
             raise StoreError(
                 f"cannot create lock file: {exc.strerror}", path=str(lock_path)
             ) from exc
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise StoreError(
-                    "lock file is not a regular file",
-                    path=str(lock_path),
-                    fix=f"remove {lock_path}",
-                )
             started = time.monotonic()
             fcntl.flock(fd, fcntl.LOCK_EX)
             waited = time.monotonic() - started
