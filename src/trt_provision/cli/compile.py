@@ -279,7 +279,8 @@ def _copy_out(engine: Path, out_dir: Path) -> list[str]:
             copy_file_atomic(src, final)
         except StoreError as exc:
             raise StoreError(
-                f"cannot copy the engine to the output directory: {exc.message}",
+                "cannot copy the engine to the output directory: "
+                + exc.message.removeprefix("cannot write file: "),
                 path=str(final),
             ) from exc
         copied.append(str(final))
@@ -290,9 +291,17 @@ def _save_engine(engine: Path, target: Path) -> list[str]:
     """trtexec's --saveEngine: the engine at FILE, FILE.sha256 naming FILE (so
     ``sha256sum -c`` works there) and the metadata (and signature) beside it."""
     from trt_provision._fs import atomic_write_bytes, copy_file_atomic
-    from trt_provision.integrity import format_sha256_line, parse_sha256_sidecar
+    from trt_provision.integrity import (
+        MAX_METADATA_BYTES,
+        parse_sha256_sidecar,
+        read_cache_file,
+        sha256_sidecar_bytes,
+    )
 
-    digest = parse_sha256_sidecar(engine.with_name(engine.name + ".sha256"), engine.name)
+    meta = read_cache_file(engine.with_name(engine.name + ".json"), MAX_METADATA_BYTES,
+                           what="metadata sidecar", check_owner=False)
+    digest = parse_sha256_sidecar(engine.with_name(engine.name + ".sha256"), engine.name,
+                                  metadata=meta)
     sources = [(engine, target)]
     for suffix in (".json", ".sig"):
         side = engine.with_name(engine.name + suffix)
@@ -305,12 +314,15 @@ def _save_engine(engine: Path, target: Path) -> list[str]:
             copy_file_atomic(src, final)
         except StoreError as exc:
             raise StoreError(
-                f"cannot write --saveEngine file: {exc.message}", path=str(final)
+                "cannot write --saveEngine file: "
+                + exc.message.removeprefix("cannot write file: "),
+                path=str(final),
             ) from exc
         written.append(str(final))
     sidecar = target.with_name(target.name + ".sha256")
     try:
-        atomic_write_bytes(sidecar, format_sha256_line(digest, target.name).encode())
+        # Both lines, as in the cache: sha256sum -c FILE.sha256 checks FILE and FILE.json.
+        atomic_write_bytes(sidecar, sha256_sidecar_bytes(digest, target.name, meta))
     except OSError as exc:
         raise StoreError(
             f"cannot write --saveEngine file: {exc.strerror or exc}", path=str(sidecar)

@@ -44,7 +44,7 @@ from trt_provision._fs import (
 )
 from trt_provision.errors import StoreError
 from trt_provision.identity import ENGINE_SUFFIX
-from trt_provision.integrity import format_sha256_line, metadata_bytes, sha256_file
+from trt_provision.integrity import metadata_bytes, sha256_file, sha256_sidecar_bytes
 from trt_provision.types import EngineCacheEntry, EngineIdentity
 
 __all__ = ["LocalEngineStore"]
@@ -232,9 +232,10 @@ class LocalEngineStore:
         json_final = final.with_name(final.name + ".json")
         temps: list[Path] = []
         try:
-            sha_line = format_sha256_line(digest, final.name).encode()
-            temps.append(write_temp_file(sha_final, sha_line, self._file_mode))
-            temps.append(write_temp_file(json_final, metadata_bytes(full), self._file_mode))
+            meta = metadata_bytes(full)
+            sha_lines = sha256_sidecar_bytes(digest, final.name, meta)
+            temps.append(write_temp_file(sha_final, sha_lines, self._file_mode))
+            temps.append(write_temp_file(json_final, meta, self._file_mode))
             # A signature of the engine being replaced would not verify for the new one and
             # would make a trust-checking gate refuse it forever: it goes first.
             with contextlib.suppress(FileNotFoundError):

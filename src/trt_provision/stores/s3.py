@@ -49,7 +49,12 @@ from trt_provision._bounded import BoundedInputError, loads_bounded
 from trt_provision._fs import fsync_dir, publish_file, write_temp_file
 from trt_provision._lazy import import_optional
 from trt_provision.errors import EngineGateError, ManifestError, StoreError, TrtProvisionError
-from trt_provision.integrity import format_sha256_line, parse_sha256_sidecar, read_cache_file
+from trt_provision.integrity import (
+    parse_sha256_bytes,
+    parse_sha256_sidecar,
+    read_cache_file,
+    sha256_sidecar_bytes,
+)
 from trt_provision.seams import EngineGate, EngineStore
 from trt_provision.types import EngineCacheEntry, EngineIdentity, RuntimeTarget
 
@@ -718,6 +723,10 @@ class S3EngineStore:
         try:
             claimed = self._claimed_digest(final, sha_bytes, temps)
             metadata = self._check_metadata(identity, meta_bytes, claimed)
+            try:  # the .sha256 must cover the metadata bytes too, as in the local cache
+                parse_sha256_bytes(sha_bytes, final, final.name, meta_bytes)
+            except EngineGateError as exc:
+                raise _Refused(f"sha256 sidecar unusable: {exc.message}") from exc
             size = self._download(key, staged, claimed, metadata["size_bytes"])
             self._publish(final, staged, claimed, meta_bytes, sig_bytes, temps)
         finally:
@@ -840,7 +849,7 @@ class S3EngineStore:
         sha_final = final.with_name(final.name + SHA_SUFFIX)
         json_final = final.with_name(final.name + JSON_SUFFIX)
         sig_final = final.with_name(final.name + SIG_SUFFIX)
-        sha_line = format_sha256_line(digest, final.name).encode()
+        sha_line = sha256_sidecar_bytes(digest, final.name, meta_bytes)
         pending: list[tuple[Path, Path]] = []
         pending.append((write_temp_file(sha_final, sha_line), sha_final))
         pending.append((write_temp_file(json_final, meta_bytes), json_final))
