@@ -112,3 +112,99 @@ def test_copy_refuses_a_target_that_became_a_fifo_after_the_flag_check(tmp_path:
         copy_file_atomic(src, fifo)
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]  # no temp left
+
+
+# ---------------------------------------------------------------- files named by the user
+
+
+def _manifest(tmp_path: Path, demo_dir: Path, settings: str = "", version: str = '"1"') -> Path:
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(
+        f"[settings]\n{settings}\n[[models]]\nname = \"demo_cnn\"\n"
+        f"path = \"{demo_dir / 'models' / 'demo_cnn.onnx'}\"\nversion = {version}\n"
+        "[[models.profiles]]\ninput = \"image\"\nmin = [1, 3, 32, 32]\nopt = [1, 3, 32, 32]\n"
+        "max = [1, 3, 32, 32]\n"
+    )
+    return manifest
+
+
+def test_run_of_a_file_whose_json_nests_deeply_is_one_line(tmp_path: Path) -> None:
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"engine")
+    plan.with_name("m.plan.json").write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    line = _one_line(_cli("run", str(plan), "--cache-dir", str(tmp_path / "c")))
+    assert str(plan) in line
+
+
+def test_a_5000_digit_integer_in_a_manifest_is_one_line(
+    tmp_path: Path, demo_dir: Path, cache_dir: Path
+) -> None:
+    manifest = _manifest(tmp_path, demo_dir, version="1" * 5000)
+    line = _one_line(_cli("provision", str(manifest), "--dry-run", "--cache-dir",
+                          str(cache_dir)))
+    assert "number too long" in line and str(manifest.name) in line
+
+
+@pytest.mark.parametrize("content", ["digits", "/dev/zero"])
+def test_compile_config_with_a_huge_number_or_dev_zero_is_one_line(
+    tmp_path: Path, demo_dir: Path, cache_dir: Path, content: str
+) -> None:
+    config = Path("/dev/zero")
+    if content == "digits":
+        config = tmp_path / "build.json"
+        config.write_text('{"workspace_mib": ' + "1" * 5000 + "}")
+    line = _one_line(_cli("compile", str(demo_dir / "models" / "demo_cnn.onnx"), _STATIC,
+                          "--config", str(config), "--cache-dir", str(cache_dir)))
+    assert str(config) in line
+
+
+@pytest.mark.parametrize("node", ["fifo", "/dev/zero"])
+def test_a_fifo_or_dev_zero_as_the_manifests_public_key_is_one_line(
+    tmp_path: Path, demo_dir: Path, cache_dir: Path, node: str
+) -> None:
+    key = Path("/dev/zero")
+    if node == "fifo":
+        key = tmp_path / "key.pub"
+        os.mkfifo(key)
+    manifest = _manifest(tmp_path, demo_dir, settings=f'public_key = "{key}"')
+    line = _one_line(_cli("provision", str(manifest), "--dry-run", "--cache-dir",
+                          str(cache_dir)))
+    assert "public key is not a regular file" in line and str(key) in line
+
+
+def test_a_fifo_as_the_manifests_signing_key_fails_the_model_not_hangs(
+    tmp_path: Path, demo_dir: Path, cache_dir: Path
+) -> None:
+    key = tmp_path / "signing.pem"
+    os.mkfifo(key)
+    manifest = _manifest(tmp_path, demo_dir, settings=f'signing_key = "{key}"')
+    proc = _cli("provision", str(manifest), "--cache-dir", str(cache_dir))
+    assert proc.returncode == 1, proc.stderr
+    assert "private key is not a regular file" in proc.stderr and str(key) in proc.stderr
+    assert "internal error" not in proc.stderr
+
+
+@pytest.mark.parametrize("flag", ["sign", "verify"])
+def test_dev_zero_as_a_cli_key_file_is_one_line(tmp_path: Path, flag: str) -> None:
+    engine = tmp_path / "x.engine"
+    engine.write_bytes(b"engine")
+    engine.with_name("x.engine.json").write_text("{}")
+    args = (["keys", "sign", "--key", "/dev/zero", str(engine)] if flag == "sign"
+            else ["keys", "verify", "--public-key", "/dev/zero", str(engine)])
+    line = _one_line(_cli(*args))
+    assert "/dev/zero" in line and "not a regular file" in line
+
+
+def test_keys_sign_with_an_empty_engine_path_is_one_line(tmp_path: Path) -> None:
+    key = tmp_path / "k"
+    assert _cli("keys", "generate", str(key)).returncode == 0
+    line = _one_line(_cli("keys", "sign", "--key", str(key), ""))
+    assert "ENGINE" in line
+
+
+def test_selftest_report_dir_through_a_dangling_symlink_is_one_line(tmp_path: Path) -> None:
+    link = tmp_path / "report"
+    link.symlink_to(tmp_path / "nowhere")
+    line = _one_line(_cli("selftest", "--report-dir", str(link), limit_memory=False))
+    assert "--report-dir" in line and "dangling" in line
+    assert not (tmp_path / "nowhere").exists()

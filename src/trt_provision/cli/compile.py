@@ -70,7 +70,12 @@ def _config_dict(args: argparse.Namespace) -> dict[str, Any]:
     data: dict[str, Any] = {}
     if args.config is not None:
         try:
-            data = json.loads(Path(args.config).read_bytes().decode("utf-8"))
+            from trt_provision._fs import read_named_file
+
+            # Bounded and non-blocking: /dev/zero as --config is an error, not 4 GB.
+            raw = read_named_file(Path(args.config), 16 << 20, what="build config",
+                                  error=ManifestError)
+            data = json.loads(raw.decode("utf-8"))
         except OSError as exc:
             raise ManifestError(
                 f"cannot read build config: {exc.strerror}", file=str(args.config)
@@ -80,9 +85,10 @@ def _config_dict(args: argparse.Namespace) -> dict[str, Any]:
                 f"build config is not UTF-8 text: {exc.reason} at byte {exc.start}",
                 file=str(args.config),
             ) from exc
-        except (json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # ValueError: also a 5,000-digit number
             raise ManifestError(
-                f"build config is not valid JSON: {exc}", file=str(args.config)
+                f"build config is not valid JSON: {str(exc).split(';')[0]}",
+                file=str(args.config)
             ) from exc
         if not isinstance(data, dict):
             raise ManifestError("build config must be a JSON object", file=str(args.config))

@@ -87,13 +87,14 @@ def register(sub: Any) -> None:
 def _saved_engine_origin(target: Path, args: argparse.Namespace) -> str | None:
     """The cached engine a ``compile --saveEngine=FILE`` copy came from (its FILE.json names
     it), so that ``run model.plan`` points at what can be run; None when it is not one."""
-    import json
+    from trt_provision._bounded import loads_bounded
 
     sidecar = target.with_name(target.name + ".json")
     try:
         if not (target.is_file() and sidecar.is_file()) or sidecar.stat().st_size > 1 << 20:
             return None
-        metadata = json.loads(sidecar.read_bytes())
+        # Depth-bounded: nested brackets are a ValueError here, never RecursionError.
+        metadata = loads_bounded(sidecar.read_bytes(), max_bytes=1 << 20)
         name, model = metadata["engine"], metadata["identity"]["model_name"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
