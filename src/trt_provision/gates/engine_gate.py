@@ -477,7 +477,8 @@ class DefaultEngineGate:
         """Hash through one descriptor; refuse if the file was swapped or grew meanwhile."""
         digest = hashlib.sha256()
         try:
-            fd = os.open(facts.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            # O_NONBLOCK: a FIFO swapped in after the lstat never blocks the open.
+            fd = os.open(facts.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as exc:
             raise EngineGateError(f"engine unreadable: {exc.strerror}", path=where) from exc
         try:
