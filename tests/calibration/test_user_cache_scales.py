@@ -54,6 +54,22 @@ def test_unusable_scales_are_refused_naming_the_tensor(
     assert not list(cache_dir.rglob("*.engine"))  # nothing built, nothing published
 
 
+@pytest.mark.parametrize("scale_hex", ["bf800000", "7fc00000", "7f800000"])  # -1, NaN, inf
+def test_negative_and_non_finite_scales_are_refused_naming_the_tensor(
+    capsys: pytest.CaptureFixture[str], demo_dir: Path, cache_dir: Path, tmp_path: Path,
+    scale_hex: str,
+) -> None:
+    model = demo_dir / "models" / "demo_cnn.onnx"
+    names = _names(model)
+    victim = names[2]
+    lines = [f"{n}: {scale_hex if n == victim else _hex(0.02)}" for n in names]
+    cache = tmp_path / "calib.cache"
+    cache.write_text(HEADER + "\n\n".join(lines) + "\n")  # blank lines do not shift it
+    rc, err = _compile(capsys, model, cache, cache_dir)
+    assert rc == 1 and len(err) == 1, err
+    assert "invalid scale" in err[0] and f"tensor {victim!r}" in err[0], err
+
+
 def test_ordinary_scales_still_build(
     capsys: pytest.CaptureFixture[str], demo_dir: Path, cache_dir: Path, tmp_path: Path
 ) -> None:

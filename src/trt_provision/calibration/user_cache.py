@@ -65,7 +65,12 @@ def read_user_trt_cache(path: str | Path) -> UserTrtCache:
     try:
         ranges = parse_trt_calibration_cache(blob)
     except CalibrationCacheError as exc:
-        raise CalibrationCacheError(exc.message, path=str(path), **exc.context) from exc
+        message, line = exc.message, exc.context.get("line")
+        if "scale" in message and isinstance(line, int):
+            # Name the tensor too (the parser counts non-empty lines).
+            lines = [ln for ln in blob.decode("ascii").splitlines() if ln.strip()]
+            message += f" for tensor {lines[line - 1].rpartition(':')[0].strip()!r}"
+        raise CalibrationCacheError(message, path=str(path), **exc.context) from exc
     if not ranges.ranges:
         raise CalibrationCacheError(
             "TensorRT calibration cache names no tensor", path=str(path)
