@@ -388,6 +388,11 @@ def load_manifest(path: Path) -> Manifest:
         raise ManifestError(f"manifest is not valid TOML: {exc}", file=str(path)) from exc
     except RecursionError as exc:  # deeply nested arrays: hostile input, not our bug
         raise ManifestError("manifest is nested too deeply", file=str(path)) from exc
+    except ValueError as exc:  # an integer beyond Python's int-string digit limit
+        raise ManifestError(
+            "manifest holds a number too long to read", file=str(path),
+            detail=str(exc).split(";")[0],
+        ) from exc
     _check_keys(path, "", data, _TOP_KEYS)
     try:
         settings = _settings(

@@ -11,14 +11,15 @@ between); ``ITimingCache.combine`` does the merge and the file is replaced atomi
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from trt_provision._fs import atomic_write_bytes
+from trt_provision._fs import atomic_write_bytes, locked_file, make_dirs, read_checked_file
+from trt_provision.errors import StoreError
 
 __all__ = [
     "TimingCacheFile",
@@ -29,6 +30,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# Timing caches hold a few MiB per model family; a larger file is not one of ours.
+MAX_TIMING_CACHE_BYTES = 1 << 30
 
 
 def timing_cache_path(
@@ -78,14 +82,22 @@ def publish_copy(path: Path, before: bytes, copy: Path, config: Any | None) -> b
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = path.with_name(path.name + ".lock")
-    with open(lock_path, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    try:
+        make_dirs(path.parent)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create timing cache directory: {exc.strerror}", path=str(path.parent)
+        ) from exc
+    # O_NOFOLLOW | O_NONBLOCK, fstat, owner: a planted symlink or FIFO is refused.
+    with locked_file(path.with_name(path.name + ".lock")):
+        yield
+
+
+def _read(path: Path) -> bytes:
+    """The cache file's bytes (empty when absent), read like every file we own."""
+    if not os.path.lexists(path):
+        return b""
+    return read_checked_file(path, MAX_TIMING_CACHE_BYTES, what="timing cache")
 
 
 def locked_timing_cache(path: Path) -> contextlib.AbstractContextManager[None]:
@@ -108,7 +120,7 @@ class TimingCacheFile:
         then runs without a cache and the file on disk is left as it is.
         """
         with _locked(self.path):
-            data = self.path.read_bytes() if self.path.exists() else b""
+            data = _read(self.path)
         self.loaded_bytes = len(data)
         timing_cache = config.create_timing_cache(data)
         if timing_cache is None or not config.set_timing_cache(timing_cache, False):
@@ -122,7 +134,7 @@ class TimingCacheFile:
     def merge_back(self, config: Any, timing_cache: Any) -> int:
         """Combine the build's cache with the file's current content; return bytes written."""
         with _locked(self.path):
-            on_disk = self.path.read_bytes() if self.path.exists() else b""
+            on_disk = _read(self.path)
             merged = config.create_timing_cache(on_disk)
             if merged is None or not merged.combine(timing_cache, False):
                 # combine returns False on a mismatched cache (NvInfer.h,

@@ -15,7 +15,11 @@ from typing import Any
 from trt_provision._bounded import BoundedInputError, loads_bounded
 from trt_provision._fs import fsync_dir, publish_file, write_temp_file
 from trt_provision.errors import EngineGateError, StoreError
-from trt_provision.integrity import format_sha256_line, parse_sha256_sidecar
+from trt_provision.integrity import (
+    parse_sha256_bytes,
+    parse_sha256_sidecar,
+    sha256_sidecar_bytes,
+)
 from trt_provision.seams import EngineGate, EngineStore
 from trt_provision.stores.s3.faults import Absent, Refused
 from trt_provision.stores.s3.layout import (
@@ -70,6 +74,10 @@ def fetch_object_set(
         metadata = _check_metadata(
             identity, meta_bytes, claimed, transfer.settings.max_engine_bytes
         )
+        try:  # the .sha256 must cover the metadata bytes too, as in the local cache
+            parse_sha256_bytes(sha_bytes, final, final.name, meta_bytes)
+        except EngineGateError as exc:
+            raise Refused(f"sha256 sidecar unusable: {exc.message}") from exc
         size = _download(transfer, key, staged, claimed, metadata["size_bytes"])
         _publish(final, staged, claimed, meta_bytes, sig_bytes, temps)
     finally:
@@ -194,7 +202,7 @@ def _publish(
     sha_final = final.with_name(final.name + SHA_SUFFIX)
     json_final = final.with_name(final.name + JSON_SUFFIX)
     sig_final = final.with_name(final.name + SIG_SUFFIX)
-    sha_line = format_sha256_line(digest, final.name).encode()
+    sha_line = sha256_sidecar_bytes(digest, final.name, meta_bytes)
     pending: list[tuple[Path, Path]] = []
     pending.append((write_temp_file(sha_final, sha_line), sha_final))
     pending.append((write_temp_file(json_final, meta_bytes), json_final))
