@@ -81,7 +81,8 @@ def test_prepare_cache_dir_never_follows_a_planted_lock_symlink(tmp_path: Path) 
     """Through the CLI: ``prepare --cache-dir`` with every lock name planted as a link."""
     model = make_cnn(tmp_path / "cnn.onnx")
     data = tmp_path / "d.npy"
-    np.save(data, np.random.default_rng(0).standard_normal((10, 2, 3, 8, 8)).astype(np.float32))
+    # Rows enough for a verdict: too few held-out samples is refused before any lock.
+    np.save(data, np.random.default_rng(0).standard_normal((10, 40, 3, 8, 8)).astype(np.float32))
     cal = tmp_path / "cal"
     cal.mkdir()
     victims = []
