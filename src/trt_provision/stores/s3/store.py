@@ -311,7 +311,7 @@ class S3EngineStore:
             key = timing_key(self._settings.prefix, name)
         except ValueError as exc:
             log.warning("timing cache not fetched: %s", exc,
-                        extra={"event": "remote.timing.bad_name", "name": name})
+                        extra={"event": "remote.timing.bad_name", "cache": name})
             return False
         where = object_url(self._settings.bucket, key)
         if self._offline is not None:
@@ -366,7 +366,7 @@ class S3EngineStore:
             key = timing_key(self._settings.prefix, name)
         except ValueError as exc:
             log.warning("timing cache not uploaded: %s", exc,
-                        extra={"event": "remote.timing.bad_name", "name": name})
+                        extra={"event": "remote.timing.bad_name", "cache": name})
             return False
         if not self._settings.upload_enabled or self._offline is not None:
             log.debug("timing cache upload skipped",
