@@ -219,3 +219,81 @@ def test_a_name_that_is_not_a_timing_cache_is_refused(
     assert store.fetch_timing_cache("../engines/x.engine", _dest(tmp_path)) is False
     assert store.upload_timing_cache("../engines/x.engine", _local(tmp_path)) is False
     assert _keys(store) == [] and len(_warnings(caplog)) == 2
+
+
+# ------------------------------------------------------------------ through the compiler
+
+
+def _tensorrt_compiler(cache: Path, remote: S3EngineStore) -> tuple[Any, Any]:
+    """An EngineCompiler on the TensorRT strategy (fake TensorRT and CUDA) of an A30."""
+    from fakes.fake_cuda import FakeCudaRuntime
+    from fakes.fake_tensorrt import fake_state, make_fake_tensorrt
+    from trt_provision.compiler import EngineCompiler
+    from trt_provision.gates.engine_gate import DefaultEngineGate
+    from trt_provision.runtimes.tensorrt import TensorrtOptions, TensorrtRuntime
+    from trt_provision.stores.local import LocalEngineStore
+    from trt_provision.types import HostCapabilities
+
+    cuda = FakeCudaRuntime()
+    trt = make_fake_tensorrt("10.16.1.11", cuda=cuda, recorder=cuda.recorder)
+    host = HostCapabilities(sm="sm80", trt_version="10.16.1.11", gpu_name="NVIDIA A30")
+    gate = DefaultEngineGate(cache_root=cache)
+    runtime = TensorrtRuntime(
+        gate=gate, host=host, trt_module=trt, cuda_module=cuda,
+        options=TensorrtOptions(optional_plugins=(), timing_cache_dir=cache / ".timing"),
+    )
+    compiler = EngineCompiler(runtime=runtime, store=LocalEngineStore(cache), gate=gate,
+                              host=host, remote=remote)
+    return compiler, fake_state(trt)
+
+
+def _model(path: Path, layers: int) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    names = ["input", *(f"t{i}" for i in range(layers - 1)), "output"]
+    nodes = [helper.make_node("Relu", [names[i]], [names[i + 1]], name=f"relu{i}")
+             for i in range(layers)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _provision(compiler: Any, model: Path, name: str, build: str) -> Any:
+    from trt_provision.types import BackboneSpec, BuildConfig, EngineCompileRequest
+
+    request = EngineCompileRequest((BackboneSpec(name, model, BuildConfig()),), build=build)
+    [result] = compiler.compile_engines_for_corpus(request).results
+    return result
+
+
+def test_fleet_of_fake_tensorrt_devices_share_a_signed_cache_and_refuse_a_tampered_one(
+    tmp_path: Path, weed: WeedServer, bucket: str, keys: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from trt_provision.types import CompileOutcome
+
+    trust = SignatureTrust(TrustPolicy.REQUIRE, [keys["fleet"][1]])
+    a, b = _model(tmp_path / "a.onnx", 2), _model(tmp_path / "b.onnx", 3)
+    builder, _ = _tensorrt_compiler(
+        tmp_path / "builder",
+        _store(weed, bucket, trust=trust, sign_timing_cache=_signer(keys["fleet"][0])))
+    assert _provision(builder, a, "a", "always").outcome is CompileOutcome.BUILT
+    assert _keys(_store(weed, bucket)) == [KEY, KEY + ".sha256", KEY + ".sig"]
+
+    device, trt = _tensorrt_compiler(tmp_path / "device", _store(weed, bucket, trust=trust))
+    result = _provision(device, b, "b", "fallback")
+    assert result.outcome is CompileOutcome.BUILT
+    assert "built with the fleet's timing cache" in result.notes
+    assert trt.timing_cache_at_build == [frozenset({"network:2"})]
+
+    _put(_store(weed, bucket), KEY, b"network:2\nforged:1\n")
+    caplog.clear()
+    late, late_trt = _tensorrt_compiler(tmp_path / "late", _store(weed, bucket, trust=trust))
+    result = _provision(late, b, "b", "fallback")
+    assert result.outcome is CompileOutcome.BUILT and not result.internal
+    assert late_trt.timing_cache_at_build == [frozenset()]  # built without it
+    assert b"forged" not in (tmp_path / "late" / ".timing" / NAME).read_bytes()
+    assert any("timing cache" in w and "sha256" in w for w in _warnings(caplog))
