@@ -225,3 +225,28 @@ def test_onnx_runtime_keeps_no_timing_cache_and_shares_none(
     [result] = compiler.compile_engines_for_corpus(request).results
     assert result.outcome is CompileOutcome.BUILT, result.error
     assert remote.timing_fetches == [] and remote.timing_uploads == []
+
+
+def test_compose_signs_pushed_timing_caches_with_the_engines_key(tmp_path: Path) -> None:
+    """The builder of record's signing key signs its timing cache's ``.sha256`` line, and the
+    fleet's public key verifies it (the same trust code as engines)."""
+    from trt_provision.compose import wire
+    from trt_provision.config import Settings
+    from trt_provision.errors import EngineGateError
+    from trt_provision.trust import SignatureTrust, TrustPolicy, generate_keypair
+
+    public_path, public = generate_keypair(tmp_path / "fleet.key")
+    settings = Settings(cache_dir=tmp_path / "cache", signing_key=tmp_path / "fleet.key",
+                        public_key=public_path,
+                        remote={"bucket": "fleet", "endpoint": "http://127.0.0.1:9"})
+    remote = wire(settings, host=HostCapabilities()).remote
+    assert remote is not None
+    line = b"ab" * 32 + f"  {FLEET_NAME}\n".encode()
+    signature = remote._sign_timing(line)  # type: ignore[attr-defined]
+    trust = SignatureTrust(TrustPolicy.REQUIRE, [public])
+    trust.check_bytes(line, signature, "timing cache")
+    with pytest.raises(EngineGateError):
+        trust.check_bytes(line.replace(b"ab", b"cd", 1), signature, "timing cache")
+    unsigned = wire(Settings(cache_dir=tmp_path / "c2", remote=settings.remote),
+                    host=HostCapabilities()).remote
+    assert unsigned is not None and unsigned._sign_timing is None  # type: ignore[attr-defined]
