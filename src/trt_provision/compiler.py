@@ -43,6 +43,7 @@ from trt_provision.seams import (
     InferenceRuntime,
     PrecisionPipeline,
     RemoteEngineStore,
+    TimingCacheOwner,
 )
 from trt_provision.thermal import check_temperature_limit
 from trt_provision.types import (
@@ -496,6 +497,8 @@ class EngineCompiler:
                     extra={"event": "provision.model.missing", "model": name},
                 )
                 return missing
+            timing = self._fleet_timing_cache(plan, request)
+            fetched_timing = self._fetch_timing_cache(timing)
             entry, seconds = self._build(plan)
             if self._sign is not None:
                 self._sign(entry)
@@ -508,8 +511,31 @@ class EngineCompiler:
                 entry.engine_path.name,
                 extra={"event": "engine.remote.upload", "uploaded": uploaded},
             )
-        return self._result(plan, CompileOutcome.BUILT, entry, seconds,
-                            notes=(plan.why_build,) if plan.why_build else ())
+            if timing is not None and request.build == "always":
+                # The builder of record shares what its builds measured.
+                self._remote.upload_timing_cache(timing.name, timing)
+        notes: tuple[str, ...] = (plan.why_build,) if plan.why_build else ()
+        if fetched_timing:
+            notes += ("built with the fleet's timing cache",)
+        return self._result(plan, CompileOutcome.BUILT, entry, seconds, notes=notes)
+
+    def _fleet_timing_cache(self, plan: _Plan, request: EngineCompileRequest) -> Path | None:
+        """The local timing cache this build shares with devices of its type through the
+        remote store (a runtime that keeps one: TensorRT), or None."""
+        if self._remote is None or not request.use_remote:
+            return None
+        if not isinstance(self._runtime, TimingCacheOwner):
+            return None
+        try:
+            return self._runtime.timing_cache_file(plan.backbone.build_config)
+        except TrtProvisionError:
+            return None  # the build itself reports what is missing
+
+    def _fetch_timing_cache(self, timing: Path | None) -> bool:
+        """Before a build on a device without a timing cache of its own: the fleet's."""
+        if timing is None or self._remote is None or os.path.lexists(timing):
+            return False
+        return self._remote.fetch_timing_cache(timing.name, timing)
 
     def _check_profiles(self, backbone: BackboneSpec) -> None:
         from trt_provision.calibration.data import model_input_specs
