@@ -498,12 +498,21 @@ class CalibrationDataset:
         return _as_iterable(source)
 
     def __iter__(self) -> Iterator[dict[str, npt.NDArray[Any]]]:
+        return self._validated(self._max_batches)
+
+    def read_all(self) -> Iterator[dict[str, npt.NDArray[Any]]]:
+        """Every batch of the source, validated, ``max_batches`` ignored: the first
+        ``max_batches`` are those :meth:`__iter__` yields (and the digest covers), the rest
+        are evidence. The caller bounds how much of the rest it keeps."""
+        return self._validated(None)
+
+    def _validated(self, limit: int | None) -> Iterator[dict[str, npt.NDArray[Any]]]:
         import numpy as np
 
         count = 0
         for item in self._raw_items():
             for raw in _split_stack(item, self._specs, self._config):
-                if self._max_batches is not None and count >= self._max_batches:
+                if limit is not None and count >= limit:
                     break
                 empty = next((n for n, a in raw.items() if np.size(a) == 0), None)
                 if empty is not None:
@@ -518,13 +527,14 @@ class CalibrationDataset:
                     raw, self._specs, count, self._config, allow_lossy_cast=self._allow_lossy
                 )
                 count += 1
-            if self._max_batches is not None and count >= self._max_batches:
+            if limit is not None and count >= limit:
                 break
         if count == 0:
             raise CalibrationCacheError(
                 "calibration dataset is empty", source=self.description
             )
-        self._count = count
+        if limit == self._max_batches:
+            self._count = count
 
     def __len__(self) -> int:
         if self._count is None:
