@@ -207,24 +207,23 @@ MAX_METRIC_BYTES = 4 << 20
 
 def metric_file_sha256(spec: str) -> str:
     """sha256 of the metric script of ``file.py:function``, read (never run) for the engine
-    identity, so an edited metric rebuilds. A missing or oversized file is a ManifestError."""
+    identity, so an edited metric rebuilds. A missing or oversized file, or one that is not
+    a regular file (a FIFO, a device), is a ManifestError naming it."""
     import hashlib
 
     file_part, sep, func_name = spec.partition(".py:")
     if not sep or not func_name:
         raise ManifestError(f"accuracy_metric must be 'file.py:function', got {spec!r}",
                             key="accuracy_metric")
+    from trt_provision._fs import read_named_file
+
     path = Path(file_part + ".py")
     try:
-        with open(path, "rb") as fh:
-            blob = fh.read(MAX_METRIC_BYTES + 1)
-    except OSError as exc:
-        raise ManifestError(f"cannot read accuracy metric script: {exc.strerror}",
-                            key="accuracy_metric", path=str(path)) from exc
-    if len(blob) > MAX_METRIC_BYTES:
-        raise ManifestError(
-            f"accuracy metric script is larger than {MAX_METRIC_BYTES >> 20} MiB",
-            key="accuracy_metric", path=str(path))
+        # Bounded and never blocking: a FIFO or /dev/zero named as the script is refused.
+        blob = read_named_file(path, MAX_METRIC_BYTES, what="accuracy metric script",
+                               error=ManifestError)
+    except ManifestError as exc:
+        raise ManifestError(exc.message, key="accuracy_metric", **exc.context) from exc
     return hashlib.sha256(blob).hexdigest()
 
 
