@@ -22,6 +22,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import stat
 import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -316,9 +317,22 @@ def _split_samples(
         yield {name: value[start:stop] for name, value in mapping.items()}
 
 
+def _regular_file(path: Path) -> None:
+    """Refuse what is not a regular file before numpy opens it: a FIFO named as calibration
+    data would block the run forever on open(), a device would be read without end."""
+    try:
+        st = os.stat(path)  # symlinks followed: a link to the user's data is fine
+    except OSError as exc:
+        raise CalibrationCacheError(
+            f"cannot read calibration file: {exc.strerror}", path=str(path)) from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise CalibrationCacheError("calibration file is not a regular file", path=str(path))
+
+
 def _load_npz(path: Path) -> dict[str, Any]:
     import numpy as np
 
+    _regular_file(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {name: npz[name] for name in npz.files}
@@ -331,6 +345,7 @@ def _load_npz(path: Path) -> dict[str, Any]:
 def _load_npy(path: Path) -> Any:
     import numpy as np
 
+    _regular_file(path)
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
