@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -349,7 +350,12 @@ def describe_binary(head: bytes, path: Path) -> str:
 def read_manifest_text(path: Path) -> str:
     """The manifest's text: bounded in size and refused, naming what it is, when binary."""
     try:
-        with open(path, "rb") as fh:
+        # Opened without waiting for a writer: a FIFO is refused below, never waited on
+        # (a device is read bounded: /dev/null is an empty manifest).
+        with open(path, "rb",
+                  opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as fh:
+            if stat.S_ISFIFO(os.fstat(fh.fileno()).st_mode):
+                raise ManifestError("manifest is a FIFO, not a regular file", file=str(path))
             raw = fh.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError as exc:
         raise ManifestError("manifest not found", file=str(path)) from exc
