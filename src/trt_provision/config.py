@@ -161,6 +161,9 @@ class Manifest:
     path: Path
     settings: Settings
     backbones: tuple[BackboneSpec, ...]
+    # Per model, the build keys the manifest gave it (its own or from [defaults]): a key set
+    # to its default value is still one the user asked for (e.g. a TensorRT-only key).
+    build_keys: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 def _real(path: Path) -> Path:
@@ -417,6 +420,7 @@ def load_manifest(path: Path) -> Manifest:
             expected="at least one [[models]] table",
         )
     backbones: list[BackboneSpec] = []
+    build_keys: dict[str, frozenset[str]] = {}
     seen: set[str] = set()
     for i, raw_model in enumerate(models):
         where = f"models[{i}]"
@@ -430,6 +434,7 @@ def load_manifest(path: Path) -> Manifest:
                 "duplicate model name", file=str(path), key=f"{where}.name", found=name
             )
         seen.add(name)
+        build_keys[name] = frozenset((set(defaults) | set(model)) & _BUILD_KEYS)
         model_path = model.get("path")
         if not isinstance(model_path, str) or not model_path:
             raise _fail(path, f"{where}.path", "a path string to an .onnx file", model_path)
@@ -464,4 +469,5 @@ def load_manifest(path: Path) -> Manifest:
             raise ManifestError(
                 exc.message, file=str(path), key=f"{where}.name", found=repr(name)
             ) from exc
-    return Manifest(path=path, settings=settings, backbones=tuple(backbones))
+    return Manifest(path=path, settings=settings, backbones=tuple(backbones),
+                    build_keys=build_keys)
