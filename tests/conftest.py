@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,37 @@ def cache_dir(tmp_path: Path) -> Path:
     path = tmp_path / "cache"
     path.mkdir()
     return path
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (in addopts): the suite, or a directory of it, runs on one worker per core
+    (at least two: many tests wait on subprocesses and servers rather than compute). A run
+    that names only test files stays in one process, which starts faster than workers for
+    a few files. PYTEST_XDIST_AUTO_NUM_WORKERS, or -n N, decides instead."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    if config.args and all(a.split("::")[0].endswith(".py") for a in config.args):
+        return 0
+    return max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Longest first: the `slow` tests (minutes each on two cores) start before the many
+    # short ones, so no worker is left running one of them alone at the end. A stable sort:
+    # the order within each half is the collection order, on every xdist worker alike.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # Under xdist every worker gets a temporary directory of its own (inside its pytest
+    # base directory, cleaned like it): a test that checks what appeared in the temporary
+    # directory while it ran must not see the files of a test running on another worker.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        private = config._tmp_path_factory.getbasetemp() / "tmp"  # type: ignore[attr-defined]
+        private.mkdir(exist_ok=True)
+        os.environ["TMPDIR"] = tempfile.tempdir = str(private)
 
 
 def _hypothesis_profiles() -> None:
