@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -72,15 +73,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
-@pytest.hookimpl(trylast=True)
+_WORKER_TMP: list[str] = []
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    # Under xdist every worker gets a temporary directory of its own (inside its pytest
-    # base directory, cleaned like it): a test that checks what appeared in the temporary
-    # directory while it ran must not see the files of a test running on another worker.
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        private = config._tmp_path_factory.getbasetemp() / "tmp"  # type: ignore[attr-defined]
-        private.mkdir(exist_ok=True)
-        os.environ["TMPDIR"] = tempfile.tempdir = str(private)
+    # Under xdist every worker gets a temporary directory of its own: a test that checks
+    # what appeared in the temporary directory while it ran must not see the files of a
+    # test running on another worker. Sticky and world-writable like /tmp, since tests
+    # acting as a second user share directories made in it.
+    if os.environ.get("PYTEST_XDIST_WORKER") and not _WORKER_TMP:
+        private = tempfile.mkdtemp(prefix=f"pytest-{os.environ['PYTEST_XDIST_WORKER']}-")
+        os.chmod(private, 0o1777)
+        _WORKER_TMP.append(private)
+        os.environ["TMPDIR"] = tempfile.tempdir = private
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for private in _WORKER_TMP:
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def _hypothesis_profiles() -> None:
