@@ -66,6 +66,25 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
                else os.cpu_count() or 1)
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's load scheduling, except that a real model's tests (tests/realmodels) go to one
+    worker: they share what the model's earlier tests built (a session fixture per worker).
+    The nodeid decides, since markers do not reach the scheduler (and pytest 9 ignores the
+    nodeid suffix xdist_group marks rely on). Other --dist modes are xdist's own."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
+
+    class _RealModelsTogether(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path, _, name = nodeid.partition("::")
+            if path.endswith("realmodels/test_real_models.py") and name.endswith("]"):
+                return "realmodels:" + name[name.rindex("[") + 1:-1]
+            return nodeid
+
+    return _RealModelsTogether(config, log)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Longest first: the `slow` tests (minutes each on two cores) start before the many
     # short ones, so no worker is left running one of them alone at the end. A stable sort:

@@ -27,10 +27,8 @@ from realmodels.tasks import TASKS, Provisioned, Task
 
 pytestmark = [pytest.mark.slow, pytest.mark.tier1]
 
-# A task's tests share its session environment (calibration data, the engines built so far):
-# under pytest-xdist they run on one worker, so nothing is built twice.
-_TASKS = [pytest.param(t, id=t.name, marks=pytest.mark.xdist_group(f"real-{t.name}"))
-          for t in TASKS]
+# A task's tests share its session environment (calibration data, the engines built so far);
+# under pytest-xdist, tests/conftest.py keeps them on one worker, so nothing is built twice.
 
 @dataclasses.dataclass
 class _Env:
@@ -103,7 +101,7 @@ def _check_right_or_refused(env: _Env, run: Provisioned) -> float | None:
     return metric
 
 
-@pytest.mark.parametrize("task", _TASKS)
+@pytest.mark.parametrize("task", TASKS, ids=lambda t: t.name)
 def test_fp32_engine_equals_raw_onnxruntime(
     task: Task, real_env: Callable[[Task], _Env]
 ) -> None:
@@ -119,7 +117,7 @@ def test_fp32_engine_equals_raw_onnxruntime(
     assert task.score(env.reference, run.runner) == 1.0
 
 
-@pytest.mark.parametrize("task", _TASKS)
+@pytest.mark.parametrize("task", TASKS, ids=lambda t: t.name)
 def test_fp16_with_data_is_right_or_refused(
     task: Task, real_env: Callable[[Task], _Env]
 ) -> None:
@@ -127,7 +125,7 @@ def test_fp16_with_data_is_right_or_refused(
     _check_right_or_refused(env, _run(env, "fp16"))
 
 
-@pytest.mark.parametrize("task", _TASKS)
+@pytest.mark.parametrize("task", TASKS, ids=lambda t: t.name)
 def test_int8_is_right_or_refused(task: Task, real_env: Callable[[Task], _Env]) -> None:
     env = real_env(task)
     run = _run(env, "int8")
@@ -136,7 +134,7 @@ def test_int8_is_right_or_refused(task: Task, real_env: Callable[[Task], _Env]) 
     print(f"{task.name} int8: {run.result.get('outcome')} metric={metric}")  # shown by -rP
 
 
-@pytest.mark.parametrize("task", _TASKS)
+@pytest.mark.parametrize("task", TASKS, ids=lambda t: t.name)
 def test_auto_is_right_and_never_slower_than_fp32(
     task: Task, real_env: Callable[[Task], _Env]
 ) -> None:
