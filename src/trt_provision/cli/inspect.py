@@ -106,7 +106,7 @@ def _run_engine(args: argparse.Namespace) -> int:
     from trt_provision.errors import EngineGateError, StoreError
     from trt_provision.identity import parse_engine_filename
     from trt_provision.integrity import parse_sha256_sidecar, read_metadata, sha256_file
-    from trt_provision.runner import read_perf_sidecar
+    from trt_provision.measure.runner import read_perf_sidecar
 
     engine: Path = args.engine
     parsed = parse_engine_filename(engine.name)

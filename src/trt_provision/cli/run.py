@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     from trt_provision.compose import wire
     from trt_provision.errors import TrtProvisionError, UsageError
     from trt_provision.identity import ENGINE_SUFFIX
-    from trt_provision.runner import RunOptions, entry_for_engine_file, run_engine
+    from trt_provision.measure.runner import RunOptions, entry_for_engine_file, run_engine
 
     target: Path = args.target
     if not _is_manifest(target) and not target.name.endswith(ENGINE_SUFFIX):
