@@ -221,12 +221,19 @@ class EngineCompiler:
             staged.unlink(missing_ok=True)
 
     def identity_for(
-        self, backbone: BackboneSpec, *, unresolved_calibration: str | None = None
+        self, backbone: BackboneSpec, *, unresolved_calibration: str | None = None,
+        parse_model: bool = True,
     ) -> tuple[EngineIdentity, RuntimeTarget, str]:
         """``unresolved_calibration``: a stand-in calibration key, so no calibration data
-        is loaded (a dry run with a Python loader)."""
+        is loaded (a dry run with a Python loader). ``parse_model=False``: see model_sha256;
+        only where nothing reads the model before the cache is looked at."""
         backbone = with_default_profiles(backbone)
-        model_hash = model_sha256(backbone.model_path)
+        model_hash = model_sha256(
+            backbone.model_path,
+            parse=parse_model
+            or backbone.build_config.precision.needs_calibration
+            or backbone.build_config.precision is PrecisionMode.AUTO,
+        )
         if backbone.build_config.precision is PrecisionMode.AUTO:
             target = self._runtime.runtime_target(backbone.build_config)
             return auto_identity(self, backbone, model_hash, target), target, model_hash
@@ -392,12 +399,18 @@ class EngineCompiler:
             )
             return _Plan(backbone, identity, target, model_hash, None, started,
                          "planned: the calibration loader is not executed in a dry run")
-        identity, target, model_hash = self.identity_for(backbone)
+        # A reusable engine proves its model parsed when it was built: the model is parsed
+        # (and refused as before) only when it is not reused.
+        identity, target, model_hash = self.identity_for(
+            backbone, parse_model=request.force_rebuild
+        )
         if request.force_rebuild:
             return _Plan(backbone, identity, target, model_hash, None, started,
                          "rebuilt: --force-rebuild")
         why: list[str] = []
         reusable = self._try_reuse(identity, target, why=why)
+        if reusable is None:
+            model_sha256(backbone.model_path)
         return _Plan(backbone, identity, target, model_hash, reusable, started,
                      why[0] if why else "")
 

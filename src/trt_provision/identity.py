@@ -148,13 +148,23 @@ def _tensors_with_external_data(graph: Any) -> Iterator[Any]:
                 yield from _tensors_with_external_data(sub)
 
 
-def model_sha256(model_path: Path) -> str:
-    """sha256 over the ONNX bytes and, in a fixed order, every external-data file it uses."""
+def model_sha256(model_path: Path, *, parse: bool = True) -> str:
+    """sha256 over the ONNX bytes and, in a fixed order, every external-data file it uses.
+
+    ``parse=False`` parses the model (importing onnx, most of a cache hit's start-up) only
+    where its bytes may name an external-data file: the key ``location`` occurs in them.
+    Elsewhere the hash is the same, but bytes that are not ONNX at all are not refused here:
+    the caller parses the model before anything is built from it.
+    """
     import hashlib
 
     model_path = Path(model_path)
     if not model_path.is_file():
         raise ModelError("ONNX model not found", path=str(model_path))
+    if not parse:
+        digest = hashlib.sha256()
+        if not _hash_file_finding(digest, model_path, b"location"):
+            return digest.hexdigest()
     import onnx  # declared dependency; imported here to keep `import trt_provision` light
 
     try:
@@ -188,6 +198,20 @@ def model_sha256(model_path: Path) -> str:
         digest.update(b"\x00external:" + location.encode() + b"\x00")
         _hash_file(digest, ext)
     return digest.hexdigest()
+
+
+def _hash_file_finding(digest: Any, path: Path, needle: bytes) -> bool:
+    """Hash the file into ``digest``; whether ``needle`` occurs in its bytes."""
+    found, tail = False, b""
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+                found = found or needle in tail + chunk
+                tail = chunk[-len(needle) + 1:]
+    except OSError as exc:
+        raise ModelError(f"cannot read model file: {exc.strerror}", path=str(path)) from exc
+    return found
 
 
 def _hash_file(digest: Any, path: Path) -> None:
