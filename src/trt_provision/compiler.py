@@ -226,8 +226,10 @@ class EngineCompiler:
     ) -> tuple[EngineIdentity, RuntimeTarget, str]:
         """``unresolved_calibration``: a stand-in calibration key, so no calibration data
         is loaded (a dry run with a Python loader). ``parse_model=False``: see model_sha256;
-        only where nothing reads the model before the cache is looked at."""
-        backbone = with_default_profiles(backbone)
+        only where nothing reads the model before the cache is looked at; the config is then
+        taken as given (no defaulted profiles, which need the model's inputs)."""
+        if parse_model:
+            backbone = with_default_profiles(backbone)
         model_hash = model_sha256(
             backbone.model_path,
             parse=parse_model
@@ -384,6 +386,15 @@ class EngineCompiler:
 
     def _plan(self, backbone: BackboneSpec, request: EngineCompileRequest) -> _Plan:
         started = time.perf_counter()
+        if not (request.dry_run or request.force_rebuild):
+            # The all-hit path reads no model: engines are published only under the identity
+            # of a defaulted config, and a config whose dynamic inputs all have profiles is
+            # its own default, so its engine is found under the config as given. A config
+            # that needs defaulted profiles misses here and is planned in full below.
+            identity, target, model_hash = self.identity_for(backbone, parse_model=False)
+            entry = self._try_reuse(identity, target, quiet=True)
+            if entry is not None:
+                return _Plan(backbone, identity, target, model_hash, entry, started, "")
         backbone = with_default_profiles(backbone, self._log)
         if request.dry_run and _python_calibration_loader(backbone):
             # A file.py:fn source is Python code: a dry run never executes it. Without its
