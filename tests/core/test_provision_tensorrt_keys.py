@@ -62,12 +62,10 @@ def test_tensorrt_only_keys_warn_once_per_key_naming_the_models(tmp_path: Path) 
     warnings = [x for x in proc.stderr.splitlines() if x.startswith("WARNING")]
     assert all("ignored on the ONNX Runtime runtime (TensorRT only)" in w for w in warnings)
     by_key = {key: [w for w in warnings if f": {key} (" in w]
-              for key in ("dla_core", "gpu_fallback", "workspace_mib", "timing_cache_path",
-                          "tf32")}
+              for key in ("dla_core", "gpu_fallback", "timing_cache_path", "tf32")}
     assert all(len(lines) == 1 for lines in by_key.values()), warnings
-    assert len(warnings) == 5, warnings
+    assert len(warnings) == 4, warnings  # workspace_mib: a limit, harmless on ONNX Runtime
     assert "dla_core (models a, b)" in by_key["dla_core"][0]
-    assert "workspace_mib (model a)" in by_key["workspace_mib"][0]
     assert "no timing cache is read or created" in by_key["timing_cache_path"][0]
     assert not timing.exists()
 

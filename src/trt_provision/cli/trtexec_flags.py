@@ -275,12 +275,14 @@ def tensorrt_only_flags(args: argparse.Namespace) -> list[str]:
     return [flag for dest, flag in _TENSORRT_ONLY if getattr(args, dest, None) is not None]
 
 
-# Manifest build keys only the TensorRT builder reads: those the flags above set, and the
-# hardware-compatibility and precision-constraint options the ONNX Runtime strategy has no
-# counterpart for.
+# Manifest build keys only the TensorRT builder reads and whose absence changes what a user
+# gets: those the flags above set, and the hardware-compatibility and precision-constraint
+# options the ONNX Runtime strategy has no counterpart for. ``workspace_mib`` is left out: a
+# builder memory limit, harmless elsewhere, that fleet manifests (the demo's too) set for
+# every host.
 TENSORRT_ONLY_KEYS = (
     "dla_core", "gpu_fallback", "timing_cache_path", "tf32", "builder_optimization_level",
-    "strongly_typed", "workspace_mib", "hardware_compatibility", "strict_precision_constraints",
+    "strongly_typed", "hardware_compatibility", "strict_precision_constraints",
 )
 
 
