@@ -18,6 +18,7 @@ refused (:class:`AccuracyGateError`) unless ``allow_inaccurate`` is set.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "PreparedModel",
     "governed_ranges",
     "prepare_model_for_precision",
+    "preview_model_for_precision",
 ]
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,49 @@ class GovernedPrecisionPipeline:
             model_path, build_config, workdir, calibration_cache_dir=self.cache_dir,
             consumer=consumer, model_hash=model_hash,
         )
+
+
+    def preview(
+        self, model_path: Path, build_config: BuildConfig, workdir: Path, *, consumer: str,
+        model_hash: str | None = None,
+    ) -> PreparedGraph:
+        return preview_model_for_precision(
+            model_path, build_config, workdir, calibration_cache_dir=self.cache_dir,
+            consumer=consumer, model_hash=model_hash,
+        )
+
+
+# What a previewed graph's sidecar records: it was never judged, so it never passes a judge.
+PREVIEW_NOTE = "unjudged preview for timing (precision = auto); never served"
+
+
+def preview_model_for_precision(
+    model_path: Path,
+    config: BuildConfig,
+    workdir: Path,
+    *,
+    calibration_cache_dir: Path | None,
+    consumer: str = "onnxruntime-cpu",
+    model_hash: str | None = None,
+) -> PreparedModel:
+    """``config.precision``'s graph without the judging work: the same spec, splits and
+    governed ranges as :func:`prepare_model_for_precision` (every algorithm the spec asks
+    for is computed in the one pass, so the judged build that may follow reuses the caches),
+    then one graph of the first algorithm, with no gate (so no sensitivity search) and no
+    verdict. Its speed is the candidate's; its accuracy is not known."""
+    if config.precision is PrecisionMode.FP32:
+        return PreparedModel(model_path=model_path)
+    spec = resolve_spec(model_path, config, workdir, consumer=consumer,
+                        cache_dir=calibration_cache_dir, model_hash=model_hash)
+    spec = dataclasses.replace(spec, gate=None, metric=None)
+    ranges = ranges_for(split_data(spec, judge=False))
+    if ranges.governed:
+        first = spec.algorithms[0]
+        ranges = dataclasses.replace(ranges, governed={first: ranges.governed[first]})
+    graph = graph_for(ranges)
+    return PreparedModel(model_path=graph.path, metadata={
+        **graph.metadata, "accuracy": {"verdict": "not judged", "warning": PREVIEW_NOTE},
+    })
 
 
 def governed_ranges(
