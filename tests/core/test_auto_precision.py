@@ -14,8 +14,8 @@ import pytest
 from trt_provision import auto_precision, compose
 from trt_provision.auto_precision import (
     candidates_for,
-    evidence_of,
     decision_of,
+    evidence_of,
     judge,
     summary_line,
 )
