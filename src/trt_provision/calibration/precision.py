@@ -88,20 +88,18 @@ def preview_model_for_precision(
     model_hash: str | None = None,
 ) -> PreparedModel:
     """``config.precision``'s graph without the judging work: the same spec, splits and
-    governed ranges as :func:`prepare_model_for_precision` (every algorithm the spec asks
-    for is computed in the one pass, so the judged build that may follow reuses the caches),
-    then one graph of the first algorithm, with no gate (so no sensitivity search) and no
-    verdict. Its speed is the candidate's; its accuracy is not known."""
+    governed ranges as :func:`prepare_model_for_precision`, but of one algorithm (the first;
+    min-max for ``auto``, the cheapest: ranges do not change a graph's speed, and its
+    governed cache serves the judged build that may follow), one graph, no gate (so no
+    sensitivity search) and no verdict. Its speed is the candidate's; its accuracy is not
+    known."""
     if config.precision is PrecisionMode.FP32:
         return PreparedModel(model_path=model_path)
     spec = resolve_spec(model_path, config, workdir, consumer=consumer,
                         cache_dir=calibration_cache_dir, model_hash=model_hash)
     spec = dataclasses.replace(spec, gate=None, metric=None)
-    ranges = ranges_for(split_data(spec, judge=False))
-    if ranges.governed:
-        first = spec.algorithms[0]
-        ranges = dataclasses.replace(ranges, governed={first: ranges.governed[first]})
-    graph = graph_for(ranges)
+    graph = graph_for(ranges_for(split_data(spec, judge=False),
+                                 algorithms=spec.algorithms[:1]))
     return PreparedModel(model_path=graph.path, metadata={
         **graph.metadata, "accuracy": {"verdict": "not judged", "warning": PREVIEW_NOTE},
     })
