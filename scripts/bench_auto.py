@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import shutil
 import sys
@@ -44,7 +45,7 @@ def _convnet(path: Path, data: Path, rows: int) -> dict[str, Any]:
     nodes, inits = [], []
     channels = [3, 32, 64, 64, 64, 64]
     x = "image"
-    for i, (cin, cout) in enumerate(zip(channels, channels[1:], strict=False)):
+    for i, (cin, cout) in enumerate(itertools.pairwise(channels)):
         w = (rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2 / (cin * 9))).astype(np.float32)
         b = (rng.standard_normal(cout) * 0.01).astype(np.float32)
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
@@ -86,7 +87,7 @@ def _encoder(path: Path, data: Path, rows: int) -> dict[str, Any]:
     inits.append(numpy_helper.from_array(np.ones(d, np.float32), "gamma"))
     inits.append(numpy_helper.from_array(np.zeros(d, np.float32), "beta"))
     for i in range(4):
-        q, k, v, o = (weight(f"{n}{i}", (d, d), 1 / np.sqrt(d)) for n in "qkvo")
+        q, k, v, o = (weight(f"w{n}{i}", (d, d), 1 / np.sqrt(d)) for n in "qkvo")
         f1, f2 = weight(f"f1_{i}", (d, 4 * d), 1 / np.sqrt(d)), weight(
             f"f2_{i}", (4 * d, d), 1 / np.sqrt(4 * d))
         nodes += [
