@@ -144,7 +144,7 @@ def test_bad_key_files(tmp_path: Path) -> None:
     bad.write_text("hello")
     with pytest.raises(ManifestError, match="not a PEM public key"):
         load_public_key(bad)
-    with pytest.raises(ManifestError, match="cannot read"):
+    with pytest.raises(ManifestError, match="public key missing"):
         load_public_key(tmp_path / "missing.pub")
 
 

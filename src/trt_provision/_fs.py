@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import os
 import re
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from trt_provision.errors import StoreError
+from trt_provision.errors import StoreError, TrtProvisionError
 
 __all__ = [
     "DIR_MODE",
@@ -32,12 +33,17 @@ __all__ = [
     "TEMP_PREFIX",
     "TempName",
     "atomic_write_bytes",
+    "copy_file_atomic",
     "fsync_dir",
     "iter_temp_files",
+    "locked_file",
     "make_dirs",
     "no_space_left",
+    "open_lock_file",
     "parse_temp_name",
     "publish_file",
+    "read_checked_file",
+    "read_named_file",
     "temp_path_for",
     "untrusted_chain",
     "untrusted_reason",
@@ -305,3 +311,192 @@ def iter_temp_files(directory: Path) -> Iterator[tuple[Path, TempName]]:
         parsed = parse_temp_name(name)
         if parsed is not None:
             yield directory / name, parsed
+
+
+# ---------------------------------------------------------------- files we own or are named
+
+# Never through a symlink, never waiting on a FIFO's writer (O_NONBLOCK has no effect on
+# a regular file), never inherited by a child process.
+_SAFE_OPEN = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def read_checked_file(
+    path: Path,
+    cap: int,
+    *,
+    what: str,
+    root: Path | None = None,
+    check_owner: bool = True,
+    error: type[TrtProvisionError] = StoreError,
+) -> bytes:
+    """Read a small file with every check a cache file gets; ``error`` (a
+    TrtProvisionError subclass) naming ``what`` and the path if it fails one.
+
+    A regular file (a symlink only when it resolves inside ``root``; FIFOs, devices and
+    sockets refused without blocking), owned by this user or root and not writable by
+    others (``untrusted_reason``; skipped with ``check_owner=False``), at most ``cap``
+    bytes: the descriptor is checked with ``fstat`` and at most ``cap + 1`` bytes are
+    read, so ``/dev/zero`` or a file that grows meanwhile costs nothing.
+    """
+    where = str(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError as exc:
+        raise error(f"{what} missing", path=where) from exc
+    except (OSError, ValueError) as exc:  # ValueError: an embedded NUL
+        raise error(f"{what} unreadable: {_reason(exc)}", path=where) from exc
+    target = Path(path)
+    if stat.S_ISLNK(st.st_mode):
+        target = Path(os.path.realpath(path))
+        real_root = Path(os.path.realpath(root)) if root is not None else None
+        if real_root is None or real_root not in target.parents:
+            raise error(
+                f"{what} is a symlink pointing outside the cache", path=where, found=str(target)
+            )
+    try:
+        fd = os.open(target, os.O_RDONLY | _SAFE_OPEN)
+    except FileNotFoundError as exc:
+        raise error(f"{what} symlink is dangling", path=where) from exc
+    except OSError as exc:
+        raise error(f"{what} unreadable: {exc.strerror}", path=where) from exc
+    try:
+        fst = os.fstat(fd)
+        if not stat.S_ISREG(fst.st_mode):
+            raise error(f"{what} is not a regular file", path=where)
+        if fst.st_size > cap:
+            raise error(f"{what} too large", path=where, found=fst.st_size)
+        untrusted = untrusted_reason(target, fst) if check_owner else None
+        if untrusted is not None:
+            raise error(f"{what} {untrusted[0]}", path=where, fix=untrusted[1])
+        chunks: list[bytes] = []
+        left = cap + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as exc:
+        raise error(f"{what} unreadable: {exc.strerror}", path=where) from exc
+    finally:
+        os.close(fd)
+    raw = b"".join(chunks)
+    if len(raw) > cap:
+        raise error(f"{what} too large", path=where, found=f"> {cap} bytes")
+    return raw
+
+
+def read_named_file(
+    path: Path, cap: int, *, what: str, error: type[TrtProvisionError] = StoreError
+) -> bytes:
+    """A file the user named (a key, a calibration table, a sidecar beside a named
+    engine): symlinks followed, but only to a regular file; at most ``cap`` bytes; opened
+    without blocking, so a FIFO or ``/dev/zero`` is refused instead of hanging or filling
+    memory."""
+    return read_checked_file(
+        path, cap, what=what, root=Path(os.sep), check_owner=False, error=error
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
+def open_lock_file(
+    path: Path, mode: int = FILE_MODE, *, error: type[TrtProvisionError] = StoreError
+) -> int:
+    """Open (creating it) a lock file of ours; return the descriptor.
+
+    ``O_NOFOLLOW``: a planted symlink, even a dangling one, is refused and its target is
+    never created; ``O_NONBLOCK``: a FIFO planted under the name never blocks the open.
+    The descriptor must be a regular file owned by us (or root) that nobody else can
+    write, else ``error``. Other OSErrors (no write access) propagate for the caller.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _SAFE_OPEN, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise error(
+                "lock file is a symlink; refusing to follow it", path=str(path),
+                fix=f"remove {path}",
+            ) from exc
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error("lock file is not a regular file", path=str(path), fix=f"remove {path}")
+        untrusted = untrusted_reason(Path(path), st)
+        if untrusted is not None:
+            raise error(f"lock file {untrusted[0]}", path=str(path), fix=untrusted[1])
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextlib.contextmanager
+def locked_file(
+    path: Path, mode: int = FILE_MODE, *, error: type[TrtProvisionError] = StoreError
+) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the lock file ``path`` (``open_lock_file``); an
+    OSError while opening it is ``error`` naming the path."""
+    try:
+        fd = open_lock_file(path, mode, error=error)
+    except OSError as exc:
+        raise error(f"cannot open lock file: {exc.strerror}", path=str(path)) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def copy_file_atomic(src: Path, final: Path, mode: int = FILE_MODE) -> None:
+    """Copy ``src`` to ``final`` through a temp file created with exactly ``mode`` (or
+    stricter, by the umask) and renamed over it; StoreError if it cannot.
+
+    An existing ``final`` that is not a regular file (a FIFO, a device such as
+    ``/dev/null``, a directory, or a symlink to one of them) is refused, never replaced:
+    a copy must not swap a device node of the host for a file.
+    """
+    try:
+        st = os.stat(final)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise _store_error("write file", final, exc) from exc
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise StoreError(
+            "refusing to replace an existing file that is not a regular file (a device, "
+            "FIFO, socket or directory)",
+            path=str(final),
+            fix="name a regular file or a new path",
+        )
+    tmp = temp_path_for(final)
+    try:
+        # O_EXCL|O_NOFOLLOW: nothing planted under the temp name is written through.
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      mode)
+        try:
+            src_fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                if not stat.S_ISREG(os.fstat(src_fd).st_mode):
+                    raise OSError(errno.EINVAL, "source is not a regular file", str(src))
+                while chunk := os.read(src_fd, 1 << 20):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(out, view):]
+            finally:
+                os.close(src_fd)
+            os.fsync(out)
+        finally:
+            os.close(out)
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise _store_error("write file", final, exc) from exc

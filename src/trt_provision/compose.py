@@ -117,13 +117,12 @@ def build_signer(settings: Settings) -> Callable[[EngineCacheEntry], None] | Non
     return sign
 
 
-def _tensorrt_calibration(
-    cache_dir: Path, trt_version: str | None = None
-) -> Callable[[Path, BuildConfig], Any]:
+def _tensorrt_calibration(cache_dir: Path) -> Callable[[Path, BuildConfig, str], Any]:
     """Weakly typed TensorRT: governed batches and calibration cache for the calibrator
-    (the cache is bound to the TensorRT version that will read it)."""
+    (the cache is bound to the TensorRT version that will read it, which the strategy
+    passes: the imported module's, not the host probe's)."""
 
-    def calibration(model: Path, config: BuildConfig) -> Any:
+    def calibration(model: Path, config: BuildConfig, trt_version: str) -> Any:
         from trt_provision.calibration.tensorrt import tensorrt_calibration_input
 
         return tensorrt_calibration_input(model, config, cache_dir, trt_version=trt_version)
@@ -140,10 +139,8 @@ def wire(
     host = host or probe_host()
     store = build_store(settings)
     gate = build_gate(settings)
-    budget: MemoryBudget = GpuMemoryBudget(
-        settings.memory_budget_bytes,
-        probe=choose_free_memory_probe(host, os_reserve_bytes=settings.os_memory_reserve_bytes),
-    )
+    free_memory = choose_free_memory_probe(host, os_reserve_bytes=settings.os_memory_reserve_bytes)
+    budget: MemoryBudget = GpuMemoryBudget(settings.memory_budget_bytes, probe=free_memory)
     thermal: ThermalStatePublisher = choose_thermal_publisher(host)
     label = choose_runtime_label(settings, host)
     calibration_dir = Path(settings.cache_dir) / ".calibration"
@@ -161,7 +158,9 @@ def wire(
                 allow_engine_host_code=settings.allow_engine_host_code,
                 plugin_namespace=settings.plugin_namespace,
                 plugin_libraries=settings.plugin_libraries,
-                calibration=_tensorrt_calibration(calibration_dir, host.trt_version),
+                calibration=_tensorrt_calibration(calibration_dir),
+                # The Jetson workspace is sized from what the budget sees (OS reserve kept).
+                free_memory_bytes=free_memory.free_bytes,
             ),
         )
     else:

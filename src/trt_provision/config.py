@@ -82,7 +82,7 @@ _BUILD_KEYS = {
     "tf32",
     "auto_budget_s",
 }
-_MODEL_KEYS = {"name", "path", "version"} | _BUILD_KEYS
+_MODEL_KEYS = {"name", "path", "version", "outputs"} | _BUILD_KEYS
 _CALIBRATION_KEYS = {
     "data",
     "dataset_version",
@@ -313,6 +313,15 @@ def _build_dict(path: Path, where: str, raw: Mapping[str, Any]) -> dict[str, Any
             cal["evaluation_data"] = _manifest_relative(
                 path, f"{where}.calibration.evaluation_data", cal["evaluation_data"])
         out["calibration"] = cal
+    if "outputs" in raw:  # [models.outputs.NAME] kind = "...": per-output judging
+        kinds: dict[str, Any] = {}
+        for name, table in _table(path, f"{where}.outputs", raw["outputs"]).items():
+            entry = _table(path, f"{where}.outputs.{name}", table)
+            _check_keys(path, f"{where}.outputs.{name}", entry, {"kind"})
+            if "kind" not in entry:
+                raise _fail(path, f"{where}.outputs.{name}.kind", "a kind for the output")
+            kinds[name] = entry["kind"]
+        out["output_kinds"] = kinds
     if "accuracy_metric" in out:
         out["accuracy_metric"] = _manifest_relative(
             path, f"{where}.accuracy_metric", out["accuracy_metric"])
@@ -387,6 +396,11 @@ def load_manifest(path: Path) -> Manifest:
         raise ManifestError(f"manifest is not valid TOML: {exc}", file=str(path)) from exc
     except RecursionError as exc:  # deeply nested arrays: hostile input, not our bug
         raise ManifestError("manifest is nested too deeply", file=str(path)) from exc
+    except ValueError as exc:  # an integer beyond Python's int-string digit limit
+        raise ManifestError(
+            "manifest holds a number too long to read", file=str(path),
+            detail=str(exc).split(";")[0],
+        ) from exc
     _check_keys(path, "", data, _TOP_KEYS)
     try:
         settings = _settings(

@@ -1,24 +1,27 @@
 """Engine integrity: ``sha256sum``-compatible sidecar and the JSON metadata sidecar.
 
-``X.engine.sha256`` holds one line ``<64 hex>  X.engine`` (so ``sha256sum -c`` works in the
-engine's directory); ``X.engine.json`` holds identity, build config, host, tool versions,
-timings and evidence, including the engine's sha256 and file name.
+``X.engine.sha256`` holds two lines, ``<64 hex>  X.engine`` and ``<64 hex>  X.engine.json``
+(so ``sha256sum -c X.engine.sha256`` checks both in the engine's directory);
+``X.engine.json`` holds identity, build config, I/O shapes, host, tool versions, timings and
+evidence, including the engine's sha256 and file name. The metadata decides what a load
+admits (memory budget, profiles, shapes), so it is covered like the engine: a sidecar of
+the older one-line form verifies nothing about it and the engine is rebuilt. (Neither
+line authenticates anything: whoever can rewrite one sidecar can rewrite both; a
+signature over the metadata bytes does, ``trust.py``.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from trt_provision._bounded import BoundedInputError
 from trt_provision._bounded import loads_bounded as _loads_bounded
-from trt_provision._fs import atomic_write_bytes, untrusted_reason
+from trt_provision._fs import atomic_write_bytes, read_checked_file
 from trt_provision.errors import EngineGateError
 
 __all__ = [
@@ -38,6 +41,7 @@ __all__ = [
     "read_metadata",
     "read_sidecar_json",
     "sha256_file",
+    "sha256_sidecar_bytes",
     "update_from_file",
     "write_metadata",
     "write_sha256_sidecar",
@@ -80,9 +84,17 @@ def format_sha256_line(digest: str, filename: str) -> str:
     return f"{digest}  {filename}\n"
 
 
-def write_sha256_sidecar(engine_path: Path, digest: str) -> Path:
+def sha256_sidecar_bytes(digest: str, engine_name: str, metadata: bytes) -> bytes:
+    """The ``.sha256`` sidecar of an engine: its digest, then its metadata sidecar's."""
+    return (
+        format_sha256_line(digest, engine_name)
+        + format_sha256_line(hashlib.sha256(metadata).hexdigest(), engine_name + ".json")
+    ).encode()
+
+
+def write_sha256_sidecar(engine_path: Path, digest: str, metadata: bytes) -> Path:
     sidecar = engine_path.with_name(engine_path.name + ".sha256")
-    atomic_write_bytes(sidecar, format_sha256_line(digest, engine_path.name).encode())
+    atomic_write_bytes(sidecar, sha256_sidecar_bytes(digest, engine_path.name, metadata))
     return sidecar
 
 
@@ -98,84 +110,67 @@ def read_cache_file(
     with ``fstat`` and at most ``cap + 1`` bytes are read, so ``/dev/zero`` or a file that
     grows meanwhile costs nothing.
     """
-    where = str(path)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError as exc:
-        raise EngineGateError(f"{what} missing", path=where) from exc
-    except OSError as exc:
-        raise EngineGateError(f"{what} unreadable: {exc.strerror}", path=where) from exc
-    target = path
-    if stat.S_ISLNK(st.st_mode):
-        target = Path(os.path.realpath(path))
-        real_root = Path(os.path.realpath(root)) if root is not None else None
-        if real_root is None or real_root not in target.parents:
-            raise EngineGateError(
-                f"{what} is a symlink pointing outside the cache", path=where, found=str(target)
-            )
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(target, flags)
-    except FileNotFoundError as exc:
-        raise EngineGateError(f"{what} symlink is dangling", path=where) from exc
-    except OSError as exc:
-        raise EngineGateError(f"{what} unreadable: {exc.strerror}", path=where) from exc
-    try:
-        fst = os.fstat(fd)
-        if not stat.S_ISREG(fst.st_mode):
-            raise EngineGateError(f"{what} is not a regular file", path=where)
-        if fst.st_size > cap:
-            raise EngineGateError(f"{what} too large", path=where, found=fst.st_size)
-        untrusted = untrusted_reason(target, fst) if check_owner else None
-        if untrusted is not None:
-            raise EngineGateError(f"{what} {untrusted[0]}", path=where, fix=untrusted[1])
-        chunks: list[bytes] = []
-        left = cap + 1
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-    except OSError as exc:
-        raise EngineGateError(f"{what} unreadable: {exc.strerror}", path=where) from exc
-    finally:
-        os.close(fd)
-    raw = b"".join(chunks)
-    if len(raw) > cap:
-        raise EngineGateError(f"{what} too large", path=where, found=f"> {cap} bytes")
-    return raw
+    return read_checked_file(
+        path, cap, what=what, root=root, check_owner=check_owner, error=EngineGateError
+    )
 
 
-def parse_sha256_sidecar(sidecar: Path, engine_name: str, *, root: Path | None = None) -> str:
-    """Return the digest a sidecar claims for ``engine_name``; EngineGateError if unusable."""
+def parse_sha256_sidecar(
+    sidecar: Path, engine_name: str, *, root: Path | None = None, metadata: bytes | None = None
+) -> str:
+    """Return the digest a sidecar claims for ``engine_name``; EngineGateError if unusable
+    (or, with ``metadata``, when it does not cover exactly those metadata bytes)."""
     raw = read_cache_file(sidecar, MAX_SIDECAR_BYTES, what="sha256 sidecar", root=root)
-    return parse_sha256_bytes(raw, sidecar, engine_name)
+    return parse_sha256_bytes(raw, sidecar, engine_name, metadata)
 
 
-def parse_sha256_bytes(raw: bytes, sidecar: Path, engine_name: str) -> str:
+def parse_sha256_bytes(
+    raw: bytes, sidecar: Path, engine_name: str, metadata: bytes | None = None
+) -> str:
+    """The engine digest of a ``.sha256`` sidecar's bytes.
+
+    With ``metadata`` (the metadata sidecar's exact bytes), the sidecar must also carry
+    their digest on a second line and it must match: a sidecar of the older one-line form
+    does not, and is refused (the engine is rebuilt), never trusted.
+    """
+    where = str(sidecar)
     if len(raw) > MAX_SIDECAR_BYTES:
-        raise EngineGateError("sha256 sidecar too large", path=str(sidecar))
+        raise EngineGateError("sha256 sidecar too large", path=where)
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError as exc:
-        raise EngineGateError("sha256 sidecar is not ASCII", path=str(sidecar)) from exc
+        raise EngineGateError("sha256 sidecar is not ASCII", path=where) from exc
     lines = [ln for ln in text.splitlines() if ln.strip()]
-    if len(lines) != 1:
+    if len(lines) not in (1, 2):
         raise EngineGateError(
-            "sha256 sidecar must hold exactly one line", path=str(sidecar), lines=len(lines)
+            "sha256 sidecar must hold one line for the engine and one for its metadata",
+            path=where, lines=len(lines),
         )
-    match = _LINE_RE.fullmatch(lines[0])
-    if match is None:
-        raise EngineGateError("sha256 sidecar is malformed", path=str(sidecar))
-    if match.group(2) != engine_name:
-        raise EngineGateError(
-            "sha256 sidecar is for another file",
-            path=str(sidecar),
-            expected=engine_name,
-            found=match.group(2),
-        )
-    return match.group(1)
+    found: list[tuple[str, str]] = []
+    for line in lines:
+        match = _LINE_RE.fullmatch(line)
+        if match is None:
+            raise EngineGateError("sha256 sidecar is malformed", path=where)
+        found.append((match.group(1), match.group(2)))
+    for (_, name), expected in zip(found, (engine_name, engine_name + ".json"), strict=False):
+        if name != expected:
+            raise EngineGateError(
+                "sha256 sidecar is for another file", path=where, expected=expected, found=name
+            )
+    if metadata is not None:
+        if len(found) < 2:
+            raise EngineGateError(
+                "sha256 sidecar does not cover the metadata sidecar (an older format); the "
+                "metadata is not verified",
+                path=where,
+            )
+        actual = hashlib.sha256(metadata).hexdigest()
+        if actual != found[1][0]:
+            raise EngineGateError(
+                "metadata sidecar does not match its sha256 (edited or corrupt)",
+                path=where, expected=found[1][0], found=actual,
+            )
+    return found[0][0]
 
 
 def loads_bounded(

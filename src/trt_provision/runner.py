@@ -85,6 +85,9 @@ PERF_FORMAT = 1
 MAX_PERF_BYTES = 64 << 10  # read back bounded: a planted huge file is refused, not parsed
 MAX_PERF_RUNS = 8  # the most recent measurements kept per engine
 MAX_NPZ_MEMBERS = 1024
+# Synthetic inputs are made from the shapes the metadata records: bounded, so a profile of
+# absurd shapes is one clear error instead of MemoryError (--inputs feeds real data).
+MAX_SYNTHETIC_INPUT_BYTES = 2 << 30
 _NPY_HEADER_SLACK = 1 << 16
 
 # (atol, rtol) when the user gives none: FP32 engines may use TF32 on TensorRT; FP16 and
@@ -245,6 +248,14 @@ def synthetic_inputs(
 ) -> dict[str, np.ndarray[Any, Any]]:
     """Seeded data at each input's opt shape: floats in [-1, 1), integers in [0, 4) (small
     enough to be a valid index or class id), booleans either way."""
+    shapes = {spec.name: spec.default_shape() for spec in inputs}
+    total = sum(math.prod(shapes[s.name]) * max(s.dtype.itemsize, 8) for s in inputs)
+    if total > MAX_SYNTHETIC_INPUT_BYTES:  # itemsize 8: the generator's float64 / int64
+        raise InferenceError(
+            f"synthetic inputs at the recorded shapes would take {total} bytes, more than "
+            f"{MAX_SYNTHETIC_INPUT_BYTES >> 30} GiB; pass --inputs FILE.npz",
+            shapes={name: list(shape) for name, shape in shapes.items()},
+        )
     rng = np.random.default_rng(seed)
     arrays: dict[str, np.ndarray[Any, Any]] = {}
     for spec in inputs:

@@ -89,9 +89,12 @@ MIN_COSINE: dict[PrecisionMode, float] = {
     PrecisionMode.MIXED: 0.98,
 }
 POLYGRAPHY_MIN_COSINE = 0.9999
-# Plugins libnvinfer_plugin registers (TensorRT plugin/README.md); one found is enough to
-# prove the registry was initialised before our build and load.
-PROBE_PLUGINS: tuple[str, ...] = ("EfficientNMS_TRT", "BatchedNMS_TRT", "ROIAlign_TRT")
+# Plugins libnvinfer_plugin registers, with the version each creator reports (NVIDIA/TensorRT
+# plugin/: efficientNMSPlugin "1" in 10.3..11.1, batchedNMSPlugin "1" (gone in 11.x),
+# roiAlignPlugin "2"); one found is enough to prove the registry was initialised before our
+# build and load. The registry is keyed by (name, version, namespace).
+PROBE_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("EfficientNMS_TRT", "1"), ("BatchedNMS_TRT", "1"), ("ROIAlign_TRT", "2"))
 # The refusal the runtime raises, before any build, for a path this TensorRT lacks.
 _NOT_OFFERED = re.compile(r"(weakly|strongly) typed build requested but this TensorRT has no")
 # The precision pipeline's refusal of an int8/mixed label on a model with no quantizable
@@ -566,7 +569,10 @@ def _case(
 def _plugin_check(trt: Wired, backbone: BackboneSpec, inputs: Mapping[str, Any]) -> CheckResult:
     """Build and load with plugin lookups: proves the plugin registry is initialised and
     searched before build and load (creators libnvinfer_plugin registers)."""
-    plugins = tuple(PluginSpec(name=name, required=False) for name in PROBE_PLUGINS)
+    # TensorRT's own creators register under the configured namespace (init_libnvinfer_plugins).
+    namespace = getattr(trt.settings, "plugin_namespace", "") or ""
+    plugins = tuple(PluginSpec(name=name, version=version, namespace=namespace, required=False)
+                    for name, version in PROBE_PLUGINS)
     variant = _variant(backbone, PrecisionMode.FP32, None, None, plugins=plugins)
     try:
         entry, _ = _compile(trt, variant)
@@ -575,7 +581,7 @@ def _plugin_check(trt: Wired, backbone: BackboneSpec, inputs: Mapping[str, Any])
         return CheckResult("plugins", "error", _short(exc))
     listed = _metadata(entry).get("plugins") or []
     found = sorted(p["name"] for p in listed if isinstance(p, dict) and p.get("found"))
-    facts = {"looked_up": list(PROBE_PLUGINS), "found": found}
+    facts = {"looked_up": [f"{n} v{v}" for n, v in PROBE_PLUGINS], "found": found}
     if not found:
         return CheckResult("plugins", "fail",
                            "no libnvinfer_plugin creator registered at build time", facts)
@@ -816,7 +822,50 @@ def run_selftest(
     return _finish(report, report_dir, started)
 
 
+class _BuildPhases(logging.Handler):
+    """Collects the TensorRT build-phase events (IProgressMonitor) of the selftest's builds:
+    whether a real TensorRT reports phases to our monitor is only known on a real run."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.events: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = str(getattr(record, "event", ""))
+        if event in ("trt.build.phase.start", "trt.build.phase.finish"):
+            self.events.append((event, str(getattr(record, "phase", ""))))
+
+    def check(self, built: bool) -> CheckResult:
+        starts = [p for e, p in self.events if e == "trt.build.phase.start"]
+        finishes = [p for e, p in self.events if e == "trt.build.phase.finish"]
+        facts = {"phases": sorted(set(starts))[:20], "starts": len(starts),
+                 "finishes": len(finishes)}
+        if not built:
+            return CheckResult("build-phases", "skipped", "no engine was built", facts)
+        if not starts or len(starts) != len(finishes):
+            return CheckResult("build-phases", "fail", "TensorRT reported no (or unfinished) "
+                               "build phases to the progress monitor", facts)
+        return CheckResult("build-phases", "pass", f"{len(starts)} phase(s) reported", facts)
+
+
 def _run_cases(
+    report: SelftestReport, trt: Wired, ort: Wired, backbones: Sequence[BackboneSpec],
+    manifest_dir: Path, precisions: Sequence[PrecisionMode],
+) -> None:
+    phases = _BuildPhases()
+    progress_log = logging.getLogger("trt_provision.runtimes.tensorrt.progress")
+    level = progress_log.level
+    progress_log.setLevel(logging.INFO)
+    progress_log.addHandler(phases)
+    try:
+        _run_all_cases(report, trt, ort, backbones, manifest_dir, precisions)
+    finally:
+        progress_log.removeHandler(phases)
+        progress_log.setLevel(level)
+    report.checks.append(phases.check(any(c.status in ("pass", "fail") for c in report.cases)))
+
+
+def _run_all_cases(
     report: SelftestReport, trt: Wired, ort: Wired, backbones: Sequence[BackboneSpec],
     manifest_dir: Path, precisions: Sequence[PrecisionMode],
 ) -> None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trt_provision._fs import atomic_write_bytes, fsync_dir
+from trt_provision._fs import atomic_write_bytes, fsync_dir, read_named_file
 from trt_provision._lazy import import_optional
 from trt_provision.errors import EngineGateError, ManifestError, StoreError
 from trt_provision.integrity import (
@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 
 SIGNATURE_SUFFIX = ".sig"
 MAX_SIGNATURE_BYTES = 1024
+# An Ed25519 PEM key is a few hundred bytes: a key file is read to this bound, without
+# blocking, so /dev/zero or a FIFO named as a key is an error, not 4 GB or a hang.
+MAX_KEY_FILE_BYTES = 64 << 10
 KEY_ID_CHARS = 16
 _SIG_RE = re.compile(r"ed25519:([0-9a-f]{16}):([A-Za-z0-9+/=]{86,88})")
 
@@ -178,12 +181,17 @@ def generate_keypair(
     return public_path, public
 
 
+def _read_key(path: Path, what: str) -> bytes:
+    """A key file's bytes: a regular file (a symlink followed to one), at most
+    MAX_KEY_FILE_BYTES, opened without blocking; ManifestError naming the file if not."""
+    if not str(path) or Path(path).name == "":
+        raise _key_error(f"{what} is an empty path or a directory", path)
+    return read_named_file(path, MAX_KEY_FILE_BYTES, what=what, error=ManifestError)
+
+
 def _load_private_key(path: Path) -> Any:
     path = Path(path)
-    try:
-        pem = path.read_bytes()
-    except OSError as exc:
-        raise _key_error(f"cannot read private key: {exc.strerror}", path, exc) from exc
+    pem = _read_key(path, "private key")
     try:
         key = _serialization().load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as exc:
@@ -196,10 +204,7 @@ def _load_private_key(path: Path) -> Any:
 
 def load_public_key(path: Path) -> PublicKey:
     path = Path(path)
-    try:
-        pem = path.read_bytes()
-    except OSError as exc:
-        raise _key_error(f"cannot read public key: {exc.strerror}", path, exc) from exc
+    pem = _read_key(path, "public key")
     ser = _serialization()
     try:
         key = ser.load_pem_public_key(pem)

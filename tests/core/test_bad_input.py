@@ -6,7 +6,7 @@ Exit code 3 is kept for bugs in trt-provision; none of these inputs may reach it
 from __future__ import annotations
 
 import json
-import shutil
+import os
 from pathlib import Path
 from typing import Any
 
@@ -264,21 +264,22 @@ def test_compile_copy_to_a_failing_out_dir_is_a_store_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     out = tmp_path / "out"
-    real_copyfile = shutil.copyfile
+    real_write = os.write
 
-    def full_disk(src: Any, dst: Any, **kwargs: Any) -> Any:
-        if Path(dst).parent == out:
-            Path(dst).write_bytes(b"partial")
+    def full_disk(fd: int, data: Any) -> int:
+        # The copy's temp file in OUT_DIR takes some bytes, then the disk is full.
+        if Path(os.readlink(f"/proc/self/fd/{fd}")).parent == out:
+            real_write(fd, bytes(data[:7]))
             raise OSError(28, "No space left on device")
-        return real_copyfile(src, dst, **kwargs)
+        return real_write(fd, data)
 
-    monkeypatch.setattr(shutil, "copyfile", full_disk)
+    monkeypatch.setattr(os, "write", full_disk)
     argv = [
         "compile", str(demo_dir / "models" / "demo_cnn.onnx"), str(out),
         "--cache-dir", str(cache_dir), "--runtime", "onnxruntime",
         "--opt-shapes", "image:1x3x32x32",
     ]
-    _user_error(capsys, argv, "StoreError", "No space left on device", str(out))
+    _user_error(capsys, argv, "StoreError", "no space left on device", str(out))
     assert list(out.iterdir()) == []  # no temp file left behind
 
 

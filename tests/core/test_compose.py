@@ -94,8 +94,8 @@ def test_tensorrt_adapters_feed_both_precision_paths(tmp_path: Path, demo_dir: P
                                     algorithm="minmax"),
     )
     cache = tmp_path / "calib"
-    assert _tensorrt_calibration(cache)(model, BuildConfig()) is None
-    weak = _tensorrt_calibration(cache)(model, int8)
+    assert _tensorrt_calibration(cache)(model, BuildConfig(), "10.3.0") is None
+    weak = _tensorrt_calibration(cache)(model, int8, "10.3.0")
     first = next(iter(weak.batches))
     assert set(first) == {"image"} and first["image"].dtype.name == "float32"
     workdir = tmp_path / "work"
@@ -117,6 +117,16 @@ def test_tensorrt_runtime_is_wired_without_importing_tensorrt(tmp_path: Path) ->
     assert (target.runtime, target.runtime_version, target.target, target.platform) == (
         "trt", "10.3.0", "sm87", "jp6.2")
     assert "tensorrt" not in sys.modules
+
+
+def test_jetson_build_workspace_sees_the_budgets_free_memory(tmp_path: Path) -> None:
+    """The TensorRT strategy sizes a Jetson workspace from the same probe as the memory
+    budget, so the OS reserve is kept out of it (a reserve beyond all RAM leaves nothing)."""
+    settings = Settings(cache_dir=tmp_path, runtime="tensorrt", os_memory_reserve_bytes=1 << 60)
+    host = HostCapabilities(sm="sm87", jetpack="6.2", trt_version="10.3.0", gpu_integrated=True)
+    wired = wire(settings, host=host, use_remote=False)
+    probe = wired.runtime._options.free_memory_bytes  # type: ignore[attr-defined]
+    assert probe is not None and probe() == 0
 
 
 def test_republishing_drops_the_old_signature(tmp_path: Path, demo_dir: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from trt_provision.errors import StoreError
+from trt_provision.errors import EngineGateError, StoreError
 from trt_provision.integrity import parse_sha256_sidecar, read_metadata, sha256_file
 from trt_provision.stores.local import LocalEngineStore
 from trt_provision.types import EngineIdentity, PrecisionMode
@@ -308,3 +308,29 @@ def test_group_write_is_refused_for_a_shared_group_and_accepted_for_a_private_on
         pytest.skip("this user's group is shared with other users")
     os.chown(cache_dir, 0, own_gid)  # umask-002 style: group-writable, the group is only us
     store.ensure_usable()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another uid")
+def test_lock_file_of_another_user_is_refused(cache_dir: Path) -> None:
+    """A lock file another user owns could be held by them for ever: refused, naming it."""
+    store = LocalEngineStore(cache_dir)
+    with store.lock(IDENTITY):
+        pass
+    lock = cache_dir / ".locks" / (IDENTITY.filename + ".lock")
+    os.chown(lock, 4242, 4242)
+    with pytest.raises(StoreError, match="lock file is owned by uid 4242"), store.lock(IDENTITY):
+        pass
+
+
+def test_published_sha256_sidecar_covers_the_metadata(cache_dir: Path) -> None:
+    store = LocalEngineStore(cache_dir)
+    staged = store.staging_path(IDENTITY)
+    staged.write_bytes(b"engine")
+    entry = store.publish(IDENTITY, staged, {"device_memory_bytes": 1})
+    meta = entry.metadata_path.read_bytes()
+    assert parse_sha256_sidecar(entry.sha256_path, entry.engine_path.name,
+                                metadata=meta) == entry.sha256
+    with pytest.raises(EngineGateError, match="does not match its sha256"):
+        parse_sha256_sidecar(entry.sha256_path, entry.engine_path.name,
+                             metadata=meta.replace(b'"device_memory_bytes": 1',
+                                                   b'"device_memory_bytes": 9'))

@@ -222,6 +222,10 @@ class FakeTrtState:
     warnings_logged: list[str] = field(default_factory=list)
     device_memory_bytes: int = 1 << 20
     build_returns_none: bool = False
+    # (severity, text) the builder logs through its logger on every build, e.g. a Jetson
+    # build that runs out of memory (open-mmlab/mmdeploy#1059: "Device memory is insufficient
+    # to use tactic" warnings, then "Could not find any implementation for node ...").
+    build_messages: list[tuple[str, str]] = field(default_factory=list)
     context_returns_none: bool = False
     execute_returns: bool = True
     # IExecutionContext.set_input_shape / set_tensor_address return these (False: refused).
@@ -914,6 +918,15 @@ class _BuilderConfig(_Obj):
     def profiling_verbosity(self, value: Any) -> None:
         self._verbosity = value
 
+    @property
+    def progress_monitor(self) -> Any:
+        return getattr(self, "_monitor", None)
+
+    @progress_monitor.setter
+    def progress_monitor(self, monitor: Any) -> None:
+        self._st.rec("IBuilderConfig.progress_monitor", monitor)
+        self._monitor = monitor
+
     def create_timing_cache(self, serialized_timing_cache: Any) -> Any:
         data = bytes(serialized_timing_cache)
         self._st.rec("IBuilderConfig.create_timing_cache", len(data))
@@ -935,6 +948,7 @@ class _BuilderConfig(_Obj):
 
 class _Builder(_Obj):
     def __init__(self, logger: Any) -> None:
+        self._logger = logger
         self._st.rec("Builder", logger)
         self._st.use_logger(logger, "createInferBuilder")
 
@@ -968,7 +982,11 @@ class _Builder(_Obj):
     def build_serialized_network(self, network: Any, config: Any) -> Any:
         st = self._st
         st.rec("Builder.build_serialized_network", network, config)
+        for severity, text in st.build_messages:
+            self._logger.log(getattr(st.module.ILogger, severity), text)
         if st.build_returns_none:
+            return None
+        if not _drive_progress_monitor(st, config, network):
             return None
         if (_fails_profiles(st, config, network) or _fails_strong_typing(st, config, network)
                 or _fails_constraints(st, config, network) or _fails_dla(st, config, network)):
@@ -987,7 +1005,7 @@ class _Builder(_Obj):
             "calibration": calibration,
             "inputs": [
                 [t.name, list(t.shape), t.dtype.name,
-                 [list(s) for s in profile.get(t.name, (t.shape, t.shape, t.shape))]]
+                 [list(s) for s in profile.get(t.name, ((), (), ()))]]
                 for t in network._inputs
             ],
             "outputs": [[t.name, list(t.shape), t.dtype.name] for t in network._outputs],
@@ -1002,6 +1020,33 @@ class _Builder(_Obj):
             "dla_core": config._dla_core,
         }
         return st.new("IHostMemory", data=ENGINE_MAGIC + json.dumps(blob).encode())
+
+
+def _drive_progress_monitor(st: FakeTrtState, config: Any, network: Any) -> bool:
+    """Report phases to the config's IProgressMonitor like the builder does (NvInfer.h
+    v10.3.0, IProgressMonitor: phaseStart with a nullptr parent for a top-level phase,
+    stepComplete per step, "true to continue to the next step or false to stop the build",
+    phaseFinish also when the build is cancelled). A monitor that raises cancels the build:
+    the binding's trampoline returns false then (python/src/infer/pyCore.cpp v10.16,
+    PyProgressMonitor::stepComplete). Returns False for a cancelled build."""
+    monitor = getattr(config, "_monitor", None)
+    if monitor is None:
+        return True
+    phases = (("Building engine", None, 2), ("Optimizing layers", "Building engine",
+                                             max(network.num_layers, 1)))
+    for name, parent, steps in phases:
+        monitor.phase_start(name, parent, steps)
+        for step in range(steps):
+            try:
+                go_on = bool(monitor.step_complete(name, step))
+            except Exception:
+                go_on = False
+            if not go_on:
+                monitor.phase_finish(name)
+                st.log_warning(f"[E] build cancelled by the progress monitor in {name!r}")
+                return False
+        monitor.phase_finish(name)
+    return True
 
 
 def _fails_profiles(st: FakeTrtState, config: Any, network: Any) -> bool:
@@ -1078,10 +1123,12 @@ def _fails_dla(st: FakeTrtState, config: Any, network: Any) -> bool:
         return True
     # DLA layers need min == opt == max (NvInferRuntime.h v10.3.0, IOptimizationProfile::
     # setDimensions: "If run on DLA, minimum, optimum, and maximum dimensions must to be the
-    # same"): without GPU fallback a ranged profile cannot build.
+    # same"). The warning has no exception for GPU_FALLBACK: with it TensorRT would run
+    # the ranged layers on the GPU, i.e. build no DLA engine, which the fake reports as a
+    # failed DLA build with or without the flag.
     ranged = [name for profile in config._profiles for name, (lo, opt, hi)
               in profile._shapes.items() if not lo == opt == hi]
-    if ranged and "GPU_FALLBACK" not in config._flags:
+    if ranged:
         st.log_warning(f"[E] DLA needs static shapes; inputs with a shape range: {ranged}")
         return True
     cannot = {layer.name for layer in st.model.layers if not layer.dla_capable}
@@ -1172,6 +1219,9 @@ class _Engine(_Obj):
         return tuple(self._find(name)[2])
 
     def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[tuple[int, ...]]:
+        """An input no profile covers (a static engine) has no profile shape: getProfileShape
+        returns Dims{-1, {}} (NvInferRuntime.h v10.3.0, ICudaEngine::getProfileShape), which
+        the fake gives back as empty shapes; ``get_tensor_shape`` has the static shape."""
         for t in self._blob["inputs"]:
             if t[0] == name:
                 return [tuple(s) for s in t[3]]
@@ -1307,6 +1357,13 @@ class _Runtime(_Obj):
             self._dla_core = int(value)
 
     @property
+    def num_DLA_cores(self) -> int:
+        # IRuntime::getNbDLACores: "number of DLA hardware cores accessible or 0 if DLA is
+        # unavailable" (NVIDIA/TensorRT v10.3.0 include/NvInferRuntime.h); read-only.
+        self._st.rec("Runtime.num_DLA_cores")
+        return self._st.dla_cores
+
+    @property
     def engine_host_code_allowed(self) -> bool:
         return self._host_code
 
@@ -1385,6 +1442,23 @@ class _Registry(_Obj):
         return object()
 
 
+class _ProgressMonitor(_Obj):
+    """The binding's IProgressMonitor: constructible, its methods pure virtual (the
+    trampoline in python/src/infer/pyCore.cpp calls the Python override)."""
+
+    def __init__(self) -> None:
+        pass
+
+    def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+        raise RuntimeError("Tried to call pure virtual function IProgressMonitor.phase_start")
+
+    def step_complete(self, phase_name: str, step: int) -> bool:
+        raise RuntimeError("Tried to call pure virtual function IProgressMonitor.step_complete")
+
+    def phase_finish(self, phase_name: str) -> None:
+        raise RuntimeError("Tried to call pure virtual function IProgressMonitor.phase_finish")
+
+
 class _Calibrator(_Obj):
     def __init__(self) -> None:
         self._st.rec("IInt8EntropyCalibrator2.__init__")
@@ -1418,6 +1492,7 @@ _IMPLS: dict[str, type] = {
     "IPluginRegistry": _Registry,
     "IPluginCreator": _Creator,
     "IInt8EntropyCalibrator2": _Calibrator,
+    "IProgressMonitor": _ProgressMonitor,
 }
 
 

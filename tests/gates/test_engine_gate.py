@@ -109,6 +109,17 @@ def rewrite_metadata(entry: EngineCacheEntry, **changes: Any) -> None:
     data = json.loads(entry.metadata_path.read_text())
     data.update(changes)
     entry.metadata_path.write_text(json.dumps(data))
+    reseal(entry)
+
+
+def reseal(entry: EngineCacheEntry, engine_digest: str | None = None) -> None:
+    """Rewrite the .sha256 to agree with the metadata as it is now: a consistent rewrite of
+    both sidecars, so that the checks after the sidecar hash are reached."""
+    from trt_provision.integrity import sha256_sidecar_bytes
+
+    entry.sha256_path.write_bytes(sha256_sidecar_bytes(
+        engine_digest or entry.sha256, entry.engine_path.name,
+        entry.metadata_path.read_bytes()))
 
 
 # ------------------------------------------------------------------ the happy path
@@ -364,7 +375,7 @@ def test_engine_bytes_do_not_match_the_sidecar(cache: Path, publish: Publish) ->
 
 def test_sidecars_disagree(cache: Path, publish: Publish) -> None:
     entry = publish()
-    entry.sha256_path.write_text(f"{'0' * 64}  {entry.engine_path.name}\n")
+    reseal(entry, "0" * 64)
     gate = CountingGate(cache_root=cache)
     refused(gate, entry.engine_path, "sidecars disagree")
     assert gate.hashed == 0
@@ -413,6 +424,7 @@ def test_corrupted_metadata_sidecar(
 ) -> None:
     entry = publish()
     entry.metadata_path.write_bytes(content)
+    reseal(entry)
     gate = CountingGate(cache_root=cache)
     refused(gate, entry.engine_path, reason)
     assert gate.hashed == 0
@@ -448,12 +460,15 @@ def test_engine_renamed_to_another_hosts_filename(cache: Path, publish: Publish)
                         (foreign.metadata_path, ".json")):
         src.rename(wanted.with_name(wanted.name + suffix))
     gate = CountingGate(cache_root=cache)
-    refused(gate, wanted, "metadata sidecar is for another file")
+    refused(gate, wanted, "sidecar is for another file")
     # Also with the sidecars edited to name the new file: the identity still tells.
     data = json.loads(wanted.with_name(wanted.name + ".json").read_text())
     data["engine"] = wanted.name
     wanted.with_name(wanted.name + ".json").write_text(json.dumps(data))
-    wanted.with_name(wanted.name + ".sha256").write_text(f"{data['sha256']}  {wanted.name}\n")
+    from trt_provision.integrity import sha256_sidecar_bytes
+
+    wanted.with_name(wanted.name + ".sha256").write_bytes(sha256_sidecar_bytes(
+        data["sha256"], wanted.name, wanted.with_name(wanted.name + ".json").read_bytes()))
     err = refused(gate, wanted, "identity does not match the engine filename")
     assert err.context["found"]["target"] == "sm86"
     assert gate.hashed == 0
@@ -750,9 +765,11 @@ def test_deeply_nested_metadata_is_a_gate_error_not_a_recursion_error(
 ) -> None:
     entry = publish()
     entry.metadata_path.write_bytes(b"[" * 200_000 + b"]" * 200_000)
+    reseal(entry)
     refused(DefaultEngineGate(cache_root=cache), entry.engine_path, "nested deeper")
     nested = {"format": 1, "deep": json.loads("[" * 100 + "]" * 100)}
     entry.metadata_path.write_text(json.dumps(nested))
+    reseal(entry)
     refused(DefaultEngineGate(cache_root=cache), entry.engine_path, "nested deeper")
 
 

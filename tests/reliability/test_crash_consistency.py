@@ -77,10 +77,12 @@ def test_audit_flags_an_engine_whose_sidecars_were_forged_to_match(
 
     digest = hashlib.sha256(engine.read_bytes()).hexdigest()
     sha, meta = sidecars(engine)
-    sha.write_text(f"{digest}  {engine.name}\n")
     data = json.loads(meta.read_text())
     data.update(sha256=digest, size_bytes=engine.stat().st_size)
     meta.write_text(json.dumps(data))
+    from trt_provision.integrity import sha256_sidecar_bytes
+
+    sha.write_bytes(sha256_sidecar_bytes(digest, engine.name, meta.read_bytes()))
     audit = common.audit_cache(cache)
     assert audit.accepted_wrong_bytes == [engine.name]
 

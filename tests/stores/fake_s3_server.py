@@ -26,6 +26,17 @@ BAD_LENGTH = "bad-length"  # ``Content-Length: 12abc``
 NO_LENGTH = "no-length"  # no Content-Length; the object, then zero bytes until stopped
 DROP = "drop"  # read the request, close without an answer
 ERROR_503 = "503"
+# An error status (``endless_status``), then a body that does not end: delimited by the close
+# of the connection, or chunked. Also a 200 to a PUT or POST with such a body.
+ENDLESS_ERROR = "endless-error"
+ENDLESS_ERROR_CHUNKED = "endless-error-chunked"
+ENDLESS_OK = "endless-ok"
+ENDLESS_MODES = (ENDLESS_ERROR, ENDLESS_ERROR_CHUNKED, ENDLESS_OK)
+# An error status, then its body one byte per interval, forever (GET and PUT).
+TRICKLE_ERROR = "trickle-error"
+# What an "endless" body sends at most, so that a client that does read it all (the bug these
+# modes look for) costs the suite a few dozen MiB, not the machine.
+ENDLESS_CAP_BYTES = 64 << 20
 
 
 @dataclass
@@ -35,6 +46,9 @@ class FakeS3:
     objects: dict[str, bytes] = field(default_factory=dict)
     modes: dict[str, str] = field(default_factory=dict)
     default_mode: str = NORMAL
+    endless_status: int = 500
+    endless_active: int = 0
+    endless_done: threading.Event = field(default_factory=threading.Event)  # none active
     interval_s: float = 0.05
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)
     bytes_sent: Counter[str] = field(default_factory=Counter)
@@ -93,6 +107,42 @@ def _handler(state: FakeS3) -> type[BaseHTTPRequestHandler]:
             self._reply(status, f"<Error><Code>{code}</Code><Message>{code}</Message></Error>"
                         .encode(), {"Content-Type": "application/xml"})
 
+        def _endless(self, key: str, mode: str) -> None:
+            """The status line and headers, then a fast body that ends only when the client
+            closes the connection (or at ENDLESS_CAP_BYTES)."""
+            self.close_connection = True
+            self.send_response(200 if mode == ENDLESS_OK else state.endless_status)
+            self.send_header("Content-Type", "application/xml")
+            chunked = mode == ENDLESS_ERROR_CHUNKED
+            self.send_header("Transfer-Encoding" if chunked else "Connection",
+                             "chunked" if chunked else "close")
+            self.end_headers()
+            # (A body after a HEAD's answer too: a hostile server need not follow HTTP.)
+            block = b"<Error>" + b"x" * (64 << 10)
+            unit = b"%x\r\n%s\r\n" % (len(block), block) if chunked else block
+            sent = 0
+            with state.lock:
+                state.endless_active += 1
+                state.endless_done.clear()
+            try:
+                while sent < ENDLESS_CAP_BYTES and not state.stop.is_set():
+                    self._send(unit, key)
+                    sent += len(unit)
+            except OSError:
+                return  # the client closed the connection: what a bounded reader does
+            finally:
+                with state.lock:
+                    state.endless_active -= 1
+                    if not state.endless_active:
+                        state.endless_done.set()
+
+        def _trickle_error(self, key: str) -> None:
+            self.close_connection = True
+            self.send_response(state.endless_status)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self._trickle(key, b"x")
+
         def _drain(self) -> bytes:
             length = int(self.headers.get("Content-Length") or 0)
             return self.rfile.read(length) if length else b""
@@ -120,6 +170,12 @@ def _handler(state: FakeS3) -> type[BaseHTTPRequestHandler]:
                 return
             if mode == ERROR_503:
                 self._error(503, "ServiceUnavailable")
+                return
+            if mode in ENDLESS_MODES:
+                self._endless(key, mode)
+                return
+            if mode == TRICKLE_ERROR:
+                self._trickle_error(key)
                 return
             if data is None:
                 self._error(404, "NoSuchKey")
@@ -165,6 +221,9 @@ def _handler(state: FakeS3) -> type[BaseHTTPRequestHandler]:
             if self._mode(key) == TRICKLE_HEADERS:
                 self._trickle_headers(key)
                 return
+            if self._mode(key) in ENDLESS_MODES:
+                self._endless(key, self._mode(key))
+                return
             if data is None:
                 self._reply(404)
                 return
@@ -183,6 +242,12 @@ def _handler(state: FakeS3) -> type[BaseHTTPRequestHandler]:
             if self._mode(key) == TRICKLE_HEADERS:
                 self._trickle_headers(key)
                 return
+            if self._mode(key) in ENDLESS_MODES:
+                self._endless(key, self._mode(key))
+                return
+            if self._mode(key) == TRICKLE_ERROR:
+                self._trickle_error(key)
+                return
             with state.lock:
                 exists = key in state.objects
                 if self.headers.get("If-None-Match") == "*" and exists:
@@ -194,6 +259,16 @@ def _handler(state: FakeS3) -> type[BaseHTTPRequestHandler]:
                 self._error(412, "PreconditionFailed")
             else:
                 self._reply(200, headers={"ETag": '"0123456789abcdef0123456789abcdef"'})
+
+        def do_POST(self) -> None:
+            """Multipart uploads: only the hostile answers are served."""
+            key = self._key()
+            self._record(key)
+            self._drain()
+            if self._mode(key) in ENDLESS_MODES:
+                self._endless(key, self._mode(key))
+                return
+            self._error(501, "NotImplemented")
 
         def do_DELETE(self) -> None:
             key = self._key()
@@ -208,6 +283,7 @@ def _handler(state: FakeS3) -> type[BaseHTTPRequestHandler]:
 def serve() -> Iterator[FakeS3]:
     """Start the server in a thread; stop it (and every trickle) when the generator ends."""
     state = FakeS3()
+    state.endless_done.set()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},

@@ -174,7 +174,7 @@ def test_signature_is_checked_before_the_metadata_is_parsed(
     key = builder.remote.key_for(identity)
     client.put_object(Bucket=bucket, Key=key + ".json", Body=_nested(100_000))
 
-    import trt_provision.stores.s3 as s3
+    import trt_provision.stores.s3.fetch as s3
 
     parsed: list[bytes] = []
     real = s3.loads_bounded
@@ -378,7 +378,7 @@ def test_engine_without_content_length_is_read_to_its_declared_size_plus_one(
 
     open_files: dict[int, int] = {}  # bytes written per open file descriptor
     closed_files: list[int] = []
-    import trt_provision.stores.s3 as s3
+    import trt_provision.stores.s3.fetch as s3
 
     real_write, real_close = s3.os.write, s3.os.close
 

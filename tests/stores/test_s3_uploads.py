@@ -248,7 +248,7 @@ def test_slot_filled_during_a_multipart_upload_is_kept(
     client = _FillDuringParts(second.remote.client(), lambda: first.remote.upload(a))
     remote = _multipart(second, client=client)
     if server_condition_only:
-        monkeypatch.setattr(remote, "_head", lambda key: None)
+        monkeypatch.setattr(remote._transfer, "head", lambda key: None)
     assert remote.upload(b) is False
     assert client.parts >= 2
     assert _remote_engine(first, a) == a.engine_path.read_bytes()

@@ -23,13 +23,21 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trt_provision._fs import atomic_write_bytes, fsync_dir
+from trt_provision._fs import (
+    atomic_write_bytes,
+    fsync_dir,
+    locked_file,
+    make_dirs,
+    read_checked_file,
+    untrusted_chain,
+)
 from trt_provision._version import __version__
 from trt_provision.errors import CalibrationCacheError, StoreError
 
@@ -49,6 +57,9 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MODEL_HASH_PREFIX = 16  # 64 bits of the model sha256 in the cache file name
 MAGIC = b"TRTPCAL\n"
+# Ranges of one tensor take a line: far beyond any real model, and bounded.
+MAX_BLOB_BYTES = 64 << 20
+MAX_SIDECAR_BYTES = 4096
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
 _DATASET_RE = re.compile(r"[\x21-\x7e]{1,256}")
 _STEM_RE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -203,34 +214,46 @@ class GovernedCalibrationCache:
     def lock_path(self) -> Path:
         return self.path.with_name(self.path.name + ".lock")
 
+    def _check_dir(self) -> None:
+        """The directory (and every one above it) is one nobody else can change, as for
+        the engine cache: another user's directory could plant links or swap files."""
+        found = untrusted_chain(self.path.parent)
+        if found is not None:
+            raise CalibrationCacheError(
+                f"calibration cache directory or a directory above it {found[1]}; another "
+                "local user could swap calibration files",
+                path=str(found[0]),
+                fix=found[2],
+            )
+
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Exclusive advisory lock, so two builds do not calibrate the same model at once."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a+b") as fh:
-            try:
-                import fcntl
-            except ImportError:  # not POSIX: atomic renames still keep readers safe
-                yield
-                return
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        """Exclusive advisory lock, so two builds do not calibrate the same model at once.
+
+        The lock file is opened like every file we own (``_fs.open_lock_file``): a planted
+        symlink is refused, never followed, and a FIFO never blocks."""
+        self._check_dir()
+        try:
+            make_dirs(self.path.parent)
+        except OSError as exc:
+            raise CalibrationCacheError(
+                f"cannot create calibration cache directory: {exc.strerror}",
+                path=str(self.path.parent),
+            ) from exc
+        with locked_file(self.lock_path, error=CalibrationCacheError):
+            yield
 
     # -------------------------------------------------------------- reading
 
-    def _read(self, path: Path) -> bytes:
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise CalibrationCacheError(
-                f"cannot read calibration cache file: {exc.strerror}", path=str(path)
-            ) from exc
+    def _read(self, path: Path, cap: int = MAX_SIDECAR_BYTES) -> bytes:
+        # O_NOFOLLOW | O_NONBLOCK, fstat: a regular file of ours, bounded; a FIFO or a
+        # symlink planted under our name is refused without blocking.
+        return read_checked_file(
+            path, cap, what="calibration cache file", error=CalibrationCacheError
+        )
 
     def _read_sha_sidecar(self) -> str | None:
-        if not self.sha256_path.exists():
+        if not os.path.lexists(self.sha256_path):
             return None
         text = self._read(self.sha256_path).decode("utf-8", errors="replace").strip()
         parts = text.split()
@@ -243,7 +266,7 @@ class GovernedCalibrationCache:
         return parts[0]
 
     def _read_dataset_sidecar(self) -> str | None:
-        if not self.dataset_path.exists():
+        if not os.path.lexists(self.dataset_path):
             return None
         text = self._read(self.dataset_path).decode("utf-8", errors="replace")
         value = text[:-1] if text.endswith("\n") else text
@@ -257,7 +280,8 @@ class GovernedCalibrationCache:
 
     def load(self, key: str, dataset_version: str) -> CacheLookup:
         """Look the cache up for ``key``; never modifies anything on disk."""
-        if not self.path.exists():
+        self._check_dir()
+        if not os.path.lexists(self.path):
             return CacheLookup("miss", self.path)
         if not self.governed:
             return self._load_ungoverned(key)
@@ -272,7 +296,7 @@ class GovernedCalibrationCache:
                 extra={"event": "calibration.cache.incomplete", "path": str(self.path)},
             )
             return CacheLookup("incomplete", self.path)
-        data = self._read(self.path)
+        data = self._read(self.path, MAX_BLOB_BYTES)
         actual = hashlib.sha256(data).hexdigest()
         if actual != recorded_sha:
             raise CalibrationCacheError(
@@ -310,7 +334,7 @@ class GovernedCalibrationCache:
         return CacheLookup("hit", self.path, header=header, payload=payload)
 
     def _load_ungoverned(self, key: str) -> CacheLookup:
-        data = self._read(self.path)
+        data = self._read(self.path, MAX_BLOB_BYTES)
         if not data.startswith(MAGIC):
             logger.info(
                 "using a legacy calibration cache without governance",
@@ -332,12 +356,18 @@ class GovernedCalibrationCache:
 
     def store(self, header: CacheHeader, payload: bytes) -> Path:
         """Write blob, then dataset sidecar, then the .sha256 sidecar (the commit mark)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._check_dir()
         blob = encode_blob(header, payload)
+        if len(blob) > MAX_BLOB_BYTES:
+            raise CalibrationCacheError(
+                f"calibration cache would be larger than {MAX_BLOB_BYTES >> 20} MiB",
+                path=str(self.path), found=len(blob),
+            )
         # Drop the old commit mark first: a crash mid-replace reads as incomplete, not corrupt.
         with contextlib.suppress(FileNotFoundError):
             self.sha256_path.unlink()
         try:
+            make_dirs(self.path.parent)
             # Make the removal durable before the blob changes: after a power loss the old
             # commit mark must not come back beside a new blob.
             fsync_dir(self.path.parent)

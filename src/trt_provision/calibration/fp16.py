@@ -22,6 +22,7 @@ from typing import Any
 from trt_provision.calibration.data import Batch
 from trt_provision.calibration.graph import tensor_types
 from trt_provision.errors import EngineBuildError
+from trt_provision.types import FP16_KEPT_FP32_OPS
 
 __all__ = [
     "DEFAULT_BLOCKED_OPS",
@@ -39,19 +40,9 @@ FP16_MAX = 65504.0
 FP16_SAFE_FRACTION = 0.9
 
 # Ops whose FP16 results are unreliable (accumulations, exponentials, index maths) or that
-# have no FP16 kernels (ONNX-ML); kept in FP32.
-DEFAULT_BLOCKED_OPS: frozenset[str] = frozenset({
-    "ArrayFeatureExtractor", "Binarizer", "CastMap", "CategoryMapper", "DictVectorizer",
-    "FeatureVectorizer", "Imputer", "LabelEncoder", "LinearClassifier", "LinearRegressor",
-    "Normalizer", "OneHotEncoder", "SVMClassifier", "SVMRegressor", "Scaler",
-    "TreeEnsembleClassifier", "TreeEnsembleRegressor", "ZipMap",
-    "NonMaxSuppression", "TopK", "RoiAlign", "Range", "CumSum", "Multinomial",
-    "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "EyeLike",
-    "ConstantOfShape", "Constant", "Cast", "CastLike", "Shape", "Size",
-    "Exp", "Log", "Pow", "ReduceProd", "ReduceLogSumExp", "ReduceSumSquare", "ReduceL2",
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
-    "Loop", "If", "Scan",
-})
+# have no FP16 kernels (ONNX-ML); kept in FP32. The list lives in types so the TensorRT
+# strategy records a pinned node of these types as kept FP32 too.
+DEFAULT_BLOCKED_OPS: frozenset[str] = FP16_KEPT_FP32_OPS
 
 # Inputs that must stay float32 whatever the node's compute type (by op, input index).
 _FP32_ONLY_INPUTS: dict[str, frozenset[int]] = {

@@ -112,6 +112,11 @@ class QdqOptionSet:
             # TensorRT's IDequantizeLayer takes INT8/FP8/INT4 only (NvInfer.h; onnx-tensorrt
             # #850): an INT32 bias DequantizeLinear fails every TensorRT Q/DQ build.
             "QuantizeBias": self.consumer != "tensorrt",
+            # TensorRT places Q/DQ on the inputs of weighted ops and fuses their outputs
+            # itself; a Q/DQ on a Conv/Gemm output forces an INT8 output it would not choose
+            # (TensorRT docs, Explicit Quantization, "Q/DQ Layer-Placement Recommendations").
+            "OpTypesToExcludeOutputQuantization":
+                list(WEIGHTED_OPS) if self.consumer == "tensorrt" else [],
         }
 
     def to_metadata(self) -> dict[str, Any]:

@@ -200,7 +200,9 @@ def verify_saved_copy(path: Path, name: str) -> tuple[dict[str, Any], str]:
     sidecar = path.with_name(path.name + ".json")
     raw = read_cache_file(sidecar, MAX_METADATA_BYTES, what="metadata sidecar")
     metadata = parse_metadata_bytes(raw, sidecar, name)
-    claimed = parse_sha256_sidecar(path.with_name(path.name + ".sha256"), path.name)
+    # The copy's .sha256 covers its .json too (two lines), as a cached engine's does.
+    claimed = parse_sha256_sidecar(path.with_name(path.name + ".sha256"), path.name,
+                                   metadata=raw)
     if metadata["sha256"] != claimed:
         raise EngineGateError(
             "engine copy: its .json and .sha256 sidecars describe different engines",

@@ -7,11 +7,9 @@ on stdout, typed exit codes.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +76,12 @@ def _config_dict(args: argparse.Namespace) -> dict[str, Any]:
     data: dict[str, Any] = {}
     if args.config is not None:
         try:
-            data = json.loads(Path(args.config).read_bytes().decode("utf-8"))
+            from trt_provision._fs import read_named_file
+
+            # Bounded and non-blocking: /dev/zero as --config is an error, not 4 GB.
+            raw = read_named_file(Path(args.config), 16 << 20, what="build config",
+                                  error=ManifestError)
+            data = json.loads(raw.decode("utf-8"))
         except OSError as exc:
             raise ManifestError(
                 f"cannot read build config: {exc.strerror}", file=str(args.config)
@@ -88,9 +91,10 @@ def _config_dict(args: argparse.Namespace) -> dict[str, Any]:
                 f"build config is not UTF-8 text: {exc.reason} at byte {exc.start}",
                 file=str(args.config),
             ) from exc
-        except (json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # ValueError: also a 5,000-digit number
             raise ManifestError(
-                f"build config is not valid JSON: {exc}", file=str(args.config)
+                f"build config is not valid JSON: {str(exc).split(';')[0]}",
+                file=str(args.config)
             ) from exc
         if not isinstance(data, dict):
             raise ManifestError("build config must be a JSON object", file=str(args.config))
@@ -170,6 +174,16 @@ def _check_outputs(args: argparse.Namespace) -> None:
         )
     if args.save_engine is not None and Path(args.save_engine).is_dir():
         raise UsageError(f"--saveEngine: is a directory, expected a file path: {args.save_engine}")
+    if args.save_engine is not None:
+        # A device, FIFO or socket (or a link to one) is never replaced by the copy: as
+        # root, --saveEngine=/dev/null would otherwise swap the host's /dev/null for a file.
+        save = Path(args.save_engine)
+        for final in (save, *(save.with_name(save.name + s) for s in (".json", ".sha256", ".sig"))):
+            if final.exists() and not final.is_file():
+                raise UsageError(
+                    f"--saveEngine: {final} exists and is not a regular file (a device, FIFO "
+                    "or socket); refusing to replace it"
+                )
     # A copy must never land on the source model or inside the cache, where it would replace
     # a verified engine or sidecar with other bytes.
     cache = Path(settings_from_args(args).cache_dir).expanduser().resolve()
@@ -269,7 +283,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _copy_out(engine: Path, out_dir: Path) -> list[str]:
-    from trt_provision._fs import publish_file, temp_path_for
+    from trt_provision._fs import copy_file_atomic
 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -281,17 +295,13 @@ def _copy_out(engine: Path, out_dir: Path) -> list[str]:
     # Engine first, sidecars after, each atomically: the same order as a cache publish.
     for src in (engine, *(engine.with_name(engine.name + s) for s in (".sha256", ".json"))):
         final = out_dir / src.name
-        tmp = temp_path_for(final)
         try:
-            shutil.copyfile(src, tmp)
-            publish_file(tmp, final)
-        except (OSError, StoreError) as exc:  # full or read-only OUT_DIR: no temp left behind
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            if isinstance(exc, StoreError):
-                raise
+            # 0644 whatever the umask; never replaces a device or FIFO; no temp left behind.
+            copy_file_atomic(src, final)
+        except StoreError as exc:
             raise StoreError(
-                f"cannot copy the engine to the output directory: {exc.strerror or exc}",
+                "cannot copy the engine to the output directory: "
+                + exc.message.removeprefix("cannot write file: "),
                 path=str(final),
             ) from exc
         copied.append(str(final))
@@ -301,10 +311,18 @@ def _copy_out(engine: Path, out_dir: Path) -> list[str]:
 def _save_engine(engine: Path, target: Path) -> list[str]:
     """trtexec's --saveEngine: the engine at FILE, FILE.sha256 naming FILE (so
     ``sha256sum -c`` works there) and the metadata (and signature) beside it."""
-    from trt_provision._fs import atomic_write_bytes, publish_file, temp_path_for
-    from trt_provision.integrity import format_sha256_line, parse_sha256_sidecar
+    from trt_provision._fs import atomic_write_bytes, copy_file_atomic
+    from trt_provision.integrity import (
+        MAX_METADATA_BYTES,
+        parse_sha256_sidecar,
+        read_cache_file,
+        sha256_sidecar_bytes,
+    )
 
-    digest = parse_sha256_sidecar(engine.with_name(engine.name + ".sha256"), engine.name)
+    meta = read_cache_file(engine.with_name(engine.name + ".json"), MAX_METADATA_BYTES,
+                           what="metadata sidecar", check_owner=False)
+    digest = parse_sha256_sidecar(engine.with_name(engine.name + ".sha256"), engine.name,
+                                  metadata=meta)
     sources = [(engine, target)]
     for suffix in (".json", ".sig"):
         side = engine.with_name(engine.name + suffix)
@@ -312,20 +330,20 @@ def _save_engine(engine: Path, target: Path) -> list[str]:
             sources.append((side, target.with_name(target.name + suffix)))
     written = []
     for src, final in sources:
-        tmp = temp_path_for(final)
         try:
-            shutil.copyfile(src, tmp)
-            publish_file(tmp, final)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
+            # 0644 whatever the umask (trtexec's copies are not group/world-writable either).
+            copy_file_atomic(src, final)
+        except StoreError as exc:
             raise StoreError(
-                f"cannot write --saveEngine file: {exc.strerror or exc}", path=str(final)
+                "cannot write --saveEngine file: "
+                + exc.message.removeprefix("cannot write file: "),
+                path=str(final),
             ) from exc
         written.append(str(final))
     sidecar = target.with_name(target.name + ".sha256")
     try:
-        atomic_write_bytes(sidecar, format_sha256_line(digest, target.name).encode())
+        # Both lines, as in the cache: sha256sum -c FILE.sha256 checks FILE and FILE.json.
+        atomic_write_bytes(sidecar, sha256_sidecar_bytes(digest, target.name, meta))
     except OSError as exc:
         raise StoreError(
             f"cannot write --saveEngine file: {exc.strerror or exc}", path=str(sidecar)

@@ -68,6 +68,7 @@ def run_sign(args: argparse.Namespace) -> int:
     from trt_provision.trust import sign_engine
 
     require_paths((args.key, "--key"), *((e, "ENGINE") for e in args.engines))
+    _check_engine_paths(args.engines)
 
     for engine in args.engines:
         try:
@@ -86,6 +87,7 @@ def run_verify(args: argparse.Namespace) -> int:
     from trt_provision.trust import load_public_key, verify_engine
 
     require_paths(*((p, "PUBLIC_KEY (--public-key)") for p in args.public_key))
+    _check_engine_paths(args.engines)
     keys = []
     for path in args.public_key:
         try:
@@ -107,6 +109,17 @@ def run_verify(args: argparse.Namespace) -> int:
             detail = f"key {row['key_id']}" if row["ok"] else row["reason"]
             print(f"{'OK ' if row['ok'] else 'BAD'}  {row['engine']}  ({detail})")
     return 0 if all(r["ok"] for r in rows) else 1
+
+
+def _check_engine_paths(engines: list[Path]) -> None:
+    """An empty ENGINE ("" reads as ".") or a directory names no engine file."""
+    from trt_provision.errors import UsageError
+
+    for engine in engines:
+        if not engine.name or engine.is_dir():
+            raise UsageError(
+                f"ENGINE: expected an engine file, got a directory or an empty path: '{engine}'"
+            )
 
 
 def _check_engine_bytes(engine: Path) -> None:

@@ -157,6 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except MemoryError:  # a file or shape too large for this machine: not our bug
+        print("error: out of memory (an input, model or file is too large for this "
+              "machine's memory)", file=sys.stderr)
+        return EXIT_USER
     except Exception as exc:
         log.debug("internal error", exc_info=True)
         print(

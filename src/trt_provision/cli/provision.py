@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
                     task, advance=1, description=f"{result.name}: {result.outcome.value}"
                 )
 
-            summary = wired.compiler.compile_engines_for_corpus(request, progress=advance)
+            # A long build shows what it is doing (TensorRT's build phases) and for how long.
+            with watch_build_phases(lambda text: progress.update(task, description=text)):
+                summary = wired.compiler.compile_engines_for_corpus(request, progress=advance)
     code = exit_code(summary)
     if args.json:
         data = summary.to_dict()
@@ -174,6 +178,54 @@ def run(args: argparse.Namespace) -> int:
     )
     _final_line(summary)
     return code
+
+
+class BuildPhaseHandler(logging.Handler):
+    """Turns build log events into a one-line status: which model is building, which
+    TensorRT build phase it is in, and the seconds since the build started."""
+
+    _EVENTS = frozenset({"engine.build.start", "trt.build.phase.start",
+                         "trt.build.phase.finish"})
+
+    def __init__(self, show: Callable[[str], None]) -> None:
+        super().__init__(level=logging.DEBUG)
+        self._show = show
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = getattr(record, "event", None)
+        if event not in self._EVENTS:
+            return
+        model = str(getattr(record, "model", "") or "")
+        if event == "engine.build.start":
+            self._show(f"{model}: building")
+            return
+        phase = str(getattr(record, "phase", "") or "")
+        elapsed = getattr(record, "elapsed_s", None)
+        took = f" ({float(elapsed):.0f} s)" if isinstance(elapsed, (int, float)) else ""
+        state = "done" if event == "trt.build.phase.finish" else "…"
+        self._show(f"{model}: building — {phase} {state}{took}")
+
+
+@contextlib.contextmanager
+def watch_build_phases(show: Callable[[str], None]) -> Iterator[None]:
+    """Feed build events to ``show`` while the progress bar is up. The phase events are
+    INFO: the package logger lets them through for this handler only, and the handlers the
+    user's verbosity configured keep their level, so nothing more is printed."""
+    logger = logging.getLogger("trt_provision")
+    before, effective = logger.level, logger.getEffectiveLevel()
+    kept = [(handler, handler.level) for handler in logger.handlers]
+    for handler, level in kept:
+        handler.setLevel(max(level, effective))
+    phases = BuildPhaseHandler(show)
+    logger.addHandler(phases)
+    logger.setLevel(min(effective, logging.INFO))
+    try:
+        yield
+    finally:
+        logger.removeHandler(phases)
+        logger.setLevel(before)
+        for handler, level in kept:
+            handler.setLevel(level)
 
 
 def _precision_cell(result: Any) -> str:

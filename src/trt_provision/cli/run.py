@@ -95,7 +95,7 @@ def _staged_copy(copy: Path, name: str, sha256: str) -> Iterator[Path]:
     import shutil
     import tempfile
 
-    from trt_provision.integrity import format_sha256_line
+    from trt_provision.integrity import sha256_sidecar_bytes
 
     folder = None
     for parent in (copy.absolute().parent, None):  # beside it: a hard link, no copy
@@ -116,7 +116,8 @@ def _staged_copy(copy: Path, name: str, sha256: str) -> Iterator[Path]:
             side = copy.with_name(copy.name + suffix)
             if side.is_file():
                 shutil.copyfile(side, staged.with_name(name + suffix))
-        staged.with_name(name + ".sha256").write_text(format_sha256_line(sha256, name))
+        metadata = staged.with_name(name + ".json").read_bytes()
+        staged.with_name(name + ".sha256").write_bytes(sha256_sidecar_bytes(sha256, name, metadata))
         yield staged
     finally:
         shutil.rmtree(folder, ignore_errors=True)

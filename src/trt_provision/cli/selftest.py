@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     for path, flag in ((args.report_dir, "--report-dir"), (args.work_dir, "--work-dir")):
         if path is not None and Path(path).exists() and not Path(path).is_dir():
             raise UsageError(f"{flag}: not a directory: {path}")
+        if path is not None and Path(path).is_symlink() and not Path(path).exists():
+            raise UsageError(f"{flag}: is a dangling symlink, not a directory: {path}")
     report = run_selftest(
         manifest=args.manifest, report_dir=args.report_dir, work_dir=args.work_dir
     )

@@ -14,9 +14,11 @@ Order of checks (cheapest first; nothing after a refusal runs):
    through ``integrity.read_cache_file``: regular files inside the cache, owned as above,
    size-bounded; a trust policy that can check raw bytes checks the signature now, before
    the metadata is parsed;
-4. the metadata parses (bounded depth), names this file, carries the identity the filename
-   encodes and the size the file has; a version-compatible engine is refused unless host
-   code is allowed; the two sidecars agree on the digest;
+4. the ``.sha256`` sidecar's second line matches the metadata bytes (a one-line sidecar of
+   the older form is refused); the metadata parses (bounded depth), names this file,
+   carries the identity the filename encodes and the size the file has; a
+   version-compatible engine is refused unless host code is allowed; the two sidecars
+   agree on the digest;
 5. the engine bytes are read once, through the descriptor whose size was checked, and
    hashed;
 6. an ONNX Runtime engine is an ONNX file: external-data locations that leave the cache
@@ -229,11 +231,13 @@ class DefaultEngineGate:
         if check_bytes is not None:
             # The signature covers the metadata bytes: check it before parsing them.
             check_bytes(meta_raw, self._read_signature(engine_path), where)
+        # The .sha256 covers the metadata too (it decides shapes and the memory budget): an
+        # edited .json, or a sidecar of the older one-line form, is refused before parsing.
+        claimed = parse_sha256_bytes(sha_raw, sha_path, engine_path.name, meta_raw)
         metadata = parse_metadata_bytes(meta_raw, meta_path, engine_path.name)
         identity = self._identity_from_metadata(metadata, parsed, where)
         self._check_version_compatibility(metadata, parsed, expected, version_differs, where)
         self._check_recorded_size(metadata, facts.size, where)
-        claimed = parse_sha256_bytes(sha_raw, sha_path, engine_path.name)
         if metadata["sha256"] != claimed:
             raise EngineGateError(
                 "metadata and sha256 sidecars disagree",
@@ -473,7 +477,8 @@ class DefaultEngineGate:
         """Hash through one descriptor; refuse if the file was swapped or grew meanwhile."""
         digest = hashlib.sha256()
         try:
-            fd = os.open(facts.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            # O_NONBLOCK: a FIFO swapped in after the lstat never blocks the open.
+            fd = os.open(facts.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as exc:
             raise EngineGateError(f"engine unreadable: {exc.strerror}", path=where) from exc
         try:

@@ -35,6 +35,7 @@ from trt_provision._fs import (
     TEMP_PREFIX,
     fsync_dir,
     make_dirs,
+    open_lock_file,
     publish_file,
     temp_path_for,
     untrusted_chain,
@@ -43,7 +44,7 @@ from trt_provision._fs import (
 )
 from trt_provision.errors import StoreError
 from trt_provision.identity import ENGINE_SUFFIX
-from trt_provision.integrity import format_sha256_line, metadata_bytes, sha256_file
+from trt_provision.integrity import metadata_bytes, sha256_file, sha256_sidecar_bytes
 from trt_provision.types import EngineCacheEntry, EngineIdentity
 
 __all__ = ["LocalEngineStore"]
@@ -161,31 +162,16 @@ class LocalEngineStore:
         lock_dir = self._own_dir(self._root / LOCK_DIR, "lock directory")
         lock_path = lock_dir / (identity.filename + ".lock")
         try:
-            # O_NOFOLLOW: a planted (even dangling) symlink is refused, its target never made.
-            fd = os.open(
-                lock_path,
-                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                self._file_mode,
-            )
+            # O_NOFOLLOW: a planted (even dangling) symlink is refused, its target never made;
+            # a FIFO never blocks; a file that is not ours is refused.
+            fd = open_lock_file(lock_path, self._file_mode)
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise StoreError(
-                    "lock file is a symlink; refusing to follow it",
-                    path=str(lock_path),
-                    fix=f"remove {lock_path}",
-                ) from exc
             if exc.errno in _NO_WRITE_ACCESS:
                 raise self._read_only(exc) from exc
             raise StoreError(
                 f"cannot create lock file: {exc.strerror}", path=str(lock_path)
             ) from exc
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise StoreError(
-                    "lock file is not a regular file",
-                    path=str(lock_path),
-                    fix=f"remove {lock_path}",
-                )
             started = time.monotonic()
             fcntl.flock(fd, fcntl.LOCK_EX)
             waited = time.monotonic() - started
@@ -246,9 +232,10 @@ class LocalEngineStore:
         json_final = final.with_name(final.name + ".json")
         temps: list[Path] = []
         try:
-            sha_line = format_sha256_line(digest, final.name).encode()
-            temps.append(write_temp_file(sha_final, sha_line, self._file_mode))
-            temps.append(write_temp_file(json_final, metadata_bytes(full), self._file_mode))
+            meta = metadata_bytes(full)
+            sha_lines = sha256_sidecar_bytes(digest, final.name, meta)
+            temps.append(write_temp_file(sha_final, sha_lines, self._file_mode))
+            temps.append(write_temp_file(json_final, meta, self._file_mode))
             # A signature of the engine being replaced would not verify for the new one and
             # would make a trust-checking gate refuse it forever: it goes first.
             with contextlib.suppress(FileNotFoundError):

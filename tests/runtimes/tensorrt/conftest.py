@@ -14,9 +14,14 @@ for _p in (_HERE, _ROOT / "tests", _ROOT / "src"):
 
 
 import pytest  # noqa: E402 - after the path set-up above
-from trt_rig import Rig, rig_factory  # noqa: E402
+from trt_rig import FakeTrtexec, Rig, rig_factory, setup_fake_trtexec  # noqa: E402
 
 
 @pytest.fixture
 def make_rig(tmp_path: Path) -> Callable[..., Rig]:
     return rig_factory(tmp_path)
+
+
+@pytest.fixture
+def fake_trtexec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeTrtexec:
+    return setup_fake_trtexec(tmp_path, monkeypatch)

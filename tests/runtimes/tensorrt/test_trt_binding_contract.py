@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from trt_rig import PROFILE, RecordingGate, Rig, _entry, _qdq_converter
+from trt_rig import PROFILE, STATIC_PROFILE, RecordingGate, Rig, _entry, _qdq_converter
 
 from fakes.fake_cuda import FakeCudaRuntime
 from fakes.fake_tensorrt import FakeModelSpec, make_fake_tensorrt, write_model
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.tier1
 INT8 = BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,), fp16_pinned_keywords=())
 
 
-def _cached_calibration(model: Path, config: BuildConfig) -> CalibrationInput:
+def _cached_calibration(model: Path, config: BuildConfig, trt_version: str) -> CalibrationInput:
     return CalibrationInput(batches=[], read_cache=lambda: b"table", write_cache=lambda _: None)
 
 
@@ -67,8 +67,9 @@ def test_int8_quantization_mode_is_part_of_the_engine_identity(
     # What the digest says is what the builder records in the sidecar.
     assert implicit.build(INT8).metadata["int8_quantization"] == "implicit"
     assert explicit.build(INT8, "x.engine").metadata["int8_quantization"] == "explicit"
+    # The calibrator's engine is judged by no gate: the identity says so.
     assert dict(implicit.runtime.runtime_target(INT8).build_options) == {
-        "int8_quantization": "implicit"}
+        "int8_quantization": "implicit", "accuracy_gate": "not run"}
 
 
 def test_int8_mode_leaves_other_digests_and_filenames_alone(
@@ -78,7 +79,8 @@ def test_int8_mode_leaves_other_digests_and_filenames_alone(
     explicit = make_rig(options=TensorrtOptions(optional_plugins=(), int8_quantization="explicit"))
     fp16 = BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,))
     assert _digest(implicit, fp16) == _digest(explicit, fp16)
-    assert implicit.runtime.runtime_target(fp16).build_options == ()
+    # Weakly typed FP16 (the builder flag, no prepared graph) claims no gate.
+    assert implicit.runtime.runtime_target(fp16).build_options == (("accuracy_gate", "not run"),)
     # The target compares (gate, filenames) without the options.
     assert implicit.runtime.runtime_target(INT8) == explicit.runtime.runtime_target(INT8)
 
@@ -101,7 +103,7 @@ def test_loader_runs_a_dla_engine_on_the_core_its_identity_names(
     before every load); without it the engine named ``-dla1`` would not run on core 1."""
     rig = make_rig(host=HostCapabilities(sm="sm87", jetpack="6.2"))
     rig.state.dla_cores = 2
-    cfg = BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,), dla_core=1,
+    cfg = BuildConfig(precision=PrecisionMode.FP16, profiles=(STATIC_PROFILE,), dla_core=1,
                       gpu_fallback=True, fp16_pinned_keywords=())
     rig.build(cfg)
     # The memory stamp read right after the build deserializes on that core too.
@@ -181,14 +183,14 @@ def test_fake_refuses_precision_flags_and_layer_precision_on_a_strong_network(
     assert builder.build_serialized_network(network, config) is None
 
 
-@pytest.mark.parametrize("precision", [PrecisionMode.FP16, PrecisionMode.INT8])
+@pytest.mark.parametrize("precision", [PrecisionMode.FP16])
 def test_strong_builds_set_no_precision_flag_even_on_dla(
     make_rig: Callable[..., Rig], precision: PrecisionMode,
 ) -> None:
     rig = make_rig("10.16.1.11", options=TensorrtOptions(
         optional_plugins=(), precision_converter=_qdq_converter()))
     rig.state.dla_cores = 1
-    cfg = BuildConfig(precision=precision, profiles=(PROFILE,), strongly_typed=True,
+    cfg = BuildConfig(precision=precision, profiles=(STATIC_PROFILE,), strongly_typed=True,
                       dla_core=0, gpu_fallback=True)
     meta = rig.build(cfg).metadata
     assert meta["trt_path"] == "strong"
@@ -209,8 +211,8 @@ def test_strong_dla_build_is_not_delegated_to_trtexec_10(
         optional_plugins=(), builder=builder, trtexec_path=trtexec,
         precision_converter=_qdq_converter()))
     rig.state.dla_cores = 1
-    cfg = BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,), strongly_typed=True,
-                      dla_core=0, gpu_fallback=True)
+    cfg = BuildConfig(precision=PrecisionMode.FP16, profiles=(STATIC_PROFILE,),
+                      strongly_typed=True, dla_core=0, gpu_fallback=True)
     if builder == "auto":
         assert rig.build(cfg).metadata["builder"] == "python"
     else:
@@ -258,8 +260,9 @@ def test_fake_dla_build_fails_on_a_shape_range_without_fallback(
     config.default_device_type = trt.DeviceType.DLA
     config.DLA_core = 0
     assert builder.build_serialized_network(network, config) is None
+    # With GPU fallback the ranged layers would run on the GPU: no DLA engine either.
     config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-    assert builder.build_serialized_network(network, config) is not None
+    assert builder.build_serialized_network(network, config) is None
 
 
 def test_memory_stamp_refuses_a_refused_max_shape(make_rig: Callable[..., Rig]) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from trt_rig import HALF_SPEC, PROFILE, RecordingGate, Rig, _entry, _qdq_converter
+from trt_rig import HALF_SPEC, PROFILE, STATIC_PROFILE, RecordingGate, Rig, _entry, _qdq_converter
 
 from fakes.fake_cuda import FakeCudaRuntime
 from fakes.fake_tensorrt import (
@@ -29,6 +29,7 @@ from fakes.fake_tensorrt import (
     make_fake_tensorrt,
     write_model,
 )
+from fakes.fake_trtexec import install_fake_trtexec
 from trt_provision.config_json import build_config_from_json, build_config_to_json
 from trt_provision.errors import EngineBuildError, InferenceError
 from trt_provision.identity import compute_identity, engine_filename, parse_engine_filename
@@ -246,9 +247,14 @@ def test_int8_prefers_explicit_quantization_from_10_1(
     rig = make_rig(version, options=_options(precision_converter=_qdq_converter(calls)))
     meta = rig.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,))).metadata
     assert calls == ["int8"] and meta["int8_quantization"] == "explicit"
-    assert meta["trt_path"] == "weak" and "INT8" in meta["builder_flags"]
+    # The judged Q/DQ graph is built strongly typed on 10.x too (no INT8/FP16 flags).
+    assert meta["trt_path"] == "strong" and "INT8" not in meta["builder_flags"]
     assert not rig.cuda.recorder.calls_to("IBuilderConfig.int8_calibrator")
     assert "calibration" not in meta
+    weak = rig.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,),
+                                 strongly_typed=False), name="weak.engine").metadata
+    assert weak["trt_path"] == "weak" and "INT8" in weak["builder_flags"]
+    assert weak["int8_quantization"] == "explicit"
 
 
 def test_implicit_calibrator_on_request_logs_its_deprecation(
@@ -257,7 +263,7 @@ def test_implicit_calibrator_on_request_logs_its_deprecation(
     batches = [{"input": np.zeros((2, 3, 8, 8), np.float32)}]
     rig = make_rig("10.3.0", options=_options(
         int8_quantization="implicit",
-        calibration=lambda m, c: CalibrationInput(batches, lambda: None, lambda d: None)))
+        calibration=lambda m, c, v: CalibrationInput(batches, lambda: None, lambda d: None)))
     meta = rig.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,))).metadata
     assert meta["int8_quantization"] == "implicit" and meta["calibration"] == {"batches": 1}
     assert any("int8_calibrator" in line for line in meta["build_log"])
@@ -313,26 +319,15 @@ def test_tf32_is_part_of_the_identity() -> None:
 
 # --------------------------------------------------------------------------- trtexec (7, 10)
 
-_TRTEXEC = """#!/bin/sh
-echo "&&&& RUNNING TensorRT.trtexec [TensorRT v$FAKE_TRTEXEC_TRT] # trtexec $*"
-if [ "$1" = "--help" ]; then exit 0; fi
-printf '%s\\n' "$@" > "$FAKE_TRTEXEC_ARGV"
-for a in "$@"; do
-  case "$a" in --saveEngine=*) cp "$FAKE_TRTEXEC_ENGINE" "${a#--saveEngine=}";; esac
-done
-echo "&&&& PASSED TensorRT.trtexec"
-"""
 
 
 @pytest.fixture
 def trtexec_rig(make_rig: Callable[..., Rig], tmp_path: Path,
                 monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Rig]]:
-    binary = tmp_path / "bin" / "trtexec"
-    binary.parent.mkdir()
-    binary.write_text(_TRTEXEC)
-    binary.chmod(0o755)
+    binary = install_fake_trtexec(tmp_path / "bin")  # one fake trtexec for every test
     monkeypatch.setenv("FAKE_TRTEXEC_ARGV", str(tmp_path / "argv"))
     monkeypatch.setenv("FAKE_TRTEXEC_TRT", "101601")
+    monkeypatch.setenv("FAKE_TRTEXEC_MODE", "ok")
 
     def make(version: str = "10.16.1.11", **options: Any) -> Rig:
         rig = make_rig(version, options=_options(builder="trtexec", trtexec_path=binary,
@@ -364,7 +359,8 @@ def test_trtexec_gets_no_tf32_dla_flags_and_explicit_int8(
     meta = qdq.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,),
                                  fp16_pinned_keywords=())).metadata
     argv = _argv(qdq)
-    assert "--int8" in argv and not any(a.startswith("--calib") for a in argv)
+    assert "--stronglyTyped" in argv and "--int8" not in argv
+    assert not any(a.startswith("--calib") for a in argv)
     assert meta["int8_quantization"] == "explicit"
 
 
@@ -456,7 +452,7 @@ def test_calibrator_reads_no_data_when_the_cache_is_used(make_rig: Callable[...,
 
     rig = make_rig("10.3.0", options=_options(
         int8_quantization="implicit",
-        calibration=lambda m, c: CalibrationInput(batches(), lambda: b"table", lambda d: None)))
+        calibration=lambda m, c, v: CalibrationInput(batches(), lambda: b"table", lambda d: None)))
     meta = rig.build(BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,))).metadata
     assert meta["calibration"] == {"batches": 0}
 
@@ -512,7 +508,7 @@ def test_jetson_memory_estimate_counts_pinned_host_copies(make_rig: Callable[...
 def test_dla_build_sets_device_core_and_fallback(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig(host=HostCapabilities(sm="sm87", jetpack="6.2"))
     rig.state.dla_cores = 2
-    cfg = BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,), dla_core=1,
+    cfg = BuildConfig(precision=PrecisionMode.FP16, profiles=(STATIC_PROFILE,), dla_core=1,
                       gpu_fallback=True, fp16_pinned_keywords=())
     meta = rig.build(cfg).metadata
     blob = _blob(rig.tmp / "e.engine")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from ctypes import c_char as ctypes_char
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +15,12 @@ from trt_rig import (
     PROFILE,
     QDQ_SPEC,
     TRT10,
+    FakeTrtexec,
     RecordingGate,
     Rig,
     _entry,
     _qdq_converter,
+    trtexec_rig,
 )
 
 from fakes.fake_cuda import FakeCudaRuntime, cudaError_t
@@ -124,7 +124,9 @@ def test_trt11_strict_fails_when_the_graph_lacks_fp16_on_pinned_layers(
     make_rig: Callable[..., Rig],
 ) -> None:
     rig = make_rig("11.4.0.106")
-    rig.state.model = FakeModelSpec()  # router/kan layers carry FLOAT
+    rig.state.model = FakeModelSpec(layers=(  # an FP16 graph whose router layer is FLOAT
+        FakeLayerSpec("conv1", output_dtypes=("HALF",)),
+        FakeLayerSpec("router_gate", "MATRIX_MULTIPLY")))
     with pytest.raises(EngineBuildError, match="does not carry FP16"):
         rig.build(BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,)))
 
@@ -277,8 +279,8 @@ def test_non_strict_builds_and_records_the_failure(make_rig: Callable[..., Rig])
 
 
 def _calibration(batches: list[dict[str, np.ndarray[Any, Any]]], cache: dict[str, bytes]
-                 ) -> Callable[[Path, BuildConfig], CalibrationInput]:
-    def provide(model: Path, config: BuildConfig) -> CalibrationInput:
+                 ) -> Callable[[Path, BuildConfig, str], CalibrationInput]:
+    def provide(model: Path, config: BuildConfig, trt_version: str) -> CalibrationInput:
         return CalibrationInput(
             batches=batches, read_cache=lambda: cache.get("data"),
             write_cache=lambda data: cache.__setitem__("data", data),
@@ -448,15 +450,16 @@ def test_required_plugin_missing_fails_before_building(make_rig: Callable[..., R
 
 def test_plugins_found_and_optional_absent_are_reported(make_rig: Callable[..., Rig]) -> None:
     library = Path("/opt/plugins/libtile.so")
-    rig = make_rig(options=TensorrtOptions(plugin_libraries=(library,)))  # DecodeNMS optional
+    rig = make_rig(options=TensorrtOptions(plugin_libraries=(library,),
+                                           optional_plugins=("EfficientNMS_TRT",)))
     rig.state.plugins = [("TilePack", "1", "")]  # libnvinfer_plugin's own
     rig.state.plugin_libraries = {str(library): [("TileSSMScan", "2", "tile")]}
     cfg = BuildConfig(profiles=(PROFILE,), plugins=(
         PluginSpec("TilePack"), PluginSpec("TileSSMScan", "2", "tile")))
     report = {p["name"]: p for p in rig.build(cfg).metadata["plugins"]}
     assert report["TilePack"]["found"] and report["TileSSMScan"]["found"]
-    assert report["DecodeNMS"] == {"name": "DecodeNMS", "version": "1", "namespace": "",
-                                   "required": False, "found": False}
+    assert report["EfficientNMS_TRT"] == {"name": "EfficientNMS_TRT", "version": "1",
+                                          "namespace": "", "required": False, "found": False}
 
 
 def test_non_strict_plugins_build_anyway(make_rig: Callable[..., Rig]) -> None:
@@ -890,83 +893,12 @@ def test_staged_views_with_several_inputs(make_rig: Callable[..., Rig]) -> None:
 
 # --------------------------------------------------------------------------- trtexec builder
 
-_FAKE_TRTEXEC = """#!/bin/sh
-# Every trtexec run starts with the banner naming its TensorRT (NV_TENSORRT_VERSION).
-echo "&&&& RUNNING TensorRT.trtexec [TensorRT v$FAKE_TRTEXEC_TRT] # trtexec $*"
-if [ "$1" = "--help" ]; then echo "=== Model Options ==="; exit 0; fi
-printf '%s\\n' "$@" > "$FAKE_TRTEXEC_ARGV"
-case "$FAKE_TRTEXEC_MODE" in
-  fail)
-    echo "[I] [TRT] parsing"
-    echo "[E] [TRT] ModelImporter: no importer for op FancyOp"
-    echo "&&&& FAILED TensorRT.trtexec"
-    exit 1;;
-  hang)
-    sleep 30 &
-    echo $! > "$FAKE_TRTEXEC_ARGV.child"
-    sleep 30
-    exit 0;;
-  noengine)
-    echo "&&&& PASSED TensorRT.trtexec"
-    exit 0;;
-esac
-for a in "$@"; do
-  case "$a" in
-    --saveEngine=*) cp "$FAKE_TRTEXEC_ENGINE" "${a#--saveEngine=}";;
-    --timingCacheFile=*) printf 'tc' >> "${a#--timingCacheFile=}";;
-  esac
-done
-echo "[W] [TRT] a warning"
-echo "&&&& PASSED TensorRT.trtexec"
-"""
-
-
-@dataclass
-class FakeTrtexec:
-    binary: Path
-    argv_file: Path
-
-    @property
-    def argv(self) -> list[str]:
-        return self.argv_file.read_text().splitlines()
-
-
-@pytest.fixture
-def fake_trtexec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeTrtexec:
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    binary = bindir / "trtexec"
-    binary.write_text(_FAKE_TRTEXEC)
-    binary.chmod(0o755)
-    argv_file = tmp_path / "trtexec.argv"
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
-    monkeypatch.setenv("FAKE_TRTEXEC_ARGV", str(argv_file))
-    monkeypatch.setenv("FAKE_TRTEXEC_MODE", "ok")
-    monkeypatch.setenv("FAKE_TRTEXEC_TRT", "101601")
-    return FakeTrtexec(binary, argv_file)
-
-
-def _banner_number(version: str) -> str:
-    major, minor, patch = (int(p) for p in version.split(".")[:3])
-    return str(major * 10000 + minor * 100 + patch)
-
-
-def _trtexec_rig(make_rig: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch,
-                 version: str = "10.16.1.11", **options: Any) -> Rig:
-    """A rig whose fake trtexec copies an engine the fake TensorRT can deserialize."""
-    rig = make_rig(version, options=TensorrtOptions(optional_plugins=(), **options))
-    monkeypatch.setenv("FAKE_TRTEXEC_TRT", _banner_number(version))
-    reference = rig.runtime.compile_network(_identity_net(), BuildConfig(),
-                                            rig.tmp / "reference.engine")
-    monkeypatch.setenv("FAKE_TRTEXEC_ENGINE", str(reference.staged_path))
-    rig.cuda.recorder.clear()
-    return rig
 
 
 def test_trtexec_flags_follow_the_build_config(
     make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    rig = _trtexec_rig(make_rig, monkeypatch, builder="trtexec")
+    rig = trtexec_rig(make_rig, monkeypatch, builder="trtexec")
     cfg = BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,), workspace_mib=256,
                       builder_optimization_level=5, fp16_pinned_keywords=(),
                       hardware_compatibility=HardwareCompatibility.AMPERE_PLUS,
@@ -983,7 +915,9 @@ def test_trtexec_flags_follow_the_build_config(
     assert "--builderOptimizationLevel=5" in argv
     assert "--hardwareCompatibilityLevel=ampere+" in argv
     cache = rig.tmp / "tc" / "trt-10.16.1.11.sm87.timing-cache"
-    assert f"--timingCacheFile={cache}" in argv and cache.read_bytes() == b"tc"
+    [copy] = [a.split("=", 1)[1] for a in argv if a.startswith("--timingCacheFile=")]
+    assert Path(copy) != cache and not Path(copy).exists()  # trtexec's own copy, gone
+    assert cache.read_bytes() == b"tc"  # ...published back
     meta = art.metadata
     assert meta["builder"] == "trtexec" and meta["builder_command"][1:] == argv
     assert meta["trt_path"] == "weak" and meta["builder_flags"] == ["--fp16"]
@@ -995,7 +929,7 @@ def test_trtexec_flags_follow_the_build_config(
 def test_trtexec_strong_path_and_same_compute_capability(
     make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    rig = _trtexec_rig(make_rig, monkeypatch, "11.4.0.106", builder="trtexec")
+    rig = trtexec_rig(make_rig, monkeypatch, "11.4.0.106", builder="trtexec")
     cfg = BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,),
                       hardware_compatibility=HardwareCompatibility.SAME_COMPUTE_CAPABILITY)
     meta = rig.build(cfg).metadata
@@ -1010,7 +944,7 @@ def test_trtexec_int8_reads_the_calibration_cache(
     make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cache = {"data": b"calibration-table"}
-    rig = _trtexec_rig(make_rig, monkeypatch, "10.3.0", builder="trtexec",
+    rig = trtexec_rig(make_rig, monkeypatch, "10.3.0", builder="trtexec",
                        int8_quantization="implicit", calibration=_calibration([], cache))
     cfg = BuildConfig(precision=PrecisionMode.INT8, profiles=(PROFILE,), fp16_pinned_keywords=())
     meta = rig.build(cfg).metadata
@@ -1026,7 +960,7 @@ def test_trtexec_int8_reads_the_calibration_cache(
 def test_trtexec_mixed_passes_fp16_and_int8(
     make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    rig = _trtexec_rig(make_rig, monkeypatch, "10.3.0", builder="trtexec",
+    rig = trtexec_rig(make_rig, monkeypatch, "10.3.0", builder="trtexec",
                        int8_quantization="implicit", calibration=_calibration([], {"data": b"table"}))
     rig.build(BuildConfig(precision=PrecisionMode.MIXED, profiles=(PROFILE,),
                           fp16_pinned_keywords=()))
@@ -1036,13 +970,13 @@ def test_trtexec_mixed_passes_fp16_and_int8(
 def test_trtexec_weak_request_refused_where_tensorrt_has_no_weak_path(
     make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    rig = _trtexec_rig(make_rig, monkeypatch, "11.4.0.106", builder="trtexec")
+    rig = trtexec_rig(make_rig, monkeypatch, "11.4.0.106", builder="trtexec")
     cfg = BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,), strongly_typed=False,
                       fp16_pinned_keywords=())
     with pytest.raises(EngineBuildError, match="weakly typed"):
         rig.build(cfg)
     assert not fake_trtexec.argv_file.exists()  # refused before trtexec ran
-    auto = _trtexec_rig(make_rig, monkeypatch, "11.4.0.106", builder="auto")
+    auto = trtexec_rig(make_rig, monkeypatch, "11.4.0.106", builder="auto")
     with pytest.raises(EngineBuildError, match="weakly typed"):
         auto.build(cfg)
 
@@ -1050,7 +984,7 @@ def test_trtexec_weak_request_refused_where_tensorrt_has_no_weak_path(
 def test_trtexec_with_converter_needs_no_tensorrt_module(
     make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    reference = _trtexec_rig(make_rig, monkeypatch, "11.4.0.106")
+    reference = trtexec_rig(make_rig, monkeypatch, "11.4.0.106")
     seen: list[Path] = []
 
     def convert(model: Path, cfg: BuildConfig, workdir: Path) -> tuple[Path, dict[str, Any]]:
@@ -1079,7 +1013,7 @@ def test_trtexec_with_converter_needs_no_tensorrt_module(
 def test_trtexec_failure_carries_its_error_lines(
     make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    rig = _trtexec_rig(make_rig, monkeypatch, builder="trtexec")
+    rig = trtexec_rig(make_rig, monkeypatch, builder="trtexec")
     monkeypatch.setenv("FAKE_TRTEXEC_MODE", "fail")
     with pytest.raises(EngineBuildError, match="exit code 1") as info:
         rig.build(BuildConfig(profiles=(PROFILE,)))
@@ -1093,7 +1027,7 @@ def test_trtexec_failure_carries_its_error_lines(
 def test_trtexec_timeout_kills_its_process_group(
     make_rig: Callable[..., Rig], fake_trtexec: FakeTrtexec, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    rig = _trtexec_rig(make_rig, monkeypatch, builder="trtexec", trtexec_timeout_s=1.0)
+    rig = trtexec_rig(make_rig, monkeypatch, builder="trtexec", trtexec_timeout_s=1.0)
     monkeypatch.setenv("FAKE_TRTEXEC_MODE", "hang")
     with pytest.raises(EngineBuildError, match="timed out") as info:
         rig.build(BuildConfig(profiles=(PROFILE,)))
@@ -1125,25 +1059,25 @@ def test_builder_selection(
     with pytest.raises(ValueError, match="builder"):
         TensorrtOptions(builder="bogus")
     # auto: pinned layers on a weakly typed FP16 build need the Python builder
-    rig = _trtexec_rig(make_rig, monkeypatch, builder="auto")
+    rig = trtexec_rig(make_rig, monkeypatch, builder="auto")
     meta = rig.build(BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,))).metadata
     assert meta["builder"] == "python" and not fake_trtexec.argv_file.exists()
     # ...and explicit trtexec refuses it instead of silently dropping the pins
-    strict = _trtexec_rig(make_rig, monkeypatch, builder="trtexec")
+    strict = trtexec_rig(make_rig, monkeypatch, builder="trtexec")
     with pytest.raises(EngineBuildError, match="cannot be delegated"):
         strict.build(BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,)))
     # auto with an expressible build uses trtexec
     assert rig.build(BuildConfig(profiles=(PROFILE,)), name="a.engine").metadata[
         "builder"] == "trtexec"
     # a configured binary wins over PATH; a missing one is an error in trtexec mode
-    configured = _trtexec_rig(make_rig, monkeypatch, builder="trtexec",
+    configured = trtexec_rig(make_rig, monkeypatch, builder="trtexec",
                               trtexec_path=fake_trtexec.binary)
     assert configured.build(BuildConfig(profiles=(PROFILE,))).metadata["builder"] == "trtexec"
-    missing = _trtexec_rig(make_rig, monkeypatch, builder="trtexec",
+    missing = trtexec_rig(make_rig, monkeypatch, builder="trtexec",
                            trtexec_path=tmp_path / "nope" / "trtexec")
     with pytest.raises(EngineBuildError, match="no executable trtexec"):
         missing.build(BuildConfig(profiles=(PROFILE,)))
-    fallback = _trtexec_rig(make_rig, monkeypatch, builder="auto",
+    fallback = trtexec_rig(make_rig, monkeypatch, builder="auto",
                             trtexec_path=tmp_path / "nope" / "trtexec")
     assert fallback.build(BuildConfig(profiles=(PROFILE,))).metadata["builder"] == "python"
 
@@ -1180,5 +1114,5 @@ def test_no_conversion_for_fp32_or_the_weak_path(make_rig: Callable[..., Rig]) -
     options = TensorrtOptions(optional_plugins=(), precision_converter=convert)
     make_rig("11.4.0.106", options=options).build(BuildConfig(profiles=(PROFILE,)))
     make_rig("10.16.1.11", options=options).build(
-        BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,)))
+        BuildConfig(precision=PrecisionMode.FP16, profiles=(PROFILE,), strongly_typed=False))
     assert calls == []

@@ -27,9 +27,9 @@ def test_user_cache_is_handed_to_the_implicit_calibrator(
     read: list[bytes | None] = []
     written: list[bytes] = []
 
-    def provide(model: Path, config: BuildConfig) -> CalibrationInput:
+    def provide(model: Path, config: BuildConfig, trt_version: str) -> CalibrationInput:
         data = tensorrt_calibration_input(model, config, tmp_path / "calib",
-                                          trt_version="10.3.0")
+                                          trt_version=trt_version)
         assert data is not None
 
         def read_cache() -> bytes | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +16,10 @@ from fakes.fake_tensorrt import (
     make_fake_tensorrt,
     write_model,
 )
+from fakes.fake_trtexec import install_fake_trtexec
 from trt_provision.errors import EngineGateError, OutOfMemoryError
 from trt_provision.identity import compute_identity
-from trt_provision.runtimes.tensorrt import TensorrtOptions, TensorrtRuntime
+from trt_provision.runtimes.tensorrt import NetworkSource, TensorrtOptions, TensorrtRuntime
 from trt_provision.types import (
     BuildConfig,
     EngineCacheEntry,
@@ -28,6 +30,8 @@ from trt_provision.types import (
 
 TRT10 = ("10.3.0", "10.16.1.11")
 PROFILE = OptimizationProfile("input", (1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8))
+# DLA builds need min == opt == max (NvInferRuntime.h, IOptimizationProfile::setDimensions).
+STATIC_PROFILE = OptimizationProfile("input", (2, 3, 8, 8), (2, 3, 8, 8), (2, 3, 8, 8))
 HALF_SPEC = FakeModelSpec(
     layers=(
         FakeLayerSpec("conv1"),
@@ -151,3 +155,57 @@ def rig_factory(tmp_path: Path) -> Callable[..., Rig]:
     return make
 
 
+
+
+# --------------------------------------------------------------------------- fake trtexec
+
+
+@dataclass
+class FakeTrtexec:
+    binary: Path
+    argv_file: Path
+
+    @property
+    def argv(self) -> list[str]:
+        return self.argv_file.read_text().splitlines()
+
+
+def setup_fake_trtexec(tmp_path: Path, monkeypatch: Any) -> FakeTrtexec:
+    """``trtexec`` on PATH is ``fakes/fake_trtexec.py`` (TensorRT 10.16.1 until a rig says)."""
+    bindir = tmp_path / "bin"
+    binary = install_fake_trtexec(bindir)
+    argv_file = tmp_path / "trtexec.argv"
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("FAKE_TRTEXEC_ARGV", str(argv_file))
+    monkeypatch.setenv("FAKE_TRTEXEC_MODE", "ok")
+    monkeypatch.setenv("FAKE_TRTEXEC_TRT", "101601")
+    return FakeTrtexec(binary, argv_file)
+
+
+def banner_number(version: str) -> str:
+    major, minor, patch = (int(p) for p in version.split(".")[:3])
+    return str(major * 10000 + minor * 100 + patch)
+
+
+def identity_net(weights: str = "w1") -> NetworkSource:
+    def build(network: Any, trt: Any) -> None:
+        x = network.add_input("x", trt.float32, (1, 4))
+        layer = network.add_identity(x)
+        network.mark_output(layer.get_output(0))
+
+    return NetworkSource(name="ident", build=build, weights_sha256=weights)
+
+
+def trtexec_rig(make_rig: Callable[..., Rig], monkeypatch: Any,
+                version: str = "10.16.1.11", *,
+                plugin_libraries_on_disk: dict[str, list[tuple[str, str, str]]] | None = None,
+                **options: Any) -> Rig:
+    """A rig whose fake trtexec copies an engine the fake TensorRT can deserialize."""
+    rig = make_rig(version, options=TensorrtOptions(optional_plugins=(), **options))
+    rig.state.plugin_libraries.update(plugin_libraries_on_disk or {})
+    monkeypatch.setenv("FAKE_TRTEXEC_TRT", banner_number(version))
+    reference = rig.runtime.compile_network(identity_net(), BuildConfig(),
+                                            rig.tmp / "reference.engine")
+    monkeypatch.setenv("FAKE_TRTEXEC_ENGINE", str(reference.staged_path))
+    rig.cuda.recorder.clear()
+    return rig

@@ -103,7 +103,7 @@ def _int8(ranges: Ranges) -> Graph:
             consumer=spec.consumer, keep_float=() if spec.consumer == "tensorrt" else keep,
         )
         report = compare_models(spec.model, out, splits.validation, data="validation",
-                                model=spec.name, metric=metric)
+                                model=spec.name, metric=metric, gate=gate)
         return Candidate(label, result, out, report, gate is None or gate.passes(report))
 
     candidates = [build(algo, g.ranges) for algo, g in governed.items()]
@@ -156,15 +156,18 @@ def _int8_from_user_cache(ranges: Ranges) -> Graph:
     """The Q/DQ graph with the user cache's scales as its ranges (range = scale * 127,
     symmetric). Judged only when calibration data is given too."""
     from trt_provision.calibration.qdq import quantize_qdq
+    from trt_provision.calibration.user_cache import known_ranges
 
     evidence = ranges.evidence
     spec = evidence.spec
     user = ranges.user
     assert user is not None and evidence.resolved is not None
     pinned = _pinned(spec, evidence.preprocessed)
+    # TensorRT's own tensor names are dropped; a cache of another model fails here, at once.
+    usable = known_ranges(user, load_model(evidence.preprocessed))
     out = spec.workdir / f"{spec.model.stem}.{spec.precision.value}.trt-cache.onnx"
     qdq = quantize_qdq(
-        evidence.preprocessed, user.ranges, out, excluded=pinned,
+        evidence.preprocessed, usable, out, excluded=pinned,
         pinned_fp16=spec.pinned_fp16, workdir=spec.workdir / "qdq-trt-cache",
         consumer=spec.consumer,
     )

@@ -55,9 +55,12 @@ def verdict_on(graph: Graph) -> Verdict:
     validation = graph.validation
     if validation is None:
         validation = compare_models(spec.model, graph.path, splits.validation,
-                                    data="validation", model=spec.name, metric=graph.metric)
+                                    data="validation", model=spec.name, metric=graph.metric,
+                                    gate=spec.gate)
+    # With the gate, outputs are judged by the kinds the manifest names and the report
+    # records the evidence (samples, bound, threshold) the verdict rests on.
     test = compare_models(spec.model, graph.path, splits.test, data="test", model=spec.name,
-                          metric=graph.metric)
+                          metric=graph.metric, gate=spec.gate)
     return Verdict(graph, judge(spec, validation, test, splits))
 
 
@@ -95,11 +98,15 @@ def judge(
         return record
     if not spec.allow_inaccurate:
         failing = gate.failing_outputs(validation) or gate.failing_outputs(test)
+        judged_on = test if gate.failures(test) else validation
+        evidence = gate.evidence(judged_on)
         raise AccuracyGateError(
             f"{spec.precision.value} graph refused by the accuracy gate: "
             + "; ".join(failures),
             model=model, **({"output": failing[0]} if failing else {}), gate=gate.to_dict(),
             cosine=test.worst_cosine, top1_agreement=test.worst_top1,
+            **{k: evidence[k] for k in ("samples", "bound", "threshold", "required_samples")
+               if k in evidence},
         )
     record["verdict"] = "failed (allow_inaccurate)"
     record["warning"] = "published although it fails the accuracy gate: " + "; ".join(failures)

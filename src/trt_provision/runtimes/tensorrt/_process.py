@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import re
@@ -34,6 +35,7 @@ __all__ = [
     "captured_warnings",
     "ensure_plugins",
     "parse_trt_version",
+    "recent_messages",
     "shared_logger",
     "version_at_least",
 ]
@@ -48,13 +50,50 @@ _PLUGINS: dict[int, tuple[Any, set[tuple[str, tuple[str, ...]]]]] = {}
 
 
 def shared_logger(trt: Any) -> Any:
-    """The one ``trt.Logger`` of this process for this tensorrt module."""
+    """The one TensorRT logger of this process for this tensorrt module.
+
+    An ``ILogger`` subclass, as Polygraphy's ``get_trt_logger`` (tools/Polygraphy/polygraphy/
+    backend/trt/util.py): warnings and errors go to this package's logging (event
+    ``trt.log``), INFO and VERBOSE are dropped, and the latest warnings and errors are kept
+    (:func:`recent_messages`) so a failed build can say what TensorRT said.
+    """
     with _LOCK:
         held = _LOGGERS.get(id(trt))
         if held is None:
-            held = (trt, trt.Logger(trt.Logger.WARNING))
+            held = (trt, _recording_logger(trt))
             _LOGGERS[id(trt)] = held
         return held[1]
+
+
+def recent_messages(logger: Any) -> list[str]:
+    """The warnings and errors TensorRT logged lately through ``logger``, oldest first (empty
+    for a plain ``trt.Logger``); ``len`` of it before a build marks where the build's begin."""
+    return list(getattr(logger, "recent_messages", ()))
+
+
+def _recording_logger(trt: Any) -> Any:
+    if not hasattr(trt, "ILogger"):
+        return trt.Logger(trt.Logger.WARNING)
+    warning = int(trt.ILogger.WARNING)
+    error = int(trt.ILogger.ERROR)
+    trt_log = logging.getLogger("trt_provision.runtimes.tensorrt.trt")
+
+    class RecordingLogger(trt.ILogger):  # type: ignore[misc]
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)  # pybind11 needs the base initialised
+            self.recent_messages: collections.deque[str] = collections.deque(maxlen=200)
+
+        def log(self, severity: Any, msg: str) -> None:
+            # noexcept in C++: nothing may escape (Polygraphy's CustomTrtLogger likewise).
+            with contextlib.suppress(Exception):
+                level = int(severity)
+                if level > warning:
+                    return
+                self.recent_messages.append(str(msg))
+                trt_log.log(logging.ERROR if level <= error else logging.WARNING,
+                            "TensorRT: %s", msg, extra={"event": "trt.log"})
+
+    return RecordingLogger()
 
 
 def ensure_plugins(

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from trt_provision.errors import EngineBuildError, TrtProvisionError
-from trt_provision.runtimes.tensorrt._context import TrtContext
+from trt_provision.runtimes.tensorrt._context import TrtContext, check_dla_int8
 from trt_provision.runtimes.tensorrt._paths import trt_path
-from trt_provision.runtimes.tensorrt._process import captured_warnings
+from trt_provision.runtimes.tensorrt._process import captured_warnings, recent_messages
 from trt_provision.runtimes.tensorrt.calibrator import (
     CalibrationFeeder,
     calibration_batches,
@@ -33,6 +33,12 @@ from trt_provision.runtimes.tensorrt.network import (
     apply_weak_precision,
     choose_precision_path,
     strong_precision_evidence,
+)
+from trt_provision.runtimes.tensorrt.progress import (
+    attach_progress_monitor,
+    build_messages,
+    out_of_memory,
+    workspace_for_free_memory,
 )
 from trt_provision.runtimes.tensorrt.timing_cache import TimingCacheFile, timing_cache_path
 from trt_provision.types import (
@@ -98,14 +104,27 @@ class PythonBuilder:
         ctx = self._ctx
         logger = ctx.logger(trt)
         plugins = check_plugins(ctx, trt, build_config.plugins)
-        implicit = ctx.implicit_int8(trt)
-        path = choose_precision_path(trt, build_config, implicit_int8=implicit)
+        check_dla_int8(ctx.options, trt, build_config)
+        implicit = ctx.implicit_int8(trt, build_config)
+        path = choose_precision_path(
+            trt, build_config, implicit_int8=implicit,
+            prefer_strong=ctx.prefer_strong(build_config, onnx=model_path is not None))
         builder = trt.Builder(logger)
         network = builder.create_network(_network_flags(trt, path))
         source_facts = populate(trt, network, logger)
         check_network_io(trt, network)
         config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, build_config.workspace_mib << 20)
+        requested = build_config.workspace_mib << 20
+        workspace, free_at_start = requested, None
+        if ctx.integrated:
+            workspace, free_at_start = workspace_for_free_memory(requested, ctx.free_memory)
+            if workspace < requested:
+                log.warning("workspace capped to %d MiB of %d MiB free", workspace >> 20,
+                            (free_at_start or 0) >> 20,
+                            extra={"event": "trt.build.workspace_capped",
+                                   "requested_bytes": requested, "workspace_bytes": workspace,
+                                   "free_bytes": free_at_start})
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
         config.builder_optimization_level = build_config.builder_optimization_level
         set_hardware_compatibility(trt, config, build_config.hardware_compatibility,
                                    ctx.sm_number())
@@ -131,11 +150,13 @@ class PythonBuilder:
         cache_dir = build_config.timing_cache_path or ctx.options.timing_cache_dir
         if cache_dir is not None:
             cache_file = TimingCacheFile(
-                timing_cache_path(cache_dir, ctx.version(), ctx.device_sm()))
+                timing_cache_path(cache_dir, ctx.version(), ctx.device_sm(), ctx.device_name()))
             timing_cache = cache_file.attach(config)
             if timing_cache is None:
                 cache_file = None  # TensorRT refused it: build without, leave the file alone
 
+        monitor = attach_progress_monitor(trt, config, str(model_path or "network"))
+        seen = recent_messages(logger)
         try:
             serialized = builder.build_serialized_network(network, config)
         except Exception as exc:
@@ -147,11 +168,23 @@ class PythonBuilder:
                 feeder.finish()
         if feeder is not None:
             feeder.raise_if_failed()
+        del monitor  # kept alive through the build: the config holds only a pointer
         if serialized is None:
+            said = build_messages(seen, recent_messages(logger))
+            if out_of_memory(said, integrated=ctx.integrated):
+                raise EngineBuildError(
+                    "TensorRT ran out of memory building this engine (it reports that as "
+                    "'could not find any implementation'); free memory, lower workspace_mib "
+                    "or build where more memory is free",
+                    model=str(model_path), precision_path=path, out_of_memory=True,
+                    free_bytes_at_start=free_at_start, free_bytes_after=ctx.free_memory()
+                    if ctx.integrated else None, workspace_bytes=workspace,
+                    tensorrt_said=said[-10:])
             raise EngineBuildError(
                 "TensorRT returned no engine (see the TensorRT log above)",
                 model=str(model_path), precision_path=path,
                 pinned_layers=[e.layer for e in evidence], build_log=build_log[-20:],
+                tensorrt_said=said[-10:],
             )
         data = bytes(serialized)
         write_synced(staged_path, data)
@@ -170,7 +203,8 @@ class PythonBuilder:
             "plugins": plugins,
             "hardware_compatibility": build_config.hardware_compatibility.value,
             "builder_optimization_level": build_config.builder_optimization_level,
-            "workspace_bytes": build_config.workspace_mib << 20,
+            "workspace_bytes": workspace,
+            "workspace_requested_bytes": requested,
             "timing_cache": str(cache_file.path) if cache_file else None,
             "engine_bytes": len(data),
             **stamp,
@@ -189,7 +223,9 @@ class PythonBuilder:
     ) -> CalibrationFeeder:
         """Calibrator fed at the profile's ``opt`` shapes (TensorRT calibrates at those)."""
         provider = self._ctx.options.calibration
-        data = provider(model_path or Path(), build_config) if provider else None
+        # The cache is bound to the TensorRT that reads it: the imported one, not the probe's.
+        data = (provider(model_path or Path(), build_config, self._ctx.version())
+                if provider else None)
         if data is None:
             raise EngineBuildError(
                 "INT8 through a calibrator needs calibration data or a calibration cache",
@@ -326,17 +362,21 @@ def _apply_dla(trt: Any, builder: Any, config: Any, build_config: BuildConfig) -
 
 
 def check_dla_profiles(build_config: BuildConfig) -> None:
-    """Without GPU fallback every layer runs on the DLA, which needs min == opt == max
-    (NVIDIA/TensorRT v10.3.0 include/NvInferRuntime.h, IOptimizationProfile::setDimensions:
-    "If run on DLA, minimum, optimum, and maximum dimensions must to be the same")."""
-    if build_config.dla_core is None or build_config.gpu_fallback:
+    """DLA layers need min == opt == max (NVIDIA/TensorRT v10.3.0 include/NvInferRuntime.h,
+    IOptimizationProfile::setDimensions: "If run on DLA, minimum, optimum, and maximum
+    dimensions must to be the same"). With GPU fallback a ranged profile does not fail: its
+    layers run on the GPU, and the engine named ``smNN-dlaK`` would not be a DLA engine. So
+    a ranged profile is refused with or without ``gpu_fallback``."""
+    if build_config.dla_core is None:
         return
     ranged = sorted(p.input_name for p in build_config.profiles
                     if not p.min_shape == p.opt_shape == p.max_shape)
     if ranged:
         raise EngineBuildError(
-            "a DLA build without gpu_fallback needs min == opt == max in every profile",
-            inputs=ranged, dla_core=build_config.dla_core)
+            "a DLA build needs min == opt == max in every profile (with or without "
+            "gpu_fallback: a shape range runs on the GPU)",
+            inputs=ranged, dla_core=build_config.dla_core,
+            gpu_fallback=build_config.gpu_fallback)
 
 
 def _calibration_targets(

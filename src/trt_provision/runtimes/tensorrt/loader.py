@@ -18,7 +18,13 @@ from trt_provision.runtimes.tensorrt._context import TrtContext
 from trt_provision.runtimes.tensorrt.cuda_buffers import CudaBuffers
 from trt_provision.runtimes.tensorrt.runner import TensorrtEngineHandle, set_input_shape
 
-__all__ = ["check_io_dtype", "load_into", "memory_stamp", "set_runtime_dla_core"]
+__all__ = [
+    "check_io_dtype",
+    "input_shape_range",
+    "load_into",
+    "memory_stamp",
+    "set_runtime_dla_core",
+]
 
 # No numpy dtype exists for these (``trt.nptype`` maps only FLOAT, HALF, INT8, INT32, INT64,
 # BOOL and UINT8 and raises TypeError otherwise: NVIDIA/TensorRT v10.3.0..v11.1
@@ -75,8 +81,8 @@ def load_into(ctx: TrtContext, handle: TensorrtEngineHandle) -> None:
     _ = handle._buffers.stream  # the handle's own stream, created with it
     for name in names:
         if engine.get_tensor_mode(name) == input_mode:
-            lo, _opt, hi = engine.get_tensor_profile_shape(name, 0)
-            handle._inputs[name] = (dtypes[name], (tuple(lo), tuple(hi)))
+            lo, hi = input_shape_range(engine, name)
+            handle._inputs[name] = (dtypes[name], (lo, hi))
             set_input_shape(context, name, tuple(hi), handle)
     for name in names:
         if name in handle._inputs:
@@ -97,6 +103,17 @@ def load_into(ctx: TrtContext, handle: TensorrtEngineHandle) -> None:
         buf = handle._buffers.allocate(name, nbytes)
         if not context.set_tensor_address(name, buf.device_ptr):
             raise InferenceError("TensorRT refused the tensor address", name=name, path=path)
+
+
+def input_shape_range(engine: Any, name: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(min, max) shape of an input: its static shape when it has no dynamic dimension (an
+    engine built without a profile has no profile shapes: ``getProfileShape`` returns
+    Dims{-1, {}}, NvInferRuntime.h v10.3.0), else profile 0's min and max."""
+    shape = tuple(int(d) for d in engine.get_tensor_shape(name))
+    if all(d >= 0 for d in shape):
+        return shape, shape
+    lo, _opt, hi = engine.get_tensor_profile_shape(name, 0)
+    return tuple(int(d) for d in lo), tuple(int(d) for d in hi)
 
 
 def set_runtime_dla_core(runtime: Any, dla_core: int | None) -> None:
@@ -134,7 +151,7 @@ def memory_stamp(
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         for name in names:
             if engine.get_tensor_mode(name) == input_mode:
-                hi = tuple(engine.get_tensor_profile_shape(name, 0)[2])
+                hi = input_shape_range(engine, name)[1]
                 if context is not None and not context.set_input_shape(name, hi):
                     # Output sizes read after a refused shape would be the wrong ones.
                     raise EngineBuildError(
@@ -143,7 +160,7 @@ def memory_stamp(
         for name in names:
             itemsize = check_io_dtype(trt, name, engine.get_tensor_dtype(name)).itemsize
             if engine.get_tensor_mode(name) == input_mode:
-                shape = tuple(engine.get_tensor_profile_shape(name, 0)[2])
+                shape = input_shape_range(engine, name)[1]
             elif context is not None:
                 shape = tuple(context.get_tensor_shape(name))
             else:

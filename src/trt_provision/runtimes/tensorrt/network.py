@@ -18,6 +18,7 @@ Either way every pinned layer gets an evidence record for the metadata sidecar.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -29,7 +30,7 @@ from typing import Any
 from trt_provision.errors import EngineBuildError
 from trt_provision.runtimes.tensorrt._paths import path_available, trt_path
 from trt_provision.runtimes.tensorrt.onnx_graph import layer_node
-from trt_provision.types import BuildConfig, PrecisionMode
+from trt_provision.types import FP16_KEPT_FP32_OPS, BuildConfig, PrecisionMode
 
 __all__ = [
     "LayerEvidence",
@@ -86,12 +87,18 @@ class LayerEvidence:
 
 
 def choose_precision_path(
-    trt: Any, build_config: BuildConfig, *, implicit_int8: bool = False
+    trt: Any, build_config: BuildConfig, *, implicit_int8: bool = False,
+    prefer_strong: bool = False,
 ) -> str:
     """``"weak"`` or ``"strong"`` from the request and what this TensorRT offers.
 
     ``implicit_int8``: INT8 on the weak path goes through a calibrator (else through an
     explicitly quantized Q/DQ graph, which needs only the INT8 builder flag).
+    ``prefer_strong``: a precision converter prepares (and judges) the FP16 or Q/DQ graph;
+    unless ``strongly_typed`` says otherwise that graph is built strongly typed wherever the
+    bindings have ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` (10.x included), so the
+    engine computes in the types that were judged, not in what the FP16/INT8 flags let
+    TensorRT pick.
     """
     weak = path_available(trt, "weak")
     strong = path_available(trt, "strong")
@@ -116,6 +123,8 @@ def choose_precision_path(
                 precision=build_config.precision.value,
             )
         return "weak"
+    if prefer_strong and strong and not (needs_int8 and implicit_int8):
+        return "strong"
     if weak and (weak_int8 or not needs_int8):
         return "weak"
     if strong:
@@ -195,6 +204,8 @@ class ModelNodes:
 
     nodes: Mapping[str, str] | None = None
     quantized: frozenset[str] = frozenset()
+    # Node -> why the prepared graph keeps it FP32 (the precision converter's own report).
+    kept_fp32: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def pinned_keyword(self, layer_name: str, keywords: tuple[str, ...]) -> str | None:
         if self.nodes is None:
@@ -203,6 +214,19 @@ class ModelNodes:
         if node is None or self.nodes[node] in _NOT_PINNABLE_OPS:
             return None
         return _matched_keyword(node, keywords)
+
+    def kept_fp32_reason(self, layer_name: str) -> str | None:
+        """Why a pinned layer stays FP32: its op type is one the FP16 graph keeps FP32
+        (``types.FP16_KEPT_FP32_OPS``: Exp, Log, Pow, Reduce*...), or the converter kept
+        its node FP32 (values beyond the FP16 range). None when it can be FP16."""
+        if self.nodes is None:
+            return None
+        node = layer_node(layer_name, self.nodes)
+        if node is None:
+            return None
+        if self.nodes[node] in FP16_KEPT_FP32_OPS:
+            return f"op {self.nodes[node]} kept fp32"
+        return self.kept_fp32.get(node)
 
     def is_quantized(self, layer_name: str) -> bool:
         if self.nodes is None:
@@ -245,6 +269,12 @@ def apply_weak_precision(
         keyword = own.pinned_keyword(layer.name, build_config.fp16_pinned_keywords)
         if keyword is None:
             continue
+        kept = own.kept_fp32_reason(layer.name)
+        if kept is not None:
+            # The strong path's FP16 graph keeps this node FP32; so does the weak path,
+            # with a FLOAT constraint instead of HALF (else the FP16 flag may pick HALF).
+            evidence.append(_keep_fp32(_pin_layer(layer, keyword, trt.DataType.FLOAT), kept))
+            continue
         evidence.append(_pin_layer(layer, keyword, half))
     if any(e.applied for e in evidence):
         # OBEY fails the build when a constraint cannot be met; PREFER lets TensorRT fall
@@ -271,7 +301,7 @@ def apply_weak_precision(
 
 
 @trt_path("weak")
-def _pin_layer(layer: Any, keyword: str, half: Any) -> LayerEvidence:
+def _pin_layer(layer: Any, keyword: str, dtype: Any) -> LayerEvidence:
     out_types = [
         str(layer.get_output(j).dtype).rsplit(".", 1)[-1] for j in range(layer.num_outputs)
     ]
@@ -281,15 +311,21 @@ def _pin_layer(layer: Any, keyword: str, half: Any) -> LayerEvidence:
             layer.name, keyword, None, False,
             reason=f"not applicable: non-float outputs {non_float}", applicable=False,
         )
-    layer.precision = half
+    layer.precision = dtype
     for j in range(layer.num_outputs):
-        layer.set_output_type(j, half)
-    precision_ok = bool(layer.precision_is_set) and layer.precision == half
+        layer.set_output_type(j, dtype)
+    precision_ok = bool(layer.precision_is_set) and layer.precision == dtype
     outputs_ok = all(layer.output_type_is_set(j) for j in range(layer.num_outputs))
     reason = "" if precision_ok and outputs_ok else "TensorRT did not accept the constraint"
+    label = str(dtype).rsplit(".", 1)[-1]
     return LayerEvidence(
-        layer.name, keyword, "HALF" if precision_ok else None, outputs_ok, reason=reason
+        layer.name, keyword, label if precision_ok else None, outputs_ok, reason=reason
     )
+
+
+def _keep_fp32(evidence: LayerEvidence, reason: str) -> LayerEvidence:
+    """A pinned layer kept FP32 on purpose: recorded with the reason, never a failure."""
+    return dataclasses.replace(evidence, reason=f"kept FP32: {reason}", applicable=False)
 
 
 def strong_precision_evidence(
@@ -313,6 +349,12 @@ def strong_precision_evidence(
         types = {
             str(layer.get_output(j).dtype).rsplit(".", 1)[-1] for j in range(layer.num_outputs)
         }
+        kept = own.kept_fp32_reason(layer.name)
+        if kept is not None:
+            evidence.append(_keep_fp32(LayerEvidence(
+                layer.name, keyword, ",".join(sorted(types)) or None, types == {"FLOAT"}),
+                kept))
+            continue
         applicable = not (types & _NON_FLOAT_TYPES)
         quantized = quantizing and own.is_quantized(layer.name)
         is_half = types == {"HALF"} and not quantized

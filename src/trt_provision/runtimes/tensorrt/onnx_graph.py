@@ -30,6 +30,7 @@ __all__ = [
     "layer_node",
     "model_nodes",
     "quantized_nodes",
+    "reduced_precision_tensors",
 ]
 
 _UNIQUE_SUFFIX = re.compile(r"_\d+$")
@@ -67,7 +68,11 @@ def _constant_tensors(graph: Any) -> dict[str, Any]:
     return tensors
 
 
-def _elem_types(model: Any, constants: Mapping[str, Any]) -> dict[str, int]:
+def _elem_types(
+    model: Any, constants: Mapping[str, Any], q_default: int | None = None
+) -> dict[str, int]:
+    """Element type of every tensor; a QuantizeLinear without ``output_dtype`` or zero point
+    gets ``q_default`` (ONNX says UINT8; TensorRT's importer picks INT8)."""
     import onnx
 
     graph = model.graph
@@ -83,12 +88,24 @@ def _elem_types(model: Any, constants: Mapping[str, Any]) -> dict[str, int]:
         out_type = next((a.i for a in node.attribute if a.name == "output_dtype"), 0)
         if not out_type and len(node.input) > 2 and node.input[2] in constants:
             out_type = constants[node.input[2]].data_type
-        types[node.output[0]] = out_type or onnx.TensorProto.UINT8  # ONNX's default
+        types[node.output[0]] = out_type or q_default or onnx.TensorProto.UINT8
     return types
 
 
-def check_dequantize_inputs(model_path: Path) -> int:
-    """Refuse a graph TensorRT cannot dequantize; return the number of DQ nodes checked."""
+# DequantizeLinear inputs TensorRT takes (NvInfer.h, addDequantize): INT8, FP8, INT4.
+_INT8 = 3
+_TRT_DQ_INPUTS = frozenset({_INT8, 17, 18, 19, 20, 22})  # INT8, FLOAT8E4M3FN.., INT4
+
+
+def check_dequantize_inputs(model_path: Path, *, ours: bool = True) -> int:
+    """Refuse a graph TensorRT cannot dequantize; return the number of DQ nodes checked.
+
+    ``ours``: a Q/DQ graph the calibration package wrote is INT8 with explicit zero points,
+    and anything else in it is our bug. A user's Q/DQ model is held to what TensorRT's
+    importer takes (onnx/onnx-tensorrt onnxOpImporters.cpp, 10.1-GA, ``QuantDequantLinearHelper``):
+    INT8, FP8 or INT4 DequantizeLinear inputs, and a QuantizeLinear without zero point or
+    ``output_dtype`` quantizes to INT8.
+    """
     import onnx
     from onnx import numpy_helper
 
@@ -98,23 +115,29 @@ def check_dequantize_inputs(model_path: Path) -> int:
     if not dq_nodes:
         return 0
     constants = _constant_tensors(graph)
-    types = _elem_types(model, constants)
+    q_default = None if ours else _INT8
+    accepted = frozenset({_INT8}) if ours else _TRT_DQ_INPUTS
+    types = _elem_types(model, constants, q_default)
     if any(n.input[0] not in types for n in dq_nodes):
         try:
             inferred = onnx.shape_inference.infer_shapes(model)
         except Exception:  # an unusual graph: the unknown inputs are refused below
             inferred = model
-        types = _elem_types(inferred, constants)
+        types = _elem_types(inferred, constants, q_default)
+        # Shape inference types a Q without zero point UINT8 (ONNX's default): TensorRT
+        # does not, so the Q nodes' own outputs win.
+        types.update(_elem_types(model, constants, q_default))
     for index, node in enumerate(graph.node):
         if node.op_type != "DequantizeLinear":
             continue
         name = node.name or f"#{index}"
         found = types.get(node.input[0])
-        if found != onnx.TensorProto.INT8:
+        if found not in accepted:
             type_name = onnx.TensorProto.DataType.Name(found) if found else "unknown"
+            takes = ("only INT8 in a graph we prepared" if ours else "only INT8, FP8 or INT4")
             raise EngineBuildError(
                 f"DequantizeLinear node {name!r} has a {type_name} input; TensorRT dequantizes "
-                "only INT8 here (keep biases float in a graph meant for TensorRT)",
+                f"{takes} (keep biases float in a graph meant for TensorRT)",
                 model=str(model_path), node=name, input=node.input[0], dtype=type_name)
         if len(node.input) > 2 and node.input[2]:
             zero_point = constants.get(node.input[2])
@@ -167,3 +190,25 @@ def layer_node(layer_name: str, nodes: Mapping[str, str]) -> str | None:
         return layer_name
     base = _UNIQUE_SUFFIX.sub("", layer_name)
     return base if base in nodes else None
+
+
+# FLOAT16, BFLOAT16, INT8, FLOAT8 (E4M3FN, E4M3FNUZ, E5M2, E5M2FNUZ), INT4 (onnx.TensorProto).
+_REDUCED_TYPES = frozenset({10, 16, 3, 17, 18, 19, 20, 22})
+
+
+def reduced_precision_tensors(model_path: Path) -> int:
+    """How many tensors of the graph are typed below FP32 (initializers, value infos, I/O,
+    Cast targets, Q/DQ nodes): a strongly typed network computes in the graph's types, so a
+    graph with none builds an FP32 engine whatever the label says."""
+    model = _load(model_path)
+    graph = model.graph
+    count = sum(1 for t in graph.initializer if t.data_type in _REDUCED_TYPES)
+    count += sum(1 for info in (*graph.input, *graph.value_info, *graph.output)
+                 if info.type.HasField("tensor_type")
+                 and info.type.tensor_type.elem_type in _REDUCED_TYPES)
+    for node in graph.node:
+        casts_down = node.op_type == "Cast" and any(
+            a.name == "to" and a.i in _REDUCED_TYPES for a in node.attribute)
+        if casts_down or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            count += 1
+    return count

@@ -27,13 +27,16 @@ class TensorrtOptions:
 
     timing_cache_dir: Path | None = None
     allow_engine_host_code: bool = False  # only when the trust policy allows it
-    optional_plugins: tuple[str, ...] = ("DecodeNMS",)
+    # Plugin creators looked up and reported but not required. None by default: TensorRT's
+    # plugin library has no "DecodeNMS" (its NMS creators are EfficientNMS_TRT,
+    # EfficientNMS_ONNX_TRT, BatchedNMS_TRT...: plugin/ of NVIDIA/TensorRT v10.16).
+    optional_plugins: tuple[str, ...] = ()
     strict_plugins: bool = True
     plugin_namespace: str = ""
     # Shared libraries with plugin creators, loaded into TensorRT's registry once per process
     # before any build or deserialize.
     plugin_libraries: tuple[Path, ...] = ()
-    calibration: Callable[[Path, BuildConfig], CalibrationInput | None] | None = None
+    calibration: Callable[[Path, BuildConfig, str], CalibrationInput | None] | None = None
     # "python": the TensorRT Python builder; "trtexec": delegate ONNX builds to a trtexec
     # binary (configured, else on PATH, else JetPack's /usr/src/tensorrt/bin); "auto":
     # trtexec when one is found and the build can be expressed on its command line, else
@@ -46,6 +49,9 @@ class TensorrtOptions:
     # under explicit quantization. Returns the new model path and metadata for the sidecar.
     precision_converter: PrecisionConverter | None = None
     int8_quantization: str = "auto"
+    # Free memory of an integrated GPU (Jetson) before a build: the workspace is capped to a
+    # share of it. None: the host's MemAvailable.
+    free_memory_bytes: Callable[[], int | None] | None = None
 
     def __post_init__(self) -> None:
         if self.builder not in _BUILDERS:

@@ -25,9 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from trt_provision.errors import EngineBuildError, InferenceError, TrtProvisionError
+from trt_provision.errors import (
+    EngineBuildError,
+    EngineGateError,
+    InferenceError,
+    TrtProvisionError,
+)
 from trt_provision.runtimes.tensorrt import runner
-from trt_provision.runtimes.tensorrt._context import TrtContext
+from trt_provision.runtimes.tensorrt._context import TrtContext, check_dla_int8
 from trt_provision.runtimes.tensorrt.builder import AMPERE_SM, PythonBuilder
 from trt_provision.runtimes.tensorrt.loader import load_into
 from trt_provision.runtimes.tensorrt.network import (
@@ -41,6 +46,7 @@ from trt_provision.runtimes.tensorrt.onnx_graph import (
     check_dequantize_inputs,
     model_nodes,
     quantized_nodes,
+    reduced_precision_tensors,
 )
 from trt_provision.runtimes.tensorrt.options import PrecisionConverter, TensorrtOptions
 from trt_provision.runtimes.tensorrt.runner import TensorrtEngineHandle
@@ -68,6 +74,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# The identity's mark of a reduced-precision engine no accuracy gate judged (identity.py
+# then leaves the gate's thresholds out of the options digest).
+UNGATED = "not run"
 
 
 class TensorrtRuntime:
@@ -123,12 +133,34 @@ class TensorrtRuntime:
 
     def runtime_target(self, build_config: BuildConfig) -> RuntimeTarget:
         target = self._target_for(build_config.hardware_compatibility, build_config.dla_core)
+        options: list[tuple[str, str]] = []
         mode = self._int8_quantization(build_config)
-        if mode is None:
-            return target
-        # An engine calibrated through the implicit calibrator is another engine than the one
-        # built from the Q/DQ graph: the mode enters the options digest.
-        return dataclasses.replace(target, build_options=(("int8_quantization", mode),))
+        if mode is not None:
+            # An engine calibrated through the implicit calibrator is another engine than the
+            # one built from the Q/DQ graph: the mode enters the options digest.
+            options.append(("int8_quantization", mode))
+        if self._ungated(build_config, mode):
+            options.append(("accuracy_gate", UNGATED))
+        return dataclasses.replace(target, build_options=tuple(options)) if options else target
+
+    def _ungated(self, build_config: BuildConfig, int8_mode: str | None) -> bool:
+        """Weakly typed FP16 (the builder flag) and implicit INT8 (the calibrator) build no
+        prepared graph, so no accuracy gate judges them: the identity must not claim one."""
+        if build_config.precision is PrecisionMode.FP32:
+            return False
+        try:
+            trt = self._ctx.optional_trt()
+            if trt is None:
+                path = path_from_config(build_config, self._ctx.prefer_strong(build_config))
+            else:
+                path = choose_precision_path(
+                    trt, build_config, implicit_int8=self._ctx.implicit_int8(trt, build_config),
+                    prefer_strong=self._ctx.prefer_strong(build_config))
+        except EngineBuildError:
+            return False  # the build refuses it anyway
+        if path != "weak":
+            return False
+        return build_config.precision is PrecisionMode.FP16 or int8_mode == "implicit"
 
     def _int8_quantization(self, build_config: BuildConfig) -> str | None:
         """``"implicit"`` or ``"explicit"``, as the builders will resolve it (the value the
@@ -138,9 +170,10 @@ class TensorrtRuntime:
         trt = self._ctx.optional_trt()
         if trt is None:
             return "explicit"  # only trtexec builds without the module, never through a calibrator
-        implicit = self._ctx.implicit_int8(trt)
+        implicit = self._ctx.implicit_int8(trt, build_config)
         try:
-            path = choose_precision_path(trt, build_config, implicit_int8=implicit)
+            path = choose_precision_path(trt, build_config, implicit_int8=implicit,
+                                         prefer_strong=self._ctx.prefer_strong(build_config))
         except EngineBuildError:
             return "implicit" if implicit else "explicit"  # the build refuses it anyway
         return "implicit" if path == "weak" and implicit else "explicit"
@@ -169,6 +202,7 @@ class TensorrtRuntime:
         """
         model_path = Path(model_path)
         staged_path = Path(staged_path)
+        check_dla_int8(self._options, self._ctx.optional_trt(), build_config)  # before any work
         workdir: Path | None = None
         converted: Mapping[str, Any] = {}
         source = model_path
@@ -183,13 +217,16 @@ class TensorrtRuntime:
         try:
             if workdir is not None and convert is not None:
                 source, converted = convert(model_path, build_config, workdir)
-            quantizers = check_dequantize_inputs(source)
+            # A converter's graph is ours (INT8 only); the model as given is the user's.
+            quantizers = check_dequantize_inputs(source, ours=source != model_path)
             if quantizers == 0 and self._needs_qdq_graph(build_config):
                 raise EngineBuildError(
                     "INT8 without a calibrator needs an explicitly quantized (Q/DQ) graph; "
                     "none was prepared for this build (no precision converter configured)",
                     model=str(model_path), precision=build_config.precision.value)
-            own = ModelNodes(model_nodes(model_path), quantized_nodes(source))
+            self._check_strong_graph_is_reduced(source, model_path, build_config)
+            own = ModelNodes(model_nodes(model_path), quantized_nodes(source),
+                             kept_fp32_by_converter(converted))
             artifact = self._compile_onnx(source, build_config, staged_path, own)
         finally:
             if workdir is not None:
@@ -200,6 +237,24 @@ class TensorrtRuntime:
                     "converted_model": "precision-carrying graph from " + model_path.name}
         return dataclasses.replace(artifact, metadata=metadata)
 
+    def _check_strong_graph_is_reduced(
+        self, source: Path, model_path: Path, build_config: BuildConfig
+    ) -> None:
+        """A strongly typed network computes in its graph's types: an fp16/int8 build whose
+        graph has no tensor below FP32 (no converter configured, or one that converted
+        nothing) would be the FP32 engine under a reduced-precision label."""
+        if build_config.precision is PrecisionMode.FP32:
+            return
+        if self._planned_precision_path(build_config) != "strong":
+            return
+        if reduced_precision_tensors(source) == 0:
+            raise EngineBuildError(
+                "strongly typed builds take their precision from the graph, and this graph "
+                "has no tensor below FP32 (configure a precision converter or give an "
+                f"{build_config.precision.value} model); it would be the FP32 engine",
+                model=str(model_path), precision=build_config.precision.value,
+                converter=self._options.precision_converter is not None)
+
     def _needs_conversion(self, build_config: BuildConfig) -> bool:
         """Strong path: any reduced precision. Weak path: INT8/mixed under explicit
         quantization (the Q/DQ graph replaces the calibrator)."""
@@ -209,7 +264,7 @@ class TensorrtRuntime:
         if path == "strong":
             return True
         if path == "weak" and build_config.precision.needs_calibration:
-            return not self._ctx.implicit_int8(self._ctx.optional_trt())
+            return not self._ctx.implicit_int8(self._ctx.optional_trt(), build_config)
         return False
 
     def _needs_qdq_graph(self, build_config: BuildConfig) -> bool:
@@ -218,7 +273,7 @@ class TensorrtRuntime:
             return False
         path = self._planned_precision_path(build_config)
         if path == "weak":
-            return not self._ctx.implicit_int8(self._ctx.optional_trt())
+            return not self._ctx.implicit_int8(self._ctx.optional_trt(), build_config)
         return path == "strong"
 
     def _planned_precision_path(self, build_config: BuildConfig) -> str | None:
@@ -233,15 +288,16 @@ class TensorrtRuntime:
         else:
             trt = self._ctx.optional_trt()
             if trt is None:
-                return path_from_config(build_config)
+                return path_from_config(build_config, self._ctx.prefer_strong(build_config))
         return choose_precision_path(trt, build_config,
-                                     implicit_int8=self._ctx.implicit_int8(trt))
+                                     implicit_int8=self._ctx.implicit_int8(trt, build_config),
+                                     prefer_strong=self._ctx.prefer_strong(build_config))
 
     def _compile_onnx(
         self, model_path: Path, build_config: BuildConfig, staged_path: Path, own: ModelNodes
     ) -> BuildArtifact:
         if self._options.builder != "python":
-            delegated = self._trtexec.delegate(model_path, build_config, staged_path)
+            delegated = self._trtexec.delegate(model_path, build_config, staged_path, own)
             if delegated is not None:
                 return delegated
 
@@ -275,6 +331,8 @@ class TensorrtRuntime:
     # ----------------------------------------------------------------- load
     def deserialize_engine(self, entry: EngineCacheEntry) -> TensorrtEngineHandle:
         identity = entry.identity
+        if identity.dla_core is not None:
+            self._check_dla_core_present(identity.dla_core, entry.engine_path)
         expected = self._target_for(identity.hardware_compatibility, identity.dla_core)
         verified = self._gate.validate(entry.engine_path, expected)
         reservation = self._budget.reserve(verified) if self._budget is not None else None
@@ -292,6 +350,17 @@ class TensorrtRuntime:
         log.info("engine loaded", extra={"event": "trt.engine.loaded",
                                          "path": str(verified.engine_path)})
         return handle
+
+    def _check_dla_core_present(self, core: int, engine_path: Path) -> None:
+        """A DLA engine runs only on the core it was built for (the loader sets
+        ``Runtime.DLA_core``, which does nothing where the core is missing: NvInferRuntime.h,
+        IRuntime::setDLACore); refuse it by name before anything is deserialized."""
+        trt = self._ctx.trt()
+        available = int(trt.Runtime(self._ctx.logger(trt)).num_DLA_cores)
+        if core >= available:
+            raise EngineGateError(
+                "engine was built for a DLA core this host does not have",
+                path=str(engine_path), dla_core=core, num_dla_cores=available)
 
     # ----------------------------------------------------------------- run
     def _own(self, handle: EngineHandle) -> TensorrtEngineHandle:
@@ -341,3 +410,16 @@ class TensorrtRuntime:
             return
         self._handles.pop(id(handle), None)
         runner.free(handle, self._budget)
+
+
+def kept_fp32_by_converter(converted: Mapping[str, Any]) -> dict[str, str]:
+    """Pinned nodes the precision converter kept FP32, with its reason (its
+    ``pinned_layers`` report: ``{"node": ..., "precision": "fp32 (<reason>)"}``)."""
+    kept: dict[str, str] = {}
+    for entry in converted.get("pinned_layers") or ():
+        if not isinstance(entry, Mapping):
+            continue
+        node, precision = entry.get("node"), str(entry.get("precision") or "")
+        if isinstance(node, str) and precision.startswith("fp32"):
+            kept[node] = precision.removeprefix("fp32").strip(" ()") or "kept fp32"
+    return kept

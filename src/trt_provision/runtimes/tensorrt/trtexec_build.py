@@ -48,11 +48,16 @@ from typing import TYPE_CHECKING, Any
 from trt_provision.errors import EngineBuildError
 from trt_provision.runtimes.tensorrt._process import parse_trt_version
 from trt_provision.runtimes.tensorrt.subprocess_build import DEFAULT_TIMEOUT_S, run_group
-from trt_provision.runtimes.tensorrt.timing_cache import locked_timing_cache, timing_cache_path
+from trt_provision.runtimes.tensorrt.timing_cache import (
+    private_copy,
+    publish_copy,
+    timing_cache_path,
+)
 from trt_provision.types import BuildArtifact, BuildConfig, HardwareCompatibility, PrecisionMode
 
 if TYPE_CHECKING:
     from trt_provision.runtimes.tensorrt._context import TrtContext
+    from trt_provision.runtimes.tensorrt.network import ModelNodes
 
 __all__ = [
     "JETPACK_TRTEXEC",
@@ -71,6 +76,7 @@ _HW_LEVELS: dict[HardwareCompatibility, str] = {
     HardwareCompatibility.AMPERE_PLUS: "ampere+",
     HardwareCompatibility.SAME_COMPUTE_CAPABILITY: "sameComputeCapability",
 }
+_CALIBRATION_LINE = re.compile(r"Starting Calibration|Calibrated batch \d+")
 _ERROR_LINE = re.compile(r"\[E\]|\bERROR\b|Error\[\d+\]|&&&& FAILED")
 
 
@@ -163,10 +169,15 @@ class TrtexecCommandFromConfig:
         timing_cache: Path | None = None,
         calibration_cache: Path | None = None,
         explicit_int8: bool = False,
+        plugin_libraries: Sequence[Path] = (),
     ) -> TrtexecCommandFromConfig:
         cfg = build_config
         args = [str(binary), f"--onnx={model_path}", f"--saveEngine={staged_path}",
                 "--skipInference"]
+        # Plugin libraries the parser and the build need, loaded by trtexec itself after
+        # initLibNvInferPlugins (samples/trtexec/trtexec.cpp, v10.3.0..v11.1;
+        # "--staticPlugins" in SystemOptions::parse, samples/common/sampleOptions.cpp).
+        args += [f"--staticPlugins={library}" for library in plugin_libraries]
         flags: list[str] = []
         if precision_path == "strong":
             flags.append("--stronglyTyped")
@@ -250,11 +261,25 @@ def build_with_trtexec(
         "builder": "trtexec",
         "builder_command": list(command.argv),
         "builder_warnings": [ln.strip() for ln in output.splitlines() if "[W]" in ln][:50],
+        # The builder's calibration log ("Starting Calibration", "Calibrated batch N in ...":
+        # NVIDIA/TensorRT samples/sampleINT8/README.md): calibration ran during this build.
+        "calibrated": [ln.strip() for ln in output.splitlines()
+                       if _CALIBRATION_LINE.search(ln)][:5],
     }
 
 
 class NotExpressible(Exception):
     """A build the trtexec command line cannot express (``builder="auto"`` falls back)."""
+
+
+class UnusableTrtexec(NotExpressible):
+    """The trtexec found cannot build for this run (another TensorRT, no readable version):
+    ``builder="trtexec"`` refuses with this message and context, ``"auto"`` uses Python."""
+
+    def __init__(self, message: str, **context: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.context = context
 
 
 class TrtexecBuilder:
@@ -265,7 +290,8 @@ class TrtexecBuilder:
         self._versions: dict[Path, str | None] = {}
 
     def delegate(
-        self, model_path: Path, build_config: BuildConfig, staged_path: Path
+        self, model_path: Path, build_config: BuildConfig, staged_path: Path,
+        own: ModelNodes | None = None,
     ) -> BuildArtifact | None:
         """Build with trtexec when the options ask for it; None means: use the Python builder."""
         options = self._ctx.options
@@ -279,8 +305,10 @@ class TrtexecBuilder:
                     searched=f"PATH, {JETPACK_TRTEXEC}")
             return None
         try:
-            return self._build(binary, model_path, build_config, staged_path)
+            return self._build(binary, model_path, build_config, staged_path, own)
         except NotExpressible as exc:
+            if mode == "trtexec" and isinstance(exc, UnusableTrtexec):
+                raise EngineBuildError(exc.message, **exc.context) from exc
             if mode == "trtexec":
                 raise EngineBuildError(f"this build cannot be delegated to trtexec: {exc}",
                                        model=str(model_path)) from exc
@@ -294,12 +322,16 @@ class TrtexecBuilder:
         if trt is not None:
             # The same choice (and the same refusals) as the Python builder: a weakly typed
             # build on a TensorRT without that path (TRT 11) is an EngineBuildError.
-            return choose_precision_path(trt, build_config,
-                                         implicit_int8=self._ctx.implicit_int8(trt))
-        path = path_from_config(build_config)
+            return choose_precision_path(
+                trt, build_config, implicit_int8=self._ctx.implicit_int8(trt, build_config),
+                prefer_strong=self._ctx.prefer_strong(build_config))
+        path = path_from_config(build_config, self._ctx.prefer_strong(build_config))
         if path is None:
             raise NotExpressible(
                 "without the tensorrt module the precision path is unknown; set strongly_typed")
+        if (path == "weak" and build_config.strongly_typed is None
+                and parse_trt_version(self._ctx.version())[0] >= 11):
+            return "strong"  # TensorRT 11 has only the strongly typed path, fp32 included
         return path
 
     def _check_version(self, binary: Path) -> str:
@@ -308,17 +340,19 @@ class TrtexecBuilder:
             self._versions[binary] = trtexec_version(binary)
         found = self._versions[binary]
         if found is None:
-            raise EngineBuildError("cannot read the TensorRT version of trtexec",
-                                   trtexec=str(binary))
+            raise UnusableTrtexec("cannot read the TensorRT version of trtexec",
+                                  trtexec=str(binary))
         if tuple(expected.split(".")[:3]) != tuple(found.split(".")[:3]):
-            raise EngineBuildError(
+            raise UnusableTrtexec(
                 "trtexec was built with another TensorRT than the one this run uses",
                 trtexec=str(binary), trtexec_version=found, trt_version=expected)
         return found
 
     def _build(
-        self, binary: Path, model_path: Path, build_config: BuildConfig, staged_path: Path
+        self, binary: Path, model_path: Path, build_config: BuildConfig, staged_path: Path,
+        own: ModelNodes | None = None,
     ) -> BuildArtifact:
+        from trt_provision.runtimes.tensorrt._context import check_dla_int8
         from trt_provision.runtimes.tensorrt.builder import (
             check_dla_profiles,
             check_hardware_compatibility,
@@ -332,11 +366,20 @@ class TrtexecBuilder:
         started = time.monotonic()
         trt = ctx.optional_trt()
         path = self.precision_path(trt, build_config)
-        implicit = trt is not None and ctx.implicit_int8(trt)
+        check_dla_int8(ctx.options, trt, build_config)
+        implicit = trt is not None and ctx.implicit_int8(trt, build_config)
         reduced = build_config.precision is not PrecisionMode.FP32
-        if (path == "weak" and reduced and build_config.fp16_pinned_keywords
-                and build_config.strict_precision_constraints):
-            raise NotExpressible("FP16-pinned layers need the Python builder (layer names)")
+        pinned = _pinned_nodes(own, build_config) if path == "weak" and reduced else []
+        if pinned:
+            # Only nodes a keyword matches need pinning; without such a node the weak
+            # build is the same with or without the keywords.
+            raise NotExpressible("FP16-pinned layers need the Python builder (layer names): "
+                                 + ", ".join(pinned[:5]))
+        commas = [p.input_name for p in build_config.profiles if "," in p.input_name]
+        if commas:
+            # trtexec splits the shape list on ',' before it reads quotes (getShapesBuild,
+            # samples/common/sampleOptions.cpp v10.3.0..v11.1): such a name cannot be said.
+            raise NotExpressible(f"trtexec cannot take input names containing ',': {commas}")
         if (path == "strong" and build_config.dla_core is not None
                 and parse_trt_version(ctx.version())[0] < 11):
             # trtexec 10.x sets BuilderFlag::kFP16 for every --useDLACore build without
@@ -367,6 +410,13 @@ class TrtexecBuilder:
             raise EngineBuildError(
                 f"trtexec {version} has no --hardwareCompatibilityLevel=sameComputeCapability "
                 "(TensorRT 10.9 or newer)", trtexec=str(binary))
+        if ctx.options.plugin_namespace:
+            # trtexec registers TensorRT's plugins under the empty namespace only
+            # (initLibNvInferPlugins(logger, ""), samples/trtexec/trtexec.cpp v10.3.0..v11.1)
+            # and has no option for another one.
+            raise NotExpressible("trtexec registers plugins only under the empty namespace; "
+                                 f"plugin_namespace={ctx.options.plugin_namespace!r} needs the "
+                                 "Python builder")
         plugins: list[dict[str, Any]] = []
         if trt is not None:
             plugins = check_plugins(ctx, trt, build_config.plugins)
@@ -378,23 +428,41 @@ class TrtexecBuilder:
             calib_file = self._calibration_cache_file(model_path, build_config, staged_path,
                                                       write_synced)
         cache_path: Path | None = None
+        cache_copy: Path | None = None
+        cache_before = b""
         cache_dir = build_config.timing_cache_path or ctx.options.timing_cache_dir
         if cache_dir is not None:
-            cache_path = timing_cache_path(cache_dir, ctx.version(), ctx.device_sm())
+            cache_path = timing_cache_path(cache_dir, ctx.version(), ctx.device_sm(),
+                                           ctx.device_name())
+            # trtexec rewrites the file it is given in place: it gets its own copy, so a
+            # failed or killed run never leaves a half-written shared cache and nobody
+            # waits on the lock for a whole build.
+            cache_copy = staged_path.with_name(staged_path.name + ".timing-cache")
+            cache_before = private_copy(cache_path, cache_copy)
         command = TrtexecCommandFromConfig.build(
             binary, model_path, staged_path, build_config, path,
-            timing_cache=cache_path, calibration_cache=calib_file,
-            explicit_int8=not implicit)
+            timing_cache=cache_copy, calibration_cache=calib_file,
+            explicit_int8=not implicit, plugin_libraries=ctx.options.plugin_libraries)
         timeout = ctx.options.trtexec_timeout_s
         try:
-            if cache_path is not None:
-                with locked_timing_cache(cache_path):  # trtexec reads and rewrites the file
-                    facts = build_with_trtexec(command, staged_path, timeout=timeout)
-            else:
-                facts = build_with_trtexec(command, staged_path, timeout=timeout)
+            facts = build_with_trtexec(command, staged_path, timeout=timeout)
+            if cache_path is not None and cache_copy is not None:
+                config = trt.Builder(ctx.logger(trt)).create_builder_config() if trt else None
+                publish_copy(cache_path, cache_before, cache_copy, config)
         finally:
             if calib_file is not None:
                 calib_file.unlink(missing_ok=True)
+            if cache_copy is not None:
+                cache_copy.unlink(missing_ok=True)
+        calibrated = facts.pop("calibrated", [])
+        if calib_file is not None and calibrated:
+            # TensorRT calibrates when it rejects the cache, and trtexec's calibrator feeds
+            # random data (RndInt8Calibrator, samples/common/sampleEngines.cpp): not our scales.
+            staged_path.unlink(missing_ok=True)
+            raise EngineBuildError(
+                "trtexec calibrated instead of reading the calibration cache (TensorRT "
+                "rejected it), i.e. on random data; the engine is discarded",
+                calibration_log=calibrated, trtexec=str(binary))
         data = staged_path.read_bytes()
         stamp: dict[str, Any]
         if trt is not None:
@@ -432,7 +500,7 @@ class TrtexecBuilder:
         write: Callable[[Path, bytes], None],
     ) -> Path:
         provider = self._ctx.options.calibration
-        data = provider(model_path, build_config) if provider else None
+        data = provider(model_path, build_config, self._ctx.version()) if provider else None
         cache = data.read_cache() if data is not None else None
         if not cache:
             raise NotExpressible("INT8 needs an existing calibration cache for trtexec")
@@ -441,12 +509,22 @@ class TrtexecBuilder:
         return target
 
 
-def path_from_config(build_config: BuildConfig) -> str | None:
+def path_from_config(build_config: BuildConfig, prefer_strong: bool = False) -> str | None:
     """The precision path the build config alone decides; None when only TensorRT can."""
-    if build_config.strongly_typed is True:
+    if build_config.strongly_typed is True or prefer_strong:
         return "strong"
     if build_config.strongly_typed is False:
         return "weak"
     if build_config.precision is PrecisionMode.FP32:
         return "weak"  # no precision flag at all: the same engine on either path
     return None
+
+
+def _pinned_nodes(own: ModelNodes | None, build_config: BuildConfig) -> list[str]:
+    """The model's own nodes a pinned keyword matches (all of them unknown: the keywords)."""
+    keywords = build_config.fp16_pinned_keywords
+    if not keywords:
+        return []
+    if own is None or own.nodes is None:
+        return list(keywords)
+    return sorted(n for n in own.nodes if own.pinned_keyword(n, keywords) is not None)
