@@ -494,11 +494,13 @@ def _refusal(precision: PrecisionMode, exc: AccuracyGateError) -> tuple[str, dic
     ctx = dict(exc.context)
     ev = evidence_of(ctx)
     message = exc.message
+    bound, threshold = ev.get("bound"), ev.get("threshold")
     if message.startswith("not enough evidence"):
         why = message.split(";")[0]
-    elif ev.get("samples") and ev.get("bound") is not None and ev.get("threshold") is not None:
-        why = f"{ev['samples']} samples, bound {ev['bound']:.2f} < {ev['threshold']:g}"
-    else:
+    elif ev.get("samples") and bound is not None and threshold is not None \
+            and bound < threshold:
+        why = f"{ev['samples']} samples, bound {bound:.2f} < {threshold:g}"
+    else:  # another bar failed (e.g. cosine): the gate's own words
         why = message
     return f"{precision.value} refused: {why}"[:_MAX_LINE_CHARS], ev
 

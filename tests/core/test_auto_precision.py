@@ -276,18 +276,18 @@ def test_provision_table_and_compile_print_one_line_per_candidate(
     corpus: Path, cache_dir: Path, vnni_host: None, capsys: pytest.CaptureFixture[str],
     timing: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    timing["ms"] = {"fp32": 1.9, "fp16": 1.0, "int8": 3.0, "mixed": 3.0}
+    timing["ms"] = {"fp32": 1.9, "fp16": 3.0, "int8": 1.0, "mixed": 3.0}
     monkeypatch.setenv("COLUMNS", "240")  # the table is not cut to a narrow terminal
     code = main(["provision", str(_manifest(corpus)), "--cache-dir", str(cache_dir)])
     out = capsys.readouterr()
     assert code == 0, out.err
     lines = out.out.splitlines()
-    assert any("demo_cnn" in line and "auto → fp16, 1.90× fp32" in line for line in lines)
+    assert any("demo_cnn" in line and "auto → int8, 1.90× fp32" in line for line in lines)
     explained = [line for line in lines if line.startswith("demo_cnn: ")]
     assert [line.split(":")[1].split()[0] for line in explained] == [
         "fp32", "fp16", "int8", "mixed"]
-    assert "demo_cnn: fp16: picked, 1.90× fp32, gate passed on " in out.out
-    assert "demo_cnn: int8: slower than fp32 (0.63× fp32), not judged" in out.out
+    assert "demo_cnn: int8: picked, 1.90× fp32, gate passed on " in out.out
+    assert "demo_cnn: fp16: slower than fp32 (0.63× fp32), not judged" in out.out
     # compile --precision auto says the same (the choice is reused from the cache).
     code = main([
         "compile", str(corpus / "models" / "demo_cnn.onnx"), "--precision", "auto",
@@ -297,8 +297,8 @@ def test_provision_table_and_compile_print_one_line_per_candidate(
     ])
     out = capsys.readouterr()
     assert code == 0, out.err
-    assert "  auto → fp16, 1.90× fp32" in out.out
-    assert "  int8: slower than fp32 (0.63× fp32), not judged" in out.out
+    assert "  auto → int8, 1.90× fp32" in out.out
+    assert "  fp16: slower than fp32 (0.63× fp32), not judged" in out.out
 
 
 def test_second_run_reuses_the_choice_without_timing_and_still_verifies(
@@ -414,8 +414,14 @@ def test_a_judged_engine_slower_than_its_trial_is_not_picked(
     assert rows["int8"]["verdict"] == "slower"
     assert rows["int8"]["why"] == ("int8: gate passed, but the judged engine runs 0.80× fp32 "
                                    "(under 1.05×), not picked")
-    assert rows["fp16"]["verdict"] == "chosen"
+    # fp16 is judged next, for real: the demo data holds 208 test samples, fewer than its
+    # gate's 0.99 bar needs, so the pipeline refuses it and FP32 stays.
+    assert rows["fp16"]["verdict"] == "refused"
+    assert rows["fp16"]["why"] == ("fp16 refused: not enough evidence: 208 test samples, "
+                                   "need 381 for this gate")
+    assert rows["fp16"]["evidence"]["samples"] == 208
     assert timing["judged"][:3] == ["fp32", "int8", "fp16"]
+    assert _rows(Path(data["results"][0]["engine"]))["fp32"]["verdict"] == "chosen"
 
 
 def test_compile_precision_auto(
@@ -759,7 +765,7 @@ def _trt_compiler(cache_dir: Path, version: str) -> Any:
     calibration_dir = cache_dir / ".calibration"
     options = TensorrtOptions(
         optional_plugins=(),
-        calibration=compose._tensorrt_calibration(calibration_dir, version),
+        calibration=compose._tensorrt_calibration(calibration_dir),
     )
     runtime = TensorrtRuntime(gate=gate, host=host, options=options, trt_module=trt,
                               cuda_module=cuda)
