@@ -129,9 +129,9 @@ class AutoCandidates:
 def candidates_for(
     config: BuildConfig, target: RuntimeTarget, host: HostCapabilities
 ) -> AutoCandidates:
-    """Every precision the runtime can build and judge here (``host`` is kept for the
-    identity's sake: the choice among them is measured, not assumed from the CPU's ISA)."""
-    del host  # timing decides: fp16 and int8 are tried on any CPU
+    """Every precision the runtime can build and judge here. ``host`` is not consulted:
+    which of them is fast on this CPU or GPU is measured, not assumed from its ISA."""
+    del host
     has_data = config.calibration is not None and config.calibration.source is not None
     no_data = "no calibration data (calibration.data) to judge it with"
     chosen: list[PrecisionMode] = [PrecisionMode.FP32]
@@ -466,7 +466,8 @@ def time_candidates(
 
 @dataclasses.dataclass
 class _Row:
-    """One candidate's line of the decision table, filled in as the search goes."""
+    """One candidate's line of the decision table, filled in as the search goes (working
+    state of one search, not a DTO: only its ``to_dict`` leaves this module)."""
 
     precision: PrecisionMode
     engine: str = ""
