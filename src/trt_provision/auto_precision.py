@@ -556,6 +556,11 @@ def build_auto(
         try:
             entry, reused = compiler.reuse_or_build_trial(
                 cand, trial_identity(cand_identity), cand_target, cand_hash)
+        except AccuracyGateError as exc:  # too little data for any verdict: not timed
+            row.verdict = "refused"
+            row.line, ev = _refusal(precision, exc)
+            row.extra.update(evidence=ev, accuracy=dict(exc.context))
+            continue
         except TrtProvisionError as exc:  # e.g. nothing to quantize / convert
             row.verdict = "failed"
             row.line = f"{precision.value} failed: {exc}"[:_MAX_LINE_CHARS]

@@ -92,14 +92,17 @@ def preview_model_for_precision(
     min-max for ``auto``, the cheapest: ranges do not change a graph's speed, and its
     governed cache serves the judged build that may follow), one graph, no gate (so no
     sensitivity search) and no verdict. Its speed is the candidate's; its accuracy is not
-    known."""
+    known. Too little data for a verdict is the same refusal (AccuracyGateError) as in
+    a build."""
     if config.precision is PrecisionMode.FP32:
         return PreparedModel(model_path=model_path)
     spec = resolve_spec(model_path, config, workdir, consumer=consumer,
                         cache_dir=calibration_cache_dir, model_hash=model_hash)
     spec = dataclasses.replace(spec, gate=None, metric=None)
-    graph = graph_for(ranges_for(split_data(spec, judge=False),
-                                 algorithms=spec.algorithms[:1]))
+    # Split as for judging: data too small for a verdict is refused here, before any
+    # calibration, as the judged build would refuse it - a candidate that cannot be judged
+    # is not worth timing.
+    graph = graph_for(ranges_for(split_data(spec), algorithms=spec.algorithms[:1]))
     return PreparedModel(model_path=graph.path, metadata={
         **graph.metadata, "accuracy": {"verdict": "not judged", "warning": PREVIEW_NOTE},
     })
