@@ -8,6 +8,8 @@ calibration wall time; and ``dataset_digest`` throughput vs plain sha256 of the 
         --model path/to/ch_PP-OCRv4_det_infer.onnx:3x320x320:paddle
 
 Results go to the "calibration" section of ``_docs/benchmarks.md`` (``--no-doc`` to skip).
+``--smoke``: the generated CNN only, ONNX Runtime consumer, batch 1, few runs, 16 MiB
+digested, nothing written (the test suite runs it).
 
 ``--model PATH:CxHxW[:imagenet|paddle]`` takes an image model with one NCHW float input; its
 calibration data are synthetic document-like images (lines of dark glyph-like characters on a
@@ -366,7 +368,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="Q/DQ option set(s) to measure (default: both)")
     parser.add_argument("--digest-mib", type=int, default=512)
     parser.add_argument("--no-doc", action="store_true", help="print only")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, print only")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.model, args.consumer, args.batch = [], ["onnxruntime-cpu"], [1]
+        args.runs, args.digest_mib, args.no_doc, args.calib_batches = 3, 16, True, 5
     logging.basicConfig(level=logging.WARNING)
     consumers = args.consumer or ["onnxruntime-cpu", "tensorrt"]
     rows = []

@@ -20,6 +20,9 @@ For each size the script measures, on one GPU:
 Throughput counts bytes moved in both directions (2 x size) over the median iteration time.
 
     PYTHONPATH=src python scripts/bench_cuda_buffers.py [--sizes 1 16 64 256] [--json out.json]
+
+``--smoke`` (1 MiB, 3 iterations per case; the Tier-2 suite runs it on a GPU) checks that
+the path and the stand-in engine still work. A round trip that does not match is exit 1.
 """
 
 from __future__ import annotations
@@ -102,6 +105,12 @@ class _IdentityEngine:
     def get_tensor_dtype(self, name: str) -> str:
         return "UINT8"
 
+    def is_shape_inference_io(self, name: str) -> bool:
+        return False
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return (-1,)  # dynamic: the loader reads the range from profile 0
+
     def get_tensor_profile_shape(self, name: str, profile: int) -> tuple[tuple[int, ...], ...]:
         return ((1,), (self._nbytes,), (self._nbytes,))
 
@@ -141,6 +150,16 @@ class _IdentityTrt:
     @staticmethod
     def nptype(dtype: str) -> type[np.uint8]:
         return np.uint8
+
+    # The loader registers TensorRT's plugins before any deserialize (runtimes/tensorrt/
+    # _process.py, ensure_plugins); the stand-in engine has none to register.
+    @staticmethod
+    def init_libnvinfer_plugins(logger: Any, namespace: str) -> bool:
+        return True
+
+    @staticmethod
+    def get_plugin_registry() -> Any:
+        return None
 
 
 class _TrustingGate:
@@ -186,10 +205,11 @@ def bench_runtime(rt: Any, size_mib: int, data: np.ndarray[Any, Any], iters: int
     return result
 
 
-def bench_size(rt: Any, size_mib: int, workdir: Path) -> dict[str, Any]:
+def bench_size(rt: Any, size_mib: int, workdir: Path,
+               iterations: int | None = None) -> dict[str, Any]:
     nbytes = size_mib * MIB
     data = np.random.default_rng(0).integers(0, 255, nbytes, dtype=np.uint8)
-    iters = _iterations(size_mib)
+    iters = iterations or _iterations(size_mib)
     buffers = CudaBuffers(rt)
     buffers.allocate("x", nbytes)
 
@@ -254,10 +274,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[1, 16, 64, 256])
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--smoke", action="store_true", help="1 MiB, 3 iterations per case")
     args = parser.parse_args(argv)
+    iterations = None
+    if args.smoke:
+        args.sizes, iterations = [1], 3
     rt = load_cudart()
     with tempfile.TemporaryDirectory() as tmp:
-        results = [bench_size(rt, size, Path(tmp)) for size in args.sizes]
+        results = [bench_size(rt, size, Path(tmp), iterations) for size in args.sizes]
     header = ("size MiB", "path GB/s", "transfer-only GB/s", "cudaMemcpy GB/s",
               "torch pinned GB/s", "path/ceiling", "transfer/ceiling", "round trip")
     print("| " + " | ".join(header) + " |")
@@ -283,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)
-    return 0
+    matched = all(r["round_trip_ok"] and r["infer_round_trip_ok"] and r["zero_copy_round_trip_ok"]
+                  for r in results)
+    return 0 if matched else 1
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Targets: p50 ratio <= 1.02 where a call takes >= 100 µs, and <= +1.5 µs on tiny models (the
 strategy's name/dtype/shape checks must cost next to nothing).
-Run: python scripts/bench_ort_infer.py [--iters 2000]
+Run: python scripts/bench_ort_infer.py [--iters 2000]; `--smoke`: 30 calls each, nothing
+written (the test suite runs it).
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def feeds_for(name: str, batch: int) -> dict[str, np.ndarray]:
     return {"features": rng.standard_normal((batch, 64)).astype(np.float32)}
 
 
-def p50_us(fn, iters: int) -> float:  # type: ignore[no-untyped-def]
-    for _ in range(100):
+def p50_us(fn, iters: int, warmup: int = 100) -> float:  # type: ignore[no-untyped-def]
+    for _ in range(warmup):
         fn()
     samples = []
     for _ in range(iters):
@@ -57,7 +58,11 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--no-doc", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="30 calls each, print only")
     args = parser.parse_args()
+    warmup = 100
+    if args.smoke:
+        args.iters, args.no_doc, warmup = 30, True, 2
     manifest = load_manifest(ROOT / "examples" / "demo.toml")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,8 +87,8 @@ def main() -> None:
                 # Interleave the two measurements so drift affects both alike.
                 strategy, plain = [], []
                 for _ in range(3):
-                    strategy.append(p50_us(lambda h=handle, f=feeds: runtime.infer(h, f), args.iters // 3))
-                    plain.append(p50_us(lambda s=raw, f=feeds: s.run(None, f), args.iters // 3))
+                    strategy.append(p50_us(lambda h=handle, f=feeds: runtime.infer(h, f), args.iters // 3, warmup))
+                    plain.append(p50_us(lambda s=raw, f=feeds: s.run(None, f), args.iters // 3, warmup))
                 s50, r50 = statistics.median(strategy), statistics.median(plain)
                 rows.append((f"{result.name} (batch {batch})", r50, s50, s50 / r50))
             runtime.release_engine(handle)

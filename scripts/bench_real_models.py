@@ -7,6 +7,8 @@ strategy, and timed at the model's opt profile: 5 warm-up calls, then interleave
 threshold; a refused engine (exit 1) has no latency.
 
 Run: python scripts/bench_real_models.py [--rounds 60] [--models ocr_rec,magika] [--no-doc]
+``--smoke``: Silero VAD at fp32 only, 2 rounds, nothing written (the test suite runs it);
+exit 75 when the model's wheel cannot be fetched (offline).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from _bench_doc import machine_line, update_section  # noqa: E402
 from realmodels import tasks  # noqa: E402
 
 PRECISIONS = ("fp32", "fp16", "int8", "auto")
+EXIT_UNAVAILABLE = 75  # EX_TEMPFAIL: a model wheel could not be fetched
 
 
 def time_runners(runners: dict[str, Any], feed: dict[str, Any], rounds: int) -> dict[str, float]:
@@ -43,12 +46,13 @@ def time_runners(runners: dict[str, Any], feed: dict[str, Any], rounds: int) -> 
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def bench(task: tasks.Task, root: Path, rounds: int, notes: list[str]) -> list[str]:
+def bench(task: tasks.Task, root: Path, rounds: int, notes: list[str],
+          precisions: tuple[str, ...] = PRECISIONS) -> list[str]:
     root.mkdir(parents=True, exist_ok=True)
     cal = tasks.write_calibration(task, root / f"{task.name}.npz")
     ref = tasks.session_runner(task.model_path())
     runs = {p: tasks.provision(task, p, root / "work", root / "cache",
-                               calibration=None if p == "fp32" else cal) for p in PRECISIONS}
+                               calibration=None if p == "fp32" else cal) for p in precisions}
     feed = task.make_batches(777, 1)[0]  # at the opt profile (fixed shapes)
     live = {p: r.runner for p, r in runs.items() if r.runner is not None}
     medians = time_runners(live, feed, rounds)  # type: ignore[arg-type]
@@ -80,12 +84,16 @@ def bench(task: tasks.Task, root: Path, rounds: int, notes: list[str]) -> list[s
     return lines
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--models", help="comma-separated task names (default: all)")
     parser.add_argument("--no-doc", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="Silero VAD, fp32, print only")
     args = parser.parse_args()
+    precisions = PRECISIONS
+    if args.smoke:
+        args.rounds, args.models, args.no_doc, precisions = 2, "silero_vad", True, ("fp32",)
     chosen = [tasks.TASKS_BY_NAME[n] for n in args.models.split(",")] if args.models \
         else list(tasks.TASKS)
     rows: list[str] = []
@@ -93,7 +101,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for task in chosen:
             print(f"{task.name}...", file=sys.stderr, flush=True)
-            rows += bench(task, Path(tmp) / task.name, args.rounds, notes)
+            try:
+                rows += bench(task, Path(tmp) / task.name, args.rounds, notes, precisions)
+            except tasks.Unavailable as exc:
+                print(f"unavailable: {exc}", file=sys.stderr)
+                return EXIT_UNAVAILABLE
     metrics = "; ".join(f"{t.name}: {t.metric} (right at >= {t.threshold})" for t in chosen)
     body = "\n".join([
         "## Real models: fp32 / fp16 / int8 / auto on the ONNX Runtime strategy",
@@ -121,7 +133,8 @@ def main() -> None:
     print(body)
     if not args.no_doc:
         update_section("real-models", body)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,6 +51,65 @@ def cache_dir(tmp_path: Path) -> Path:
     path = tmp_path / "cache"
     path.mkdir()
     return path
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (in addopts): the suite, or a directory of it, runs on one worker per core
+    (at least two: many tests wait on subprocesses and servers rather than compute). A run
+    that names only test files stays in one process, which starts faster than workers for
+    a few files. PYTEST_XDIST_AUTO_NUM_WORKERS, or -n N, decides instead."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    if config.args and all(a.split("::")[0].endswith(".py") for a in config.args):
+        return 0
+    return max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's load scheduling, except that a real model's tests (tests/realmodels) go to one
+    worker: they share what the model's earlier tests built (a session fixture per worker).
+    The nodeid decides, since markers do not reach the scheduler (and pytest 9 ignores the
+    nodeid suffix xdist_group marks rely on). Other --dist modes are xdist's own."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
+
+    class _RealModelsTogether(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path, _, name = nodeid.partition("::")
+            if path.endswith("realmodels/test_real_models.py") and name.endswith("]"):
+                return "realmodels:" + name[name.rindex("[") + 1:-1]
+            return nodeid
+
+    return _RealModelsTogether(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Longest first: the `slow` tests (minutes each on two cores) start before the many
+    # short ones, so no worker is left running one of them alone at the end. A stable sort:
+    # the order within each half is the collection order, on every xdist worker alike.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+_WORKER_TMP: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Under xdist every worker gets a temporary directory of its own: a test that checks
+    # what appeared in the temporary directory while it ran must not see the files of a
+    # test running on another worker. Sticky and world-writable like /tmp, since tests
+    # acting as a second user share directories made in it.
+    if os.environ.get("PYTEST_XDIST_WORKER") and not _WORKER_TMP:
+        private = tempfile.mkdtemp(prefix=f"pytest-{os.environ['PYTEST_XDIST_WORKER']}-")
+        os.chmod(private, 0o1777)
+        _WORKER_TMP.append(private)
+        os.environ["TMPDIR"] = tempfile.tempdir = private
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for private in _WORKER_TMP:
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def _hypothesis_profiles() -> None:

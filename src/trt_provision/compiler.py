@@ -49,6 +49,7 @@ from trt_provision.seams import (
     InferenceRuntime,
     PrecisionPipeline,
     RemoteEngineStore,
+    TimingCacheOwner,
 )
 from trt_provision.thermal import check_temperature_limit
 from trt_provision.types import (
@@ -272,12 +273,21 @@ class EngineCompiler:
             staged.unlink(missing_ok=True)
 
     def identity_for(
-        self, backbone: BackboneSpec, *, unresolved_calibration: str | None = None
+        self, backbone: BackboneSpec, *, unresolved_calibration: str | None = None,
+        parse_model: bool = True,
     ) -> tuple[EngineIdentity, RuntimeTarget, str]:
         """``unresolved_calibration``: a stand-in calibration key, so no calibration data
-        is loaded (a dry run with a Python loader)."""
-        backbone = with_default_profiles(backbone)
-        model_hash = model_sha256(backbone.model_path)
+        is loaded (a dry run with a Python loader). ``parse_model=False``: see model_sha256;
+        only where nothing reads the model before the cache is looked at; the config is then
+        taken as given (no defaulted profiles, which need the model's inputs)."""
+        if parse_model:
+            backbone = with_default_profiles(backbone)
+        model_hash = model_sha256(
+            backbone.model_path,
+            parse=parse_model
+            or backbone.build_config.precision.needs_calibration
+            or backbone.build_config.precision is PrecisionMode.AUTO,
+        )
         if backbone.build_config.precision is PrecisionMode.AUTO:
             target = self._runtime.runtime_target(backbone.build_config)
             return auto_identity(self, backbone, model_hash, target), target, model_hash
@@ -428,6 +438,15 @@ class EngineCompiler:
 
     def _plan(self, backbone: BackboneSpec, request: EngineCompileRequest) -> _Plan:
         started = time.perf_counter()
+        if not (request.dry_run or request.force_rebuild):
+            # The all-hit path reads no model: engines are published only under the identity
+            # of a defaulted config, and a config whose dynamic inputs all have profiles is
+            # its own default, so its engine is found under the config as given. A config
+            # that needs defaulted profiles misses here and is planned in full below.
+            identity, target, model_hash = self.identity_for(backbone, parse_model=False)
+            entry = self._try_reuse(identity, target, quiet=True)
+            if entry is not None:
+                return _Plan(backbone, identity, target, model_hash, entry, started, "")
         backbone = with_default_profiles(backbone, self._log)
         if request.dry_run and _python_calibration_loader(backbone):
             # A file.py:fn source is Python code: a dry run never executes it. Without its
@@ -443,12 +462,18 @@ class EngineCompiler:
             )
             return _Plan(backbone, identity, target, model_hash, None, started,
                          "planned: the calibration loader is not executed in a dry run")
-        identity, target, model_hash = self.identity_for(backbone)
+        # A reusable engine proves its model parsed when it was built: the model is parsed
+        # (and refused as before) only when it is not reused.
+        identity, target, model_hash = self.identity_for(
+            backbone, parse_model=request.force_rebuild
+        )
         if request.force_rebuild:
             return _Plan(backbone, identity, target, model_hash, None, started,
                          "rebuilt: --force-rebuild")
         why: list[str] = []
         reusable = self._try_reuse(identity, target, why=why)
+        if reusable is None:
+            model_sha256(backbone.model_path)
         return _Plan(backbone, identity, target, model_hash, reusable, started,
                      why[0] if why else "")
 
@@ -548,6 +573,8 @@ class EngineCompiler:
                     extra={"event": "provision.model.missing", "model": name},
                 )
                 return missing
+            timing = self._fleet_timing_cache(plan, request)
+            fetched_timing = self._fetch_timing_cache(timing)
             entry, seconds = self._build(plan)
             if self._sign is not None:
                 self._sign(entry)
@@ -560,8 +587,31 @@ class EngineCompiler:
                 entry.engine_path.name,
                 extra={"event": "engine.remote.upload", "uploaded": uploaded},
             )
-        return self._result(plan, CompileOutcome.BUILT, entry, seconds,
-                            notes=(plan.why_build,) if plan.why_build else ())
+            if timing is not None and request.build == "always":
+                # The builder of record shares what its builds measured.
+                self._remote.upload_timing_cache(timing.name, timing)
+        notes: tuple[str, ...] = (plan.why_build,) if plan.why_build else ()
+        if fetched_timing:
+            notes += ("built with the fleet's timing cache",)
+        return self._result(plan, CompileOutcome.BUILT, entry, seconds, notes=notes)
+
+    def _fleet_timing_cache(self, plan: _Plan, request: EngineCompileRequest) -> Path | None:
+        """The local timing cache this build shares with devices of its type through the
+        remote store (a runtime that keeps one: TensorRT), or None."""
+        if self._remote is None or not request.use_remote:
+            return None
+        if not isinstance(self._runtime, TimingCacheOwner):
+            return None
+        try:
+            return self._runtime.timing_cache_file(plan.backbone.build_config)
+        except TrtProvisionError:
+            return None  # the build itself reports what is missing
+
+    def _fetch_timing_cache(self, timing: Path | None) -> bool:
+        """Before a build on a device without a timing cache of its own: the fleet's."""
+        if timing is None or self._remote is None or os.path.lexists(timing):
+            return False
+        return self._remote.fetch_timing_cache(timing.name, timing)
 
     def _check_profiles(self, backbone: BackboneSpec) -> None:
         from trt_provision.calibration.data import model_input_specs

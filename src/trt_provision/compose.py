@@ -117,6 +117,19 @@ def build_signer(settings: Settings) -> Callable[[EngineCacheEntry], None] | Non
     return sign
 
 
+def _bytes_signer(key: Path | None) -> Callable[[bytes], bytes] | None:
+    """Signs a timing cache's ``.sha256`` line with the key engines are signed with."""
+    if key is None:
+        return None
+
+    def sign(data: bytes) -> bytes:
+        from trt_provision.trust import sign_metadata
+
+        return sign_metadata(data, key)
+
+    return sign
+
+
 def _tensorrt_calibration(cache_dir: Path) -> Callable[[Path, BuildConfig, str], Any]:
     """Weakly typed TensorRT: governed batches and calibration cache for the calibrator
     (the cache is bound to the TensorRT version that will read it, which the strategy
@@ -181,6 +194,7 @@ def wire(
         remote = remote_store_from_settings(
             settings.remote,
             trust=cast("SignatureVerifier | None", build_trust(settings, remote=True)),
+            sign_timing_cache=_bytes_signer(settings.signing_key),
         )
     calibration: CalibrationPlanner = GovernedCalibrationPlanner(calibration_dir)
     compiler = EngineCompiler(

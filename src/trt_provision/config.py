@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -166,6 +167,9 @@ class Manifest:
     path: Path
     settings: Settings
     backbones: tuple[BackboneSpec, ...]
+    # Per model, the build keys the manifest gave it (its own or from [defaults]): a key set
+    # to its default value is still one the user asked for (e.g. a TensorRT-only key).
+    build_keys: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 def _real(path: Path) -> Path:
@@ -357,7 +361,12 @@ def describe_binary(head: bytes, path: Path) -> str:
 def read_manifest_text(path: Path) -> str:
     """The manifest's text: bounded in size and refused, naming what it is, when binary."""
     try:
-        with open(path, "rb") as fh:
+        # Opened without waiting for a writer: a FIFO is refused below, never waited on
+        # (a device is read bounded: /dev/null is an empty manifest).
+        with open(path, "rb",
+                  opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as fh:
+            if stat.S_ISFIFO(os.fstat(fh.fileno()).st_mode):
+                raise ManifestError("manifest is a FIFO, not a regular file", file=str(path))
             raw = fh.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError as exc:
         raise ManifestError("manifest not found", file=str(path)) from exc
@@ -419,6 +428,7 @@ def load_manifest(path: Path) -> Manifest:
             expected="at least one [[models]] table",
         )
     backbones: list[BackboneSpec] = []
+    build_keys: dict[str, frozenset[str]] = {}
     seen: set[str] = set()
     for i, raw_model in enumerate(models):
         where = f"models[{i}]"
@@ -432,6 +442,7 @@ def load_manifest(path: Path) -> Manifest:
                 "duplicate model name", file=str(path), key=f"{where}.name", found=name
             )
         seen.add(name)
+        build_keys[name] = frozenset((set(defaults) | set(model)) & _BUILD_KEYS)
         model_path = model.get("path")
         if not isinstance(model_path, str) or not model_path:
             raise _fail(path, f"{where}.path", "a path string to an .onnx file", model_path)
@@ -469,4 +480,5 @@ def load_manifest(path: Path) -> Manifest:
             raise ManifestError(
                 exc.message, file=str(path), key=f"{where}.name", found=repr(name)
             ) from exc
-    return Manifest(path=path, settings=settings, backbones=tuple(backbones))
+    return Manifest(path=path, settings=settings, backbones=tuple(backbones),
+                    build_keys=build_keys)

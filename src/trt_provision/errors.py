@@ -25,8 +25,11 @@ values) and, when it wraps a third-party failure, the original exception as ``__
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+# Not `from typing import ...`: typing alone costs a few ms of every start-up, `--help` too.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
 
 __all__ = [
     "AccuracyGateError",

@@ -148,13 +148,23 @@ def _tensors_with_external_data(graph: Any) -> Iterator[Any]:
                 yield from _tensors_with_external_data(sub)
 
 
-def model_sha256(model_path: Path) -> str:
-    """sha256 over the ONNX bytes and, in a fixed order, every external-data file it uses."""
+def model_sha256(model_path: Path, *, parse: bool = True) -> str:
+    """sha256 over the ONNX bytes and, in a fixed order, every external-data file it uses.
+
+    ``parse=False`` parses the model (importing onnx, most of a cache hit's start-up) only
+    where its bytes may name an external-data file: the key ``location`` occurs in them.
+    Elsewhere the hash is the same, but bytes that are not ONNX at all are not refused here:
+    the caller parses the model before anything is built from it.
+    """
     import hashlib
 
     model_path = Path(model_path)
     if not model_path.is_file():
         raise ModelError("ONNX model not found", path=str(model_path))
+    if not parse:
+        digest = hashlib.sha256()
+        if not _hash_file_finding(digest, model_path, b"location"):
+            return digest.hexdigest()
     import onnx  # declared dependency; imported here to keep `import trt_provision` light
 
     try:
@@ -190,6 +200,20 @@ def model_sha256(model_path: Path) -> str:
     return digest.hexdigest()
 
 
+def _hash_file_finding(digest: Any, path: Path, needle: bytes) -> bool:
+    """Hash the file into ``digest``; whether ``needle`` occurs in its bytes."""
+    found, tail = False, b""
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+                found = found or needle in tail + chunk
+                tail = chunk[-len(needle) + 1:]
+    except OSError as exc:
+        raise ModelError(f"cannot read model file: {exc.strerror}", path=str(path)) from exc
+    return found
+
+
 def _hash_file(digest: Any, path: Path) -> None:
     from trt_provision.integrity import update_from_file
 
@@ -207,24 +231,23 @@ MAX_METRIC_BYTES = 4 << 20
 
 def metric_file_sha256(spec: str) -> str:
     """sha256 of the metric script of ``file.py:function``, read (never run) for the engine
-    identity, so an edited metric rebuilds. A missing or oversized file is a ManifestError."""
+    identity, so an edited metric rebuilds. A missing or oversized file, or one that is not
+    a regular file (a FIFO, a device), is a ManifestError naming it."""
     import hashlib
 
     file_part, sep, func_name = spec.partition(".py:")
     if not sep or not func_name:
         raise ManifestError(f"accuracy_metric must be 'file.py:function', got {spec!r}",
                             key="accuracy_metric")
+    from trt_provision._fs import read_named_file
+
     path = Path(file_part + ".py")
     try:
-        with open(path, "rb") as fh:
-            blob = fh.read(MAX_METRIC_BYTES + 1)
-    except OSError as exc:
-        raise ManifestError(f"cannot read accuracy metric script: {exc.strerror}",
-                            key="accuracy_metric", path=str(path)) from exc
-    if len(blob) > MAX_METRIC_BYTES:
-        raise ManifestError(
-            f"accuracy metric script is larger than {MAX_METRIC_BYTES >> 20} MiB",
-            key="accuracy_metric", path=str(path))
+        # Bounded and never blocking: a FIFO or /dev/zero named as the script is refused.
+        blob = read_named_file(path, MAX_METRIC_BYTES, what="accuracy metric script",
+                               error=ManifestError)
+    except ManifestError as exc:
+        raise ManifestError(exc.message, key="accuracy_metric", **exc.context) from exc
     return hashlib.sha256(blob).hexdigest()
 
 

@@ -12,9 +12,12 @@ signature over the metadata bytes does, ``trust.py``.)
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -66,7 +69,13 @@ def update_from_file(digest: Any, path: Path, block_size: int = BLOCK_SIZE) -> i
     size = 0
     buf = bytearray(block_size)
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
+    # Opened without blocking and checked to be a regular file: a FIFO (or a device) named
+    # as a model or engine would block, or never end. OSError, as for a missing file.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    with open(fd, "rb", buffering=0) as fh:
         while n := fh.readinto(buf):
             digest.update(view[:n])
             size += n

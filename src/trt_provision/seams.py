@@ -32,6 +32,7 @@ __all__ = [
     "PrecisionPipeline",
     "RemoteEngineStore",
     "ThermalStatePublisher",
+    "TimingCacheOwner",
 ]
 
 
@@ -158,6 +159,29 @@ class RemoteEngineStore(Protocol):
     def exists(self, identity: EngineIdentity) -> bool:
         """Whether the store has the engine (nothing downloaded); StoreError when it
         cannot tell."""
+        ...
+
+    def fetch_timing_cache(self, name: str, dest: Path) -> bool:
+        """Download the fleet's timing cache ``name``, verify it (sha256, and the signature
+        where the trust policy asks for one) and write it to ``dest`` only when no file is
+        there; False (logged) when absent, refused or not needed. Never raises."""
+        ...
+
+    def upload_timing_cache(self, name: str, source: Path) -> bool:
+        """Publish the local timing cache ``source`` as the fleet's ``name`` (signed like
+        engines); False when unchanged, refused or not uploaded. Never raises."""
+        ...
+
+
+@runtime_checkable
+class TimingCacheOwner(Protocol):
+    """A runtime whose builds read and grow a timing cache that devices of the same type
+    can share (TensorRT). Optional: a runtime without it shares nothing."""
+
+    def timing_cache_file(self, build_config: BuildConfig) -> Path | None:
+        """The local timing cache a build of ``build_config`` reads and merges into, when
+        its name keys it to this device type (TensorRT version, sm, device name); None
+        when the build keeps none or the device's name is unknown."""
         ...
 
 

@@ -81,7 +81,8 @@ def test_prepare_cache_dir_never_follows_a_planted_lock_symlink(tmp_path: Path) 
     """Through the CLI: ``prepare --cache-dir`` with every lock name planted as a link."""
     model = make_cnn(tmp_path / "cnn.onnx")
     data = tmp_path / "d.npy"
-    np.save(data, np.random.default_rng(0).standard_normal((10, 2, 3, 8, 8)).astype(np.float32))
+    # Rows enough for a verdict: too few held-out samples is refused before any lock.
+    np.save(data, np.random.default_rng(0).standard_normal((10, 40, 3, 8, 8)).astype(np.float32))
     cal = tmp_path / "cal"
     cal.mkdir()
     victims = []
@@ -231,6 +232,32 @@ def test_timing_cache_that_is_a_fifo_is_an_error_not_a_hang(tmp_path: Path) -> N
             print(exc.message)
     """)
     assert "timing cache is not a regular file" in out.stdout, out.stdout + out.stderr
+
+
+def test_timing_cache_copied_for_trtexec_that_is_a_fifo_is_an_error_not_a_hang(
+        tmp_path: Path) -> None:
+    """The trtexec path copies the shared cache before a build and brings it back after:
+    both reads used a plain read_bytes(), which waits forever on a FIFO."""
+    path = tmp_path / "trt-10.3.sm87.timing-cache"
+    os.mkfifo(path)
+    copy = tmp_path / "work" / "copy.timing-cache"
+    out = _in_child(f"""
+        from pathlib import Path
+        from trt_provision.errors import StoreError
+        from trt_provision.runtimes.tensorrt.timing_cache import private_copy, publish_copy
+        Path({str(copy.parent)!r}).mkdir()
+        try:
+            private_copy(Path({str(path)!r}), Path({str(copy)!r}))
+        except StoreError as exc:
+            print("copy:", exc.message)
+        Path({str(copy)!r}).write_bytes(b"tactics")
+        try:
+            publish_copy(Path({str(path)!r}), b"", Path({str(copy)!r}), None)
+        except StoreError as exc:
+            print("publish:", exc.message)
+    """)
+    assert "copy: timing cache is not a regular file" in out.stdout, out.stdout + out.stderr
+    assert "publish: timing cache is not a regular file" in out.stdout, out.stdout + out.stderr
 
 
 def test_timing_cache_of_another_user_is_refused(

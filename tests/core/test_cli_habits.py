@@ -232,7 +232,7 @@ def test_selftest_table_names_the_extra_this_host_needs(
     from trt_provision.cli.main import main
     from trt_provision.types import HostCapabilities
 
-    monkeypatch.setattr("trt_provision.selftest.is_available", lambda name: False)
+    monkeypatch.setattr("trt_provision.measure.selftest.is_available", lambda name: False)
     monkeypatch.setattr("trt_provision.host.probe_host",
                         lambda: HostCapabilities(cuda_driver_version=cuda))
     monkeypatch.setenv("COLUMNS", "400")  # one table row per line

@@ -321,7 +321,7 @@ def test_the_engine_and_its_budget_are_released_when_a_run_fails(
     from trt_provision.compose import wire
     from trt_provision.config import Settings
     from trt_provision.errors import InferenceError
-    from trt_provision.runner import RunOptions, entry_for_engine_file, run_engine
+    from trt_provision.measure.runner import RunOptions, entry_for_engine_file, run_engine
 
     engine = engines["demo_cnn"]
     wired = wire(Settings(cache_dir=engine.parent.parent), use_remote=False)
@@ -361,7 +361,7 @@ def test_run_through_the_installed_entry_point(engines: dict[str, Path]) -> None
 
 
 def test_comparison_rules() -> None:
-    from trt_provision.runner import compare_outputs
+    from trt_provision.measure.runner import compare_outputs
 
     ref = {"y": np.array([1.0, -2.0, 0.0], np.float32)}
     (same,) = compare_outputs(ref, {"y": ref["y"].copy()}, atol=0.0, rtol=0.0)
@@ -388,7 +388,7 @@ def test_progress_is_reported_sparingly_and_ends_at_the_total(
 ) -> None:
     from trt_provision.compose import wire
     from trt_provision.config import Settings
-    from trt_provision.runner import RunOptions, entry_for_engine_file, run_engine
+    from trt_provision.measure.runner import RunOptions, entry_for_engine_file, run_engine
 
     engine = engines["dynamic_mlp"]
     wired = wire(Settings(cache_dir=engine.parent.parent), use_remote=False)
@@ -414,7 +414,7 @@ def test_run_engine_on_the_tensorrt_strategy(
     from trt_provision.config import load_manifest
     from trt_provision.gates.budget import GpuMemoryBudget
     from trt_provision.gates.engine_gate import DefaultEngineGate
-    from trt_provision.runner import RunOptions, run_engine
+    from trt_provision.measure.runner import RunOptions, run_engine
     from trt_provision.runtimes.tensorrt import TensorrtOptions, TensorrtRuntime
     from trt_provision.stores.local import LocalEngineStore
     from trt_provision.types import EngineCompileRequest, HostCapabilities

@@ -77,3 +77,29 @@ def test_metric_script_is_not_run_to_plan(
     script.write_text(f"open({str(marker)!r}, 'w').write('x')\n")
     assert len(metric_file_sha256(f"{script}:fn")) == 64
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_metric_script_that_is_no_regular_file_is_one_line_exit_1(
+    tmp_path: Path, kind: str
+) -> None:
+    """A FIFO named as the script used to block the run forever on open(); /dev/zero was
+    read up to the size cap. Both are refused without reading, naming the script."""
+    import os
+    import subprocess
+    import sys
+
+    argv, metric = _setup(tmp_path)
+    metric.unlink()
+    if kind == "fifo":
+        os.mkfifo(metric)
+    else:
+        metric.symlink_to("/dev/zero")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-m", "trt_provision", *argv],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 1, proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "accuracy metric script is not a regular file" in err[0], err
+    assert str(metric) in err[0]
+    assert not list((tmp_path / "cache").rglob("*.engine"))

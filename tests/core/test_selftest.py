@@ -29,7 +29,7 @@ from fakes.fake_tensorrt import (
 )
 from trt_provision import _lazy
 from trt_provision.cli.main import main
-from trt_provision.selftest import (
+from trt_provision.measure.selftest import (
     MIN_COSINE,
     PRECISIONS,
     Requirement,
@@ -157,7 +157,7 @@ def test_compare_outputs_never_passes_missing_misshapen_or_nonfinite(candidate: 
 
 def test_requirements_name_what_is_missing_and_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_lazy, "is_available", lambda name: name.startswith("cuda"))
-    monkeypatch.setattr("trt_provision.selftest.is_available",
+    monkeypatch.setattr("trt_provision.measure.selftest.is_available",
                         lambda name: name.startswith("cuda"))
     reqs = {r.name: r for r in check_requirements(_host("", trt_version=None,
                                                         cuda_driver_version="12.6"))}
@@ -167,8 +167,8 @@ def test_requirements_name_what_is_missing_and_the_extra(monkeypatch: pytest.Mon
 
 
 def test_cuda_python_newer_than_the_driver_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("trt_provision.selftest.is_available", lambda name: True)
-    monkeypatch.setattr("trt_provision.selftest._dist_version", lambda *names: "13.0.1")
+    monkeypatch.setattr("trt_provision.measure.selftest.is_available", lambda name: True)
+    monkeypatch.setattr("trt_provision.measure.selftest._dist_version", lambda *names: "13.0.1")
     reqs = {r.name: r for r in check_requirements(_host("10.3.0", cuda_driver_version="12.6"))}
     assert not reqs["cuda-python"].ok
     assert "needs a CUDA 13 driver" in reqs["cuda-python"].problem
@@ -176,7 +176,7 @@ def test_cuda_python_newer_than_the_driver_is_named(monkeypatch: pytest.MonkeyPa
 
 
 def test_no_gpu_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("trt_provision.selftest.is_available", lambda name: True)
+    monkeypatch.setattr("trt_provision.measure.selftest.is_available", lambda name: True)
     reqs = {r.name: r for r in check_requirements(HostCapabilities(trt_version="10.3.0"))}
     assert not reqs["gpu"].ok and "NVIDIA driver" in reqs["gpu"].fix
 
@@ -281,7 +281,7 @@ def test_demo_corpus_on_fake_trt10_reports_every_case_and_compares(
 
 
 def test_a_precision_that_applies_to_no_model_is_not_a_failure() -> None:
-    from trt_provision.selftest import CaseResult, SelftestReport
+    from trt_provision.measure.selftest import CaseResult, SelftestReport
 
     na = "nothing to quantize: no node of the model was quantized for int8"
     report = SelftestReport(requirements=(), host={}, cases=[
@@ -470,8 +470,8 @@ def test_jetson_without_tensorrt_points_at_jetpack(
 ) -> None:
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/nv_tegra_release").write_text("# R36 (release), REVISION: 4.3\n")
-    monkeypatch.setattr("trt_provision.selftest.is_available", lambda name: name == "cuda.bindings")
-    monkeypatch.setattr("trt_provision.selftest._dist_version", lambda *names: "13.0.0")
+    monkeypatch.setattr("trt_provision.measure.selftest.is_available", lambda name: name == "cuda.bindings")
+    monkeypatch.setattr("trt_provision.measure.selftest._dist_version", lambda *names: "13.0.0")
     jetson = HostCapabilities(sm="sm87", gpu_name="Orin", jetpack="6.2", l4t="36.4.3",
                               gpu_integrated=True)
     reqs = {r.name: r for r in check_requirements(jetson, root=tmp_path)}

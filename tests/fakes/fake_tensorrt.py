@@ -218,6 +218,9 @@ class FakeTrtState:
     shape_tensors: frozenset[str] = frozenset()
     timing_cache_accepted: bool = True
     timing_cache_combines: bool = True
+    # What each build found in its attached timing cache (None: no cache attached), so a
+    # test can tell a build that loaded a cache from one that started empty.
+    timing_cache_at_build: list[frozenset[str] | None] = field(default_factory=list)
     first_logger: Any = None
     warnings_logged: list[str] = field(default_factory=list)
     device_memory_bytes: int = 1 << 20
@@ -994,6 +997,8 @@ class _Builder(_Obj):
         calibration = None
         if "INT8" in config._flags and config._calibrator is not None:
             calibration = _drive_calibrator(st, config, network)
+        st.timing_cache_at_build.append(
+            None if config._timing_cache is None else frozenset(config._timing_cache._entries))
         if config._timing_cache is not None:
             config._timing_cache._entries.add(f"{network.name}:{network.num_layers}")
         profile = config._profiles[0]._shapes if config._profiles else {}

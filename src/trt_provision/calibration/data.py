@@ -22,6 +22,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import stat
 import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -316,9 +317,22 @@ def _split_samples(
         yield {name: value[start:stop] for name, value in mapping.items()}
 
 
+def _regular_file(path: Path) -> None:
+    """Refuse what is not a regular file before numpy opens it: a FIFO named as calibration
+    data would block the run forever on open(), a device would be read without end."""
+    try:
+        st = os.stat(path)  # symlinks followed: a link to the user's data is fine
+    except OSError as exc:
+        raise CalibrationCacheError(
+            f"cannot read calibration file: {exc.strerror}", path=str(path)) from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise CalibrationCacheError("calibration file is not a regular file", path=str(path))
+
+
 def _load_npz(path: Path) -> dict[str, Any]:
     import numpy as np
 
+    _regular_file(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {name: npz[name] for name in npz.files}
@@ -331,6 +345,7 @@ def _load_npz(path: Path) -> dict[str, Any]:
 def _load_npy(path: Path) -> Any:
     import numpy as np
 
+    _regular_file(path)
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -498,12 +513,21 @@ class CalibrationDataset:
         return _as_iterable(source)
 
     def __iter__(self) -> Iterator[dict[str, npt.NDArray[Any]]]:
+        return self._validated(self._max_batches)
+
+    def read_all(self) -> Iterator[dict[str, npt.NDArray[Any]]]:
+        """Every batch of the source, validated, ``max_batches`` ignored: the first
+        ``max_batches`` are those :meth:`__iter__` yields (and the digest covers), the rest
+        are evidence. The caller bounds how much of the rest it keeps."""
+        return self._validated(None)
+
+    def _validated(self, limit: int | None) -> Iterator[dict[str, npt.NDArray[Any]]]:
         import numpy as np
 
         count = 0
         for item in self._raw_items():
             for raw in _split_stack(item, self._specs, self._config):
-                if self._max_batches is not None and count >= self._max_batches:
+                if limit is not None and count >= limit:
                     break
                 empty = next((n for n, a in raw.items() if np.size(a) == 0), None)
                 if empty is not None:
@@ -518,13 +542,14 @@ class CalibrationDataset:
                     raw, self._specs, count, self._config, allow_lossy_cast=self._allow_lossy
                 )
                 count += 1
-            if self._max_batches is not None and count >= self._max_batches:
+            if limit is not None and count >= limit:
                 break
         if count == 0:
             raise CalibrationCacheError(
                 "calibration dataset is empty", source=self.description
             )
-        self._count = count
+        if limit == self._max_batches:
+            self._count = count
 
     def __len__(self) -> int:
         if self._count is None:

@@ -143,6 +143,31 @@ class _BatchReader:
         return None
 
 
+def _flat_histograms(calibrator: Any) -> None:
+    """Give ``calibrator`` a histogram collector that accepts batches of different sizes.
+
+    ONNX Runtime's collector stacks each tensor's per-batch outputs with ``np.asarray`` and
+    only then flattens them; batches of different sizes (a source whose rows are not a
+    multiple of the opt batch ends in a shorter one) fail there with "inhomogeneous shape".
+    Flattening each output first and concatenating gives the same values in the same order,
+    so the histogram is the one a homogeneous stack would have given.
+    """
+    import numpy as np
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    class _FlatCollector(HistogramCollector):  # type: ignore[misc]
+        def collect(self, name_to_arr: Mapping[str, Any]) -> Any:
+            flat = {name: (np.concatenate([np.asarray(a).reshape(-1) for a in arrays])
+                           if isinstance(arrays, list) and arrays else arrays)
+                    for name, arrays in name_to_arr.items()}
+            return super().collect(flat)
+
+    calibrator.collector = _FlatCollector(
+        method=calibrator.method, symmetric=calibrator.symmetric,
+        num_bins=calibrator.num_bins, num_quantized_bins=calibrator.num_quantized_bins,
+        percentile=calibrator.percentile, scenario=calibrator.scenario)
+
+
 def compute_activation_ranges(
     model_path: Path, batches: Iterable[Batch], spec: CalibrationSpec, workdir: Path
 ) -> TensorRanges:
@@ -203,6 +228,7 @@ def compute_activation_ranges(
             reader = _BatchReader(list(batches))
             count = len(reader)
             if count:
+                _flat_histograms(calibrator)
                 try:
                     calibrator.collect_data(reader)
                 except Exception as exc:
@@ -455,6 +481,7 @@ def compute_ranges_for_algorithms(
                 f"cannot prepare the model for calibration: {type(exc).__name__}: {exc}",
                 model=str(model_path),
             ) from exc
+        _flat_histograms(calibrator)
         try:
             calibrator.collect_data(_BatchReader(list(batches)))
             histograms = dict(calibrator.collector.histogram_dict)

@@ -12,7 +12,11 @@ Scheme (recorded in the metadata and part of the calibration key):
   user's held-out batches alternate between validation and test (rows, if only one batch).
 
 Every row not used to calibrate is evidence: beyond ``calibration.max_batches`` calibration
-batches, the rest go to validation and test (alternately) instead of being dropped.
+batches, the rest go to validation and test (alternately) instead of being dropped, and so do
+the source's batches after the first ``max_batches`` (:func:`read_source`; the calibration
+key and ranges come from the first ``max_batches`` only, as before). That evidence is read up
+to :data:`EVIDENCE_MAX_ROWS` rows or :data:`EVIDENCE_MAX_BYTES` bytes, whichever comes first;
+the metadata, and a refusal for too little evidence, say when the limit stopped it.
 
 Anything less is too little to judge: :class:`AccuracyGateError`, unless the build allows
 inaccurate engines, in which case the build goes on "not judged" with a warning. So is a
@@ -28,19 +32,77 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from trt_provision.calibration.data import Batch, InputSpec
+from trt_provision.calibration.data import Batch, CalibrationDataset, InputSpec
 from trt_provision.errors import AccuracyGateError
 
 if TYPE_CHECKING:
     from trt_provision.types import BuildConfig
 
-__all__ = ["MIN_BATCHES", "PATTERN", "SPLIT_SCHEME", "DataSplits", "split_for_judging"]
+__all__ = [
+    "EVIDENCE_MAX_BYTES",
+    "EVIDENCE_MAX_ROWS",
+    "MIN_BATCHES",
+    "PATTERN",
+    "SPLIT_SCHEME",
+    "DataSplits",
+    "SourceRead",
+    "read_source",
+    "split_for_judging",
+]
 
 logger = logging.getLogger(__name__)
 
 PATTERN: tuple[str, ...] = ("calibration", "validation", "calibration", "test", "calibration")
 MIN_BATCHES = len(PATTERN)
 SPLIT_SCHEME = "round-robin-5/v1"
+# Evidence read beyond max_batches is held in memory for the comparisons: bounded. 20 000 rows
+# give each split 10 000 samples, more than a 0.999 bar needs with a few disagreeing (7 289
+# with 2); the byte limit keeps large inputs (images) within a small device's memory.
+EVIDENCE_MAX_ROWS = 20_000
+EVIDENCE_MAX_BYTES = 512 << 20
+
+
+@dataclass(frozen=True)
+class SourceRead:
+    """A source read once: the first ``max_batches`` batches (calibration, and the dataset
+    digest), the batches after them (evidence only), and why that evidence stopped early
+    ("" when the whole source was read)."""
+
+    batches: tuple[Batch, ...]
+    beyond: tuple[Batch, ...] = ()
+    limit: str = ""
+
+
+def _nbytes(batch: Batch) -> int:
+    import numpy as np
+
+    return sum(int(np.asarray(v).nbytes) for v in batch.values())
+
+
+def read_source(dataset: CalibrationDataset, max_batches: int | None, *,
+                max_rows: int = EVIDENCE_MAX_ROWS, max_bytes: int = EVIDENCE_MAX_BYTES
+                ) -> SourceRead:
+    """Read ``dataset`` once: its first ``max_batches`` batches, then evidence batches up to
+    ``max_rows`` rows or ``max_bytes`` bytes (an endless loader stops there too)."""
+    if max_batches is None:
+        return SourceRead(tuple(dataset))
+    head: list[Batch] = []
+    beyond: list[Batch] = []
+    rows = size = 0
+    for batch in dataset.read_all():
+        if len(head) < max_batches:
+            head.append(batch)
+            continue
+        n, b = _rows(batch), _nbytes(batch)
+        if rows + n > max_rows or size + b > max_bytes:
+            limit = (f"evidence beyond max_batches read up to its limit of {max_rows} rows or "
+                     f"{max_bytes >> 20} MiB ({rows} rows)")
+            logger.info("%s", limit, extra={"event": "calibration.split.evidence_limit",
+                                             "rows": rows, "bytes": size})
+            return SourceRead(tuple(head), tuple(beyond), limit)
+        beyond.append(batch)
+        rows, size = rows + n, size + b
+    return SourceRead(tuple(head), tuple(beyond))
 
 
 @dataclass(frozen=True)
@@ -53,7 +115,8 @@ class DataSplits:
     judged: bool = True
     note: str = ""
     overlap: dict[str, int] | None = None  # held-out rows identical to a calibration row
-
+    beyond: dict[str, int] | None = None  # evidence read after the first max_batches
+    evidence_limit: str = ""  # why that evidence stopped before the source's end
 
     def to_metadata(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -69,6 +132,10 @@ class DataSplits:
             out["note"] = self.note
         if self.overlap:
             out["identical_to_calibration_rows"] = dict(self.overlap)
+        if self.beyond:
+            out["beyond_max_batches"] = dict(self.beyond)
+        if self.evidence_limit:
+            out["evidence_limit"] = self.evidence_limit
         return out
 
 
@@ -159,39 +226,77 @@ def _row_split(
 def split_for_judging(
     batches: Sequence[Batch], specs: Sequence[InputSpec], config: BuildConfig, *,
     evaluation: Sequence[Batch] | None = None, model: str = "", source: str = "",
+    beyond: Sequence[Batch] = (), evidence_limit: str = "",
 ) -> DataSplits:
-    """Split ``batches`` (and ``evaluation``) for calibrating, choosing and confirming."""
+    """Split ``batches`` (and ``evaluation``) for calibrating, choosing and confirming.
+
+    ``beyond``: the source's batches after the first ``max_batches`` (``batches``); they never
+    calibrate and go to validation and test alternately. Where ``batches`` alone cannot be
+    split, all of them calibrate (as an unjudged build calibrates) and ``beyond`` is the
+    evidence, like evaluation data."""
     total = len(batches)
+    if evaluation is None and beyond and _split_of(batches, specs, config)[0] is None:
+        evaluation, beyond = beyond, ()
+        label = "beyond-max-batches"
+    else:
+        label = "evaluation"
     if evaluation is not None:
         pattern = ("validation", "test")
         parts = (_by_pattern(evaluation, pattern) if len(evaluation) >= 2
                  else _row_split(evaluation, pattern, specs, config))
-        method = "evaluation-batches" if len(evaluation) >= 2 else "evaluation-rows"
+        method = f"{label}-batches" if len(evaluation) >= 2 else f"{label}-rows"
         if parts is not None and parts["validation"] and parts["test"]:
+            _add_evidence(parts, beyond)
             return _check_evidence(
                 _overlap(DataSplits(tuple(batches), tuple(parts["validation"]),
-                                    tuple(parts["test"]), method, total), model),
+                                    tuple(parts["test"]), method, total,
+                                    beyond=_beyond(evaluation if label != "evaluation"
+                                                   else beyond),
+                                    evidence_limit=evidence_limit), model),
                 config, model, source)
-        return _too_little(batches, config, model, source,
-                           f"evaluation data has {len(evaluation)} batch(es); at least 2 "
-                           "batches (or 2 rows along a dynamic batch dimension) are needed")
-    if total >= MIN_BATCHES:
-        parts = _by_pattern(batches, PATTERN)
-        method = "batches"
+        if label == "evaluation":
+            return _too_little(batches, config, model, source,
+                               f"evaluation data has {len(evaluation)} batch(es); at least 2 "
+                               "batches (or 2 rows along a dynamic batch dimension) are needed")
+        parts = None
     else:
-        parts = _row_split(batches, PATTERN, specs, config)
-        method = "rows"
-    if parts is None or not all(parts[p] for p in ("calibration", "validation", "test")):
+        parts, method = _split_of(batches, specs, config)
+    if parts is None:
         return _too_little(
             batches, config, model, source,
             f"calibration data has {total} batch(es); judging needs at least {MIN_BATCHES} "
             f"batches, or {MIN_BATCHES}+ rows per batch along a dynamic batch dimension, "
             "or calibration.evaluation_data")
     _cap_calibration(parts, config)
+    _add_evidence(parts, beyond)
     return _check_evidence(
         _overlap(DataSplits(tuple(parts["calibration"]), tuple(parts["validation"]),
-                            tuple(parts["test"]), method, total), model),
+                            tuple(parts["test"]), method, total, beyond=_beyond(beyond),
+                            evidence_limit=evidence_limit), model),
         config, model, source)
+
+
+def _split_of(batches: Sequence[Batch], specs: Sequence[InputSpec], config: BuildConfig
+              ) -> tuple[dict[str, list[Batch]] | None, str]:
+    """The calibrate / validate / test pattern over ``batches`` (None: too few to split)."""
+    if len(batches) >= MIN_BATCHES:
+        parts: dict[str, list[Batch]] | None = _by_pattern(batches, PATTERN)
+        method = "batches"
+    else:
+        parts = _row_split(batches, PATTERN, specs, config)
+        method = "rows"
+    if parts is None or not all(parts[p] for p in ("calibration", "validation", "test")):
+        return None, method
+    return parts, method
+
+
+def _add_evidence(parts: dict[str, list[Batch]], beyond: Sequence[Batch]) -> None:
+    for i, batch in enumerate(beyond):
+        parts[("validation", "test")[i % 2]].append(batch)
+
+
+def _beyond(batches: Sequence[Batch]) -> dict[str, int] | None:
+    return _describe(batches) if batches else None
 
 
 def _cap_calibration(parts: dict[str, list[Batch]], config: BuildConfig) -> None:
@@ -202,8 +307,7 @@ def _cap_calibration(parts: dict[str, list[Batch]], config: BuildConfig) -> None
         return
     extra = parts["calibration"][cap:]
     del parts["calibration"][cap:]
-    for i, batch in enumerate(extra):
-        parts[("validation", "test")[i % 2]].append(batch)
+    _add_evidence(parts, extra)
 
 
 def _samples(batches: Sequence[Batch]) -> int:
@@ -230,6 +334,8 @@ def _check_evidence(splits: DataSplits, config: BuildConfig, model: str, source:
         return splits
     name, n = short
     why = not_enough_evidence(n, needed, name)
+    if splits.evidence_limit:
+        why = f"{why} ({splits.evidence_limit})"
     if not config.allow_inaccurate:
         raise AccuracyGateError(
             why, model=model, source=source, data=name, samples=n, required_samples=needed,

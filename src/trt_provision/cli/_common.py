@@ -9,10 +9,12 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from trt_provision.config import Settings, resolve_cache_dir
 from trt_provision.errors import UsageError
+
+if TYPE_CHECKING:  # config (and the DTOs under it) loads when a command runs, not for --help
+    from trt_provision.config import Settings
 
 __all__ = [
     "add_settings_args",
@@ -91,6 +93,8 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace, base: Settings | None = None) -> Settings:
     """Flags override the manifest's settings, which override the defaults."""
+    from trt_provision.config import Settings, resolve_cache_dir
+
     settings = base or Settings(cache_dir=resolve_cache_dir())
     changes: dict[str, Any] = {}
     if getattr(args, "cache_dir", None) is not None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from trt_provision.cli.trtexec_flags import (
     build_options,
     parse_shapes,
     tensorrt_only_flags,
+    warn_tensorrt_only,
 )
 from trt_provision.errors import ManifestError, StoreError, TrtProvisionError, UsageError
 
@@ -249,11 +249,8 @@ def _run(args: argparse.Namespace) -> int:
     wired = wire(settings, use_remote=False)
     ignored = tensorrt_only_flags(args)
     if ignored and wired.runtime.current_runtime_label() == "onnxruntime":
-        logging.getLogger(__name__).warning(
-            "ignored on the ONNX Runtime runtime (TensorRT only): %s%s", ", ".join(ignored),
-            "; no timing cache is read or created" if args.timing_cache is not None else "",
-            extra={"event": "compile.flags.ignored", "flags": ignored},
-        )
+        warn_tensorrt_only(", ".join(ignored), timing_cache=args.timing_cache is not None,
+                           event="compile.flags.ignored", flags=ignored)
     wired.store.ensure_writable()
     summary = wired.compiler.compile_engines_for_corpus(
         EngineCompileRequest(

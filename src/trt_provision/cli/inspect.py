@@ -115,7 +115,7 @@ def _run_engine(args: argparse.Namespace, copy_of: str | None = None) -> int:
         read_cache_file,
         sha256_file,
     )
-    from trt_provision.runner import read_perf_sidecar
+    from trt_provision.measure.runner import read_perf_sidecar
 
     engine: Path = args.engine
     parsed = parse_engine_filename(copy_of or engine.name)

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -29,7 +27,31 @@ COMMAND_MODULES: tuple[str, ...] = (
     "run", "selftest", "prepare", "report", "export",
 )
 
-log = logging.getLogger("trt_provision.cli")
+# Each command's one-line help and the module that registers it. `trt-provision --help` (and
+# any command line naming no command) lists the commands from here without importing their
+# modules, which pull in the config, the DTOs and their helpers: start-up stays close to a bare
+# interpreter's. tests/core/test_startup.py keeps this table equal to what the modules register;
+# a module without an entry here is imported for the listing, as before.
+COMMAND_HELP: dict[str, tuple[str, str]] = {
+    "provision": ("provision", "compile or reuse one engine per model of a manifest"),
+    "compile": ("compile", "compile (or reuse) the engine of one ONNX model"),
+    "verify": ("verify", "re-hash a cache directory and report bad entries"),
+    "inspect": ("inspect",
+                "show an engine's identity, metadata and measurements, or an ONNX model's I/O"),
+    "probe": ("probe", "show the host's capabilities and thermal state"),
+    "cache": ("cache", "list, garbage-collect or clear the local engine cache"),
+    "push": ("remote", "upload this host's cached engines of a manifest to the remote store"),
+    "pull": ("remote", "download a manifest's engines for this host from the remote store"),
+    "keys": ("keys", "generate signing keys, sign and verify engines"),
+    "run": ("run",
+            "load an engine (or a manifest's cached engines), time it, compare with ONNX Runtime"),
+    "selftest": ("selftest",
+                 "prove the TensorRT path on this host (builds, loads and checks the demo corpus)"),
+    "prepare": ("prepare", "write the FP16 or Q/DQ graph a build would parse"),
+    "report": ("report",
+               "what the cache holds for a manifest: coverage, accuracy, latency, signatures"),
+    "export": ("export", "export cached engines (a Triton model repository)"),
+}
 
 
 def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +86,9 @@ def _all_subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentPa
     return found
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``command`` ("" for none), only that command's module
+    registers its parser, and every other command is listed by its one-line help."""
     parser = argparse.ArgumentParser(
         prog="trt-provision",
         description="Compile, or reuse from a verified cache, one engine per model for this host.",
@@ -77,8 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    listed = {module for module, _help in COMMAND_HELP.values()}
+    chosen = COMMAND_HELP.get(command or "", ("", ""))[0]
     for name in COMMAND_MODULES:
-        importlib.import_module(f"trt_provision.cli.{name}").register(sub)
+        if command is None or name == chosen or name not in listed:
+            importlib.import_module(f"trt_provision.cli.{name}").register(sub)
+            continue
+        for listed_command, (module, text) in COMMAND_HELP.items():
+            if module == name:
+                sub.add_parser(listed_command, help=text, add_help=False)
     for child in _all_subparsers(parser):
         own = {o for a in child._actions for o in a.option_strings}
         if not own & {"-v", "-q", "--verbose", "--quiet"} and not any(
@@ -90,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(verbose: int, quiet: bool) -> None:
+    import logging  # here, not at the top: `--help` exits before any logging is set up
+
     level = (
         logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     )
@@ -112,6 +145,8 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
         extra = []
     if extra:
         # The subcommand's usage, not the top level's, and the nearest real flag for a typo.
+        import difflib
+
         chosen = _chosen_parser(parser, list(argv if argv is not None else sys.argv[1:]))
         hint = ""
         known = [o for a in chosen._actions for o in a.option_strings if o.startswith("--")]
@@ -134,9 +169,18 @@ def _chosen_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse
     return parser
 
 
+def _command_named(argv: Sequence[str]) -> str:
+    """The command a command line names: its first token that is not a flag (no top-level
+    flag takes a value); "" when there is none."""
+    for token in argv:
+        if not token.startswith("-"):
+            return token
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _tolerate_undecodable_names()
-    parser = build_parser()
+    parser = build_parser(_command_named(sys.argv[1:] if argv is None else argv))
     try:
         args = _parse(parser, argv)
     except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for usage errors
@@ -162,7 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               "machine's memory)", file=sys.stderr)
         return EXIT_USER
     except Exception as exc:
-        log.debug("internal error", exc_info=True)
+        import logging
+
+        logging.getLogger("trt_provision.cli").debug("internal error", exc_info=True)
         print(
             f"internal error (a bug in trt-provision, please report it): "
             f"{type(exc).__name__}: {exc}",

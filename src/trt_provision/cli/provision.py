@@ -71,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
 
         raise UsageError('--force-rebuild builds, and the manifest says settings.build = "never"')
     wired = wire(settings, use_remote=args.remote)
+    if wired.runtime.current_runtime_label() == "onnxruntime":
+        from trt_provision.cli.trtexec_flags import warn_tensorrt_only_keys
+
+        warn_tensorrt_only_keys(manifest.build_keys)
     if not args.dry_run:
         wired.store.ensure_usable()  # a read-only cache still serves reuse
         # Temp files of killed runs are never trusted; the next run tidies them away.

@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from trt_provision.runner import RunOptions
+    from trt_provision.measure.runner import RunOptions
 
     return RunOptions(
         iterations=args.iterations,
@@ -199,7 +199,7 @@ def _run_jobs(
     and its measurements recorded, under its own name."""
     from trt_provision.compose import wire
     from trt_provision.errors import StoreError, TrtProvisionError, UsageError
-    from trt_provision.runner import entry_for_engine_file, record_perf, run_engine
+    from trt_provision.measure.runner import entry_for_engine_file, record_perf, run_engine
 
     jobs: list[tuple[str, Any]] = []  # (model name, entry or the error that stops it)
     if _is_manifest(target):

@@ -41,7 +41,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from trt_provision.errors import UsageError
-    from trt_provision.selftest import run_selftest
+    from trt_provision.measure.selftest import run_selftest
 
     # Checked before a run that may take minutes on a TensorRT host, not when writing.
     for path, flag in ((args.report_dir, "--report-dir"), (args.work_dir, "--work-dir")):

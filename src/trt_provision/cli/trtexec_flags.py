@@ -15,6 +15,7 @@ land in one option set and the last one given wins, as in trtexec. What needs pa
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import re
 from collections.abc import Mapping
@@ -30,6 +31,8 @@ __all__ = [
     "parse_shapes",
     "profiles_from_shapes",
     "tensorrt_only_flags",
+    "warn_tensorrt_only",
+    "warn_tensorrt_only_keys",
 ]
 
 _MIB = 1 << 20
@@ -270,3 +273,33 @@ _TENSORRT_ONLY = (
 def tensorrt_only_flags(args: argparse.Namespace) -> list[str]:
     """The TensorRT-only flags given on this command line, as the user may have spelt them."""
     return [flag for dest, flag in _TENSORRT_ONLY if getattr(args, dest, None) is not None]
+
+
+# Manifest build keys only the TensorRT builder reads: those the flags above set, and the
+# hardware-compatibility and precision-constraint options the ONNX Runtime strategy has no
+# counterpart for.
+TENSORRT_ONLY_KEYS = (
+    "dla_core", "gpu_fallback", "timing_cache_path", "tf32", "builder_optimization_level",
+    "strongly_typed", "workspace_mib", "hardware_compatibility", "strict_precision_constraints",
+)
+
+
+def warn_tensorrt_only(ignored: str, *, timing_cache: bool, event: str, **extra: Any) -> None:
+    """One warning that options were given which the ONNX Runtime runtime does not read."""
+    logging.getLogger(__name__).warning(
+        "ignored on the ONNX Runtime runtime (TensorRT only): %s%s", ignored,
+        "; no timing cache is read or created" if timing_cache else "",
+        extra={"event": event, **extra},
+    )
+
+
+def warn_tensorrt_only_keys(given: Mapping[str, frozenset[str]]) -> None:
+    """Once per TensorRT-only manifest key (``given``: model name -> build keys it was
+    given, its own or from ``[defaults]``), naming the key and the models it was given for."""
+    for key in TENSORRT_ONLY_KEYS:
+        models = [name for name, keys in given.items() if key in keys]
+        if models:
+            warn_tensorrt_only(
+                f"{key} (model{'s' if len(models) > 1 else ''} {', '.join(models)})",
+                timing_cache=key == "timing_cache_path", event="provision.keys.ignored",
+                key=key, models=models)

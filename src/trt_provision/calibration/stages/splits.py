@@ -16,7 +16,12 @@ from trt_provision.calibration.accuracy import synthetic_batches
 from trt_provision.calibration.data import Batch, model_input_specs
 from trt_provision.calibration.graph import preprocess_model
 from trt_provision.calibration.planner import ResolvedKey, open_data, resolve_key
-from trt_provision.calibration.splits import DataSplits, split_for_judging
+from trt_provision.calibration.splits import (
+    DataSplits,
+    SourceRead,
+    read_source,
+    split_for_judging,
+)
 from trt_provision.calibration.splits import logger as splits_logger
 from trt_provision.calibration.stages.spec import PrecisionSpec
 
@@ -56,7 +61,11 @@ def split_data(spec: PrecisionSpec, *, judge: bool = True) -> Evidence:
 def _with_data(spec: PrecisionSpec, preprocessed: Path, steps: Any, *, judge: bool) -> Evidence:
     assert spec.calibration is not None and spec.model_hash is not None
     dataset = open_data(spec.model, spec.calibration, spec.readers, base_dir=spec.base_dir)
-    batches = list(dataset)  # validated; an empty source raises here, naming the file
+    # Validated; an empty source raises here, naming the file. Batches after the first
+    # max_batches are evidence only (judged builds): the key digests the first ones alone.
+    read = (read_source(dataset, spec.calibration.max_batches) if judge
+            else SourceRead(tuple(dataset)))
+    batches = list(read.batches)
     resolved = resolve_key(spec.key, spec.model_hash, dataset=batches)
     evaluation = None
     if spec.calibration.evaluation_data:
@@ -65,7 +74,8 @@ def _with_data(spec: PrecisionSpec, preprocessed: Path, steps: Any, *, judge: bo
                                     base_dir=spec.base_dir))
     if judge:
         splits = split_for_judging(batches, dataset.specs, spec.readers, evaluation=evaluation,
-                                   model=spec.name, source=dataset.description)
+                                   model=spec.name, source=dataset.description,
+                                   beyond=read.beyond, evidence_limit=read.limit)
     else:
         relaxed = dataclasses.replace(spec.readers, allow_inaccurate=True)
         with _quiet(splits_logger):

@@ -50,6 +50,7 @@ from trt_provision.runtimes.tensorrt.onnx_graph import (
 )
 from trt_provision.runtimes.tensorrt.options import PrecisionConverter, TensorrtOptions
 from trt_provision.runtimes.tensorrt.runner import TensorrtEngineHandle
+from trt_provision.runtimes.tensorrt.timing_cache import timing_cache_path
 from trt_provision.runtimes.tensorrt.trtexec_build import TrtexecBuilder, path_from_config
 from trt_provision.seams import EngineGate, EngineHandle, MemoryBudget, ThermalStatePublisher
 from trt_provision.types import (
@@ -184,6 +185,17 @@ class TensorrtRuntime:
         return self._thermal.thermal_state()
 
     # ----------------------------------------------------------------- build
+    def timing_cache_file(self, build_config: BuildConfig) -> Path | None:
+        """The timing cache file both builders read and merge into for ``build_config``,
+        when devices of this type may share it (``seams.TimingCacheOwner``): None without a
+        cache directory, or when the device's name is unknown (an A30 and an A100 are both
+        sm80; their tactic timings are not interchangeable)."""
+        directory = build_config.timing_cache_path or self._options.timing_cache_dir
+        device = self._ctx.device_name()
+        if directory is None or device is None:
+            return None
+        return timing_cache_path(directory, self._ctx.version(), self._ctx.device_sm(), device)
+
     def graph_consumer(self, build_config: BuildConfig) -> str | None:
         """"tensorrt" where this build parses the pipeline's FP16 or Q/DQ graph (see
         ``_needs_conversion``); None where it parses the model as it is (fp32, or the weakly

@@ -47,7 +47,7 @@ def private_copy(path: Path, copy: Path) -> bytes:
     """Copy the shared cache file (empty when absent) to ``copy`` under its lock, so a tool
     that rewrites the file in place (trtexec) works on its own copy; returns the bytes."""
     with _locked(path):
-        data = path.read_bytes() if path.exists() else b""
+        data = _read(path)
     atomic_write_bytes(copy, data)
     return data
 
@@ -58,9 +58,9 @@ def publish_copy(path: Path, before: bytes, copy: Path, config: Any | None) -> b
     is at hand, else leave the shared file as it is. Returns whether it was updated."""
     if not copy.exists():
         return False
-    after = copy.read_bytes()
+    after = _read(copy)
     with _locked(path):
-        current = path.read_bytes() if path.exists() else b""
+        current = _read(path)
         if current == before:
             if after and after != before:
                 atomic_write_bytes(path, after)

@@ -20,6 +20,7 @@ One module per concern; only this package imports boto3 and botocore, lazily:
 - ``fetch``      one object set: download, verify, publish locally, gate
 - ``multipart``  putting an engine: one conditional PUT, or a conditional multipart upload
 - ``upload``     one object set: conditional puts in order, replacing unsigned sets, rollback
+- ``timing``     a builder of record's TensorRT timing cache: pushed signed, fetched verified
 - ``store``      ``S3EngineStore``, the remote store of one run, which never raises
 
 Only the names below are the package's API; the modules' other names are its own.

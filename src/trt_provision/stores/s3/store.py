@@ -12,6 +12,7 @@ import threading
 import time
 import traceback
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from trt_provision.errors import EngineGateError, StoreError, TrtProvisionError
@@ -24,7 +25,13 @@ from trt_provision.stores.s3.faults import (
     remote_errors,
 )
 from trt_provision.stores.s3.fetch import fetch_object_set
-from trt_provision.stores.s3.layout import SHA_SUFFIX, object_key, object_url
+from trt_provision.stores.s3.layout import (
+    MAX_TIMING_CACHE_BYTES,
+    SHA_SUFFIX,
+    object_key,
+    object_url,
+    timing_key,
+)
 from trt_provision.stores.s3.multipart import (
     DEFAULT_PART_BYTES,
     MAX_SINGLE_PUT_BYTES,
@@ -32,6 +39,7 @@ from trt_provision.stores.s3.multipart import (
 )
 from trt_provision.stores.s3.settings import S3Settings, redact_urls, settings_from_config
 from trt_provision.stores.s3.signatures import UNAUTHENTICATED_WARNING, SignatureVerifier
+from trt_provision.stores.s3.timing import SignBytes, fetch_timing_cache, upload_timing_cache
 from trt_provision.stores.s3.transfer import CHUNK_BYTES, RATE_WINDOW_S, Transfer
 from trt_provision.stores.s3.upload import upload_object_set
 from trt_provision.types import EngineCacheEntry, EngineIdentity, RuntimeTarget
@@ -56,6 +64,8 @@ class S3EngineStore:
         multipart_threshold_bytes: int = MAX_SINGLE_PUT_BYTES,
         part_bytes: int = DEFAULT_PART_BYTES,
         rate_window_s: float = RATE_WINDOW_S,
+        sign_timing_cache: SignBytes | None = None,
+        max_timing_cache_bytes: int = MAX_TIMING_CACHE_BYTES,
     ) -> None:
         if chunk_bytes < 64 << 10:
             raise ValueError(f"chunk_bytes must be >= 64 KiB, got {chunk_bytes}")
@@ -64,6 +74,8 @@ class S3EngineStore:
             raise ValueError(f"rate_window_s must be > 0, got {rate_window_s}")
         self._settings = settings
         self._trust = trust
+        self._sign_timing = sign_timing_cache
+        self._max_timing = max_timing_cache_bytes
         self._transfer = Transfer(
             settings, client=client, chunk_bytes=chunk_bytes, rate_window_s=rate_window_s
         )
@@ -289,6 +301,110 @@ class S3EngineStore:
             )
         return uploaded
 
+    # ------------------------------------------------------------------ timing caches
+
+    def fetch_timing_cache(self, name: str, dest: Path) -> bool:
+        """Place the fleet's verified timing cache ``name`` at ``dest`` when no local cache
+        is there; False (logged) otherwise. Never raises (but KeyboardInterrupt and the like).
+        """
+        try:
+            key = timing_key(self._settings.prefix, name)
+        except ValueError as exc:
+            log.warning("timing cache not fetched: %s", exc,
+                        extra={"event": "remote.timing.bad_name", "cache": name})
+            return False
+        where = object_url(self._settings.bucket, key)
+        if self._offline is not None:
+            log.debug("remote store skipped for the rest of this run: %s", self._offline,
+                      extra={"event": "remote.timing.skipped", "key": key})
+            return False
+        if self._trust is None:
+            self._warn_once("unauthenticated", UNAUTHENTICATED_WARNING,
+                            event="remote.unauthenticated")
+        started = time.monotonic()
+        try:
+            size = fetch_timing_cache(
+                self._transfer, self._trust, key, name, Path(dest), self._max_timing
+            )
+        except Absent:
+            log.info("remote store has no timing cache %s", name,
+                     extra={"event": "remote.timing.miss", "key": key})
+            return False
+        except Refused as exc:
+            log.warning("timing cache %s not used: %s", where, exc.reason,
+                        extra={"event": exc.event, "key": key, "reason": exc.reason})
+            return False
+        except EngineGateError as exc:
+            log.warning("timing cache %s refused: %s", where, exc,
+                        extra={"event": "remote.timing.untrusted", "key": key,
+                               "reason": exc.message})
+            return False
+        except TrtProvisionError as exc:
+            log.warning("timing cache %s not fetched: %s", where, exc,
+                        extra={"event": "remote.timing.failed", "key": key,
+                               "reason": exc.message})
+            return False
+        except Exception as exc:
+            # Local disk trouble included: a missing timing cache only costs build time.
+            self._log_failure("timing cache %s not fetched", where, key, exc,
+                              "remote.timing.fetch")
+            return False
+        if size == 0:
+            log.debug("a local timing cache %s exists; the fleet's is not needed", name,
+                      extra={"event": "remote.timing.local_kept", "key": key})
+            return False
+        seconds = time.monotonic() - started
+        log.info("fetched timing cache %s (%d bytes) in %.2f s", name, size, seconds,
+                 extra={"event": "remote.timing.fetched", "key": key, "bytes": size,
+                        "seconds": round(seconds, 4)})
+        return True
+
+    def upload_timing_cache(self, name: str, source: Path) -> bool:
+        """Replace the fleet's timing cache ``name`` with the local ``source`` (signed with
+        this host's signing key); False when not uploaded or unchanged. Never raises."""
+        try:
+            key = timing_key(self._settings.prefix, name)
+        except ValueError as exc:
+            log.warning("timing cache not uploaded: %s", exc,
+                        extra={"event": "remote.timing.bad_name", "cache": name})
+            return False
+        if not self._settings.upload_enabled or self._offline is not None:
+            log.debug("timing cache upload skipped",
+                      extra={"event": "remote.timing.upload_skipped", "key": key})
+            return False
+        started = time.monotonic()
+        try:
+            size = upload_timing_cache(
+                self._transfer, self._trust, self._sign_timing, key, name, Path(source),
+                self._max_timing,
+            )
+        except Refused as exc:
+            if exc.once is not None:
+                self._warn_once(exc.once, "timing cache %s not uploaded: %s", name,
+                                exc.reason, event=exc.event, key=key)
+            else:
+                log.warning("timing cache %s not uploaded: %s", name, exc.reason,
+                            extra={"event": exc.event, "key": key, "reason": exc.reason})
+            return False
+        except TrtProvisionError as exc:
+            log.warning("timing cache %s not uploaded: %s", name, exc,
+                        extra={"event": "remote.timing.upload_failed", "key": key,
+                               "reason": exc.message})
+            return False
+        except Exception as exc:
+            self._log_failure("timing cache %s not uploaded", name, key, exc,
+                              "remote.timing.upload")
+            return False
+        if size == 0:
+            log.debug("timing cache %s unchanged; not uploaded", name,
+                      extra={"event": "remote.timing.unchanged", "key": key})
+            return False
+        seconds = time.monotonic() - started
+        log.info("uploaded timing cache %s (%d bytes) in %.2f s", name, size, seconds,
+                 extra={"event": "remote.timing.uploaded", "key": key, "bytes": size,
+                        "seconds": round(seconds, 4)})
+        return True
+
     # ------------------------------------------------------------------ listing
 
     def exists(self, identity: EngineIdentity) -> bool:
@@ -316,6 +432,7 @@ def remote_store_from_settings(
     table: Mapping[str, Any] | None,
     trust: SignatureVerifier | None = None,
     environ: Mapping[str, str] | None = None,
+    sign_timing_cache: SignBytes | None = None,
 ) -> S3EngineStore | None:
     """The configured remote store (boto3 not imported yet), or None when none is set."""
     settings = settings_from_config(table, environ)
@@ -327,4 +444,4 @@ def remote_store_from_settings(
         described,
         extra={"event": "remote.configured", **{f"remote_{k}": v for k, v in described.items()}},
     )
-    return S3EngineStore(settings, trust=trust)
+    return S3EngineStore(settings, trust=trust, sign_timing_cache=sign_timing_cache)

@@ -414,7 +414,7 @@ def _short(exc: BaseException) -> str:
 
 def default_manifest() -> Path | None:
     """The bundled demo manifest (``examples/demo.toml`` of a source checkout)."""
-    candidate = Path(__file__).resolve().parents[2] / "examples" / "demo.toml"
+    candidate = Path(__file__).resolve().parents[3] / "examples" / "demo.toml"
     return candidate if candidate.is_file() else None
 
 
