@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from trt_provision._version import __version__
-from trt_provision.auto_precision import auto_identity, build_auto, decision_of, summary_line
+from trt_provision.auto_precision import (
+    auto_identity,
+    build_auto,
+    decision_of,
+    explanation,
+    summary_line,
+)
 from trt_provision.config_json import build_config_to_json
 from trt_provision.errors import (
     AccuracyGateError,
@@ -198,6 +204,52 @@ class EngineCompiler:
             entry, _ = self._build(
                 _Plan(backbone, identity, target, model_hash, None, time.perf_counter())
             )
+            return entry, False
+
+    def reuse_or_build_trial(
+        self, backbone: BackboneSpec, identity: EngineIdentity, target: RuntimeTarget,
+        model_hash: str,
+    ) -> tuple[EngineCacheEntry, bool]:
+        """As :meth:`reuse_or_build`, for an engine built from the precision pipeline's
+        unjudged preview graph (``PrecisionPipeline.preview``): ``auto`` times a candidate
+        on it before deciding whether to judge it. ``identity`` must be one no judged engine
+        has (auto derives it from the candidate's); its sidecar records "not judged", so no
+        judge ever passes it. Never signed nor uploaded."""
+        with self._store.lock(identity):
+            entry = self._try_reuse(identity, target, quiet=True)
+            if entry is not None:
+                return entry, True
+            plan = _Plan(backbone, identity, target, model_hash, None, time.perf_counter())
+            config = backbone.build_config
+            staged = self._store.staging_path(identity)
+            workdir: Path | None = None
+            try:
+                consumer = self._runtime.graph_consumer(config)
+                prepared = None
+                if (self._precision is not None and consumer is not None
+                        and config.precision is not PrecisionMode.FP32):
+                    kind = "trt" if consumer == "tensorrt" else "ort"
+                    workdir = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-{kind}-",
+                                                    dir=staged.parent))
+                    prepared = self._precision.preview(
+                        backbone.model_path, config, workdir, consumer=consumer,
+                        model_hash=model_hash,
+                    )
+                artifact = (
+                    self._runtime.compile_engine(backbone.model_path, config, staged)
+                    if prepared is None else
+                    self._runtime.compile_engine(backbone.model_path, config, staged,
+                                                 prepared=prepared)
+                )
+                seconds = time.perf_counter() - plan.started
+                entry = self._store.publish(
+                    identity, staged, self._metadata(plan, artifact.metadata, seconds)
+                )
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    staged.unlink()
+                if workdir is not None:
+                    shutil.rmtree(workdir, ignore_errors=True)
             return entry, False
 
     def publish_copy(
@@ -694,5 +746,5 @@ class EngineCompiler:
             entry=entry,
             compile_seconds=seconds,
             total_seconds=time.perf_counter() - plan.started,
-            notes=((summary_line(auto),) if auto else ()) + notes,
+            notes=((summary_line(auto), *explanation(auto)) if auto else ()) + notes,
         )

@@ -5,6 +5,7 @@ Every bad value raises ManifestError naming the file, the key and what was expec
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import stat
@@ -16,7 +17,7 @@ from typing import Any
 
 from trt_provision.config_json import build_config_from_json
 from trt_provision.errors import InvalidNameError, ManifestError
-from trt_provision.types import BUILD_POLICIES, BackboneSpec
+from trt_provision.types import BUILD_POLICIES, BackboneSpec, PrecisionMode
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -57,6 +58,7 @@ _SETTINGS_KEYS = {
     "plugin_namespace",
     "plugin_libraries",
     "build",
+    "auto_budget_s",
 }
 _BUILD_KEYS = {
     "precision",
@@ -79,6 +81,7 @@ _BUILD_KEYS = {
     "dla_core",
     "gpu_fallback",
     "tf32",
+    "auto_budget_s",
 }
 _MODEL_KEYS = {"name", "path", "version", "outputs"} | _BUILD_KEYS
 _CALIBRATION_KEYS = {
@@ -140,6 +143,9 @@ class Settings:
     # Who builds: "fallback" (reuse, fetch, else build), "never" (reuse or fetch only; a
     # missing engine is reported), "always" (reuse or build here, never fetch).
     build: str = "fallback"
+    # precision = "auto": the search budget of every model that gives none of its own
+    # (None: auto_precision.AUTO_BUDGET_S).
+    auto_budget_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.build not in BUILD_POLICIES:
@@ -235,6 +241,8 @@ def _settings(path: Path, raw: Mapping[str, Any], remote: Any) -> Settings:
             if raw[key] not in allowed:
                 raise _fail(path, f"settings.{key}", f"one of {list(allowed)}", raw[key])
             kwargs[key] = raw[key]
+    if "auto_budget_s" in raw:
+        kwargs["auto_budget_s"] = _number(path, "settings.auto_budget_s", raw["auto_budget_s"])
     if "max_temperature_c" in raw:
         kwargs["max_temperature_c"] = _number(
             path, "settings.max_temperature_c", raw["max_temperature_c"]
@@ -456,6 +464,9 @@ def load_manifest(path: Path) -> Manifest:
             ) from exc
         except (ValueError, TypeError) as exc:
             raise ManifestError(str(exc), file=str(path), key=where) from exc
+        if (config.precision is PrecisionMode.AUTO and config.auto_budget_s is None
+                and settings.auto_budget_s is not None):
+            config = dataclasses.replace(config, auto_budget_s=settings.auto_budget_s)
         try:
             backbones.append(
                 BackboneSpec(

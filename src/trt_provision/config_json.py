@@ -27,6 +27,7 @@ _FIELDS = frozenset({
     "fp16_pinned_keywords", "strict_precision_constraints", "strongly_typed",
     "excluded_op_types", "min_cosine", "max_rel_error", "dla_core", "gpu_fallback", "tf32",
     "min_top1_agreement", "accuracy_metric", "allow_inaccurate", "output_kinds",
+    "auto_budget_s",
 })
 _CALIBRATION_FIELDS = frozenset({
     "source", "dataset_version", "algorithm", "num_bins", "percentile", "governed", "max_batches",
@@ -71,6 +72,7 @@ def build_config_to_json(config: BuildConfig) -> dict[str, Any]:
         "dla_core": config.dla_core,
         "gpu_fallback": config.gpu_fallback,
         "tf32": config.tf32,
+        **({"auto_budget_s": config.auto_budget_s} if config.auto_budget_s is not None else {}),
     }
 
 
@@ -267,6 +269,8 @@ def build_config_from_json(data: Mapping[str, Any], *, source: str = "<json>") -
     for key in ("min_cosine", "max_rel_error", "min_top1_agreement"):
         if data.get(key) is not None:
             kwargs[key] = _finite(source, key, data[key])
+    if data.get("auto_budget_s") is not None:
+        kwargs["auto_budget_s"] = _finite(source, "auto_budget_s", data["auto_budget_s"])
     if data.get("accuracy_metric") is not None:
         kwargs["accuracy_metric"] = _str(source, "accuracy_metric", data["accuracy_metric"])
     if "allow_inaccurate" in data:

@@ -195,6 +195,14 @@ class PrecisionPipeline(Protocol):
         model_hash: str | None = None,
     ) -> PreparedGraph: ...
 
+    def preview(
+        self, model_path: Path, build_config: BuildConfig, workdir: Path, *, consumer: str,
+        model_hash: str | None = None,
+    ) -> PreparedGraph:
+        """The same graph, cheaply and unjudged (one algorithm, no search, no verdict):
+        for timing a candidate before judging it (``precision = "auto"``), never served."""
+        ...
+
 
 @runtime_checkable
 class CalibrationPlanner(Protocol):

@@ -386,6 +386,9 @@ class BuildConfig:
     dla_core: int | None = None
     gpu_fallback: bool = False
     tf32: bool = False
+    # precision = "auto": seconds after which the search starts no further candidate (None:
+    # auto_precision.AUTO_BUDGET_S). Enters the auto engine's identity only.
+    auto_budget_s: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.precision, PrecisionMode):
@@ -436,6 +439,12 @@ class BuildConfig:
                              "not auto")
         if self.dla_core is not None and self.precision is PrecisionMode.FP32:
             raise ValueError("dla_core needs precision fp16, int8 or mixed (DLA has no FP32)")
+        if self.auto_budget_s is not None and not (
+            isinstance(self.auto_budget_s, int | float) and not isinstance(self.auto_budget_s, bool)
+            and 0 < self.auto_budget_s < float("inf")
+        ):
+            raise ValueError(f"auto_budget_s must be a number of seconds > 0, got "
+                             f"{self.auto_budget_s!r}")
         if self.gpu_fallback and self.dla_core is None:
             raise ValueError("gpu_fallback applies only with dla_core")
         if self.dla_core is not None and self.hardware_compatibility is not (

@@ -484,3 +484,30 @@ def test_a_planted_measurements_sidecar_is_refused_and_replaced(
     assert len(json.loads(perf.read_text())["runs"]) == 1
     if kind == "symlink":
         assert (tmp_path / "elsewhere.json").read_text() == "{}"  # the target is untouched
+
+
+def test_run_on_a_manifest_with_precision_auto(
+    capsys: pytest.CaptureFixture[str], cache_dir: Path, demo_dir: Path, tmp_path: Path
+) -> None:
+    # An auto engine is compared with the tolerance of the precision it chose; it used to
+    # crash with exit 3 (no default tolerance for "auto").
+    manifest = tmp_path / "auto.toml"
+    manifest.write_text(f"""
+[[models]]
+name = "dynamic_mlp"
+path = "{(demo_dir / 'models' / 'dynamic_mlp.onnx').as_posix()}"
+precision = "auto"
+[[models.profiles]]
+input = "features"
+min = [1, 64]
+opt = [16, 64]
+max = [64, 64]
+""")
+    engines = _provision(capsys, manifest, cache_dir)
+    assert ".auto." in engines["dynamic_mlp"].name
+    rc, out, err = _cli(capsys, "run", str(manifest), "--cache-dir", str(cache_dir),
+                        "--iterations", "2", "--warmup", "1", "--json")
+    assert rc == 0, err
+    (result,) = json.loads(out)["results"]
+    assert result["precision"] == "auto" and result["comparison"]["passed"]
+    assert result["comparison"]["atol"] == 1e-3  # auto chose fp32: fp32's tolerance

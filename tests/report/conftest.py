@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from trt_provision import auto_precision
+from trt_provision.calibration.precision import PREVIEW_NOTE
 from trt_provision.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,13 +54,20 @@ profiles = [{{ input = "features", min = [1, 64], opt = [16, 64], max = [64, 64]
     return text
 
 
+def _int8_fastest(runtime: object, entries: Sequence[Any], feed: object) -> list[float | None]:
+    ms = {"fp32": 2.0, "fp16": 1.8, "int8": 1.0, "mixed": 1.9}
+    return [ms[e.identity.precision.value] * 1e-3 for e in entries]
+
+
 @pytest.fixture(scope="module")
 def _built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("report-corpus")
     manifest = base / "corpus.toml"
     manifest.write_text(manifest_text())
     cache = base / "cache"
-    assert main(["provision", str(manifest), "--cache-dir", str(cache), "-q"]) == 0
+    with pytest.MonkeyPatch.context() as mp:  # int8 the fastest: auto judges it
+        mp.setattr(auto_precision, "time_candidates", _int8_fastest)
+        assert main(["provision", str(manifest), "--cache-dir", str(cache), "-q"]) == 0
     for engine in sorted(cache.glob("*/*.engine")):
         if ".auto." not in engine.name:
             assert main(["run", str(engine), "--cache-dir", str(cache), "--iterations", "5",
@@ -87,7 +97,9 @@ def report_json(capsys: pytest.CaptureFixture[str]) -> Callable[..., dict[str, o
 
 
 def engine_of(cache: Path, model: str, precision: str) -> Path:
-    found = sorted(cache.glob(f"{model}/{model}.*.{precision}.*.engine"))
+    """The model's engine of that precision (not an auto trial engine, timed unjudged)."""
+    found = sorted(p for p in cache.glob(f"{model}/{model}.*.{precision}.*.engine")
+                   if PREVIEW_NOTE not in p.with_name(p.name + ".json").read_text())
     assert len(found) == 1, found
     return found[0]
 

@@ -18,6 +18,7 @@ refused (:class:`AccuracyGateError`) unless ``allow_inaccurate`` is set.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "PreparedModel",
     "governed_ranges",
     "prepare_model_for_precision",
+    "preview_model_for_precision",
 ]
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,50 @@ class GovernedPrecisionPipeline:
             model_path, build_config, workdir, calibration_cache_dir=self.cache_dir,
             consumer=consumer, model_hash=model_hash,
         )
+
+
+    def preview(
+        self, model_path: Path, build_config: BuildConfig, workdir: Path, *, consumer: str,
+        model_hash: str | None = None,
+    ) -> PreparedGraph:
+        return preview_model_for_precision(
+            model_path, build_config, workdir, calibration_cache_dir=self.cache_dir,
+            consumer=consumer, model_hash=model_hash,
+        )
+
+
+# What a previewed graph's sidecar records: it was never judged, so it never passes a judge.
+PREVIEW_NOTE = "unjudged preview for timing (precision = auto); never served"
+
+
+def preview_model_for_precision(
+    model_path: Path,
+    config: BuildConfig,
+    workdir: Path,
+    *,
+    calibration_cache_dir: Path | None,
+    consumer: str = "onnxruntime-cpu",
+    model_hash: str | None = None,
+) -> PreparedModel:
+    """``config.precision``'s graph without the judging work: the same spec, splits and
+    governed ranges as :func:`prepare_model_for_precision`, but of one algorithm (the first;
+    min-max for ``auto``, the cheapest: ranges do not change a graph's speed, and its
+    governed cache serves the judged build that may follow), one graph, no gate (so no
+    sensitivity search) and no verdict. Its speed is the candidate's; its accuracy is not
+    known. Too little data for a verdict is the same refusal (AccuracyGateError) as in
+    a build."""
+    if config.precision is PrecisionMode.FP32:
+        return PreparedModel(model_path=model_path)
+    spec = resolve_spec(model_path, config, workdir, consumer=consumer,
+                        cache_dir=calibration_cache_dir, model_hash=model_hash)
+    spec = dataclasses.replace(spec, gate=None, metric=None)
+    # Split as for judging: data too small for a verdict is refused here, before any
+    # calibration, as the judged build would refuse it - a candidate that cannot be judged
+    # is not worth timing.
+    graph = graph_for(ranges_for(split_data(spec), algorithms=spec.algorithms[:1]))
+    return PreparedModel(model_path=graph.path, metadata={
+        **graph.metadata, "accuracy": {"verdict": "not judged", "warning": PREVIEW_NOTE},
+    })
 
 
 def governed_ranges(

@@ -272,6 +272,9 @@ def _run(args: argparse.Namespace) -> int:
         print_json(data)
     else:
         print(f"{result.outcome.value.upper()} {result.entry.engine_path}")
+        if result.identity is not None and result.identity.precision.value == "auto":
+            for note in result.notes:  # the choice, then one line per candidate
+                print(f"  {note}")
         for path in copied:
             print(f"copied {path}")
     return 0

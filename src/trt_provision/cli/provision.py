@@ -155,6 +155,15 @@ def run(args: argparse.Namespace) -> int:
             failures.append(r)
     console = Console()
     console.print(table)
+    from trt_provision.types import PrecisionMode
+
+    for r in summary.results:  # auto: why each candidate won or lost, one line each
+        if r.identity is not None and r.identity.precision is PrecisionMode.AUTO:
+            for note in r.notes[1:]:
+                if not note.startswith(tuple(p.value for p in PrecisionMode)):
+                    continue  # not a candidate's line (e.g. why it was built)
+                console.print(f"{r.name}: {note}", highlight=False, markup=False,
+                              soft_wrap=True)
     for r in failures:
         console.print(
             f"{r.name}: {r.outcome.value}: "

@@ -658,6 +658,20 @@ def _source_model(
     return path, None, True
 
 
+def _compared_as(identity: EngineIdentity, metadata: Mapping[str, Any]) -> PrecisionMode:
+    """The precision whose tolerance applies: an auto engine is the engine it chose (its
+    sidecar says which); an unreadable choice gets the loosest tolerance of the candidates."""
+    if identity.precision is not PrecisionMode.AUTO:
+        return identity.precision
+    auto = metadata.get("auto")
+    chosen = auto.get("chosen") if isinstance(auto, Mapping) else None
+    try:
+        mode = PrecisionMode(chosen)
+    except ValueError:
+        return PrecisionMode.MIXED
+    return mode if mode in DEFAULT_TOLERANCES else PrecisionMode.MIXED
+
+
 def run_engine(
     runtime: InferenceRuntime,
     entry: EngineCacheEntry,
@@ -749,7 +763,7 @@ def run_engine(
     log.info("finished running %s: p50 %.3f ms", entry.engine_path.name,
              report.latency_ms["p50"], extra={"event": "engine.run.finish"})
     if options.compare and model_path is not None:
-        default_atol, default_rtol = DEFAULT_TOLERANCES[identity.precision]
+        default_atol, default_rtol = DEFAULT_TOLERANCES[_compared_as(identity, metadata)]
         atol = default_atol if options.atol is None else options.atol
         rtol = default_rtol if options.rtol is None else options.rtol
         reference = reference_outputs(model_path, inputs)

@@ -581,10 +581,12 @@ def _assign_roles(
     host_targets: Sequence[RuntimeTarget],
 ) -> list[tuple[dict[str, Any], str]]:
     host_keys = {TargetKey.of(t) for t in host_targets}
-    # Engines an auto engine timed and judged are its candidates, not stale engines.
+    # Engines an auto engine timed and judged (and its trial engines, timed before judging)
+    # are its candidates, not stale engines.
     candidates = {
-        _get(c, "engine") for r in raw_rows
+        _get(c, key) for r in raw_rows
         for c in (_get(r["meta"], "auto", "table") or []) if isinstance(c, Mapping)
+        for key in ("engine", "trial_engine")
     }
     newest: dict[tuple[str, TargetKey], tuple[str, str]] = {}
     for r in raw_rows:
