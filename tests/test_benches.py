@@ -37,8 +37,9 @@ def _smoke(script: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.tier0
 def test_every_bench_script_has_a_smoke_mode_and_a_test() -> None:
-    tested = {*CPU_BENCHES, "bench_s3_fetch.py", "bench_timing_cache.py",
+    tested = {*CPU_BENCHES, "bench_auto.py", "bench_s3_fetch.py", "bench_timing_cache.py",
               "bench_real_models.py", "bench_cuda_buffers.py"}
+    # bench_auto.py: its smoke run is tests/core/test_bench_auto.py.
     assert set(BENCHES) == tested, "a new scripts/bench_*.py needs its --smoke test here"
     for name in BENCHES:
         assert '"--smoke"' in (SCRIPTS / name).read_text(), name
