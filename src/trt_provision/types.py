@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -679,6 +680,53 @@ class EngineCompileRequest:
             raise ValueError(f"duplicate model names in request: {dupes}")
 
 
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def verdict_of(metadata: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The accuracy verdict a sidecar records, with the evidence it rests on: verdict,
+    samples, Wilson bound and threshold, and whether it judged the engine or its graph.
+    Sidecars are outside input: anything malformed reads as absent, never raises."""
+    accuracy = metadata.get("accuracy")
+    if not isinstance(accuracy, Mapping):
+        return None
+    engine = accuracy.get("engine")
+    record, judged = (engine, "engine") if isinstance(engine, Mapping) else (accuracy, "graph")
+    verdict = record.get("verdict")
+    if not isinstance(verdict, str):
+        return None
+    samples = record.get("samples")
+    gate = record.get("gate")
+    threshold = _number(record.get("threshold"))
+    if threshold is None and isinstance(gate, Mapping):
+        threshold = _number(gate.get("agreement_bar"))
+    return {
+        "verdict": verdict[:80],
+        "judged": judged,
+        "samples": samples if isinstance(samples, int) and not isinstance(samples, bool)
+        else None,
+        "bound": _number(record.get("bound")),
+        "threshold": threshold,
+    }
+
+
+def verdict_cell(verdict: Mapping[str, Any] | None) -> str:
+    """One table cell: "passed n=400 bound 0.981/0.95" ("-" when nothing is recorded)."""
+    if not verdict:
+        return "-"
+    text = str(verdict["verdict"])
+    if verdict.get("samples") is not None:
+        text += f" n={verdict['samples']}"
+    if verdict.get("bound") is not None:
+        text += f" bound {verdict['bound']:.3f}"
+        if verdict.get("threshold") is not None:
+            text += f"/{verdict['threshold']:g}"
+    return text
+
+
 @dataclass(frozen=True)
 class EngineCompileResult:
     name: str
@@ -693,10 +741,17 @@ class EngineCompileResult:
     error: str | None = None
     internal: bool = False
 
+    def verdict(self) -> dict[str, Any] | None:
+        """What the published engine's accuracy verdict rests on, from its sidecar: the
+        engine's own check when it has one, else the graph's (None: nothing recorded)."""
+        metadata = self.entry.extras.get("metadata") if self.entry is not None else None
+        return verdict_of(metadata) if isinstance(metadata, Mapping) else None
+
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "name": self.name,
             "outcome": self.outcome.value,
+            "verdict": self.verdict(),
             "engine": str(self.entry.engine_path) if self.entry else None,
             "filename": self.identity.filename if self.identity else None,
             "sha256": self.entry.sha256 if self.entry else None,

@@ -127,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from trt_provision.types import verdict_cell
+
     table = Table(
         title=f"trt-provision: {args.manifest.name} ({wired.runtime.current_runtime_label()})"
     )
@@ -134,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
     table.add_column("model", no_wrap=True, min_width=min(widest, 32))
     for column in ("outcome", "precision", "target", "runtime", "s"):
         table.add_column(column, no_wrap=True)
+    # What each verdict rests on (samples, Wilson bound / bar); folds on a narrow terminal.
+    table.add_column("verdict", min_width=16, overflow="fold")
     failures = []
     for r in summary.results:
         ident = r.identity
@@ -141,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         if r.notes and r.notes[0].startswith(("would be fetched", "would be built")):
             outcome = "FETCH" if r.notes[0].startswith("would be fetched") else "BUILD"
         if ident is None:
-            table.add_row(r.name, outcome, "-", "-", "-", f"{r.total_seconds:.2f}")
+            table.add_row(r.name, outcome, "-", "-", "-", f"{r.total_seconds:.2f}", "-")
         else:
             table.add_row(
                 r.name,
@@ -150,10 +154,12 @@ def run(args: argparse.Namespace) -> int:
                 f"{ident.target} {ident.platform}",
                 f"{ident.runtime} {ident.runtime_version}",
                 f"{r.total_seconds:.2f}",
+                verdict_cell(r.verdict()),
             )
         if r.error is not None:
             failures.append(r)
-    console = Console()
+    # Piped output (CI logs) is not squeezed to 80 columns: the verdict column needs room.
+    console = Console() if sys.stdout.isatty() else Console(width=140)
     console.print(table)
     from trt_provision.types import PrecisionMode
 
