@@ -11,6 +11,7 @@ from typing import Any
 
 from trt_provision.calibration.accuracy import AccuracyReport
 from trt_provision.calibration.ranges import TensorRanges
+from trt_provision.errors import EngineBuildError
 
 __all__ = ["SENSITIVITY_MAX_LAYERS", "Candidate", "best_of", "sensitivity_search"]
 
@@ -54,6 +55,34 @@ def sensitivity_search(
     or the budget is spent. Like Polygraphy's ``debug precision``, but judged on validation
     only: the test split never steers the search."""
     measured = list(layers[:SENSITIVITY_MAX_LAYERS])
+    # Every step keeps a subset of the measured layers in higher precision, so the graph
+    # that keeps all of them bounds what the search can reach: when even that one fails the
+    # gate, the leave-one-out pass (one graph and one validation run per layer) is skipped.
+    ceiling = None
+    if measured:
+        try:
+            ceiling = build("keep-all", ranges, measured)
+        except EngineBuildError:
+            ceiling = None
+    # A ceiling that quantizes nothing (every weighted layer measured) is FP32: no bound.
+    if ceiling is not None and ceiling.qdq.quantized_ops > 0 and not ceiling.passes:
+        logger.info(
+            "sensitivity search skipped: keeping all %d measured layers in higher precision "
+            "still fails the gate on validation", len(measured),
+            extra={"event": "calibration.sensitivity.hopeless", "layers": len(measured)},
+        )
+        return base, {
+            "measured_on": "validation",
+            "method": "leave-one-layer-out",
+            "higher_precision": "fp16" if consumer == "tensorrt" else "fp32",
+            "budget_layers": SENSITIVITY_MAX_LAYERS,
+            "skipped": f"keeping all {len(measured)} measured layers in higher precision "
+                       "still fails the gate: no smaller set can pass",
+            "ceiling": {"kept": len(measured), "cosine": ceiling.validation.worst_cosine,
+                        "top1_agreement": ceiling.validation.worst_top1},
+            "kept": [],
+            "passes_gate": False,
+        }
     base_score = base.validation.score()
     per_layer: list[tuple[tuple[float, ...], str, AccuracyReport]] = []
     for layer in measured:
