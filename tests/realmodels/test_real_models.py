@@ -17,7 +17,8 @@ The properties asserted are the ones a user relies on:
 
 The wheels are fetched once (``.cache/realmodels``); without network access the tests skip.
 Every build of a model is shared through the session fixture, so the tests of one model are
-one ``xdist_group`` (``pytest -n 2 --dist loadgroup`` keeps them on one worker).
+one ``xdist_group`` (``pytest -n 2 --dist loadgroup`` keeps them on one worker); the int8 and
+``auto`` tests, which run the int8 gate, are marked ``slow``.
 """
 
 from __future__ import annotations
@@ -141,6 +142,7 @@ def test_fp16_with_data_is_right_or_refused(
     print(f"{task.name} fp16: metric={metric} {tasks.evidence_line(run)}")  # shown by -rP
 
 
+@pytest.mark.slow  # the int8 gate: 3 graphs and a sensitivity search per model
 @pytest.mark.parametrize("task", _tasks())
 def test_int8_is_right_or_refused(task: Task, real_env: Callable[[Task], _Env]) -> None:
     env = real_env(task)
@@ -167,6 +169,7 @@ def test_int8_on_calibration_data_alone_is_not_enough_evidence(
     print(f"{task.name} int8 on calibration data alone: {tasks.evidence_line(run)}")
 
 
+@pytest.mark.slow  # the int8 gate: 3 graphs and a sensitivity search per model
 @pytest.mark.parametrize("task", _tasks())
 def test_auto_is_right_and_never_slower_than_fp32(
     task: Task, real_env: Callable[[Task], _Env]
