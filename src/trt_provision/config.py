@@ -79,7 +79,7 @@ _BUILD_KEYS = {
     "gpu_fallback",
     "tf32",
 }
-_MODEL_KEYS = {"name", "path", "version"} | _BUILD_KEYS
+_MODEL_KEYS = {"name", "path", "version", "outputs"} | _BUILD_KEYS
 _CALIBRATION_KEYS = {
     "data",
     "dataset_version",
@@ -305,6 +305,15 @@ def _build_dict(path: Path, where: str, raw: Mapping[str, Any]) -> dict[str, Any
             cal["evaluation_data"] = _manifest_relative(
                 path, f"{where}.calibration.evaluation_data", cal["evaluation_data"])
         out["calibration"] = cal
+    if "outputs" in raw:  # [models.outputs.NAME] kind = "...": per-output judging
+        kinds: dict[str, Any] = {}
+        for name, table in _table(path, f"{where}.outputs", raw["outputs"]).items():
+            entry = _table(path, f"{where}.outputs.{name}", table)
+            _check_keys(path, f"{where}.outputs.{name}", entry, {"kind"})
+            if "kind" not in entry:
+                raise _fail(path, f"{where}.outputs.{name}.kind", "a kind for the output")
+            kinds[name] = entry["kind"]
+        out["output_kinds"] = kinds
     if "accuracy_metric" in out:
         out["accuracy_metric"] = _manifest_relative(
             path, f"{where}.accuracy_metric", out["accuracy_metric"])

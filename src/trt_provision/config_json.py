@@ -26,7 +26,7 @@ _FIELDS = frozenset({
     "hardware_compatibility", "builder_optimization_level", "plugins",
     "fp16_pinned_keywords", "strict_precision_constraints", "strongly_typed",
     "excluded_op_types", "min_cosine", "max_rel_error", "dla_core", "gpu_fallback", "tf32",
-    "min_top1_agreement", "accuracy_metric", "allow_inaccurate",
+    "min_top1_agreement", "accuracy_metric", "allow_inaccurate", "output_kinds",
 })
 _CALIBRATION_FIELDS = frozenset({
     "source", "dataset_version", "algorithm", "num_bins", "percentile", "governed", "max_batches",
@@ -67,6 +67,7 @@ def build_config_to_json(config: BuildConfig) -> dict[str, Any]:
         "min_top1_agreement": config.min_top1_agreement,
         "accuracy_metric": config.accuracy_metric,
         "allow_inaccurate": config.allow_inaccurate,
+        **({"output_kinds": dict(config.output_kinds)} if config.output_kinds else {}),
         "dla_core": config.dla_core,
         "gpu_fallback": config.gpu_fallback,
         "tf32": config.tf32,
@@ -206,6 +207,22 @@ def _calibration(source: str, raw: Any) -> CalibrationSpec:
         raise ManifestError(f"invalid calibration: {exc}", file=source, key="calibration") from exc
 
 
+def _output_kinds(source: str, value: Any) -> tuple[tuple[str, str], ...]:
+    """``{output name: kind}``; a kind outside OUTPUT_KINDS is refused naming the output."""
+    from trt_provision.types import OUTPUT_KINDS
+
+    if not isinstance(value, Mapping):
+        raise _bad(source, "output_kinds", "a table of output name -> kind", value)
+    out = []
+    for name, kind in value.items():
+        if not isinstance(name, str) or not name:
+            raise _bad(source, "output_kinds", "non-empty output names", name)
+        if not isinstance(kind, str) or kind not in OUTPUT_KINDS:
+            raise _bad(source, f"outputs.{name}.kind", f"one of {list(OUTPUT_KINDS)}", kind)
+        out.append((name, kind))
+    return tuple(sorted(out))
+
+
 def _enum(source: str, key: str, value: Any, kind: type[enum.Enum]) -> Any:
     allowed = [m.value for m in kind]
     if not isinstance(value, str) or value not in allowed:
@@ -252,6 +269,8 @@ def build_config_from_json(data: Mapping[str, Any], *, source: str = "<json>") -
         kwargs["accuracy_metric"] = _str(source, "accuracy_metric", data["accuracy_metric"])
     if "allow_inaccurate" in data:
         kwargs["allow_inaccurate"] = _bool(source, "allow_inaccurate", data["allow_inaccurate"])
+    if data.get("output_kinds") is not None:
+        kwargs["output_kinds"] = _output_kinds(source, data["output_kinds"])
     if data.get("timing_cache_path") is not None:
         kwargs["timing_cache_path"] = Path(
             _str(source, "timing_cache_path", data["timing_cache_path"])

@@ -265,13 +265,21 @@ def build_option_payload(
         }
     # Later gate options enter only when set (earlier digests stay as they were); an engine
     # published under allow_inaccurate is never reused by a build that did not allow it.
-    extra_gate = {
+    extra_gate: dict[str, Any] = {
         k: v for k, v in (
             ("min_top1_agreement", config.min_top1_agreement),
             ("accuracy_metric", config.accuracy_metric),
             ("allow_inaccurate", config.allow_inaccurate or None),
         ) if v is not None
     }
+    if config.output_kinds:  # a kind changes how an output is judged, hence the verdict
+        extra_gate["output_kinds"] = dict(config.output_kinds)
+    if config.precision.needs_calibration or (
+            config.precision.value == "fp16" and config.calibration is not None
+            and config.calibration.source is not None):
+        # Judged per sample with a confidence bound (_docs/calibration.md): an engine accepted
+        # on a handful of samples under the earlier rule is not reused.
+        extra_gate["evidence"] = "per-sample-wilson95/1"
     if config.accuracy_metric is not None:
         # The script's bytes, not only its name: an edited metric judges differently.
         extra_gate["accuracy_metric_sha256"] = metric_file_sha256(config.accuracy_metric)

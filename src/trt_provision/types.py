@@ -236,6 +236,9 @@ class PluginSpec:
 
 
 CALIBRATION_ALGORITHMS: tuple[str, ...] = ("auto", "entropy", "minmax", "percentile")
+# How the accuracy gate judges one output per sample (``[models.outputs.NAME] kind = ...``);
+# see _docs/calibration.md. Unnamed outputs get a kind inferred from the graph.
+OUTPUT_KINDS: tuple[str, ...] = ("sequence", "classes", "map", "embedding", "regression")
 
 
 @dataclass(frozen=True)
@@ -294,6 +297,8 @@ class BuildConfig:
     min_top1_agreement: float | None = None
     accuracy_metric: str | None = None
     allow_inaccurate: bool = False
+    # Per-output kind for the per-sample accuracy gate, (output name, kind) sorted by name.
+    output_kinds: tuple[tuple[str, str], ...] = ()
     # TensorRT on Jetson: build for this DLA core (None: the GPU); layers the DLA cannot run
     # fall back to the GPU only with gpu_fallback. tf32: let an fp32 build use TF32 kernels.
     dla_core: int | None = None
@@ -333,6 +338,10 @@ class BuildConfig:
             raise ValueError(
                 f"accuracy_metric must be 'file.py:function', got {self.accuracy_metric!r}"
             )
+        for out_name, kind in self.output_kinds:
+            if not out_name or kind not in OUTPUT_KINDS:
+                raise ValueError(f"output {out_name!r}: kind must be one of "
+                                 f"{list(OUTPUT_KINDS)}, got {kind!r}")
         if self.dla_core is not None and (
             isinstance(self.dla_core, bool) or not isinstance(self.dla_core, int)
             or not 0 <= self.dla_core <= 15

@@ -25,8 +25,8 @@ pytestmark = pytest.mark.tier1
 def _manifest(tmp_path: Path, extra: str) -> Path:
     make_mlp_classifier(tmp_path / "mlp.onnx")
     rng = np.random.default_rng(0)
-    np.save(tmp_path / "d.npy", rng.standard_normal((10, 8, 16)).astype(np.float32))
-    np.save(tmp_path / "e.npy", rng.standard_normal((4, 8, 16)).astype(np.float32))
+    np.save(tmp_path / "d.npy", rng.standard_normal((10, 200, 16)).astype(np.float32))
+    np.save(tmp_path / "e.npy", rng.standard_normal((4, 200, 16)).astype(np.float32))
     path = tmp_path / "m.toml"
     path.write_text(f"""
 [[models]]
@@ -39,7 +39,7 @@ calibration = {{ data = "d.npy", evaluation_data = "e.npy" }}
 input = "x"
 min = [1, 16]
 opt = [8, 16]
-max = [8, 16]
+max = [200, 16]
 """)
     return path
 

@@ -172,7 +172,7 @@ def test_rewrites_apply_to_the_cpu_consumer_only(tmp_path: Path, consumer: str) 
     src = make_hardswish_net(tmp_path / "net.onnx")
     data = tmp_path / "calib.npy"
     rng = np.random.default_rng(3)
-    np.save(data, (rng.standard_normal((10, 2, 3, 12, 12)) * 2).astype(np.float32))
+    np.save(data, (rng.standard_normal((10, 40, 3, 12, 12)) * 2).astype(np.float32))
     config = BuildConfig(precision=PrecisionMode.INT8,
                          calibration=CalibrationSpec(source=str(data), algorithm="minmax"))
     prepared = prepare_model_for_precision(src, config, tmp_path / "w",

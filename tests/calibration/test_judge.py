@@ -82,7 +82,8 @@ SPECS = (InputSpec("x", "float32", (None, 16)),)
 
 
 def test_splits_by_batch_are_spread_over_the_source() -> None:
-    splits = split_for_judging(_batches(10), SPECS, BuildConfig(precision=PrecisionMode.INT8))
+    splits = split_for_judging(_batches(10, rows=40), SPECS,
+                               BuildConfig(precision=PrecisionMode.INT8))
     ids = {name: [int(b["x"][0, 0]) for b in getattr(splits, name)]
            for name in ("calibration", "validation", "test")}
     assert ids == {"calibration": [0, 2, 4, 5, 7, 9], "validation": [1, 6], "test": [3, 8]}
@@ -90,12 +91,12 @@ def test_splits_by_batch_are_spread_over_the_source() -> None:
 
 
 def test_few_batches_are_split_by_rows_of_every_batch() -> None:
-    splits = split_for_judging(_batches(2, rows=10), SPECS,
+    splits = split_for_judging(_batches(2, rows=200), SPECS,
                                BuildConfig(precision=PrecisionMode.INT8))
     assert splits.method == "rows"
-    assert [b["x"].shape[0] for b in splits.validation] == [2, 2]  # rows 1 and 6 of each
-    assert [b["x"].shape[0] for b in splits.test] == [2, 2]
-    assert [b["x"].shape[0] for b in splits.calibration] == [6, 6]
+    assert [b["x"].shape[0] for b in splits.validation] == [40, 40]  # rows 1, 6, 11, ...
+    assert [b["x"].shape[0] for b in splits.test] == [40, 40]
+    assert [b["x"].shape[0] for b in splits.calibration] == [120, 120]
 
 
 def test_too_little_data_refuses_to_judge_unless_allowed() -> None:
@@ -110,7 +111,7 @@ def test_too_little_data_refuses_to_judge_unless_allowed() -> None:
 def test_profile_min_batch_is_respected_by_row_splits() -> None:
     profile = OptimizationProfile("x", (4, 16), (8, 16), (16, 16))
     config = BuildConfig(precision=PrecisionMode.INT8, profiles=(profile,))
-    with pytest.raises(AccuracyGateError):
+    with pytest.raises(AccuracyGateError, match="too little data"):
         split_for_judging(_batches(1, rows=10), SPECS, config)  # 2-row splits < min 4
 
 
@@ -122,7 +123,7 @@ def test_good_int8_passes_the_default_gate_and_records_both_splits(
 ) -> None:
     rng = np.random.default_rng(1)
     data = _save_batches(tmp_path / "d.npy",
-                         [rng.standard_normal((8, 16)).astype(np.float32) for _ in range(10)])
+                         [rng.standard_normal((200, 16)).astype(np.float32) for _ in range(10)])
     meta = _prepare(mlp, _config("int8", data), tmp_path).metadata
     acc = meta["accuracy"]
     assert acc["verdict"] == "passed"
@@ -140,7 +141,7 @@ def test_label_flipping_int8_is_refused_by_default(
     mlp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(search, "SENSITIVITY_MAX_LAYERS", 0)
-    data = _save_batches(tmp_path / "d.npy", outlier_batches(10))
+    data = _save_batches(tmp_path / "d.npy", outlier_batches(10, rows=40))
     with pytest.raises(AccuracyGateError, match="refused by the accuracy gate") as info:
         _prepare(mlp, _config("int8", data, algorithm="minmax"), tmp_path)
     assert "top-1 agreement" in str(info.value) or "cosine" in str(info.value)
@@ -150,7 +151,7 @@ def test_allow_inaccurate_builds_with_a_warning_in_the_metadata(
     mlp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(search, "SENSITIVITY_MAX_LAYERS", 0)
-    data = _save_batches(tmp_path / "d.npy", outlier_batches(10))
+    data = _save_batches(tmp_path / "d.npy", outlier_batches(10, rows=40))
     meta = _prepare(mlp, _config("int8", data, algorithm="minmax", allow_inaccurate=True),
                     tmp_path).metadata
     assert meta["accuracy"]["verdict"] == "failed (allow_inaccurate)"
@@ -171,7 +172,7 @@ def test_auto_picks_a_clipping_algorithm_over_min_max_on_outliers(
 
 
 def test_sensitivity_search_keeps_the_sensitive_layer_float(mlp: Path, tmp_path: Path) -> None:
-    data = _save_batches(tmp_path / "d.npy", outlier_batches(10))
+    data = _save_batches(tmp_path / "d.npy", outlier_batches(10, rows=40))
     meta = _prepare(mlp, _config("int8", data, algorithm="minmax"), tmp_path).metadata
     sens = meta["quantization"]["sensitivity"]
     assert sens["measured_on"] == "validation" and sens["passes_gate"]
@@ -182,7 +183,7 @@ def test_sensitivity_search_keeps_the_sensitive_layer_float(mlp: Path, tmp_path:
 def test_switching_algorithm_keeps_the_other_algorithms_cache(mlp: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     data = _save_batches(tmp_path / "d.npy",
-                         [rng.standard_normal((8, 16)).astype(np.float32) for _ in range(10)])
+                         [rng.standard_normal((200, 16)).astype(np.float32) for _ in range(10)])
     first = _prepare(mlp, _config("int8", data, algorithm="minmax"), tmp_path).metadata
     _prepare(mlp, _config("int8", data, algorithm="entropy"), tmp_path)
     again = _prepare(mlp, _config("int8", data, algorithm="minmax"), tmp_path).metadata
@@ -205,7 +206,7 @@ def test_entropy_failure_on_a_huge_constant_falls_back_with_a_note(tmp_path: Pat
 def test_task_metric_judges_and_is_recorded(mlp: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     data = _save_batches(tmp_path / "d.npy",
-                         [rng.standard_normal((8, 16)).astype(np.float32) for _ in range(10)])
+                         [rng.standard_normal((200, 16)).astype(np.float32) for _ in range(10)])
     script = tmp_path / "metric.py"
     script.write_text(
         "import numpy as np\n"
@@ -229,7 +230,7 @@ def test_one_channel_conv_bias_gets_a_valid_axis(tmp_path: Path) -> None:
     model = make_one_channel_conv(tmp_path / "one.onnx")
     rng = np.random.default_rng(0)
     data = _save_batches(tmp_path / "d.npy",
-                         [rng.standard_normal((2, 3, 8, 8)).astype(np.float32) for _ in range(10)])
+                         [rng.standard_normal((40, 3, 8, 8)).astype(np.float32) for _ in range(10)])
     prepared = _prepare(model, _config("int8", data, allow_inaccurate=True), tmp_path)
     graph = onnx.load(str(prepared.model_path)).graph
     assert prepared.metadata["quantization"]["quantized_nodes"] >= 2
@@ -243,7 +244,7 @@ def test_all_compute_inside_if_is_nothing_to_quantize(tmp_path: Path) -> None:
     model = make_if_model(tmp_path / "if.onnx")
     rng = np.random.default_rng(0)
     data = _save_batches(tmp_path / "d.npy",
-                         [rng.standard_normal((4, 8)).astype(np.float32) for _ in range(10)])
+                         [rng.standard_normal((40, 8)).astype(np.float32) for _ in range(10)])
     with pytest.raises(EngineBuildError, match=r"nothing to quantize.*If/Loop/Scan"):
         _prepare(model, _config("int8", data, allow_inaccurate=True), tmp_path)
 
@@ -255,7 +256,7 @@ def test_tensorrt_graph_has_float_biases_and_symmetric_int8(tmp_path: Path) -> N
     model = make_one_channel_conv(tmp_path / "one.onnx")
     rng = np.random.default_rng(0)
     data = _save_batches(tmp_path / "d.npy",
-                         [rng.standard_normal((2, 3, 8, 8)).astype(np.float32) for _ in range(10)])
+                         [rng.standard_normal((40, 3, 8, 8)).astype(np.float32) for _ in range(10)])
     prepared = _prepare(model, _config("int8", data, allow_inaccurate=True), tmp_path,
                         consumer="tensorrt")
     graph = onnx.load(str(prepared.model_path)).graph
@@ -361,7 +362,7 @@ def test_evaluation_data_gives_validation_and_test(mlp: Path, tmp_path: Path) ->
     data = _save_batches(tmp_path / "d.npy",
                          [rng.standard_normal((8, 16)).astype(np.float32) for _ in range(2)])
     held = _save_batches(tmp_path / "e.npy",
-                         [rng.standard_normal((8, 16)).astype(np.float32) for _ in range(4)])
+                         [rng.standard_normal((40, 16)).astype(np.float32) for _ in range(4)])
     spec = CalibrationSpec(source=str(data), evaluation_data=str(held), num_bins=256)
     meta = _prepare(mlp, BuildConfig(precision=PrecisionMode.INT8, calibration=spec),
                     tmp_path).metadata
@@ -372,7 +373,7 @@ def test_evaluation_data_gives_validation_and_test(mlp: Path, tmp_path: Path) ->
 
 
 def test_tensorrt_sensitivity_search_keeps_layers_in_fp16(mlp: Path, tmp_path: Path) -> None:
-    data = _save_batches(tmp_path / "d.npy", outlier_batches(10))
+    data = _save_batches(tmp_path / "d.npy", outlier_batches(10, rows=200))
     prepared = _prepare(mlp, _config("int8", data, algorithm="minmax"), tmp_path,
                         consumer="tensorrt")
     sens = prepared.metadata["quantization"]["sensitivity"]

@@ -27,7 +27,7 @@ def cnn(tmp_path: Path) -> tuple[Path, Path]:
     model = make_cnn(tmp_path / "cnn.onnx")
     rng = np.random.default_rng(0)
     data = tmp_path / "d.npy"
-    np.save(data, rng.standard_normal((10, 2, 3, 8, 8)).astype(np.float32))
+    np.save(data, rng.standard_normal((10, 200, 3, 8, 8)).astype(np.float32))
     return model, data
 
 
@@ -88,9 +88,10 @@ def test_user_errors_are_one_line_exit_1(cnn: tuple[Path, Path], tmp_path: Path)
 def test_a_graph_failing_the_gate_is_not_written(tmp_path: Path) -> None:
     model = make_mlp_classifier(tmp_path / "mlp.onnx", outlier_reaches_fc2=True)
     data = tmp_path / "d.npy"
-    np.save(data, np.stack(outlier_batches(10)))
+    np.save(data, np.stack(outlier_batches(10, rows=40)))
     out = tmp_path / "o.onnx"
     proc = _cli(str(model), "--precision", "int8", "--algorithm", "minmax",
                 "--calibration-data", str(data), "--for", "onnxruntime", "-o", str(out))
     assert proc.returncode == 1 and "AccuracyGateError" in proc.stderr
+    assert "not enough evidence" not in proc.stderr  # refused on its accuracy, not its size
     assert not out.exists()

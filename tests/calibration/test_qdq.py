@@ -28,7 +28,7 @@ def _config(source: Path, **kwargs: object) -> BuildConfig:
 def standalone_bn(tmp_path: Path) -> tuple[Path, Path]:
     model = make_standalone_bn(tmp_path / "bn.onnx")
     data = tmp_path / "calib.npy"
-    np.save(data, np.stack(cnn_batches(10, batch=4, size=12)))
+    np.save(data, np.stack(cnn_batches(10, batch=40, size=12)))
     return model, data
 
 

@@ -20,7 +20,7 @@ _METRIC = "def score(ref, cand, inputs):\n    return {score}, True\n"
 def _setup(tmp_path: Path) -> tuple[list[str], Path]:
     model = make_mlp_classifier(tmp_path / "mlp.onnx")
     rng = np.random.default_rng(0)
-    np.save(tmp_path / "d.npy", rng.standard_normal((10, 8, 16)).astype(np.float32))
+    np.save(tmp_path / "d.npy", rng.standard_normal((250, 8, 16)).astype(np.float32))
     metric = tmp_path / "metric.py"
     metric.write_text(_METRIC.format(score=1.0))
     config = tmp_path / "build.json"

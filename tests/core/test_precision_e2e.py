@@ -117,7 +117,7 @@ def test_label_flipping_int8_is_refused_then_built_with_allow_inaccurate(tmp_pat
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from calibration.models import outlier_batches
 
-    np.save(tmp_path / "d.npy", np.stack(outlier_batches(10)))
+    np.save(tmp_path / "d.npy", np.stack(outlier_batches(50)))  # 80 test samples
     refused = _run_cli(_mlp_manifest(tmp_path, "d.npy", hard=True), tmp_path / "cache")
     assert refused.returncode == 1
     assert "AccuracyGateError" in refused.stderr and "top-1 agreement" in refused.stderr

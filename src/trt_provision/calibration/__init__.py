@@ -8,7 +8,8 @@ Modules, one concern each:
 * ``graph``     - constant/BatchNorm folding and pinned-layer matching
 * ``qdq``       - Q/DQ ONNX from ranges
 * ``fp16``      - FP16 graph conversion
-* ``accuracy``  - converted graph vs FP32, and the accuracy gate
+* ``accuracy``  - converted graph vs FP32, per-sample metrics, the Wilson-bounded gate
+* ``verify_engine`` - ``engine_verdict_from_outputs``: a built engine vs the FP32 model
 * ``planner``   - ``GovernedCalibrationPlanner`` (the ``CalibrationPlanner`` seam), keys
 * ``stages``    - the precision pipeline: spec, splits, ranges, graph, verdict (one module
   each) and the policies that call them (``search``)

@@ -4,8 +4,12 @@ The function is called once per judged split as ``fn(reference, candidate, input
 lists with one ``{name: array}`` mapping per batch (FP32 outputs, converted outputs, inputs).
 It returns ``(score, passed)`` or a mapping with ``score`` and ``passed`` - e.g. the share of
 decoded strings that match, or a mean IoU against a threshold. Higher scores are better (the
-algorithm search ranks by it). It is user code: it runs only when a graph is judged during a
-build, never to plan or under ``--dry-run``.
+algorithm search ranks by it). A metric that is a pass rate should say so: ``samples`` and
+``agreeing`` (integers, e.g. 48 lines of which 47 decode alike) and optionally ``threshold``
+(the rate it asks for; default the gate's agreement bar) in the mapping make the gate judge
+it on the Wilson lower bound of ``agreeing / samples`` like every other rate - 4 of 4 lines
+is then "not enough evidence", not a pass. It is user code: it runs only when a graph is
+judged during a build, never to plan or under ``--dry-run``.
 """
 
 from __future__ import annotations
@@ -82,4 +86,32 @@ def run_metric(
         raise EngineBuildError(
             f"accuracy metric {name} returned score={score!r}, passed={passed!r}; expected a "
             "finite number and a bool", model=model)
-    return MetricResult(name=name, score=float(score), passed=passed)
+    samples, agreeing, threshold = _rate(name, result, model)
+    return MetricResult(name=name, score=float(score), passed=passed, samples=samples,
+                        agreeing=agreeing, threshold=threshold)
+
+
+def _rate(name: str, result: Any, model: str) -> tuple[int | None, int | None, float | None]:
+    """``samples`` / ``agreeing`` / ``threshold`` of a metric that reports a pass rate."""
+    if not isinstance(result, Mapping) or (
+            "samples" not in result and "agreeing" not in result):
+        return None, None, None
+    samples, agreeing = result.get("samples"), result.get("agreeing")
+    values = [v.item() if isinstance(v, np.integer) else v for v in (samples, agreeing)]
+    samples, agreeing = values
+    if (any(isinstance(v, bool) or not isinstance(v, int) for v in values)
+            or not 0 <= agreeing <= samples):  # type: ignore[operator]
+        raise EngineBuildError(
+            f"accuracy metric {name} returned samples={samples!r}, agreeing={agreeing!r}; "
+            "expected integers with 0 <= agreeing <= samples", model=model)
+    threshold = result.get("threshold")
+    if threshold is not None:
+        if isinstance(threshold, np.floating):
+            threshold = threshold.item()
+        if (isinstance(threshold, bool) or not isinstance(threshold, int | float)
+                or not 0.0 <= float(threshold) <= 1.0):
+            raise EngineBuildError(
+                f"accuracy metric {name} returned threshold={threshold!r}; expected a rate "
+                "in [0, 1]", model=model)
+        threshold = float(threshold)
+    return samples, agreeing, threshold

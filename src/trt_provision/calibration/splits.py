@@ -11,8 +11,14 @@ Scheme (recorded in the metadata and part of the calibration key):
 * **evaluation data** (``calibration.evaluation_data``): all calibration data calibrates; the
   user's held-out batches alternate between validation and test (rows, if only one batch).
 
+Every row not used to calibrate is evidence: beyond ``calibration.max_batches`` calibration
+batches, the rest go to validation and test (alternately) instead of being dropped.
+
 Anything less is too little to judge: :class:`AccuracyGateError`, unless the build allows
-inaccurate engines, in which case the build goes on "not judged" with a warning.
+inaccurate engines, in which case the build goes on "not judged" with a warning. So is a
+validation or test split with fewer samples (rows) than the gate needs for a verdict
+(``required_samples`` of its agreement bar, e.g. 73 for 0.95): "not enough evidence", before
+any calibration runs.
 """
 
 from __future__ import annotations
@@ -162,8 +168,10 @@ def split_for_judging(
                  else _row_split(evaluation, pattern, specs, config))
         method = "evaluation-batches" if len(evaluation) >= 2 else "evaluation-rows"
         if parts is not None and parts["validation"] and parts["test"]:
-            return _overlap(DataSplits(tuple(batches), tuple(parts["validation"]),
-                                       tuple(parts["test"]), method, total), model)
+            return _check_evidence(
+                _overlap(DataSplits(tuple(batches), tuple(parts["validation"]),
+                                    tuple(parts["test"]), method, total), model),
+                config, model, source)
         return _too_little(batches, config, model, source,
                            f"evaluation data has {len(evaluation)} batch(es); at least 2 "
                            "batches (or 2 rows along a dynamic batch dimension) are needed")
@@ -179,8 +187,59 @@ def split_for_judging(
             f"calibration data has {total} batch(es); judging needs at least {MIN_BATCHES} "
             f"batches, or {MIN_BATCHES}+ rows per batch along a dynamic batch dimension, "
             "or calibration.evaluation_data")
-    return _overlap(DataSplits(tuple(parts["calibration"]), tuple(parts["validation"]),
-                               tuple(parts["test"]), method, total), model)
+    _cap_calibration(parts, config)
+    return _check_evidence(
+        _overlap(DataSplits(tuple(parts["calibration"]), tuple(parts["validation"]),
+                            tuple(parts["test"]), method, total), model),
+        config, model, source)
+
+
+def _cap_calibration(parts: dict[str, list[Batch]], config: BuildConfig) -> None:
+    """Calibration batches beyond ``max_batches`` are evidence, not waste: they go to
+    validation and test alternately."""
+    cap = config.calibration.max_batches if config.calibration is not None else None
+    if cap is None or len(parts["calibration"]) <= cap:
+        return
+    extra = parts["calibration"][cap:]
+    del parts["calibration"][cap:]
+    for i, batch in enumerate(extra):
+        parts[("validation", "test")[i % 2]].append(batch)
+
+
+def _samples(batches: Sequence[Batch]) -> int:
+    return sum(_rows(b) for b in batches)
+
+
+def _check_evidence(splits: DataSplits, config: BuildConfig, model: str, source: str
+                    ) -> DataSplits:
+    """Refuse before calibrating when validation or test holds fewer samples than the gate
+    needs for a verdict: even all of them agreeing could not clear its bar."""
+    from trt_provision.calibration.accuracy import (
+        accuracy_gate,
+        not_enough_evidence,
+        wilson_lower_bound,
+    )
+
+    gate = accuracy_gate(config)
+    if gate is None:
+        return splits
+    needed = gate.required_samples
+    counts = {"test": _samples(splits.test), "validation": _samples(splits.validation)}
+    short = next(((name, n) for name, n in counts.items() if n < needed), None)
+    if short is None:
+        return splits
+    name, n = short
+    why = not_enough_evidence(n, needed, name)
+    if not config.allow_inaccurate:
+        raise AccuracyGateError(
+            why, model=model, source=source, data=name, samples=n, required_samples=needed,
+            bound=round(wilson_lower_bound(n, n), 4), threshold=gate.agreement_bar,
+        )
+    note = f"not judged: {why}"
+    logger.warning("%s: %s", model or "model", note,
+                   extra={"event": "calibration.split.not_enough_evidence", "model": model,
+                          "samples": n, "required_samples": needed})
+    return replace(splits, judged=False, note=note)
 
 
 def _too_little(
