@@ -509,6 +509,7 @@ class EngineCompiler:
             # The engine itself, on its own runtime: after the build, before any publish.
             metadata = self._verify(plan, staged, metadata, prepared)
             entry = self._store.publish(plan.identity, staged, metadata)
+            self._store.forget_refusal(plan.identity)  # judged again (--force-rebuild): passed
         except AccuracyGateError as exc:
             self._remember_refusal(plan, exc)
             raise

@@ -152,6 +152,10 @@ class EngineStore(Protocol):
         """The refusal remembered for ``identity``; None when there is none to trust."""
         ...
 
+    def forget_refusal(self, identity: EngineIdentity) -> None:
+        """Drop the refusal of ``identity`` (an engine of it has just been published)."""
+        ...
+
 
 @runtime_checkable
 class RemoteEngineStore(Protocol):
