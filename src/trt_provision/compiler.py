@@ -541,6 +541,8 @@ class EngineCompiler:
         workdir = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-chk-", dir=staged.parent))
         try:
             with self._store.staged_entry(plan.identity, staged, metadata) as entry:
+                if self._sign is not None:  # a gate that requires signatures sees ours
+                    self._sign(entry)
                 handle = self._runtime.deserialize_engine(entry)  # gate, budget, load
                 try:
                     record = self._verifier.verify(

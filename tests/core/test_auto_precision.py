@@ -223,7 +223,7 @@ def test_allow_inaccurate_never_lets_a_failing_candidate_win(
     rows = _rows(engine)
     assert rows["int8"]["verdict"] == "refused" and "gate" in rows["int8"]["why"]
     assert decision_of(engine)["chosen"] == "fp32"  # type: ignore[index]
-    assert not list(cache_dir.glob("demo_cnn/*.int8.*"))
+    assert not list(cache_dir.glob("demo_cnn/*.int8.*.engine"))  # its refusal is kept
 
 
 @pytest.mark.parametrize(
