@@ -292,10 +292,17 @@ class LocalEngineStore:
                 os.link(staged_path, engine)
             except OSError:  # a file system without hard links: a copy, checked by hash
                 shutil.copyfile(staged_path, engine)
+                os.chmod(engine, self._file_mode)
             digest, _, full = _full_metadata(identity, engine, final.name, metadata)
-            engine.with_name(engine.name + ".sha256").write_bytes(
-                format_sha256_line(digest, final.name).encode())
-            engine.with_name(engine.name + ".json").write_bytes(metadata_bytes(full))
+            # The cache's file mode whatever the umask: the gate refuses writable sidecars.
+            for suffix, data in ((".sha256", format_sha256_line(digest, final.name).encode()),
+                                 (".json", metadata_bytes(full))):
+                fd = os.open(engine.with_name(engine.name + suffix),
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             self._file_mode)
+                with os.fdopen(fd, "wb") as out:
+                    os.fchmod(out.fileno(), self._file_mode)
+                    out.write(data)
             yield EngineCacheEntry(engine_path=engine, sha256=digest, identity=identity,
                                    size_bytes=full["size_bytes"], extras={"metadata": full})
         finally:
