@@ -166,3 +166,20 @@ def test_fp16_judged_on_data_is_not_the_smoke_tested_engine(
                              monkeypatch)
     assert code == 0 and again["outcome"] == "built"
     assert again["filename"] not in {smoke["filename"], judged["filename"]}
+
+
+def test_every_auto_candidate_is_verified_as_a_build_of_its_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    data = _data(tmp_path, "d.npy", 200)
+    code, result = _provision(_manifest(tmp_path, "auto", data=data, rows=200), cache, capsys,
+                              monkeypatch)
+    assert code == 0 and result["outcome"] == "built", result.get("error")
+    candidates = [p for p in cache.glob("mlp/*.engine.json") if ".auto." not in p.name]
+    assert any(".fp32." in p.name for p in candidates)
+    for sidecar in candidates:
+        engine = json.loads(sidecar.read_text())["accuracy"]["engine"]
+        assert engine["inputs"] == "data" and engine["samples"] == 400, sidecar.name
+        assert engine["verdict"] in ("passed", "not gated"), sidecar.name
+        assert "nonfinite" not in engine
