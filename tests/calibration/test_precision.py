@@ -299,18 +299,15 @@ def test_demo_corpus_int8(tmp_path: Path) -> None:
         precision=PrecisionMode.MIXED,
         profiles=(OptimizationProfile("image", (1, 3, 32, 32), (4, 3, 32, 32), (8, 3, 32, 32)),),
         calibration=CalibrationSpec(source=str(data), num_bins=512),
-        allow_inaccurate=True,
     )
     prepared = prepare_model_for_precision(model, config, tmp_path / "w",
                                            calibration_cache_dir=tmp_path / "c")
-    # 32 samples cut by opt batch 4 into 8 batches: 5 calibrate, 2 validate, 1 tests
-    assert prepared.metadata["accuracy"]["splits"]["source_batches"] == 8
-    assert prepared.metadata["calibration"]["batches"] == 5
-    # 4 test samples are no verdict at a 0.95 bar (73 needed): published only because
-    # inaccurate engines are allowed here, and labelled "not judged"
-    assert prepared.metadata["accuracy"]["verdict"] == "not judged"
-    assert prepared.metadata["accuracy"]["warning"].startswith(
-        "not judged: not enough evidence: 4 test samples, need 73")
+    # 1040 samples cut by opt batch 4 into 260 batches: 156 calibrate, 52 validate, 52 test -
+    # 208 test samples, enough for a verdict at the 0.95 bar (73 all agreeing)
+    assert prepared.metadata["accuracy"]["splits"]["source_batches"] == 260
+    assert prepared.metadata["calibration"]["batches"] == 156
+    assert prepared.metadata["accuracy"]["verdict"] == "passed"
+    assert prepared.metadata["accuracy"]["samples"] == 208
     assert {e["node"] for e in prepared.metadata["pinned_layers"]} == {
         "router_gate", "router_softmax"}
 

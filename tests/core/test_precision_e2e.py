@@ -65,7 +65,7 @@ max = [32, 64]
     # A changed dataset changes the calibration key, hence the engine identity: recalibrate.
     rng = np.random.default_rng(1)
     np.savez(work / "calibration" / "dynamic_mlp.npz",
-             features=rng.standard_normal((32, 64)).astype(np.float32) * 2.0)
+             features=rng.standard_normal((3008, 64)).astype(np.float32) * 2.0)
     third = _provision(manifest, cache)
     (rebuilt,) = third["results"]  # type: ignore[misc]
     assert rebuilt["outcome"] == "built" and rebuilt["filename"] != result["filename"]

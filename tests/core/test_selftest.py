@@ -121,7 +121,7 @@ def _matmul_identity_model(tmp_path: Path) -> Path:
     onnx.save(model, str(tmp_path / "models" / "ident.onnx"))
     rng = np.random.default_rng(3)
     np.savez(tmp_path / "calibration" / "ident.npz",
-             x=rng.standard_normal((16, 8)).astype(np.float32))
+             x=rng.standard_normal((2000, 8)).astype(np.float32))  # 400 test samples
     manifest = tmp_path / "ident.toml"
     manifest.write_text(
         '[[models]]\nname = "ident"\npath = "models/ident.onnx"\n'
