@@ -416,8 +416,11 @@ class EngineCompiler:
             if on_remote is not True and request.build == "never":
                 return missing
             note = plan.why_build.replace("built:", "would be built:", 1)
+            earlier = None if plan.force_rebuild else self._store.refusal(plan.identity)
             if on_remote:
                 note = "would be fetched: the remote store has it"
+            elif earlier is not None:
+                note = f"would be refused: refused earlier: {earlier.get('reason', '')}"[:2000]
             elif on_remote is False and note:
                 note += "; the remote store does not have it"
             return EngineCompileResult(
@@ -543,7 +546,11 @@ class EngineCompiler:
             with self._store.staged_entry(plan.identity, staged, metadata) as entry:
                 if self._sign is not None:  # a gate that requires signatures sees ours
                     self._sign(entry)
-                handle = self._runtime.deserialize_engine(entry)  # gate, budget, load
+                try:
+                    handle = self._runtime.deserialize_engine(entry)  # gate, budget, load
+                except TrtProvisionError as exc:  # same type and facts, and where it happened
+                    raise type(exc)(f"cannot load the built engine to verify it, nothing "
+                                    f"published: {exc.message}", **exc.context) from exc
                 try:
                     record = self._verifier.verify(
                         backbone.model_path, backbone.build_config, prepared,

@@ -164,6 +164,8 @@ def test_a_budget_that_refuses_the_engine_fails_the_build_and_publishes_nothing(
     result = _compile(compiler, backbone)
     assert result.outcome is CompileOutcome.FAILED
     assert result.error_type == OutOfMemoryError.__name__
+    assert result.error.startswith("cannot load the built engine to verify it, nothing "
+                                   "published: engine does not fit in the memory budget")
     assert runtime.count("infer") == 0  # the budget refused before anything ran
     assert _published(cache) == []
     _no_leftovers(cache)
@@ -202,6 +204,11 @@ def test_a_refusal_is_remembered_and_force_rebuild_judges_again(tmp_path: Path) 
     assert again.outcome is CompileOutcome.REFUSED
     assert again.error.startswith("refused earlier: engine refused on fake 1.0: output 'y'")
     assert runtime.count("compile_engine") == 1  # answered at once, nothing built
+
+    dry = compiler.compile_engines_for_corpus(
+        EngineCompileRequest((backbone,), dry_run=True)).results[0]
+    assert dry.outcome is CompileOutcome.PLANNED
+    assert dry.notes[0].startswith("would be refused: refused earlier: engine refused on fake")
 
     forced = _compile(compiler, backbone, force=True)
     assert forced.outcome is CompileOutcome.REFUSED
