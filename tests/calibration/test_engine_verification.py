@@ -137,6 +137,17 @@ def test_an_engine_that_returns_nan_is_refused_even_at_fp32(tmp_path: Path) -> N
     assert _published(cache) == []
 
 
+def test_a_broken_fp16_engine_is_refused_by_the_smoke_check(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    runtime = FakeRuntime(negate_outputs=True)  # finite, but not the model
+    backbone = BackboneSpec("mlp", make_mlp_classifier(tmp_path / "mlp.onnx"),
+                            BuildConfig(precision=PrecisionMode.FP16, profiles=PROFILE))
+    result = _compile(_compiler(cache, runtime), backbone)
+    assert result.outcome is CompileOutcome.REFUSED, result.error
+    assert "output 'logits': cosine -1.000000 < 0.9" in result.error
+    assert _published(cache) == []
+
+
 def test_a_sound_fp32_engine_on_the_fake_runtime_is_published_with_its_verdict(
     tmp_path: Path,
 ) -> None:

@@ -78,7 +78,7 @@ def test_an_fp32_build_records_the_engines_own_verdict(
     engine = _accuracy(result)["engine"]
     assert engine["runtime"].startswith("ortcpu ") and engine["inputs"] == "synthetic"
     assert engine["verdict"] == "smoke only" and engine["samples"] == 4 * 8
-    assert engine["fp32_min_cosine"] == 0.9999
+    assert engine["min_cosine"] == 0.9999
     assert engine["outputs"]["logits"]["cosine"] >= 0.9999
     assert "nonfinite" not in engine
 

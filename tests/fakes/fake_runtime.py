@@ -4,7 +4,7 @@ keeps state (loaded handles, released flags) and fails on demand.
 Its engines run: ``infer`` evaluates the ONNX model the engine was built from with ONNX's
 reference evaluator (deterministic, numpy), an fp16 engine storing its outputs in float16
 as a half-precision engine's output tensors are; ``nan_outputs`` makes every float output
-NaN (a broken kernel). An engine of a file that is not ONNX echoes its inputs."""
+NaN and ``negate_outputs`` negates it (broken kernels). An engine of a file that is not ONNX echoes its inputs."""
 
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ class FakeRuntime:
     fail_compile_with: Exception | None = None
     fail_deserialize_with: Exception | None = None
     nan_outputs: bool = False
+    negate_outputs: bool = False  # a wrong kernel: finite, and far from the model
     calls: list[tuple[str, Any]] = field(default_factory=list)
     # engine sha256 -> (the model it was built from, its precision)
     built: dict[str, tuple[Path, str]] = field(default_factory=dict)
@@ -103,6 +104,8 @@ class FakeRuntime:
                         value = value.astype(np.float16).astype(value.dtype)
                 if self.nan_outputs:
                     value = np.full_like(value, np.nan)
+                if self.negate_outputs:
+                    value = -value
             out[name] = value
         return out
 

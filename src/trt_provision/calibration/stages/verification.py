@@ -13,7 +13,8 @@ runs the staged engine, and judges with the same per-sample metrics and Wilson-b
   inaccurate engines are allowed, in which case the failure is recorded;
 * without data, synthetic inputs at the profiles' opt shapes: a smoke check;
 * an fp32 engine is the model's own arithmetic, reordered: every output must match the
-  model almost exactly (cosine >= ``FP32_MIN_COSINE``), on data or synthetic inputs.
+  model almost exactly (cosine >= ``FP32_MIN_COSINE``), on data or synthetic inputs; an fp16
+  engine without a gate must not be broken (cosine >= ``FP16_UNGATED_MIN_COSINE``).
 
 Where no verdict was made (fp32; TensorRT's own calibrator on the weakly typed path) the
 stage starts from the spec: the data's held-out split when there is data, else synthetic.
@@ -37,6 +38,7 @@ from trt_provision.calibration.verify_engine import EngineVerdict, engine_verdic
 from trt_provision.types import BuildConfig, PrecisionMode, PreparedGraph
 
 __all__ = [
+    "FP16_UNGATED_MIN_COSINE",
     "FP32_MIN_COSINE",
     "EngineCheck",
     "GovernedEngineVerifier",
@@ -51,8 +53,22 @@ logger = logging.getLogger(__name__)
 # An fp32 engine computes what the model computes, in another order (and TF32 where it is
 # allowed): far above this on any real output; a wrong kernel or a broken fusion is far below.
 FP32_MIN_COSINE = 0.9999
+# FP16 arithmetic on the same inputs stays far above this on real models; a wrong kernel,
+# garbage bytes or a swapped output land far below.
+FP16_UNGATED_MIN_COSINE = 0.9
 
 EngineRunner = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+
+
+def floor_of(check: EngineCheck) -> float | None:
+    """The cosine every output must reach besides the gate: fp32 near-exact; an fp16 engine
+    without a gate (synthetic inputs, or data too small to judge) must at least not be
+    broken - a smoke check, not an accuracy figure."""
+    if check.spec.precision is PrecisionMode.FP32:
+        return FP32_MIN_COSINE
+    if check.spec.precision is PrecisionMode.FP16 and check.gate is None:
+        return FP16_UNGATED_MIN_COSINE
+    return None
 
 
 @dataclass(frozen=True)
@@ -100,10 +116,11 @@ def verify_engine(check: EngineCheck, run_engine: EngineRunner, *, runtime: str)
         run, spec.model, runtime=runtime, batches=check.batches, gate=check.gate,
         config=spec.readers, data="test", model=spec.name,
     )
-    if spec.precision is PrecisionMode.FP32:
-        far = [f"output {o.name!r}: cosine {o.cosine:.6f} < {FP32_MIN_COSINE} against the "
-               "fp32 model it was built from" for o in verdict.report.outputs
-               if o.elements and not o.cosine >= FP32_MIN_COSINE]
+    floor = floor_of(check)
+    if floor is not None:
+        far = [f"output {o.name!r}: cosine {o.cosine:.6f} < {floor} against the fp32 model "
+               "it was built from" for o in verdict.report.outputs
+               if o.elements and not o.cosine >= floor]
         if far:
             reason = "; ".join(r for r in (verdict.reason, *far) if r)
             verdict = dataclasses.replace(verdict, verdict="refused", reason=reason)
@@ -116,14 +133,15 @@ def verify_engine(check: EngineCheck, run_engine: EngineRunner, *, runtime: str)
     return verdict
 
 
-def record_of(verdict: EngineVerdict, spec: PrecisionSpec) -> dict[str, Any]:
+def record_of(verdict: EngineVerdict, check: EngineCheck) -> dict[str, Any]:
     """The sidecar's ``accuracy.engine`` record."""
     record = verdict.to_dict()
     if verdict.refused:  # only reached under allow_inaccurate
         record["verdict"] = "failed (allow_inaccurate)"
         record["warning"] = "published although it fails the accuracy gate: " + verdict.reason
-    if spec.precision is PrecisionMode.FP32:
-        record["fp32_min_cosine"] = FP32_MIN_COSINE
+    floor = floor_of(check)
+    if floor is not None:
+        record["min_cosine"] = floor
     evidence = record.get("evidence")
     if isinstance(evidence, Mapping):
         for key in ("bound", "threshold"):
@@ -151,4 +169,4 @@ class GovernedEngineVerifier:
             check = check_of_spec(resolve_spec(
                 model_path, build_config, workdir, consumer="onnxruntime-cpu",
                 cache_dir=self.cache_dir, model_hash=model_hash))
-        return record_of(verify_engine(check, run_engine, runtime=runtime), check.spec)
+        return record_of(verify_engine(check, run_engine, runtime=runtime), check)
