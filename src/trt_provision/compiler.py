@@ -589,9 +589,13 @@ class EngineCompiler:
             plan.identity.filename, f" ({when})" if when else "",
             extra={"event": "engine.refusal.remembered", "model": plan.backbone.name},
         )
-        raise AccuracyGateError(f"refused earlier: {reason}", model=plan.backbone.name,
-                                refused_at=when,
-                                note="judged again with --force-rebuild")
+        evidence = record.get("context")
+        context: dict[str, Any] = {str(k)[:64]: v for k, v in list(evidence.items())[:32]
+                   if isinstance(v, (str, int, float, bool))} if isinstance(evidence, Mapping) \
+            else {}
+        context.update(model=plan.backbone.name, refused_at=when,
+                       note="judged again with --force-rebuild")
+        raise AccuracyGateError(f"refused earlier: {reason}", **context)
 
     def _remember_refusal(self, plan: _Plan, exc: AccuracyGateError) -> None:
         if exc.message.startswith("refused earlier: "):
@@ -599,7 +603,7 @@ class EngineCompiler:
         context = {k: v for k, v in exc.context.items()
                    if isinstance(v, (str, int, float, bool)) or v is None}
         self._store.record_refusal(plan.identity, {
-            "reason": exc.message,
+            "reason": exc.message[:4000],
             "context": context,
             "refused_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "trt_provision": __version__,

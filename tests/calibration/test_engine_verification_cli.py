@@ -140,6 +140,7 @@ def test_a_refusal_is_answered_at_once_the_next_run(
     code, again = _provision(manifest, cache, capsys, monkeypatch)
     assert code == 1 and again["outcome"] == "refused"
     assert again["error"].startswith("refused earlier: not enough evidence: 16 test samples")
+    assert "samples=16" in again["error"] and "bound=0.8064" in again["error"]  # its evidence
     assert len(calls) == 1  # the pipeline did not run again
     code, forced = _provision(manifest, cache, capsys, monkeypatch, "--force-rebuild")
     assert code == 1 and not forced["error"].startswith("refused earlier")
