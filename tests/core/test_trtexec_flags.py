@@ -268,7 +268,7 @@ def test_calib_cache_with_calibration_data_is_judged_by_the_gate(
 
     model = make_mlp_classifier(tmp_path / "mlp.onnx")
     np.save(tmp_path / "d.npy",
-            np.random.default_rng(0).standard_normal((10, 8, 16)).astype(np.float32))
+            np.random.default_rng(0).standard_normal((50, 8, 16)).astype(np.float32))
     # Scales a thousand times too small: every activation saturates, the gate must refuse.
     _write_cache(model, tmp_path / "tiny.cache", 1e-6)
     argv = ["compile", str(model), "--optShapes=x:8x16", f"--calib={tmp_path / 'tiny.cache'}",
