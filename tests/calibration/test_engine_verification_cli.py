@@ -184,3 +184,26 @@ def test_every_auto_candidate_is_verified_as_a_build_of_its_own(
         assert engine["inputs"] == "data" and engine["samples"] == 400, sidecar.name
         assert engine["verdict"] in ("passed", "not gated"), sidecar.name
         assert "nonfinite" not in engine
+
+
+@pytest.mark.parametrize("with_data", [False, True])
+def test_an_fp16_engine_that_overflows_is_refused_through_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    with_data: bool,
+) -> None:
+    # The strategy compose wires is a runtime whose fp16 engine stores its outputs in
+    # float16 (as TensorRT's do); everything else is the real CLI, gate, budget and store.
+    from fakes.fake_runtime import FakeRuntime
+    from trt_provision import compose
+
+    monkeypatch.setattr(compose, "OnnxRuntimeRuntime",
+                        lambda **kw: FakeRuntime(gate=kw["gate"], budget=kw["budget"]))
+    data = _data(tmp_path, "d.npy", 200) if with_data else None
+    cache = tmp_path / "cache"
+    code, result = _provision(_manifest(tmp_path, "fp16", model="ov", data=data, rows=200),
+                              cache, capsys, monkeypatch)
+    assert code == 1 and result["outcome"] == "refused", result
+    assert result["error"].startswith("engine refused on fake 1.0: output 'y': ")
+    assert "NaN/Inf values where the FP32 reference is finite" in result["error"]
+    assert f"inputs={'data' if with_data else 'synthetic'}" in result["error"]
+    assert not list(cache.rglob("*.engine")) and not list(cache.rglob(".tmp-*"))
