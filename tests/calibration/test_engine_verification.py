@@ -6,6 +6,7 @@ checked for NaN / Inf. A refusal publishes nothing and is remembered under its i
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -285,3 +286,16 @@ def test_an_engine_that_passes_when_judged_again_drops_the_refusal(tmp_path: Pat
     assert _compile(compiler, backbone, force=True).outcome is CompileOutcome.BUILT
     assert not list(cache.rglob("*.refused.json"))
     assert _compile(compiler, backbone).outcome is CompileOutcome.REUSED
+
+
+def test_a_dead_writers_engine_check_directory_is_collected(tmp_path: Path) -> None:
+    from trt_provision.stores.maintenance import stale_temps
+
+    model_dir = tmp_path / "cache" / "mlp"
+    model_dir.mkdir(parents=True)
+    dead = model_dir / ".tmp-999999999-chk-abc123_x"
+    dead.mkdir()
+    (dead / "mlp.engine").write_bytes(b"x")
+    live = model_dir / f".tmp-{os.getpid()}-chk-def456_y"
+    live.mkdir()
+    assert stale_temps(tmp_path / "cache") == [dead]

@@ -20,8 +20,8 @@ pointing at a user's directory must lose nothing):
 - a temp file: a regular file whose name parses as ``.tmp-<pid>-<nonce>-<final>``
   (``_fs.parse_temp_name``), whose writer pid is gone, and, in a model directory, whose
   final name is an engine or sidecar name of that model;
-- a build work directory ``.tmp-<pid>-<ort|trt>-<mkdtemp suffix>`` of a dead writer, owned by
-  this user: the only directories ever removed recursively.
+- a build (or engine check) work directory ``.tmp-<pid>-<ort|trt|chk>-<mkdtemp suffix>`` of
+  a dead writer, owned by this user: the only directories ever removed recursively.
 
 Nothing is deleted through a symlink, outside the cache directory, or in a cache another
 user can write (``StoreError``).
