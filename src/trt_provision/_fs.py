@@ -59,12 +59,12 @@ FILE_MODE = 0o644
 PRIVATE_FILE_MODE = 0o600
 
 # Our temp names, and only ours: ``.tmp-<pid>-<hex nonce>-<final name>`` for files
-# (``temp_path_for``, staging) and ``.tmp-<pid>-<ort|trt>-<mkdtemp suffix>`` for the
-# build work directories of the runtimes. ``.tmp-draft.txt`` or ``.tmp-editor-backup``
+# (``temp_path_for``, staging) and ``.tmp-<pid>-<ort|trt|chk>-<mkdtemp suffix>`` for the
+# build (and engine check) work directories. ``.tmp-draft.txt`` or ``.tmp-editor-backup``
 # do not parse, so nothing ever deletes them.
 _TEMP_RE = re.compile(
     r"\.tmp-(?P<pid>[1-9][0-9]{0,9})-"
-    r"(?:(?P<work>ort|trt)-[a-z0-9_]{1,32}|[0-9a-f]{1,32}-(?P<final>[^/\x00]+))"
+    r"(?:(?P<work>ort|trt|chk)-[a-z0-9_]{1,32}|[0-9a-f]{1,32}-(?P<final>[^/\x00]+))"
 )
 
 

@@ -1,8 +1,11 @@
 """EngineCompiler: stateless orchestration of identity → reuse → fetch → build → publish.
 
 A build: the precision pipeline prepares the graph (spec → splits → ranges → graph →
-verdict) → the strategy builds the engine from it → publish. A check of the built engine
-belongs between the build and the publish (``_build``).
+verdict) → the strategy builds the engine from it → the engine is verified on its own
+runtime, loaded the way ``run`` loads it (engine gate → memory budget → deserialize → infer
+→ release) from a staging entry → publish, with the engine's verdict in its sidecar. A
+refusal is remembered under the identity it was judged for (``<engine>.refused.json``): the
+next run with the same inputs answers at once, unless ``--force-rebuild``.
 
 The compiler knows only the Protocols in ``seams.py``; ``compose.py`` wires the concrete
 strategies. It never deletes anything: stale engines are left for ``cache gc``.
@@ -40,12 +43,13 @@ from trt_provision.errors import (
     EngineGateError,
     TrtProvisionError,
 )
-from trt_provision.identity import compute_identity, model_sha256
+from trt_provision.identity import compute_identity, judged_on_data, model_sha256
 from trt_provision.integrity import sha256_file
 from trt_provision.seams import (
     CalibrationPlanner,
     EngineGate,
     EngineStore,
+    EngineVerifier,
     InferenceRuntime,
     PrecisionPipeline,
     RemoteEngineStore,
@@ -84,6 +88,7 @@ class _Plan:
     reusable: EngineCacheEntry | None
     started: float
     why_build: str = ""  # for --json notes: why this engine is (re)built
+    force_rebuild: bool = False  # a remembered refusal is judged again
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,7 @@ class EngineCompiler:
         remote: RemoteEngineStore | None = None,
         calibration: CalibrationPlanner | None = None,
         precision: PrecisionPipeline | None = None,
+        verifier: EngineVerifier | None = None,
         max_temperature_c: float | None = None,
         verify_workers: int = 0,
         sign: Callable[[EngineCacheEntry], None] | None = None,
@@ -170,6 +176,7 @@ class EngineCompiler:
         self._remote = remote
         self._calibration = calibration
         self._precision = precision
+        self._verifier = verifier
         self._max_temp = max_temperature_c
         self._workers = verify_workers
         self._sign = sign
@@ -294,7 +301,7 @@ class EngineCompiler:
         calibration_key = (
             self._calibration.calibration_key(backbone, model_hash)
             if self._calibration is not None
-            and backbone.build_config.precision.needs_calibration
+            and judged_on_data(backbone.build_config)
             and unresolved_calibration is None
             else unresolved_calibration
         )
@@ -469,7 +476,7 @@ class EngineCompiler:
         )
         if request.force_rebuild:
             return _Plan(backbone, identity, target, model_hash, None, started,
-                         "rebuilt: --force-rebuild")
+                         "rebuilt: --force-rebuild", force_rebuild=True)
         why: list[str] = []
         reusable = self._try_reuse(identity, target, why=why)
         if reusable is None:
@@ -544,8 +551,11 @@ class EngineCompiler:
             if on_remote is not True and request.build == "never":
                 return missing
             note = plan.why_build.replace("built:", "would be built:", 1)
+            earlier = None if plan.force_rebuild else self._store.refusal(plan.identity)
             if on_remote:
                 note = "would be fetched: the remote store has it"
+            elif earlier is not None:
+                note = f"would be refused: refused earlier: {earlier.get('reason', '')}"[:2000]
             elif on_remote is False and note:
                 note += "; the remote store does not have it"
             return EngineCompileResult(
@@ -634,6 +644,8 @@ class EngineCompiler:
             # Each candidate is built through reuse_or_build, the winner published by
             # publish_copy: auto uses this class's public API only.
             return build_auto(self, backbone, plan.identity, plan.target, plan.model_hash)
+        if not plan.force_rebuild:
+            self._answer_remembered_refusal(plan)
         self._check_thermal()
         staged = self._store.staging_path(plan.identity)
         self._log.info(
@@ -655,12 +667,15 @@ class EngineCompiler:
                 artifact = self._runtime.compile_engine(
                     backbone.model_path, backbone.build_config, staged, prepared=prepared
                 )
-            # Slot for checking the built engine on its own runtime: after the build,
-            # before anything is published.
             seconds = time.perf_counter() - started
-            entry = self._store.publish(
-                plan.identity, staged, self._metadata(plan, artifact.metadata, seconds)
-            )
+            metadata = self._metadata(plan, artifact.metadata, seconds)
+            # The engine itself, on its own runtime: after the build, before any publish.
+            metadata = self._verify(plan, staged, metadata, prepared)
+            entry = self._store.publish(plan.identity, staged, metadata)
+            self._store.forget_refusal(plan.identity)  # judged again (--force-rebuild): passed
+        except AccuracyGateError as exc:
+            self._remember_refusal(plan, exc)
+            raise
         finally:  # a failure is reported once, by the caller (the model's result or raise)
             with contextlib.suppress(FileNotFoundError):
                 staged.unlink()
@@ -673,6 +688,86 @@ class EngineCompiler:
             extra={"event": "engine.build.finish", "model": backbone.name, "seconds": seconds},
         )
         return entry, seconds
+
+    def _verify(
+        self, plan: _Plan, staged: Path, metadata: dict[str, Any], prepared: PreparedGraph | None
+    ) -> dict[str, Any]:
+        """Judge the staged engine as ``run`` would load it - a staging entry through the
+        engine gate and the memory budget, then the runtime's own infer - and return the
+        metadata with the engine's verdict (``accuracy.engine``). A refusal raises
+        AccuracyGateError and nothing is published."""
+        if self._verifier is None:
+            return metadata
+        backbone = plan.backbone
+        started = time.perf_counter()
+        runtime = f"{plan.target.runtime} {plan.target.runtime_version}"
+        workdir = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-chk-", dir=staged.parent))
+        try:
+            with self._store.staged_entry(plan.identity, staged, metadata) as entry:
+                if self._sign is not None:  # a gate that requires signatures sees ours
+                    self._sign(entry)
+                try:
+                    handle = self._runtime.deserialize_engine(entry)  # gate, budget, load
+                except TrtProvisionError as exc:  # same type and facts, and where it happened
+                    raise type(exc)(f"cannot load the built engine to verify it, nothing "
+                                    f"published: {exc.message}", **exc.context) from exc
+                try:
+                    record = self._verifier.verify(
+                        backbone.model_path, backbone.build_config, prepared,
+                        lambda feed: self._runtime.infer(handle, feed), runtime=runtime,
+                        workdir=workdir, model_hash=plan.model_hash,
+                    )
+                finally:
+                    self._runtime.release_engine(handle)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        seconds = time.perf_counter() - started
+        record = {**dict(record), "seconds": round(seconds, 4)}
+        accuracy = metadata.get("accuracy")
+        accuracy = dict(accuracy) if isinstance(accuracy, Mapping) else {}
+        accuracy["engine"] = record
+        self._log.info(
+            "verified %s on %s: %s (%s inputs, %s samples) in %.2f s",
+            plan.identity.filename, runtime, record.get("verdict"), record.get("inputs"),
+            record.get("samples"), seconds,
+            extra={"event": "engine.verify.finish", "model": backbone.name,
+                   "verdict": record.get("verdict"), "seconds": seconds},
+        )
+        timings = dict(metadata.get("timings") or {})
+        timings["verify_seconds"] = round(seconds, 4)
+        return {**metadata, "accuracy": accuracy, "timings": timings}
+
+    def _answer_remembered_refusal(self, plan: _Plan) -> None:
+        """A refusal remembered for this identity is the answer, at once."""
+        record = self._store.refusal(plan.identity)
+        if record is None:
+            return
+        reason = str(record.get("reason", ""))[:2000]
+        when = record.get("refused_at")
+        self._log.info(
+            "%s was refused earlier%s; not judged again (--force-rebuild judges it again)",
+            plan.identity.filename, f" ({when})" if when else "",
+            extra={"event": "engine.refusal.remembered", "model": plan.backbone.name},
+        )
+        evidence = record.get("context")
+        context: dict[str, Any] = {str(k)[:64]: v for k, v in list(evidence.items())[:32]
+                   if isinstance(v, (str, int, float, bool))} if isinstance(evidence, Mapping) \
+            else {}
+        context.update(model=plan.backbone.name, refused_at=when,
+                       note="judged again with --force-rebuild")
+        raise AccuracyGateError(f"refused earlier: {reason}", **context)
+
+    def _remember_refusal(self, plan: _Plan, exc: AccuracyGateError) -> None:
+        if exc.message.startswith("refused earlier: "):
+            return
+        context = {k: v for k, v in exc.context.items()
+                   if isinstance(v, (str, int, float, bool)) or v is None}
+        self._store.record_refusal(plan.identity, {
+            "reason": exc.message[:4000],
+            "context": context,
+            "refused_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "trt_provision": __version__,
+        })
 
     def _prepare(self, plan: _Plan, staged: Path) -> tuple[PreparedGraph | None, Path | None]:
         """The precision pipeline's graph for this strategy, in a work directory next to the

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, cast
 from trt_provision._lazy import is_available
 from trt_provision.calibration.planner import GovernedCalibrationPlanner
 from trt_provision.calibration.precision import GovernedPrecisionPipeline
+from trt_provision.calibration.stages.verification import GovernedEngineVerifier
 from trt_provision.compiler import EngineCompiler
 from trt_provision.config import Settings
 from trt_provision.gates.budget import GpuMemoryBudget, choose_free_memory_probe
@@ -205,6 +206,7 @@ def wire(
         remote=remote if use_remote else None,
         calibration=calibration,
         precision=GovernedPrecisionPipeline(calibration_dir),
+        verifier=GovernedEngineVerifier(calibration_dir),
         max_temperature_c=settings.max_temperature_c,
         sign=build_signer(settings),
     )

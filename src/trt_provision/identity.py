@@ -56,10 +56,12 @@ __all__ = [
     "HASH_CHARS",
     "MAX_MODEL_NAME",
     "MAX_VERSION_CHARS",
+    "REFUSAL_SUFFIX",
     "ParsedEngineName",
     "build_option_digest",
     "compute_identity",
     "engine_filename",
+    "judged_on_data",
     "metric_file_sha256",
     "model_sha256",
     "normalize_runtime_version",
@@ -67,6 +69,10 @@ __all__ = [
     "validate_identity_fields",
     "validate_model_name",
 ]
+
+# ``<engine filename>.refused.json``: the refusal of the engine this identity names, kept so
+# the next run with the same inputs answers at once (never an engine sidecar: no engine).
+REFUSAL_SUFFIX = ".refused.json"
 
 _FILENAME_RE = re.compile(
     r"(?P<model>[A-Za-z0-9][A-Za-z0-9_-]{0,63})"
@@ -250,6 +256,15 @@ def metric_file_sha256(spec: str) -> str:
         raise ManifestError(exc.message, key="accuracy_metric", **exc.context) from exc
     return hashlib.sha256(blob).hexdigest()
 
+
+
+def judged_on_data(config: BuildConfig) -> bool:
+    """Whether the engine's identity carries its data's key (the calibration key): a
+    calibrated precision, or fp16 judged on data - an fp16 engine judged on one dataset is
+    not the verdict on another, nor a smoke-tested one."""
+    spec = config.calibration
+    return config.precision.needs_calibration or (
+        config.precision.value == "fp16" and spec is not None and spec.source is not None)
 
 
 def build_option_payload(

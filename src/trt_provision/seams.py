@@ -6,7 +6,7 @@ under ``tests/fakes/``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -27,6 +27,7 @@ __all__ = [
     "EngineGate",
     "EngineHandle",
     "EngineStore",
+    "EngineVerifier",
     "InferenceRuntime",
     "MemoryBudget",
     "PrecisionPipeline",
@@ -137,6 +138,25 @@ class EngineStore(Protocol):
 
     def iter_engines(self) -> Iterator[Path]: ...
 
+    def staged_entry(
+        self, identity: EngineIdentity, staged_path: Path, metadata: Mapping[str, Any]
+    ) -> AbstractContextManager[EngineCacheEntry]:
+        """The staged engine with its sidecars, where the engine gate can check it before
+        anything is published (the check after a build loads it through the gate)."""
+        ...
+
+    def record_refusal(self, identity: EngineIdentity, record: Mapping[str, Any]) -> None:
+        """Remember that the engine of ``identity`` was refused (``record["reason"]``)."""
+        ...
+
+    def refusal(self, identity: EngineIdentity) -> Mapping[str, Any] | None:
+        """The refusal remembered for ``identity``; None when there is none to trust."""
+        ...
+
+    def forget_refusal(self, identity: EngineIdentity) -> None:
+        """Drop the refusal of ``identity`` (an engine of it has just been published)."""
+        ...
+
 
 @runtime_checkable
 class RemoteEngineStore(Protocol):
@@ -202,6 +222,20 @@ class PrecisionPipeline(Protocol):
         """The same graph, cheaply and unjudged (one algorithm, no search, no verdict):
         for timing a candidate before judging it (``precision = "auto"``), never served."""
         ...
+
+
+@runtime_checkable
+class EngineVerifier(Protocol):
+    """Judges a BUILT engine against the FP32 source model on its own runtime, before it is
+    published: the same split and gate as the graph (synthetic inputs without data), every
+    output checked for NaN / Inf. Returns the sidecar's engine record, or raises
+    AccuracyGateError (outcome ``refused``)."""
+
+    def verify(
+        self, model_path: Path, build_config: BuildConfig, prepared: PreparedGraph | None,
+        run_engine: Callable[[Mapping[str, Any]], Mapping[str, Any]], *, runtime: str,
+        workdir: Path, model_hash: str | None = None,
+    ) -> Mapping[str, Any]: ...
 
 
 @runtime_checkable

@@ -635,6 +635,9 @@ class PreparedGraph:
 
     model_path: Path
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    # The pipeline's own verdict (its judging split, gate), for its check of the engine
+    # built from this graph; opaque to the compiler and the strategies.
+    evidence: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -370,7 +370,7 @@ def test_allow_inaccurate_never_lets_a_failing_candidate_win(
     assert decision_of(engine)["chosen"] == "fp32"  # type: ignore[index]
     judged_int8 = [p for p in cache_dir.glob("demo_cnn/*.int8.*.engine")
                    if p.name != rows["int8"]["trial_engine"]]
-    assert judged_int8 == []
+    assert judged_int8 == []  # its refusal is kept (.refused.json), never an engine
 
 
 @pytest.mark.parametrize(

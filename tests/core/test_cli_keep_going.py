@@ -127,7 +127,8 @@ def test_refused_and_internal_errors(
     assert outcomes == {"demo_cnn": "built", "two_inputs": "refused", "dynamic_mlp": "built"}
     assert data["refused"] == 1
     failures["two_inputs"] = KeyError("boom")
-    assert main(argv) == 3
+    # The refusal is remembered; judged again, the build now hits our bug.
+    assert main([*argv, "--force-rebuild"]) == 3
     captured = capsys.readouterr()
     data = json.loads(captured.out)
     row = next(r for r in data["results"] if r["name"] == "two_inputs")

@@ -23,7 +23,6 @@ from fakes.fake_tensorrt import (
     FakeLayerSpec,
     FakeModelSpec,
     FakeTensorSpec,
-    fake_output,
     fake_state,
     make_fake_tensorrt,
 )
@@ -208,7 +207,6 @@ def test_cli_without_tensorrt_exits_1_naming_the_extra(tmp_path: Path) -> None:
 def test_demo_corpus_on_fake_trt10_reports_every_case_and_compares(
     fake_trt: Installer, tmp_path: Path
 ) -> None:
-    import onnxruntime as ort
 
     trt = fake_trt("10.16.1.11")
     report = run_selftest(manifest=DEMO, report_dir=tmp_path / "report",
@@ -232,30 +230,21 @@ def test_demo_corpus_on_fake_trt10_reports_every_case_and_compares(
     assert not [f for f in report.failures
                 if f.startswith(("two_inputs/int8", "two_inputs/mixed"))]
     # TensorRT 10.16 offers both paths: nothing is "not offered", and a model the fake can
-    # take is built on the path asked for, loaded through gate and budget, and run.
+    # take is built on the path asked for, then loaded through gate and budget and run by
+    # the build's own check of the engine.
     assert not [c for c in report.cases if c.status == "not-offered"]
+    built = [c for c in report.cases if c.engine]
+    assert fake_state(trt).recorder.names.count("Runtime.deserialize_cuda_engine") >= len(built)
+    # The fake engine does not compute the model: the build's check refuses it, naming the
+    # output, and the self-test reports the case failed (nothing of it published).
     mlp = {(c.precision, c.typed_path): c for c in report.cases if c.model == "dynamic_mlp"}
     for precision in ("fp32", "fp16"):
         for path in ("weak", "strong"):
             case = mlp[(precision, path)]
-            assert case.engine and case.outputs and case.taken_path == path, case
-    built = [c for c in report.cases if c.engine]
-    assert fake_state(trt).recorder.names.count("Runtime.deserialize_cuda_engine") >= len(built)
-
-    # The comparison is the real one: recompute a case from the fake engine's rule and ORT.
-    case = next(c for c in report.cases
-                if (c.model, c.precision, c.typed_path) == ("dynamic_mlp", "fp16", "weak"))
-    features = np.load(ROOT / "examples/calibration/dynamic_mlp.npz")["features"][:16]
-    session = ort.InferenceSession(str(ROOT / "examples/models/dynamic_mlp.onnx"),
-                                   providers=["CPUExecutionProvider"])
-    (reference,) = session.run(["scores"], {"features": features})
-    engine_out = fake_output({"features": features}, reference.shape, np.float32)
-    (expected,) = compare_outputs({"scores": reference}, {"scores": engine_out})
-    (got,) = case.outputs
-    assert got.cosine == pytest.approx(expected.cosine, abs=1e-9)
-    assert got.max_abs_error == pytest.approx(expected.max_abs_error, rel=1e-6)
-    # The fake engine does not compute the model: the self-test must say so.
-    assert case.status == "fail" and case.min_cosine == MIN_COSINE[PrecisionMode.FP16]
+            assert case.status == "fail" and case.engine is None, case
+            assert "engine refused on trt" in case.detail and "'scores'" in case.detail, case
+    assert "cosine" in mlp[("fp32", "weak")].detail
+    assert mlp[("fp16", "weak")].min_cosine == MIN_COSINE[PrecisionMode.FP16]
     assert not report.ok
 
     checks = {c.name: c for c in report.checks}
@@ -264,10 +253,13 @@ def test_demo_corpus_on_fake_trt10_reports_every_case_and_compares(
     assert checks["polygraphy"].status == "skipped"  # not installed here
     # The builds reported their phases to the progress monitor (the fake builder drives it).
     assert checks["build-phases"].status == "pass", checks["build-phases"]
-    # Whatever INT8 did, the timing cache is checked through a rebuild of an engine built.
-    assert checks["timing-cache"].status == "pass", checks["timing-cache"]
-    rebuilt = tuple(checks["timing-cache"].facts["rebuilt"].split("/"))
-    assert rebuilt in {(c.model, c.precision, c.typed_path) for c in report.cases if c.engine}
+    # The timing cache is checked through a rebuild of an engine built; the fake computes
+    # none of these models, so none was (the check on a model it computes exactly:
+    # test_cli_passes_on_a_model_the_fake_computes_exactly).
+    if built:
+        assert checks["timing-cache"].status == "pass", checks["timing-cache"]
+    else:
+        assert checks["timing-cache"].status == "skipped", checks["timing-cache"]
     if not any(c.engine for c in report.cases if c.precision == "int8"):
         assert checks["calibration-cache"].status == "skipped"
 

@@ -22,6 +22,7 @@ from trt_provision.calibration.data import (
 )
 from trt_provision.calibration.ranges import range_params_for
 from trt_provision.errors import CalibrationCacheError
+from trt_provision.identity import judged_on_data
 from trt_provision.types import BackboneSpec, BuildConfig, CalibrationSpec
 
 __all__ = [
@@ -211,7 +212,7 @@ class GovernedCalibrationPlanner:
 
     def calibration_key(self, backbone: BackboneSpec, model_hash: str) -> str | None:
         config = backbone.build_config
-        if not config.precision.needs_calibration:
+        if not judged_on_data(config):
             return None
         spec = calibration_spec_of(config, backbone.name)
         memo_key = (

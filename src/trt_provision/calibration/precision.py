@@ -164,4 +164,5 @@ def prepare_model_for_precision(
         extra={"event": "calibration.prepare.finish", "model": str(model_path),
                "precision": config.precision.value, "seconds": round(elapsed, 3)},
     )
-    return PreparedModel(model_path=verdict.model_path, metadata=verdict.metadata)
+    return PreparedModel(model_path=verdict.model_path, metadata=verdict.metadata,
+                         evidence=verdict)

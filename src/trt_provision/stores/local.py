@@ -21,7 +21,9 @@ import errno
 import fcntl
 import logging
 import os
+import shutil
 import stat
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -42,9 +44,15 @@ from trt_provision._fs import (
     untrusted_reason,
     write_temp_file,
 )
-from trt_provision.errors import StoreError
-from trt_provision.identity import ENGINE_SUFFIX
-from trt_provision.integrity import metadata_bytes, sha256_file, sha256_sidecar_bytes
+from trt_provision.errors import StoreError, TrtProvisionError
+from trt_provision.identity import ENGINE_SUFFIX, REFUSAL_SUFFIX
+from trt_provision.integrity import (
+    loads_bounded,
+    metadata_bytes,
+    read_cache_file,
+    sha256_file,
+    sha256_sidecar_bytes,
+)
 from trt_provision.types import EngineCacheEntry, EngineIdentity
 
 __all__ = ["LocalEngineStore"]
@@ -53,6 +61,7 @@ log = logging.getLogger(__name__)
 
 LOCK_DIR = ".locks"
 _NO_WRITE_ACCESS = (errno.EACCES, errno.EPERM, errno.EROFS)
+MAX_REFUSAL_BYTES = 256 << 10  # a refusal record: a reason and its evidence, never more
 
 
 class LocalEngineStore:
@@ -215,17 +224,7 @@ class LocalEngineStore:
         if st is None or not stat.S_ISREG(st.st_mode) or st.st_size == 0:
             raise StoreError("staged engine is missing or empty", path=str(staged_path))
         self._set_mode(staged_path)
-        digest, size = sha256_file(staged_path)
-        full = dict(metadata)
-        full.update(
-            {
-                "format": 1,
-                "engine": final.name,
-                "sha256": digest,
-                "size_bytes": size,
-                "identity": identity.to_dict(),
-            }
-        )
+        digest, size, full = _full_metadata(identity, staged_path, final.name, metadata)
         # Every byte is written (and fsynced) before anything is renamed, so a full disk
         # fails here and leaves the previous engine and its sidecars untouched.
         sha_final = final.with_name(final.name + ".sha256")
@@ -258,6 +257,94 @@ class LocalEngineStore:
             size_bytes=size,
             extras={"metadata": full},
         )
+
+    @contextlib.contextmanager
+    def staged_entry(
+        self, identity: EngineIdentity, staged_path: Path, metadata: Mapping[str, Any]
+    ) -> Iterator[EngineCacheEntry]:
+        """The staged engine as an entry the engine gate can check: hard-linked under its
+        final name, with its sidecars, into a private work directory of the model directory
+        (``.tmp-<pid>-chk-*``, which ``cache gc`` removes when its writer died). Removed on
+        exit; the staged file itself is untouched and still the one to publish."""
+        final = self.path_for(identity)
+        if staged_path.parent != final.parent:
+            raise StoreError("staged engine is not in its model directory",
+                             path=str(staged_path), expected=str(final.parent))
+        self._set_mode(staged_path)
+        workdir = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-chk-",
+                                        dir=final.parent))
+        try:
+            engine = workdir / final.name
+            try:
+                os.link(staged_path, engine)
+            except OSError:  # a file system without hard links: a copy, checked by hash
+                shutil.copyfile(staged_path, engine)
+                os.chmod(engine, self._file_mode)
+            digest, _, full = _full_metadata(identity, engine, final.name, metadata)
+            # The cache's file mode whatever the umask: the gate refuses writable sidecars.
+            meta = metadata_bytes(full)
+            # Two lines, as published: the gate checks the .json against the second.
+            for suffix, data in ((".sha256", sha256_sidecar_bytes(digest, final.name, meta)),
+                                 (".json", meta)):
+                fd = os.open(engine.with_name(engine.name + suffix),
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             self._file_mode)
+                with os.fdopen(fd, "wb") as out:
+                    os.fchmod(out.fileno(), self._file_mode)
+                    out.write(data)
+            yield EngineCacheEntry(engine_path=engine, sha256=digest, identity=identity,
+                                   size_bytes=full["size_bytes"], extras={"metadata": full})
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    # ------------------------------------------------------------------ verdict memory
+
+    def refusal_path(self, identity: EngineIdentity) -> Path:
+        return self.path_for(identity).with_name(identity.filename + REFUSAL_SUFFIX)
+
+    def record_refusal(self, identity: EngineIdentity, record: Mapping[str, Any]) -> None:
+        """Remember a refusal under the identity it was judged for (temp → fsync →
+        rename). Best effort: a cache that cannot take it only costs the next run time."""
+        path = self.refusal_path(identity)
+        body = {**dict(record), "format": 1, "engine": identity.filename,
+                "identity": identity.to_dict()}
+        try:
+            self._own_dir(path.parent, "model directory")
+            tmp = write_temp_file(path, metadata_bytes(body), self._file_mode)
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+        except (OSError, StoreError) as exc:
+            log.warning("cannot remember the refusal of %s: %s", identity.filename, exc,
+                        extra={"event": "engine.refusal.unwritable", "path": str(path)})
+
+    def refusal(self, identity: EngineIdentity) -> Mapping[str, Any] | None:
+        """The refusal recorded for ``identity``, or None: absent, or not one we can trust
+        (a symlink, not ours, oversized, corrupt, another identity's) - then it is ignored
+        and the engine is judged again."""
+        path = self.refusal_path(identity)
+        if not os.path.lexists(path):
+            return None
+        try:
+            raw = read_cache_file(path, MAX_REFUSAL_BYTES, what="refusal record",
+                                  root=None)
+            record = loads_bounded(raw, str(path), what="refusal record",
+                                   cap=MAX_REFUSAL_BYTES)
+        except TrtProvisionError as exc:
+            log.warning("ignoring the refusal record %s: %s", path.name, exc,
+                        extra={"event": "engine.refusal.ignored", "path": str(path)})
+            return None
+        if (not isinstance(record, dict) or record.get("engine") != identity.filename
+                or record.get("identity") != identity.to_dict()
+                or not isinstance(record.get("reason"), str)):
+            log.warning("ignoring the refusal record %s: it does not describe this engine",
+                        path.name, extra={"event": "engine.refusal.ignored",
+                                          "path": str(path)})
+            return None
+        return record
+
+    def forget_refusal(self, identity: EngineIdentity) -> None:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            self.refusal_path(identity).unlink()
 
     def _set_mode(self, staged_path: Path) -> None:
         """The cache's file mode or stricter for the staged engine, whatever wrote it (a
@@ -294,3 +381,15 @@ class LocalEngineStore:
         if not self._root.is_dir() or not self.writable() or untrusted_chain(self._root):
             return []
         return remove_paths(self._root, stale_temps(self._root))
+
+
+def _full_metadata(
+    identity: EngineIdentity, engine: Path, name: str, metadata: Mapping[str, Any]
+) -> tuple[str, int, dict[str, Any]]:
+    """The digest, size and sidecar metadata of the engine file ``engine`` published as
+    ``name``."""
+    digest, size = sha256_file(engine)
+    full = dict(metadata)
+    full.update({"format": 1, "engine": name, "sha256": digest, "size_bytes": size,
+                 "identity": identity.to_dict()})
+    return digest, size, full

@@ -14,12 +14,14 @@ pointing at a user's directory must lose nothing):
 - an engine: a regular file in ``<root>/<model>/`` whose name parses as an engine filename
   (``identity.parse_engine_filename``) for that same model;
 - a sidecar: ``<engine filename><suffix>`` for a suffix in ``SIDECAR_SUFFIXES``, where the
-  engine filename parses as above (``projects/app.engine.json`` does not);
+  engine filename parses as above (``projects/app.engine.json`` does not); a remembered
+  refusal ``<engine filename>.refused.json`` likewise (it goes when its identity is
+  superseded, never as an orphan: a refused engine has no file);
 - a temp file: a regular file whose name parses as ``.tmp-<pid>-<nonce>-<final>``
   (``_fs.parse_temp_name``), whose writer pid is gone, and, in a model directory, whose
   final name is an engine or sidecar name of that model;
-- a build work directory ``.tmp-<pid>-<ort|trt>-<mkdtemp suffix>`` of a dead writer, owned by
-  this user: the only directories ever removed recursively.
+- a build (or engine check) work directory ``.tmp-<pid>-<ort|trt|chk>-<mkdtemp suffix>`` of
+  a dead writer, owned by this user: the only directories ever removed recursively.
 
 Nothing is deleted through a symlink, outside the cache directory, or in a cache another
 user can write (``StoreError``).
@@ -49,6 +51,7 @@ from trt_provision.gates.engine_gate import target_accepts
 from trt_provision.identity import (
     ENGINE_SUFFIX,
     HASH_CHARS,
+    REFUSAL_SUFFIX,
     ParsedEngineName,
     parse_engine_filename,
 )
@@ -79,6 +82,8 @@ def _owner_name(name: str) -> str | None:
     """The engine filename a file name stands for: itself, or the owner of a sidecar."""
     if name.endswith(ENGINE_SUFFIX):
         return name
+    if name.endswith(ENGINE_SUFFIX + REFUSAL_SUFFIX):  # a remembered refusal: no engine
+        return name[: -len(REFUSAL_SUFFIX)]
     # Longest suffix first: ".perf.json" before ".json".
     for suffix in sorted(SIDECAR_SUFFIXES, key=len, reverse=True):
         if name.endswith(ENGINE_SUFFIX + suffix):
@@ -365,6 +370,15 @@ def plan_gc(
             if name.endswith(ENGINE_SUFFIX) or not _ours(path, model_dir.name):
                 continue
             owner = _owner_name(name)
+            if name.endswith(REFUSAL_SUFFIX):
+                # A refusal has no engine by nature: it goes when its identity is of no
+                # more use here, as that engine would.
+                refused = _engine_name_of(name, model_dir.name)
+                why = (superseded_reason(refused, host_targets, models)
+                       if refused is not None else None)
+                if why:
+                    items.append(_item(path, f"refusal record: {why}", (path,)))
+                continue
             if owner is not None and owner not in engines and not os.path.lexists(
                 model_dir / owner
             ):

@@ -14,7 +14,12 @@ from trt_provision.calibration.accuracy import AccuracyReport, compare_models
 from trt_provision.calibration.graph import PinnedNode, load_model, match_pinned_nodes, save_model
 from trt_provision.calibration.ranges import TensorRanges
 from trt_provision.calibration.stages.ranges import Ranges
-from trt_provision.calibration.stages.search import Candidate, best_of, sensitivity_search
+from trt_provision.calibration.stages.search import (
+    Candidate,
+    best_of,
+    remembered_sensitivity_search,
+    sensitivity_key,
+)
 from trt_provision.calibration.stages.spec import PrecisionSpec
 from trt_provision.errors import EngineBuildError
 
@@ -114,11 +119,8 @@ def _int8(ranges: Ranges) -> Graph:
     chosen_algorithm = best.label
     sensitivity: dict[str, Any] = {}
     if gate is not None and not best.passes and splits.judged:
-        best, sensitivity = sensitivity_search(
-            best, governed[chosen_algorithm].ranges, build,
-            [n for n in weighted_nodes(preprocessed) if n not in {p.node for p in pinned}],
-            spec.consumer,
-        )
+        best, sensitivity = _search(spec, evidence, governed[chosen_algorithm], best, build, [
+            n for n in weighted_nodes(preprocessed) if n not in {p.node for p in pinned}])
     qdq = best.qdq
     _check_quantized(qdq, spec)
     chosen = governed[chosen_algorithm]
@@ -150,6 +152,31 @@ def _int8(ranges: Ranges) -> Graph:
         "pinned_layers": _pinned_evidence(pinned, qdq.pinned_precision),
     }
     return Graph(ranges, best.path, metadata, best.validation, metric)
+
+
+def _search(spec: PrecisionSpec, evidence: Any, chosen: Any, base: Candidate, build: Any,
+            layers: Sequence[str]) -> tuple[Candidate, dict[str, Any]]:
+    """The sensitivity search, remembered in the governed calibration cache."""
+    from trt_provision.calibration.cache import cache_path_for
+
+    assert spec.model_hash is not None and evidence.splits is not None
+    judged_by: dict[str, Any] = {
+        "gate": spec.gate.to_dict() if spec.gate is not None else None,
+        "splits": evidence.splits.to_metadata(),
+    }
+    if spec.metric is not None:
+        from trt_provision.identity import metric_file_sha256
+
+        judged_by["metric_sha256"] = metric_file_sha256(spec.metric)
+    cache_dir = spec.cache_dir or spec.workdir / "calibration"
+    return remembered_sensitivity_search(
+        base, chosen.ranges, build, layers, spec.consumer,
+        cache_path=cache_path_for(cache_dir, spec.model.stem, spec.precision.value,
+                                  model_hash=spec.model_hash,
+                                  kind=f"{chosen.ranges.algorithm}-{spec.consumer}-sensitivity"),
+        key=sensitivity_key(chosen.key, spec.consumer, layers, judged_by),
+        dataset_version=chosen.dataset_version,
+    )
 
 
 def _int8_from_user_cache(ranges: Ranges) -> Graph:

@@ -4,16 +4,28 @@ only: the test split never steers them."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from trt_provision.calibration.accuracy import AccuracyReport
 from trt_provision.calibration.ranges import TensorRanges
-from trt_provision.errors import EngineBuildError
+from trt_provision.errors import CalibrationCacheError, EngineBuildError
 
-__all__ = ["SENSITIVITY_MAX_LAYERS", "Candidate", "best_of", "sensitivity_search"]
+__all__ = [
+    "SENSITIVITY_MAX_LAYERS",
+    "Candidate",
+    "best_of",
+    "remembered_sensitivity_search",
+    "sensitivity_search",
+]
+
+PAYLOAD_SENSITIVITY = "sensitivity-json"
+_SEARCH_VERSION = "leave-one-layer-out/2"  # 2: a hopeless search stops at its ceiling
 
 logger = logging.getLogger(__name__)
 
@@ -123,4 +135,60 @@ def sensitivity_search(
         len(kept), "passes" if best.passes else "still fails",
         extra={"event": "calibration.sensitivity", "kept": kept},
     )
+    return best, info
+
+
+def sensitivity_key(ranges_key: str, consumer: str, layers: Sequence[str],
+                    judged_by: Mapping[str, Any]) -> str:
+    """What the search's result depends on beyond the ranges' key (model, data version,
+    algorithm, pinned and excluded layers): the consumer, the layers it may keep, its budget,
+    and how validation is judged (gate, metric, the split)."""
+    payload = {"ranges": ranges_key, "consumer": consumer, "layers": list(layers),
+               "budget": SENSITIVITY_MAX_LAYERS, "method": _SEARCH_VERSION,
+               "judged_by": dict(judged_by)}
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def remembered_sensitivity_search(
+    base: Candidate, ranges: TensorRanges, build: BuildCandidate, layers: Sequence[str],
+    consumer: str, *, cache_path: Path, key: str, dataset_version: str,
+) -> tuple[Candidate, dict[str, Any]]:
+    """``sensitivity_search``, its result kept in the governed calibration cache under
+    ``key``: a later build with the same inputs builds only the graph the search chose
+    (one graph, measured on validation again) instead of searching again."""
+    from trt_provision.calibration.cache import CacheHeader, GovernedCalibrationCache
+
+    cache = GovernedCalibrationCache(cache_path)
+    try:
+        lookup = cache.load(key, dataset_version)
+        found = json.loads(lookup.payload) if lookup.usable and lookup.payload else None
+    except (CalibrationCacheError, ValueError) as exc:
+        logger.warning("ignoring the cached sensitivity search: %s", exc,
+                       extra={"event": "calibration.sensitivity.cache_ignored",
+                              "path": str(cache_path)})
+        found = None
+    if (isinstance(found, dict) and isinstance(found.get("kept"), list)
+            and all(isinstance(n, str) and n in layers for n in found["kept"])
+            and isinstance(found.get("info"), dict)):
+        kept = list(found["kept"])
+        best = build(f"keep-{len(kept)}", ranges, kept) if kept else base
+        info = {**found["info"], "cached": True, "passes_gate": best.passes}
+        logger.info(
+            "sensitivity search answered from its cache: %d layer(s) kept", len(kept),
+            extra={"event": "calibration.sensitivity.cached", "kept": kept})
+        return best, info
+    best, info = sensitivity_search(base, ranges, build, layers, consumer)
+    chosen = list(best.qdq.kept_float) if best is not base else []
+    if best is not base and not chosen:
+        chosen = [p.node for p in best.qdq.excluded if p.keyword == "sensitivity"]
+    try:
+        with cache.lock():
+            cache.store(CacheHeader(key=key, algorithm="sensitivity",
+                                    dataset_version=dataset_version,
+                                    payload_kind=PAYLOAD_SENSITIVITY),
+                        json.dumps({"kept": chosen, "info": info}, default=str).encode())
+    except CalibrationCacheError as exc:  # only the next build's time is lost
+        logger.warning("cannot cache the sensitivity search: %s", exc,
+                       extra={"event": "calibration.sensitivity.cache_unwritable"})
     return best, info
