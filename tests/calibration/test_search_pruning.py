@@ -77,3 +77,11 @@ def test_a_ceiling_that_quantizes_nothing_bounds_nothing() -> None:
     best, info = sensitivity_search(build("minmax", None), None, build, LAYERS, "onnxruntime")  # type: ignore[arg-type]
     assert best.passes and "skipped" not in info
     assert sum(label.startswith("loo-") for label in built) == len(LAYERS)
+
+
+def test_when_only_keeping_every_measured_layer_passes_that_graph_is_chosen() -> None:
+    build, built = _builder({0: 0.5, 8: 0.99}, bar=0.95)  # no step up to 4 layers passes
+    base = build("minmax", None)
+    best, info = sensitivity_search(base, None, build, LAYERS, "onnxruntime")  # type: ignore[arg-type]
+    assert best.label == "keep-all" and best.passes and info["passes_gate"]
+    assert info["kept"] == LAYERS

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from trt_provision.cli.main import main
+from trt_provision.integrity import sha256_sidecar_bytes
 
 pytestmark = pytest.mark.tier1
 
@@ -63,13 +64,14 @@ def _as_target(engine: Path, target: str, version: str = "10.3.0",
     clone = engine.with_name(name)
     shutil.copyfile(engine, clone)
     digest = hashlib.sha256(clone.read_bytes()).hexdigest()
-    clone.with_name(name + ".sha256").write_text(f"{digest}  {name}\n")
     meta = json.loads(engine.with_name(engine.name + ".json").read_text())
     meta["engine"] = name
     meta.pop("io", None)  # TensorRT engines' metadata does not carry the ONNX I/O
     meta["identity"].update(target=target, platform=platform, runtime="trt",
                             runtime_version=version)
-    clone.with_name(name + ".json").write_text(json.dumps(meta))
+    meta_bytes = json.dumps(meta).encode()
+    clone.with_name(name + ".json").write_bytes(meta_bytes)
+    clone.with_name(name + ".sha256").write_bytes(sha256_sidecar_bytes(digest, name, meta_bytes))
     return clone
 
 
@@ -205,12 +207,14 @@ def test_of_two_plans_for_one_gpu_the_newest_is_exported(
     digest = older.name.split(".")[-2]
     newer = older.with_name(older.name.replace(digest, "0" * 12))
     shutil.copyfile(older, newer)
-    newer.with_name(newer.name + ".sha256").write_text(
-        older.with_name(older.name + ".sha256").read_text().replace(older.name, newer.name))
     meta = json.loads(older.with_name(older.name + ".json").read_text())
     meta["engine"] = newer.name
     meta["identity"]["options_digest"] = "0" * 12
-    newer.with_name(newer.name + ".json").write_text(json.dumps(meta))
+    meta_bytes = json.dumps(meta).encode()
+    newer.with_name(newer.name + ".json").write_bytes(meta_bytes)
+    engine_digest = hashlib.sha256(newer.read_bytes()).hexdigest()
+    newer.with_name(newer.name + ".sha256").write_bytes(
+        sha256_sidecar_bytes(engine_digest, newer.name, meta_bytes))
     os.utime(older, (1, 1))
     capsys.readouterr()
     assert _export(tmp_path / "repo", cache, "--json") == 0

@@ -15,6 +15,7 @@ import pytest
 from trt_provision import auto_precision
 from trt_provision.calibration.precision import PREVIEW_NOTE
 from trt_provision.cli.main import main
+from trt_provision.integrity import sha256_sidecar_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "examples" / "models"
@@ -123,11 +124,12 @@ def clone_for_target(engine: Path, *, target: str, platform: str, runtime: str,
     clone = engine.with_name(name)
     shutil.copyfile(engine, clone)
     sha_line = engine.with_name(engine.name + ".sha256").read_text().split()[0]
-    clone.with_name(name + ".sha256").write_text(f"{sha_line}  {name}\n")
     meta = json.loads(engine.with_name(engine.name + ".json").read_text())
     meta["engine"] = name
     meta["identity"].update(target=target, platform=platform, runtime=runtime,
                             runtime_version=version)
     meta.update(extra_meta or {})
-    clone.with_name(name + ".json").write_text(json.dumps(meta, indent=2))
+    meta_bytes = json.dumps(meta, indent=2).encode()
+    clone.with_name(name + ".json").write_bytes(meta_bytes)
+    clone.with_name(name + ".sha256").write_bytes(sha256_sidecar_bytes(sha_line, name, meta_bytes))
     return clone

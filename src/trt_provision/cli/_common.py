@@ -181,10 +181,10 @@ def saved_copy_name(path: Path) -> str | None:
     return name
 
 
-def verify_saved_copy(path: Path, name: str) -> tuple[dict[str, Any], str]:
-    """(metadata, sha256) of a --saveEngine copy whose sidecars prove it: ``FILE.sha256``
-    names FILE and matches its bytes, and ``FILE.json`` describes the engine of that sha256.
-    EngineGateError naming what does not hold."""
+def verify_saved_copy(path: Path, name: str) -> tuple[dict[str, Any], str, bytes]:
+    """(metadata, sha256, the checked ``.json`` bytes) of a --saveEngine copy whose sidecars
+    prove it: ``FILE.sha256`` names FILE, matches its bytes and covers ``FILE.json``, which
+    describes the engine of that sha256. EngineGateError naming what does not hold."""
     from trt_provision._fs import untrusted_reason
     from trt_provision.errors import EngineGateError
     from trt_provision.integrity import (
@@ -221,4 +221,4 @@ def verify_saved_copy(path: Path, name: str) -> tuple[dict[str, Any], str]:
             "engine copy: its bytes do not match its .sha256 sidecar",
             path=str(path), expected=claimed, found=actual,
         )
-    return metadata, claimed
+    return metadata, claimed, raw

@@ -122,6 +122,7 @@ def _run_engine(args: argparse.Namespace, copy_of: str | None = None) -> int:
     data: dict[str, Any] = {"engine": str(engine), "identity": parsed.to_dict()}
     if copy_of is not None:
         data["copy_of"] = copy_of
+    raw: bytes | None = None
     try:
         sidecar = engine.with_name(engine.name + ".json")
         raw = read_cache_file(sidecar, MAX_METADATA_BYTES, what="metadata sidecar")
@@ -129,7 +130,9 @@ def _run_engine(args: argparse.Namespace, copy_of: str | None = None) -> int:
     except EngineGateError as exc:
         data["metadata_error"] = str(exc)
     try:
-        claimed = parse_sha256_sidecar(engine.with_name(engine.name + ".sha256"), engine.name)
+        # The .sha256 must cover the .json too, as the engine gate requires.
+        claimed = parse_sha256_sidecar(engine.with_name(engine.name + ".sha256"), engine.name,
+                                       metadata=raw)
         if not engine.is_file():  # a FIFO or device named like an engine would never end
             raise EngineGateError("engine is not a regular file", path=str(engine))
         actual, size = sha256_file(engine)

@@ -87,7 +87,7 @@ def register(sub: Any) -> None:
 
 
 @contextmanager
-def _staged_copy(copy: Path, name: str, sha256: str) -> Iterator[Path]:
+def _staged_copy(copy: Path, name: str, sha256: str, metadata: bytes) -> Iterator[Path]:
     """A ``--saveEngine`` copy proven by its sidecars, under its cached name in a private
     directory (a hard link where the file system allows, else a copy), with sidecars that
     name it: the engine gate then checks it exactly as it checks a cached engine."""
@@ -112,11 +112,14 @@ def _staged_copy(copy: Path, name: str, sha256: str) -> Iterator[Path]:
             os.link(copy, staged)
         except OSError:
             shutil.copyfile(copy, staged)
-        for suffix in (".json", ".sig"):
-            side = copy.with_name(copy.name + suffix)
-            if side.is_file():
-                shutil.copyfile(side, staged.with_name(name + suffix))
-        metadata = staged.with_name(name + ".json").read_bytes()
+        # Exactly the .json bytes verify_saved_copy checked: nothing read again after it.
+        staged.with_name(name + ".json").write_bytes(metadata)
+        signature = copy.with_name(copy.name + ".sig")
+        if signature.is_file():
+            from trt_provision.integrity import read_cache_file
+
+            staged.with_name(name + ".sig").write_bytes(
+                read_cache_file(signature, 64 << 10, what="signature", check_owner=False))
         staged.with_name(name + ".sha256").write_bytes(sha256_sidecar_bytes(sha256, name, metadata))
         yield staged
     finally:
@@ -185,8 +188,8 @@ def _run_saved_copy(args: argparse.Namespace, copy: Path, name: str) -> int:
     """``run FILE`` on a ``compile --saveEngine=FILE`` copy (trtexec's --loadEngine habit):
     proven by its sidecars, run like the cached engine, measurements recorded beside FILE."""
     require_paths((args.inputs, "--inputs"), (args.model, "--model"))
-    _metadata, sha256 = verify_saved_copy(copy, name)
-    with _staged_copy(copy, name, sha256) as staged:
+    _metadata, sha256, raw = verify_saved_copy(copy, name)
+    with _staged_copy(copy, name, sha256, raw) as staged:
         return _run_jobs(args, staged, _options(args), copy=(copy, sha256))
 
 

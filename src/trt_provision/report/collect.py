@@ -445,8 +445,9 @@ def _read_engine(
     except EngineGateError as exc:
         problems.append(exc.message)
     try:
+        # Verified means what the engine gate means: the .sha256 covers the .json too.
         claimed = parse_sha256_sidecar(path.with_name(path.name + ".sha256"), path.name,
-                                       root=root)
+                                       root=root, metadata=meta_bytes)
         digest, _ = sha256_file(path)
         if digest != claimed:
             problems.append("engine bytes do not match the .sha256 sidecar")

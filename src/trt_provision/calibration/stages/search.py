@@ -115,6 +115,12 @@ def sensitivity_search(
             best = cand
         if cand.passes:
             break
+    if not best.passes and ceiling is not None and ceiling.passes and ceiling.qdq.quantized_ops:
+        # No step up to half the layers passed, but keeping every measured one did: that
+        # graph (still quantized elsewhere) is the one that passes.
+        best = ceiling
+        tried.append({"kept": len(measured), "cosine": ceiling.validation.worst_cosine,
+                      "top1_agreement": ceiling.validation.worst_top1, "passes_gate": True})
     kept = list(best.qdq.kept_float) or [p.node for p in best.qdq.excluded
                                           if p.keyword == "sensitivity"]
     info = {

@@ -10,7 +10,7 @@ import logging
 import os
 
 from trt_provision.errors import EngineGateError
-from trt_provision.integrity import read_cache_file
+from trt_provision.integrity import parse_sha256_bytes, read_cache_file
 from trt_provision.stores.s3.faults import (
     Conflict,
     Refused,
@@ -62,7 +62,11 @@ def read_local(entry: EngineCacheEntry) -> tuple[bytes, bytes, bytes | None, int
         raise Refused(f"local {exc}") from exc
     except OSError as exc:
         raise Refused(f"local engine unreadable: {exc.strerror}") from exc
-    if not sha_bytes.startswith(entry.sha256.encode()):
+    try:  # the set a device will fetch must verify there: the .sha256 covers the .json
+        claimed = parse_sha256_bytes(sha_bytes, engine, engine.name, meta_bytes)
+    except EngineGateError as exc:
+        raise Refused(f"local {exc}") from exc
+    if claimed != entry.sha256:
         raise Refused("local sha256 sidecar does not match the engine entry")
     return sha_bytes, meta_bytes, sig_bytes, size
 
