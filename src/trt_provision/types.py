@@ -232,6 +232,11 @@ def profile_problems(
     return problems
 
 
+# dim_param strings exporters use for "some size" rather than a named, shared dimension
+# (Paddle2ONNX writes "?" for every dynamic dim, others "-1" or "None"): never a constraint.
+ANONYMOUS_DIM_NAMES = frozenset({"?", "-1", "None", "none", "null", "dynamic"})
+
+
 def _shared_dim_problems(
     profiles: tuple[OptimizationProfile, ...],
     inputs: Mapping[str, tuple[int | str | None, ...]],
@@ -242,7 +247,7 @@ def _shared_dim_problems(
         if dims is None or len(dims) != len(p.min_shape):
             continue  # reported above
         for i, d in enumerate(dims):
-            if isinstance(d, str) and d:
+            if isinstance(d, str) and d and d not in ANONYMOUS_DIM_NAMES:
                 sizes.setdefault(d, []).append((p.input_name, i, p))
     problems = []
     for symbol, users in sizes.items():

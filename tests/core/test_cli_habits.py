@@ -393,3 +393,17 @@ def test_a_defaulted_profile_follows_a_given_one_on_a_shared_dimension(
         "build_config"]["profiles"]
     assert profiles[1] == {"input": "mask", "min": [1, 16], "opt": [8, 16], "max": [32, 16],
                            "defaulted": True}
+
+
+@pytest.mark.tier0
+@pytest.mark.parametrize("anonymous", ["?", "-1", "None"])
+def test_an_exporters_anonymous_dim_name_is_not_a_shared_dimension(anonymous: str) -> None:
+    """Paddle2ONNX names every dynamic dim "?": a batch and a width of one input are not
+    one dimension (the RapidOCR direction classifier, [?, 3, 48, ?], profiled 1..192 wide)."""
+    from trt_provision.types import OptimizationProfile, profile_problems
+
+    profile = OptimizationProfile("x", (1, 3, 48, 192), (1, 3, 48, 192), (1, 3, 48, 192))
+    inputs = {"x": (anonymous, 3, 48, anonymous)}
+    assert profile_problems((profile,), inputs) == []
+    named = {"x": ("n", 3, 48, "n")}  # a real shared name still has to agree
+    assert profile_problems((profile,), named)
