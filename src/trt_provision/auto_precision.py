@@ -238,11 +238,13 @@ def trial_identity(identity: EngineIdentity) -> EngineIdentity:
 
 
 def read_sidecar(entry: EngineCacheEntry) -> dict[str, Any]:
+    from trt_provision.integrity import read_cache_file
+
     path = entry.engine_path.with_name(entry.engine_path.name + ".json")
-    with open(path, "rb") as fh:
-        raw = fh.read(_MAX_SIDECAR_BYTES + 1)
-    if len(raw) > _MAX_SIDECAR_BYTES:
-        raise EngineBuildError("engine sidecar is too large", path=str(path))
+    try:  # the cache's checked read: no symlink out, no FIFO, owner and size checked
+        raw = read_cache_file(path, _MAX_SIDECAR_BYTES, what="engine sidecar")
+    except TrtProvisionError as exc:
+        raise EngineBuildError(f"engine sidecar is not usable: {exc}", path=str(path)) from exc
     try:
         data = loads_bounded(raw, max_bytes=_MAX_SIDECAR_BYTES, what="engine sidecar")
     except ValueError as exc:  # BoundedInputError is one
@@ -749,11 +751,13 @@ def explanation(decision: Mapping[str, Any]) -> tuple[str, ...]:
 
 def decision_of(engine: Path) -> dict[str, Any] | None:
     """The auto decision recorded in an engine's sidecar (None for a non-auto engine)."""
+    from trt_provision.integrity import read_cache_file
+
     try:
-        with open(engine.with_name(engine.name + ".json"), "rb") as fh:
-            raw = fh.read(_MAX_SIDECAR_BYTES + 1)
+        raw = read_cache_file(engine.with_name(engine.name + ".json"), _MAX_SIDECAR_BYTES,
+                              what="engine sidecar")
         data = loads_bounded(raw, max_bytes=_MAX_SIDECAR_BYTES, what="engine sidecar")
-    except (OSError, ValueError):  # a sidecar is outside input; BoundedInputError included
+    except (TrtProvisionError, ValueError):  # outside input; BoundedInputError included
         return None
     auto = data.get("auto") if isinstance(data, dict) else None
     return auto if isinstance(auto, dict) else None

@@ -109,7 +109,8 @@ def _python_calibration_loader(backbone: BackboneSpec) -> bool:
     """Whether the calibration key of ``backbone`` needs data from a ``file.py:fn`` loader."""
     config = backbone.build_config
     spec = config.calibration
-    if not config.precision.needs_calibration or spec is None or spec.source is None:
+    # fp16 judged on data is keyed by that data too (so is auto, which may choose it).
+    if config.precision is PrecisionMode.FP32 or spec is None or spec.source is None:
         return False
     source = str(spec.source)
     return spec.dataset_version is None and (".py:" in source or source.endswith(".py"))

@@ -80,7 +80,7 @@ def test_a_ceiling_that_quantizes_nothing_bounds_nothing() -> None:
 
 
 def test_when_only_keeping_every_measured_layer_passes_that_graph_is_chosen() -> None:
-    build, built = _builder({0: 0.5, 8: 0.99}, bar=0.95)  # no step up to 4 layers passes
+    build, _built = _builder({0: 0.5, 8: 0.99}, bar=0.95)  # no step up to 4 layers passes
     base = build("minmax", None)
     best, info = sensitivity_search(base, None, build, LAYERS, "onnxruntime")  # type: ignore[arg-type]
     assert best.label == "keep-all" and best.passes and info["passes_gate"]

@@ -171,7 +171,11 @@ def test_odd_tensor_names_round_trip_through_the_parser(cache: Path, tmp_path: P
     meta = json.loads(meta_path.read_text())
     odd = 'in"put\\ \'x\' :0\n\u00e9\u4e2d } ]'
     meta["io"]["inputs"][0]["name"] = odd
-    meta_path.write_text(json.dumps(meta))
+    meta_bytes = json.dumps(meta).encode()
+    meta_path.write_bytes(meta_bytes)  # and a .sha256 that covers it, as a build writes
+    engine.with_name(engine.name + ".sha256").write_bytes(
+        sha256_sidecar_bytes(hashlib.sha256(engine.read_bytes()).hexdigest(), engine.name,
+                             meta_bytes))
     manifest = tmp_path / "m.toml"
     manifest.write_text(DEMO.read_text().replace('path = "models/',
                                                  f'path = "{DEMO.parent}/models/'))

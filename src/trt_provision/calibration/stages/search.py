@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trt_provision._bounded import loads_bounded
 from trt_provision.calibration.accuracy import AccuracyReport
 from trt_provision.calibration.ranges import TensorRanges
 from trt_provision.errors import CalibrationCacheError, EngineBuildError
@@ -168,7 +169,9 @@ def remembered_sensitivity_search(
     cache = GovernedCalibrationCache(cache_path)
     try:
         lookup = cache.load(key, dataset_version)
-        found = json.loads(lookup.payload) if lookup.usable and lookup.payload else None
+        # Depth- and size-bounded: a planted payload is a ValueError, never RecursionError.
+        found = (loads_bounded(lookup.payload, max_bytes=8 << 20, what="cached search")
+                 if lookup.usable and lookup.payload else None)
     except (CalibrationCacheError, ValueError) as exc:
         logger.warning("ignoring the cached sensitivity search: %s", exc,
                        extra={"event": "calibration.sensitivity.cache_ignored",
