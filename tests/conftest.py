@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -44,6 +45,20 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[N
     monkeypatch.delenv("TENSORRT_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     yield
+
+
+@pytest.fixture(autouse=True)
+def _package_logger_restored() -> Iterator[None]:
+    """The CLI's main() configures the package logger (its own handler, no propagation):
+    a test that runs main() in-process must not take log records away from the caplog of
+    whichever test a worker runs next."""
+    logger = logging.getLogger("trt_provision")
+    saved = (logger.level, logger.handlers[:], logger.propagate, logger.disabled)
+    yield
+    logger.setLevel(saved[0])
+    logger.handlers[:] = saved[1]
+    logger.propagate = saved[2]
+    logger.disabled = saved[3]
 
 
 @pytest.fixture
