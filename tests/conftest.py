@@ -48,17 +48,22 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[N
 
 
 @pytest.fixture(autouse=True)
-def _package_logger_restored() -> Iterator[None]:
-    """The CLI's main() configures the package logger (its own handler, no propagation):
-    a test that runs main() in-process must not take log records away from the caplog of
-    whichever test a worker runs next."""
+def _package_logger_reset() -> Iterator[None]:
+    """Every test starts and ends with the package logger as an application would find it
+    (no handler, propagating, level unset): the CLI's main() configures it (its own handler,
+    no propagation), and a test or fixture that runs main() in-process must not take log
+    records away from the caplog of whichever test a worker runs next."""
     logger = logging.getLogger("trt_provision")
-    saved = (logger.level, logger.handlers[:], logger.propagate, logger.disabled)
+
+    def reset() -> None:
+        logger.handlers[:] = []
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
+        logger.disabled = False
+
+    reset()
     yield
-    logger.setLevel(saved[0])
-    logger.handlers[:] = saved[1]
-    logger.propagate = saved[2]
-    logger.disabled = saved[3]
+    reset()
 
 
 @pytest.fixture
